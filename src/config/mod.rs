@@ -1,0 +1,882 @@
+//! Gateway configuration: the YAML file format (serde, unknown keys refused)
+//! and the validated internal model the rest of stepgate runs on. Everything
+//! that can be checked at start-up is checked here, once: durations parsed,
+//! secrets loaded, addresses and URLs validated. Nothing downstream re-parses
+//! strings from the file.
+
+pub mod values;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::yamlspan::{serde_diag, Diagnostic, Spans};
+use values::{load_secret, Dur, Secret};
+
+// ---------- file format ----------
+
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum UpstreamFile {
+    One(String),
+    PerHost(BTreeMap<String, String>),
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<OneOrMany>,
+    tls: Option<TlsFile>,
+    threads: Option<usize>,
+    upstream: Option<UpstreamFile>,
+    public_url: Option<String>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    policy: Option<String>,
+    first_factor: Option<FirstFactorFile>,
+    #[serde(default)]
+    store: StoreFile,
+    signing: Option<SecretFile>,
+    metrics: Option<MetricsFile>,
+    #[serde(default)]
+    pin: PinFile,
+    #[serde(default)]
+    lockout: LockoutFile,
+    #[serde(default)]
+    step_up: StepUpFile,
+    #[serde(default)]
+    pages: PagesFile,
+    #[serde(default)]
+    headers: HeadersFile,
+    #[serde(default)]
+    log: LogFile,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    cert: String,
+    key: String,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct SecretFile {
+    secret: Option<String>,
+    secret_file: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct FirstFactorFile {
+    cookie: Option<String>,
+    jwt: Option<JwtFile>,
+    login_url: Option<String>,
+    leeway: Option<Dur>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct JwtFile {
+    algorithms: Option<Vec<String>>,
+    secret: Option<String>,
+    secret_file: Option<String>,
+    public_key_file: Option<String>,
+    jwks_file: Option<String>,
+    jwks_url: Option<String>,
+    jwks_refresh: Option<Dur>,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct StoreFile {
+    kind: Option<String>,
+    path: Option<String>,
+    url: Option<String>,
+    nodes: Option<Vec<String>>,
+    timeout: Option<Dur>,
+    key_prefix: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct MetricsFile {
+    listen: String,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct PinFile {
+    required: Option<bool>,
+    login: Option<bool>,
+    session_ttl: Option<Dur>,
+    min_length: Option<usize>,
+    max_length: Option<usize>,
+    enroll_window: Option<Dur>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct LockoutFile {
+    max_failures: Option<u32>,
+    window: Option<Dur>,
+    duration: Option<Dur>,
+    ip_max_failures: Option<u32>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct StepUpFile {
+    single_use_window: Option<Dur>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct PagesFile {
+    templates: Option<String>,
+    title: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct HeadersFile {
+    user: Option<String>,
+    email: Option<String>,
+    amr: Option<String>,
+    auth_time: Option<String>,
+    rule: Option<String>,
+    assertion: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct LogFile {
+    level: Option<String>,
+    format: Option<String>,
+}
+
+// ---------- internal model ----------
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    /// `host:port` to connect to.
+    pub addr: String,
+    pub tls: bool,
+    /// SNI and certificate name when `tls`.
+    pub sni: String,
+    pub url: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Upstreams {
+    /// Exact host names (lowercase) to upstreams.
+    pub by_host: BTreeMap<String, Upstream>,
+    /// The `*` entry, or the single upstream.
+    pub fallback: Option<Upstream>,
+}
+
+impl Upstreams {
+    pub fn for_host(&self, host: &str) -> Option<&Upstream> {
+        self.by_host
+            .get(&host.to_ascii_lowercase())
+            .or(self.fallback.as_ref())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum KeySource {
+    Secret(Secret),
+    PublicKeyFile(PathBuf),
+    JwksFile(PathBuf),
+    JwksUrl { url: String, refresh: Duration },
+}
+
+#[derive(Clone, Debug)]
+pub struct FirstFactor {
+    pub cookie: String,
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub key: KeySource,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub login_url: Option<String>,
+    pub leeway: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    Embedded { path: PathBuf },
+    Memory,
+    Redis { url: String },
+    RedisCluster { nodes: Vec<String> },
+}
+
+#[derive(Clone, Debug)]
+pub struct StoreSettings {
+    pub kind: StoreKind,
+    pub timeout: Duration,
+    pub key_prefix: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct PinSettings {
+    pub required: bool,
+    pub login: bool,
+    pub session_ttl: Duration,
+    pub min_length: usize,
+    pub max_length: usize,
+    pub enroll_window: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct Lockout {
+    pub max_failures: u32,
+    pub window: Duration,
+    pub duration: Duration,
+    pub ip_max_failures: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct HeaderNames {
+    pub user: String,
+    pub email: String,
+    pub amr: String,
+    pub auth_time: String,
+    pub rule: String,
+    pub assertion: String,
+}
+
+impl HeaderNames {
+    pub fn all(&self) -> [&str; 6] {
+        [
+            &self.user,
+            &self.email,
+            &self.amr,
+            &self.auth_time,
+            &self.rule,
+            &self.assertion,
+        ]
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The validated gateway configuration.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub file: PathBuf,
+    pub listen: Vec<String>,
+    pub tls: Option<Tls>,
+    pub threads: usize,
+    pub upstreams: Upstreams,
+    pub public_url: Option<String>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub policy_path: PathBuf,
+    pub first_factor: FirstFactor,
+    pub store: StoreSettings,
+    pub signing: Secret,
+    pub metrics_listen: Option<String>,
+    pub pin: PinSettings,
+    pub lockout: Lockout,
+    pub single_use_window: Duration,
+    pub templates_dir: Option<PathBuf>,
+    pub site_title: String,
+    pub headers: HeaderNames,
+    pub log_level: String,
+    pub log_json: bool,
+}
+
+/// Load and validate a config file. All problems are returned, each with its
+/// position in the file.
+pub fn load(path: &Path) -> Result<Settings, Vec<Diagnostic>> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![Diagnostic {
+            file: name.clone(),
+            pos: crate::yamlspan::Pos { line: 1, col: 1 },
+            message: format!("cannot read config file: {e}"),
+        }]
+    })?;
+    from_str(path, &text)
+}
+
+pub fn from_str(path: &Path, text: &str) -> Result<Settings, Vec<Diagnostic>> {
+    let name = path.display().to_string();
+    let file: FileConfig = serde_yaml::from_str(text).map_err(|e| vec![serde_diag(&name, &e)])?;
+    let spans = Spans::index(&name, text);
+    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let mut b = Builder {
+        spans: &spans,
+        diags: Vec::new(),
+        base: &base,
+    };
+    let s = b.build(file);
+    if b.diags.is_empty() {
+        Ok(s.expect("a config without diagnostics builds"))
+    } else {
+        Err(b.diags)
+    }
+}
+
+struct Builder<'a> {
+    spans: &'a Spans,
+    diags: Vec<Diagnostic>,
+    base: &'a Path,
+}
+
+const DEFAULT_SIGNING_MIN: usize = 32;
+
+impl Builder<'_> {
+    fn err(&mut self, path: &str, msg: impl Into<String>) {
+        self.diags.push(self.spans.diag(path, msg));
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.base.join(p)
+    }
+
+    fn build(&mut self, f: FileConfig) -> Option<Settings> {
+        let listen = match f.listen {
+            None => vec!["127.0.0.1:8080".to_string()],
+            Some(OneOrMany::One(a)) => vec![a],
+            Some(OneOrMany::Many(v)) => v,
+        };
+        for (i, a) in listen.iter().enumerate() {
+            if a.parse::<std::net::SocketAddr>().is_err() {
+                let at = if listen.len() == 1 {
+                    "listen".to_string()
+                } else {
+                    format!("listen[{i}]")
+                };
+                self.err(
+                    &at,
+                    format!(
+                        "`{a}` is not an address; write e.g. \"127.0.0.1:8080\" or \"[::]:443\""
+                    ),
+                );
+            }
+        }
+        let tls = f.tls.map(|t| Tls {
+            cert: self.path(&t.cert),
+            key: self.path(&t.key),
+        });
+        if let Some(t) = &tls {
+            for (k, p) in [("tls.cert", &t.cert), ("tls.key", &t.key)] {
+                if !p.is_file() {
+                    self.err(
+                        k,
+                        format!("{} does not exist or is not a file", p.display()),
+                    );
+                }
+            }
+        }
+        let threads = match f.threads {
+            Some(0) => {
+                self.err("threads", "`threads` must be at least 1");
+                1
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        };
+        let upstreams = self.upstreams(f.upstream);
+        let public_url = f.public_url.map(|u| u.trim_end_matches('/').to_string());
+        if let Some(u) = &public_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                self.err(
+                    "public_url",
+                    format!("`{u}` must start with http:// or https://"),
+                );
+            }
+        }
+        let mut trusted_proxies = Vec::new();
+        for (i, p) in f.trusted_proxies.iter().enumerate() {
+            let parsed = p
+                .parse::<IpNet>()
+                .or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from));
+            match parsed {
+                Ok(n) => trusted_proxies.push(n),
+                Err(_) => self.err(
+                    &format!("trusted_proxies[{i}]"),
+                    format!("`{p}` is not an IP address or CIDR range such as 10.0.0.0/8"),
+                ),
+            }
+        }
+        let policy_path = match f.policy {
+            Some(p) => self.path(&p),
+            None => {
+                self.err(
+                    "",
+                    "`policy` is missing: name a policy file or a directory of *.yaml files",
+                );
+                PathBuf::new()
+            }
+        };
+        let first_factor = self.first_factor(f.first_factor);
+        let store = self.store(f.store);
+        let signing = match f.signing {
+            None => {
+                self.err("", "`signing` is missing: give `signing.secret` (at least 32 bytes) or `signing.secret_file`; it signs step-up tokens and CSRF tokens");
+                None
+            }
+            Some(s) => match load_secret(
+                s.secret.as_deref(),
+                s.secret_file.as_deref(),
+                self.base,
+                "signing",
+            ) {
+                Ok(Some(sec)) if sec.expose().len() >= DEFAULT_SIGNING_MIN => Some(sec),
+                Ok(Some(_)) => {
+                    self.err("signing", format!("the signing secret is too short; use at least {DEFAULT_SIGNING_MIN} random bytes (e.g. `openssl rand -hex 32`)"));
+                    None
+                }
+                Ok(None) => {
+                    self.err("signing", "give `secret` or `secret_file`");
+                    None
+                }
+                Err(e) => {
+                    self.err("signing", e);
+                    None
+                }
+            },
+        };
+        let metrics_listen = f.metrics.map(|m| m.listen);
+        if let Some(m) = &metrics_listen {
+            if m.parse::<std::net::SocketAddr>().is_err() {
+                self.err(
+                    "metrics.listen",
+                    format!("`{m}` is not an address such as 127.0.0.1:9100"),
+                );
+            }
+        }
+        let pin = PinSettings {
+            required: f.pin.required.unwrap_or(false),
+            login: f.pin.login.unwrap_or(true),
+            session_ttl: f
+                .pin
+                .session_ttl
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(7 * 86400)),
+            min_length: f.pin.min_length.unwrap_or(4),
+            max_length: f.pin.max_length.unwrap_or(12),
+            enroll_window: f
+                .pin
+                .enroll_window
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(600)),
+        };
+        if pin.min_length < 4 || pin.max_length > 64 || pin.min_length > pin.max_length {
+            self.err(
+                "pin",
+                "PIN lengths must satisfy 4 <= min_length <= max_length <= 64",
+            );
+        }
+        let lockout = Lockout {
+            max_failures: f.lockout.max_failures.unwrap_or(5),
+            window: f
+                .lockout
+                .window
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(900)),
+            duration: f
+                .lockout
+                .duration
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(900)),
+            ip_max_failures: f.lockout.ip_max_failures.unwrap_or(5),
+        };
+        if lockout.max_failures == 0 || lockout.ip_max_failures == 0 {
+            self.err("lockout", "failure limits must be at least 1");
+        }
+        if lockout.window < Duration::from_secs(1) || lockout.duration < Duration::from_secs(1) {
+            self.err("lockout", "`window` and `duration` must be at least 1s");
+        }
+        let single_use_window = f
+            .step_up
+            .single_use_window
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(120));
+        let templates_dir = f.pages.templates.map(|t| self.path(&t));
+        if let Some(d) = &templates_dir {
+            if !d.is_dir() {
+                self.err(
+                    "pages.templates",
+                    format!("{} is not a directory", d.display()),
+                );
+            }
+        }
+        let h = f.headers;
+        let headers = HeaderNames {
+            user: h.user.unwrap_or_else(|| "X-Stepgate-User".into()),
+            email: h.email.unwrap_or_else(|| "X-Stepgate-Email".into()),
+            amr: h.amr.unwrap_or_else(|| "X-Stepgate-Amr".into()),
+            auth_time: h.auth_time.unwrap_or_else(|| "X-Stepgate-Auth-Time".into()),
+            rule: h.rule.unwrap_or_else(|| "X-Stepgate-Rule".into()),
+            assertion: h.assertion.unwrap_or_else(|| "X-Stepgate-Assertion".into()),
+        };
+        for (k, v) in [
+            ("user", &headers.user),
+            ("email", &headers.email),
+            ("amr", &headers.amr),
+            ("auth_time", &headers.auth_time),
+            ("rule", &headers.rule),
+            ("assertion", &headers.assertion),
+        ] {
+            if http::HeaderName::from_bytes(v.as_bytes()).is_err() {
+                self.err(
+                    &format!("headers.{k}"),
+                    format!("`{v}` is not a valid header name"),
+                );
+            }
+        }
+        let log_level = f.log.level.unwrap_or_else(|| "info".into());
+        let log_json = match f.log.format.as_deref() {
+            None | Some("json") => true,
+            Some("text") => false,
+            Some(other) => {
+                self.err("log.format", format!("`{other}`: use json or text"));
+                true
+            }
+        };
+        let site_title = f.pages.title.unwrap_or_else(|| "stepgate".into());
+
+        let (Some(upstreams), Some(first_factor), Some(store), Some(signing)) =
+            (upstreams, first_factor, store, signing)
+        else {
+            return None;
+        };
+        Some(Settings {
+            file: PathBuf::new(),
+            listen,
+            tls,
+            threads,
+            upstreams,
+            public_url,
+            trusted_proxies,
+            policy_path,
+            first_factor,
+            store,
+            signing,
+            metrics_listen,
+            pin,
+            lockout,
+            single_use_window,
+            templates_dir,
+            site_title,
+            headers,
+            log_level,
+            log_json,
+        })
+    }
+
+    fn upstream(&mut self, at: &str, url: &str) -> Option<Upstream> {
+        let uri: http::Uri = match url.parse() {
+            Ok(u) => u,
+            Err(_) => {
+                self.err(
+                    at,
+                    format!("`{url}` is not a URL; write e.g. http://127.0.0.1:9000"),
+                );
+                return None;
+            }
+        };
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => {
+                self.err(at, format!("`{url}` must start with http:// or https://"));
+                return None;
+            }
+        };
+        if uri.path() != "/" && !uri.path().is_empty() {
+            self.err(at, format!("`{url}`: an upstream is an origin; paths are not rewritten, so leave the path out"));
+            return None;
+        }
+        let host = uri
+            .host()?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let addr = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        Some(Upstream {
+            addr,
+            tls,
+            sni: host,
+            url: url.trim_end_matches('/').to_string(),
+        })
+    }
+
+    fn upstreams(&mut self, u: Option<UpstreamFile>) -> Option<Upstreams> {
+        match u {
+            None => {
+                self.err("", "`upstream` is missing: the URL of the app behind stepgate, e.g. upstream: \"http://127.0.0.1:9000\"");
+                None
+            }
+            Some(UpstreamFile::One(url)) => Some(Upstreams {
+                by_host: BTreeMap::new(),
+                fallback: Some(self.upstream("upstream", &url)?),
+            }),
+            Some(UpstreamFile::PerHost(map)) => {
+                let mut by_host = BTreeMap::new();
+                let mut fallback = None;
+                let mut ok = true;
+                for (host, url) in &map {
+                    match self.upstream(&format!("upstream.{host}"), url) {
+                        Some(up) if host == "*" => fallback = Some(up),
+                        Some(up) => {
+                            by_host.insert(host.to_ascii_lowercase(), up);
+                        }
+                        None => ok = false,
+                    }
+                }
+                ok.then_some(Upstreams { by_host, fallback })
+            }
+        }
+    }
+
+    fn first_factor(&mut self, ff: Option<FirstFactorFile>) -> Option<FirstFactor> {
+        let Some(ff) = ff else {
+            self.err(
+                "",
+                "`first_factor` is missing: say how access tokens are verified (first_factor.jwt)",
+            );
+            return None;
+        };
+        let Some(jwt) = ff.jwt else {
+            self.err("first_factor", "`first_factor.jwt` is missing: give `algorithms` and a key (`secret`, `public_key_file`, `jwks_file` or `jwks_url`)");
+            return None;
+        };
+        let names = jwt
+            .algorithms
+            .clone()
+            .unwrap_or_else(|| vec!["HS256".into()]);
+        let mut algorithms = Vec::new();
+        for (i, a) in names.iter().enumerate() {
+            match a.parse::<jsonwebtoken::Algorithm>() {
+                Ok(alg) => algorithms.push(alg),
+                Err(_) => self.err(&format!("first_factor.jwt.algorithms[{i}]"), format!("unknown algorithm `{a}`; use HS256/384/512, RS256/384/512, PS256/384/512, ES256/384 or EdDSA (`none` is never accepted)")),
+            }
+        }
+        if algorithms.is_empty() {
+            self.err("first_factor.jwt.algorithms", "list at least one algorithm");
+        }
+        let symmetric = algorithms.iter().filter(|a| is_hmac(**a)).count();
+        if symmetric != 0 && symmetric != algorithms.len() {
+            self.err("first_factor.jwt.algorithms", "do not mix HS* with public-key algorithms: a public key must never be usable as an HMAC secret");
+        }
+        let given = [
+            jwt.secret.is_some() || jwt.secret_file.is_some(),
+            jwt.public_key_file.is_some(),
+            jwt.jwks_file.is_some(),
+            jwt.jwks_url.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if given != 1 {
+            self.err("first_factor.jwt", "give exactly one key: `secret`/`secret_file` (HS*), `public_key_file`, `jwks_file` or `jwks_url`");
+            return None;
+        }
+        let key = if jwt.secret.is_some() || jwt.secret_file.is_some() {
+            if symmetric == 0 {
+                self.err(
+                    "first_factor.jwt.algorithms",
+                    "a `secret` verifies HS256/384/512 only; list those algorithms",
+                );
+            }
+            match load_secret(
+                jwt.secret.as_deref(),
+                jwt.secret_file.as_deref(),
+                self.base,
+                "first_factor.jwt",
+            ) {
+                Ok(Some(s)) => KeySource::Secret(s),
+                Ok(None) => return None,
+                Err(e) => {
+                    self.err("first_factor.jwt", e);
+                    return None;
+                }
+            }
+        } else {
+            if symmetric != 0 {
+                self.err(
+                    "first_factor.jwt.algorithms",
+                    "HS* algorithms need `secret`; a public key or JWKS verifies RS*/PS*/ES*/EdDSA",
+                );
+            }
+            if let Some(p) = jwt.public_key_file {
+                let p = self.path(&p);
+                if !p.is_file() {
+                    self.err(
+                        "first_factor.jwt.public_key_file",
+                        format!("{} does not exist", p.display()),
+                    );
+                }
+                KeySource::PublicKeyFile(p)
+            } else if let Some(p) = jwt.jwks_file {
+                let p = self.path(&p);
+                if !p.is_file() {
+                    self.err(
+                        "first_factor.jwt.jwks_file",
+                        format!("{} does not exist", p.display()),
+                    );
+                }
+                KeySource::JwksFile(p)
+            } else {
+                let url = jwt.jwks_url.unwrap_or_default();
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    self.err(
+                        "first_factor.jwt.jwks_url",
+                        format!("`{url}` must be an http(s) URL"),
+                    );
+                }
+                KeySource::JwksUrl {
+                    url,
+                    refresh: jwt
+                        .jwks_refresh
+                        .map(|d| d.0)
+                        .unwrap_or(Duration::from_secs(300)),
+                }
+            }
+        };
+        Some(FirstFactor {
+            cookie: ff.cookie.unwrap_or_else(|| "access_token".into()),
+            algorithms,
+            key,
+            issuer: jwt.issuer,
+            audience: jwt.audience,
+            login_url: ff.login_url,
+            leeway: ff.leeway.map(|d| d.0).unwrap_or(Duration::from_secs(30)),
+        })
+    }
+
+    fn store(&mut self, s: StoreFile) -> Option<StoreSettings> {
+        let kind = match s.kind.as_deref().unwrap_or("embedded") {
+            "embedded" => StoreKind::Embedded {
+                path: self.path(s.path.as_deref().unwrap_or("data/stepgate.redb")),
+            },
+            "memory" => StoreKind::Memory,
+            "redis" => match s.url {
+                Some(url) => StoreKind::Redis { url },
+                None => {
+                    self.err(
+                        "store",
+                        "`store.kind: redis` needs `store.url`, e.g. redis://127.0.0.1:6379/0",
+                    );
+                    return None;
+                }
+            },
+            "redis_cluster" => match s.nodes {
+                Some(nodes) if !nodes.is_empty() => StoreKind::RedisCluster { nodes },
+                _ => {
+                    self.err(
+                        "store",
+                        "`store.kind: redis_cluster` needs `store.nodes` (seed node URLs)",
+                    );
+                    return None;
+                }
+            },
+            other => {
+                self.err("store.kind", format!("unknown store kind `{other}`; use embedded, memory, redis or redis_cluster"));
+                return None;
+            }
+        };
+        Some(StoreSettings {
+            kind,
+            timeout: s.timeout.map(|d| d.0).unwrap_or(Duration::from_millis(250)),
+            key_prefix: s.key_prefix.unwrap_or_else(|| "stepgate:".into()),
+        })
+    }
+}
+
+pub fn is_hmac(a: jsonwebtoken::Algorithm) -> bool {
+    use jsonwebtoken::Algorithm::*;
+    matches!(a, HS256 | HS384 | HS512)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn load_text(t: &str) -> Result<Settings, Vec<Diagnostic>> {
+        from_str(Path::new("/tmp/gw.yaml"), t)
+    }
+
+    #[test]
+    fn minimal_config_gets_safe_defaults() {
+        let s = load_text(&format!("upstream: http://127.0.0.1:9000\npolicy: p.yaml\nfirst_factor: {{ jwt: {{ secret: \"{SECRET}\" }} }}\nsigning: {{ secret: \"{SECRET}\" }}\n")).unwrap();
+        assert_eq!(s.listen, vec!["127.0.0.1:8080"]);
+        assert_eq!(s.lockout.max_failures, 5);
+        assert_eq!(s.lockout.duration, Duration::from_secs(900));
+        assert_eq!(s.first_factor.cookie, "access_token");
+        assert_eq!(s.store.timeout, Duration::from_millis(250));
+        assert!(matches!(s.store.kind, StoreKind::Embedded { .. }));
+        assert_eq!(s.upstreams.for_host("x").unwrap().addr, "127.0.0.1:9000");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_position() {
+        let e =
+            load_text("upstream: http://127.0.0.1:9000\nlisten: \"127.0.0.1:1\"\nsigninq: {}\n")
+                .unwrap_err();
+        let s = e[0].to_string();
+        assert!(
+            s.starts_with("/tmp/gw.yaml:3:1: unknown field `signinq`"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn mixing_hmac_and_public_key_algorithms_is_refused() {
+        let e = load_text(&format!("upstream: http://127.0.0.1:9000\npolicy: p.yaml\nfirst_factor:\n  jwt:\n    algorithms: [HS256, RS256]\n    secret: \"{SECRET}\"\nsigning: {{ secret: \"{SECRET}\" }}\n")).unwrap_err();
+        assert!(
+            e.iter()
+                .any(|d| d.to_string().starts_with("/tmp/gw.yaml:5:17: do not mix")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn short_signing_secret_and_bad_addresses_are_reported_together() {
+        let e = load_text("upstream: ftp://x\npolicy: p.yaml\nlisten: nowhere\nfirst_factor: { jwt: { secret: abc } }\nsigning: { secret: short }\n").unwrap_err();
+        let all: Vec<String> = e.iter().map(|d| d.to_string()).collect();
+        assert!(
+            all.iter()
+                .any(|s| s.contains(":3:9: `nowhere` is not an address")),
+            "{all:?}"
+        );
+        assert!(
+            all.iter()
+                .any(|s| s.contains(":1:11: `ftp://x` must start with http://")),
+            "{all:?}"
+        );
+        assert!(
+            all.iter()
+                .any(|s| s.contains("signing secret is too short")),
+            "{all:?}"
+        );
+    }
+}

@@ -1,0 +1,5 @@
+#![forbid(unsafe_code)]
+mod config;
+mod policy;
+mod yamlspan;
+fn main() {}

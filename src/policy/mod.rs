@@ -1,0 +1,818 @@
+//! Policy: which routes need what. Loaded from one YAML file or a directory of
+//! `*.yaml` files, validated with `FILE:LINE:COL` diagnostics, and compiled into
+//! an index that answers "which rule applies to this request" without scanning
+//! the rules. Nothing here does I/O after loading, and nothing downstream
+//! re-parses policy strings.
+
+pub mod glob;
+pub mod matcher;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::values::Dur;
+use crate::yamlspan::{serde_diag, Diagnostic, Spans};
+
+// ---------- file format ----------
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    default: Option<String>,
+    /// Match paths without regard to case, for apps on case-insensitive
+    /// servers (IIS, some Java containers) where `/ADMIN` reaches `/admin`.
+    case_insensitive: Option<bool>,
+    #[serde(default)]
+    rules: Vec<RuleFile>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    name: Option<String>,
+    #[serde(rename = "match")]
+    matches: Option<MatchFile>,
+    require: Option<String>,
+    step_up: Option<StepUpFile>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct MatchFile {
+    host: Option<String>,
+    path: Option<String>,
+    methods: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct StepUpFile {
+    methods: Option<Vec<String>>,
+    max_age: Option<Dur>,
+}
+
+// ---------- compiled model ----------
+
+/// A second factor a rule can accept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Factor {
+    Pin,
+    EmailOtp,
+}
+
+impl Factor {
+    pub const ALL: [Factor; 2] = [Factor::Pin, Factor::EmailOtp];
+
+    /// The policy spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Factor::Pin => "pin",
+            Factor::EmailOtp => "email_otp",
+        }
+    }
+
+    /// The RFC 8176 `amr` value a step-up with this factor carries.
+    pub fn amr(self) -> &'static str {
+        match self {
+            Factor::Pin => "pin",
+            Factor::EmailOtp => "otp",
+        }
+    }
+
+    pub fn from_amr(amr: &str) -> Option<Factor> {
+        match amr {
+            "pin" => Some(Factor::Pin),
+            "otp" => Some(Factor::EmailOtp),
+            _ => None,
+        }
+    }
+
+    fn parse(s: &str) -> Option<Factor> {
+        match s {
+            "pin" => Some(Factor::Pin),
+            "email_otp" => Some(Factor::EmailOtp),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepUp {
+    pub methods: Vec<Factor>,
+    /// How old a step-up may be. Zero: single use, one request per step-up.
+    pub max_age: Duration,
+}
+
+impl StepUp {
+    pub fn accepts(&self, f: Factor) -> bool {
+        self.methods.contains(&f)
+    }
+    pub fn single_use(&self) -> bool {
+        self.max_age.is_zero()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Require {
+    None,
+    Authenticated,
+    StepUp(StepUp),
+    Deny,
+}
+
+impl Require {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Require::None => "none",
+            Require::Authenticated => "authenticated",
+            Require::StepUp(_) => "step_up",
+            Require::Deny => "deny",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub name: String,
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+    pub host: Option<String>,
+    pub path: String,
+    /// Upper-case method names; empty = any method.
+    pub methods: Vec<String>,
+    pub require: Require,
+}
+
+impl Rule {
+    fn allows_method(&self, method: &str) -> bool {
+        self.methods.is_empty() || self.methods.iter().any(|m| m == method)
+    }
+}
+
+/// The compiled, validated policy.
+#[derive(Debug)]
+pub struct Policy {
+    pub rules: Vec<Rule>,
+    pub default: Require,
+    pub case_insensitive: bool,
+    /// Where `default` was set, for messages.
+    pub default_origin: Option<String>,
+    pub sources: Vec<PathBuf>,
+    index: matcher::Index,
+}
+
+/// The outcome of a lookup: a rule, or the policy's default.
+#[derive(Clone, Copy, Debug)]
+pub struct Match<'a> {
+    pub rule: Option<&'a Rule>,
+    pub require: &'a Require,
+}
+
+impl Match<'_> {
+    /// The name upstream apps see in `X-Stepgate-Rule`.
+    pub fn rule_name(&self) -> &str {
+        self.rule.map(|r| r.name.as_str()).unwrap_or("default")
+    }
+}
+
+const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
+];
+
+impl Policy {
+    /// Load a policy file, or every `*.yaml`/`*.yml` file of a directory in
+    /// name order. All problems are collected, not only the first.
+    pub fn load(path: &Path) -> Result<Policy, Vec<Diagnostic>> {
+        let files = policy_files(path)?;
+        let mut sources = Vec::new();
+        for f in &files {
+            let text = std::fs::read_to_string(f).map_err(|e| {
+                vec![diag_at(
+                    &f.display().to_string(),
+                    format!("cannot read policy file: {e}"),
+                )]
+            })?;
+            sources.push((f.display().to_string(), text));
+        }
+        let mut p = Policy::from_sources(&sources)?;
+        p.sources = files;
+        Ok(p)
+    }
+
+    /// Compile from (file name, text) pairs, in order.
+    pub fn from_sources(sources: &[(String, String)]) -> Result<Policy, Vec<Diagnostic>> {
+        let mut diags = Vec::new();
+        let mut rules = Vec::new();
+        let mut default: Option<(Require, String)> = None;
+        let mut case_insensitive: Option<(bool, String)> = None;
+        let mut names: HashMap<String, String> = HashMap::new();
+
+        for (file, text) in sources {
+            let parsed: PolicyFile = if text.trim().is_empty() {
+                PolicyFile {
+                    default: None,
+                    case_insensitive: None,
+                    rules: Vec::new(),
+                }
+            } else {
+                match serde_yaml::from_str(text) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        diags.push(serde_diag(file, &e));
+                        continue;
+                    }
+                }
+            };
+            let spans = Spans::index(file, text);
+            if let Some(d) = &parsed.default {
+                let here = format!(
+                    "{file}:{}:{}",
+                    spans.pos("default").line,
+                    spans.pos("default").col
+                );
+                match parse_simple_require(d) {
+                    Some(r) => {
+                        if let Some((_, prev)) = &default {
+                            diags.push(spans.diag(
+                                "default",
+                                format!(
+                                    "`default` is already set at {prev}; set it in one file only"
+                                ),
+                            ));
+                        } else {
+                            default = Some((r, here));
+                        }
+                    }
+                    None => diags.push(spans.diag(
+                        "default",
+                        format!("`default: {d}` is not valid; use none, authenticated or deny"),
+                    )),
+                }
+            }
+            if let Some(ci) = parsed.case_insensitive {
+                let pos = spans.pos("case_insensitive");
+                let here = format!("{file}:{}:{}", pos.line, pos.col);
+                match &case_insensitive {
+                    Some((prev, at)) if *prev != ci => diags.push(spans.diag(
+                        "case_insensitive",
+                        format!("`case_insensitive` is set differently at {at}"),
+                    )),
+                    _ => case_insensitive = Some((ci, here)),
+                }
+            }
+            for (i, rf) in parsed.rules.into_iter().enumerate() {
+                let at = format!("rules[{i}]");
+                match compile_rule(rf, &at, &spans) {
+                    Ok(rule) => {
+                        let here = format!("{file}:{}:{}", rule.line, rule.col);
+                        if let Some(prev) = names.get(&rule.name) {
+                            diags.push(spans.diag(
+                                &format!("{at}.name"),
+                                format!(
+                                    "rule name `{}` is already used at {prev}; names must be unique",
+                                    rule.name
+                                ),
+                            ));
+                        } else {
+                            names.insert(rule.name.clone(), here);
+                        }
+                        rules.push(rule);
+                    }
+                    Err(mut d) => diags.append(&mut d),
+                }
+            }
+        }
+        if !diags.is_empty() {
+            return Err(diags);
+        }
+        let case_insensitive = case_insensitive.map(|(c, _)| c).unwrap_or(false);
+        let mut index = matcher::Index::default();
+        for (i, r) in rules.iter().enumerate() {
+            let path = if case_insensitive {
+                r.path.to_ascii_lowercase()
+            } else {
+                r.path.clone()
+            };
+            index.insert(r.host.as_deref(), &path, i as u32);
+        }
+        let (default, default_origin) = match default {
+            Some((r, at)) => (r, Some(at)),
+            None => (Require::Authenticated, None),
+        };
+        Ok(Policy {
+            rules,
+            default,
+            case_insensitive,
+            default_origin,
+            sources: Vec::new(),
+            index,
+        })
+    }
+
+    /// Which rule applies. `host` without port, any case; `path` already
+    /// normalized by [`normalize_path`]; `method` upper case.
+    pub fn lookup(&self, host: &str, method: &str, path: &str) -> Match<'_> {
+        let host = host.to_ascii_lowercase();
+        let lowered;
+        let path = if self.case_insensitive {
+            lowered = path.to_ascii_lowercase();
+            lowered.as_str()
+        } else {
+            path
+        };
+        let segs = matcher::segments(path);
+        let found = self.index.lookup(&host, &segs, &|r| {
+            self.rules[r as usize].allows_method(method)
+        });
+        match found {
+            Some(i) => {
+                let rule = &self.rules[i as usize];
+                Match {
+                    rule: Some(rule),
+                    require: &rule.require,
+                }
+            }
+            None => Match {
+                rule: None,
+                require: &self.default,
+            },
+        }
+    }
+
+    /// The longest `max_age` any rule accepts for `factor`: how long a step-up
+    /// token is worth keeping. At least one minute.
+    pub fn longest_max_age(&self) -> Duration {
+        self.rules
+            .iter()
+            .filter_map(|r| match &r.require {
+                Require::StepUp(s) => Some(s.max_age),
+                _ => None,
+            })
+            .max()
+            .unwrap_or_default()
+            .max(Duration::from_secs(60))
+    }
+}
+
+fn diag_at(file: &str, message: String) -> Diagnostic {
+    Diagnostic {
+        file: file.to_string(),
+        pos: crate::yamlspan::Pos { line: 1, col: 1 },
+        message,
+    }
+}
+
+fn policy_files(path: &Path) -> Result<Vec<PathBuf>, Vec<Diagnostic>> {
+    let name = path.display().to_string();
+    let meta = std::fs::metadata(path)
+        .map_err(|e| vec![diag_at(&name, format!("cannot read policy: {e}"))])?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| vec![diag_at(&name, format!("cannot list policy directory: {e}"))])?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("yaml") | Some("yml")
+                )
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(vec![diag_at(
+            &name,
+            "the policy directory has no *.yaml files".into(),
+        )]);
+    }
+    Ok(files)
+}
+
+fn parse_simple_require(s: &str) -> Option<Require> {
+    match s {
+        "none" => Some(Require::None),
+        "authenticated" => Some(Require::Authenticated),
+        "deny" => Some(Require::Deny),
+        _ => None,
+    }
+}
+
+/// Default freshness when a step_up rule gives no `max_age`.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(300);
+
+fn compile_rule(rf: RuleFile, at: &str, spans: &Spans) -> Result<Rule, Vec<Diagnostic>> {
+    let mut diags = Vec::new();
+    let pos = spans.pos(at);
+    let name = match rf.name {
+        Some(n) if !n.trim().is_empty() => {
+            if n.chars().any(|c| c.is_control()) {
+                diags.push(spans.diag(
+                    &format!("{at}.name"),
+                    "rule names cannot contain control characters",
+                ));
+            }
+            n
+        }
+        _ => {
+            diags.push(spans.diag(
+                at,
+                "every rule needs a `name` (it is sent upstream as X-Stepgate-Rule)",
+            ));
+            String::new()
+        }
+    };
+    let m = rf.matches.unwrap_or(MatchFile {
+        host: None,
+        path: None,
+        methods: None,
+    });
+    let host = match m.host {
+        Some(h) => match validate_host(&h) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                diags.push(spans.diag(&format!("{at}.match.host"), e));
+                None
+            }
+        },
+        None => None,
+    };
+    let path = m.path.unwrap_or_else(|| "/**".to_string());
+    if let Err(e) = validate_path_pattern(&path) {
+        diags.push(spans.diag(&format!("{at}.match.path"), e));
+    }
+    let mut methods = Vec::new();
+    if let Some(ms) = m.methods {
+        if ms.is_empty() {
+            diags.push(spans.diag(
+                &format!("{at}.match.methods"),
+                "`methods: []` matches nothing; leave it out to match every method",
+            ));
+        }
+        for (j, meth) in ms.iter().enumerate() {
+            let up = meth.to_ascii_uppercase();
+            if METHODS.contains(&up.as_str()) {
+                methods.push(up);
+            } else {
+                diags.push(spans.diag(
+                    &format!("{at}.match.methods[{j}]"),
+                    format!(
+                        "unknown HTTP method `{meth}`; use one of {}",
+                        METHODS.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    let require = match rf.require.as_deref() {
+        None => {
+            diags.push(spans.diag(
+                at,
+                "every rule needs `require`: none, authenticated, step_up or deny",
+            ));
+            Require::Deny
+        }
+        Some("step_up") => {
+            let su = rf.step_up.unwrap_or(StepUpFile {
+                methods: None,
+                max_age: None,
+            });
+            let mut factors = Vec::new();
+            match su.methods {
+                None => factors.push(Factor::Pin),
+                Some(list) => {
+                    if list.is_empty() {
+                        diags.push(spans.diag(
+                            &format!("{at}.step_up.methods"),
+                            "`step_up.methods` is empty; list at least one of pin, email_otp",
+                        ));
+                    }
+                    for (j, f) in list.iter().enumerate() {
+                        match Factor::parse(f) {
+                            Some(f) if !factors.contains(&f) => factors.push(f),
+                            Some(_) => {}
+                            None => diags.push(spans.diag(
+                                &format!("{at}.step_up.methods[{j}]"),
+                                format!("unknown step-up method `{f}`; use pin or email_otp"),
+                            )),
+                        }
+                    }
+                }
+            }
+            Require::StepUp(StepUp {
+                methods: factors,
+                max_age: su.max_age.map(|d| d.0).unwrap_or(DEFAULT_MAX_AGE),
+            })
+        }
+        Some(other) => {
+            if rf.step_up.is_some() {
+                diags.push(spans.diag(
+                    &format!("{at}.step_up"),
+                    format!("`step_up` settings need `require: step_up` (this rule has `require: {other}`)"),
+                ));
+            }
+            match parse_simple_require(other) {
+                Some(r) => r,
+                None => {
+                    diags.push(spans.diag(
+                        &format!("{at}.require"),
+                        format!("`require: {other}` is not valid; use none, authenticated, step_up or deny"),
+                    ));
+                    Require::Deny
+                }
+            }
+        }
+    };
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    Ok(Rule {
+        name,
+        file: spans.file().to_string(),
+        line: pos.line,
+        col: pos.col,
+        host,
+        path,
+        methods,
+        require,
+    })
+}
+
+fn validate_host(h: &str) -> Result<String, String> {
+    let h = h.trim().to_ascii_lowercase();
+    if h.is_empty() {
+        return Err("`host` is empty; leave it out to match every host".into());
+    }
+    if h.contains(':') && !h.starts_with('[') {
+        return Err(format!(
+            "`host: {h}` must not carry a port; hosts are matched without the port"
+        ));
+    }
+    if !h.chars().all(|c| {
+        c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '*' | '?' | '_' | '[' | ']' | ':')
+    }) {
+        return Err(format!(
+            "`host: {h}` has characters a host name cannot have"
+        ));
+    }
+    Ok(h)
+}
+
+fn validate_path_pattern(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err(format!("path pattern `{p}` must start with `/`"));
+    }
+    if p.contains(['?', '#']) && p.contains('#') {
+        return Err(format!("path pattern `{p}` must not contain `#`"));
+    }
+    if p.contains(';') || p.contains('%') || p.contains('\\') {
+        return Err(format!(
+            "path pattern `{p}` must not contain `;`, `%` or `\\`: requests are matched after decoding and normalization"
+        ));
+    }
+    if p.contains("//") {
+        return Err(format!("path pattern `{p}` has an empty segment (`//`)"));
+    }
+    for seg in matcher::segments(p) {
+        if seg.contains("**") && seg != "**" {
+            return Err(format!(
+                "in `{p}`, `**` must be a whole segment (`/a/**/b`), not part of `{seg}`"
+            ));
+        }
+        if seg == "." || seg == ".." {
+            return Err(format!(
+                "path pattern `{p}` must not contain `.` or `..` segments"
+            ));
+        }
+        if seg.chars().any(|c| c.is_control() || c == ' ') {
+            return Err(format!(
+                "path pattern `{p}` contains spaces or control characters"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Why a request path was refused before matching.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BadPath {
+    /// `%2F`, `%5C`, a backslash or NUL: different servers disagree on them.
+    AmbiguousEncoding,
+    /// `.` or `..` segments: browsers never send them, servers resolve them
+    /// differently; refusing is the only interpretation-free answer.
+    DotSegment,
+    NotAbsolute,
+}
+
+/// Normalize a request path for matching, and say what stepgate forwards.
+///
+/// Returns `(match_path, forward_path)`: percent-encoded unreserved characters
+/// are decoded (`%61dmin` is `admin`) and `//` collapsed in both; in
+/// `match_path` `;parameters` are also dropped from each segment (Java
+/// servers ignore them, so `/admin;x` is `/admin` there), which can only make
+/// a rule match more, never less. Anything that servers interpret differently
+/// (`..`, encoded slashes, backslashes, NUL) is refused.
+pub fn normalize_path(raw: &str) -> Result<(String, String), BadPath> {
+    if !raw.starts_with('/') {
+        return Err(BadPath::NotAbsolute);
+    }
+    let bytes = raw.as_bytes();
+    let mut forward = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let hex = |c: u8| (c as char).to_digit(16);
+            let (h, l) = match (bytes.get(i + 1), bytes.get(i + 2)) {
+                (Some(&h), Some(&l)) => (hex(h), hex(l)),
+                _ => (None, None),
+            };
+            let (Some(h), Some(l)) = (h, l) else {
+                return Err(BadPath::AmbiguousEncoding);
+            };
+            let v = (h * 16 + l) as u8;
+            if v == b'/' || v == b'\\' || v == 0 || v == b'%' {
+                return Err(BadPath::AmbiguousEncoding);
+            }
+            if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
+                forward.push(v as char);
+            } else {
+                forward.push('%');
+                forward.push_str(&format!("{v:02X}"));
+            }
+            i += 3;
+            continue;
+        }
+        if b == b'\\' || b < 0x20 || b == 0x7f {
+            return Err(BadPath::AmbiguousEncoding);
+        }
+        if b == b'/' && forward.ends_with('/') {
+            i += 1;
+            continue;
+        }
+        forward.push(b as char);
+        i += 1;
+    }
+    let mut matched = String::with_capacity(forward.len());
+    for seg in forward.split('/').skip(1) {
+        let bare = seg.split(';').next().unwrap_or("");
+        if bare == "." || bare == ".." {
+            return Err(BadPath::DotSegment);
+        }
+        matched.push('/');
+        matched.push_str(bare);
+    }
+    if matched.is_empty() {
+        matched.push('/');
+    }
+    Ok((matched, forward))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(text: &str) -> Result<Policy, Vec<Diagnostic>> {
+        Policy::from_sources(&[("p.yaml".to_string(), text.to_string())])
+    }
+
+    const EXAMPLE: &str = r#"
+default: authenticated
+rules:
+  - name: health
+    match: { path: "/healthz" }
+    require: none
+  - name: admin-write
+    match: { path: "/admin/**", methods: [POST, DELETE] }
+    require: step_up
+    step_up: { methods: [pin], max_age: 0 }
+  - name: admin
+    match: { host: "app.example.com", path: "/admin/**" }
+    require: step_up
+    step_up: { methods: [pin, email_otp], max_age: 5m }
+  - name: blocked
+    match: { path: "/internal/**" }
+    require: deny
+"#;
+
+    #[test]
+    fn lookup_follows_file_order_methods_and_hosts() {
+        let p = policy(EXAMPLE).unwrap();
+        let m = p.lookup("app.example.com", "GET", "/admin/users");
+        assert_eq!(m.rule_name(), "admin");
+        assert_eq!(
+            m.require,
+            &Require::StepUp(StepUp {
+                methods: vec![Factor::Pin, Factor::EmailOtp],
+                max_age: Duration::from_secs(300)
+            })
+        );
+        assert_eq!(
+            p.lookup("APP.example.com", "POST", "/admin/users")
+                .rule_name(),
+            "admin-write"
+        );
+        assert_eq!(
+            p.lookup("other.example.com", "GET", "/admin/users")
+                .rule_name(),
+            "default"
+        );
+        assert_eq!(p.lookup("x", "GET", "/healthz").require, &Require::None);
+        assert_eq!(p.lookup("x", "GET", "/internal/a").require, &Require::Deny);
+        assert_eq!(
+            p.lookup("x", "GET", "/elsewhere").require,
+            &Require::Authenticated
+        );
+    }
+
+    #[test]
+    fn errors_carry_file_line_and_column() {
+        let text = "rules:\n  - name: a\n    match: { path: \"admin/**\" }\n    require: step_up\n    step_up: { methods: [pin, sms] , max_age: 5 minutes }\n";
+        let errs = policy(text).unwrap_err();
+        let shown: Vec<String> = errs.iter().map(|d| d.to_string()).collect();
+        assert!(shown[0].starts_with("p.yaml:5:"), "{shown:?}");
+        let text = "rules:\n  - name: a\n    match: { path: \"admin/**\" }\n    require: step_up\n    step_up: { methods: [pin, sms] }\n";
+        let shown: Vec<String> = policy(text)
+            .unwrap_err()
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        assert!(
+            shown.contains(&"p.yaml:3:20: path pattern `admin/**` must start with `/`".to_string()),
+            "{shown:?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.starts_with("p.yaml:5:31: unknown step-up method `sms`")),
+            "{shown:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_position() {
+        let errs = policy("rules:\n  - name: a\n    match: { pth: \"/x\" }\n    require: none\n")
+            .unwrap_err();
+        let s = errs[0].to_string();
+        assert!(
+            s.starts_with("p.yaml:3:14: rules[0].match: unknown field `pth`"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn duplicate_names_and_bad_methods_are_reported() {
+        let errs = policy("rules:\n  - { name: a, require: none }\n  - { name: a, require: none }\n  - { name: b, require: none, match: { methods: [FETCH] } }\n").unwrap_err();
+        let all: Vec<String> = errs.iter().map(|d| d.to_string()).collect();
+        assert!(
+            all.iter().any(|s| s.contains("already used at p.yaml:2:5")),
+            "{all:?}"
+        );
+        assert!(
+            all.iter()
+                .any(|s| s.contains("unknown HTTP method `FETCH`")),
+            "{all:?}"
+        );
+    }
+
+    #[test]
+    fn normalization_decodes_unreserved_and_refuses_ambiguity() {
+        assert_eq!(
+            normalize_path("/%61dmin//x").unwrap(),
+            ("/admin/x".into(), "/admin/x".into())
+        );
+        assert_eq!(
+            normalize_path("/admin;jsessionid=1/x").unwrap().0,
+            "/admin/x"
+        );
+        assert_eq!(
+            normalize_path("/admin;jsessionid=1/x").unwrap().1,
+            "/admin;jsessionid=1/x"
+        );
+        assert_eq!(normalize_path("/a%20b").unwrap().1, "/a%20b");
+        assert_eq!(normalize_path("/a/../admin"), Err(BadPath::DotSegment));
+        assert_eq!(normalize_path("/a/%2e%2e/admin"), Err(BadPath::DotSegment));
+        assert_eq!(normalize_path("/a/..;/admin"), Err(BadPath::DotSegment));
+        assert_eq!(
+            normalize_path("/admin%2fx"),
+            Err(BadPath::AmbiguousEncoding)
+        );
+        assert_eq!(normalize_path("/admin\\x"), Err(BadPath::AmbiguousEncoding));
+        assert_eq!(normalize_path("/a%zz"), Err(BadPath::AmbiguousEncoding));
+        assert_eq!(normalize_path("/").unwrap().0, "/");
+    }
+
+    #[test]
+    fn case_insensitive_policies_match_any_case() {
+        let p = policy("case_insensitive: true\nrules:\n  - { name: a, match: { path: \"/Admin/**\" }, require: deny }\n").unwrap();
+        assert_eq!(p.lookup("h", "GET", "/ADMIN/x").rule_name(), "a");
+        let p = policy("rules:\n  - { name: a, match: { path: \"/admin/**\" }, require: deny }\n")
+            .unwrap();
+        assert_eq!(p.lookup("h", "GET", "/ADMIN/x").rule_name(), "default");
+    }
+}
