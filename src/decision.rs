@@ -1,0 +1,219 @@
+//! The access decision: a pure function of the request's facts, the compiled
+//! policy, the verifiers' in-memory keys and the clock. No I/O happens here;
+//! what needs the store (consuming a single-use token) is returned as an
+//! obligation for the caller.
+
+use crate::identity::{AuthError, Principal, Verifier};
+use crate::policy::{Factor, Policy, Require, StepUp};
+use crate::tokens::{Keys, StepUpClaims, StepUpTokenError};
+
+/// What stepgate knows about a request before deciding.
+#[derive(Clone, Copy, Debug)]
+pub struct Facts<'a> {
+    /// Host without port, lowercase.
+    pub host: &'a str,
+    pub method: &'a str,
+    /// Normalized path for matching.
+    pub path: &'a str,
+    pub access_token: Option<&'a str>,
+    pub stepup_token: Option<&'a str>,
+}
+
+/// Why a step-up is (again) needed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepUpReason {
+    Missing,
+    Invalid(StepUpTokenError),
+    /// Older than the rule's `max_age`.
+    TooOld,
+    /// Made with a factor the rule does not accept.
+    WrongFactor,
+    /// A single-use rule and the token was already used, or is not fresh.
+    AlreadyUsed,
+}
+
+impl StepUpReason {
+    pub fn describe(&self) -> &'static str {
+        match self {
+            StepUpReason::Missing => "this resource requires a step-up authentication",
+            StepUpReason::Invalid(StepUpTokenError::WrongBinding) => "the step-up token belongs to another session",
+            StepUpReason::Invalid(_) => "the step-up token is invalid or expired",
+            StepUpReason::TooOld => "the step-up is older than this resource allows",
+            StepUpReason::WrongFactor => "this resource requires a different step-up method",
+            StepUpReason::AlreadyUsed => "this resource requires a new step-up for every request",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Decision<'p> {
+    /// Forward upstream. `principal` is set on authenticated rules.
+    Forward {
+        rule: &'p str,
+        principal: Option<Principal>,
+        step_up: Option<StepUpClaims>,
+        /// Single-use rule: the caller must consume this token id in the
+        /// store before forwarding, and ask for a new step-up if it was used.
+        consume: Option<(String, i64)>,
+    },
+    Deny { rule: &'p str },
+    /// No valid first factor.
+    Unauthenticated { rule: &'p str, error: AuthError },
+    /// A (new) step-up is needed.
+    StepUp { rule: &'p str, step_up: &'p StepUp, principal: Principal, reason: StepUpReason },
+}
+
+impl Decision<'_> {
+    /// Label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Decision::Forward { principal: None, .. } => "public",
+            Decision::Forward { step_up: Some(_), .. } => "stepped_up",
+            Decision::Forward { .. } => "authenticated",
+            Decision::Deny { .. } => "deny",
+            Decision::Unauthenticated { .. } => "unauthenticated",
+            Decision::StepUp { .. } => "challenge",
+        }
+    }
+}
+
+/// Decide what happens to a request at time `now` (Unix seconds).
+/// `single_use_window`: how recent a step-up must be to open a `max_age: 0` rule.
+pub fn decide<'p>(facts: &Facts<'_>, policy: &'p Policy, verifier: &Verifier, keys: &Keys, single_use_window: i64, now: i64) -> Decision<'p> {
+    let m = policy.lookup(facts.host, facts.method, facts.path);
+    let rule = m.rule.map(|r| r.name.as_str()).unwrap_or("default");
+    let step_up = match m.require {
+        Require::None => return Decision::Forward { rule, principal: None, step_up: None, consume: None },
+        Require::Deny => return Decision::Deny { rule },
+        Require::Authenticated => None,
+        Require::StepUp(s) => Some(s),
+    };
+    let principal = match facts.access_token.map(|t| verifier.verify(t, now)) {
+        None => return Decision::Unauthenticated { rule, error: AuthError::Missing },
+        Some(Err(error)) => return Decision::Unauthenticated { rule, error },
+        Some(Ok(p)) => p,
+    };
+    let Some(step_up) = step_up else {
+        return Decision::Forward { rule, principal: Some(principal), step_up: None, consume: None };
+    };
+    let need = |principal, reason| Decision::StepUp { rule, step_up, principal, reason };
+    let Some(token) = facts.stepup_token else {
+        return need(principal, StepUpReason::Missing);
+    };
+    let claims = match keys.verify_stepup(token, &principal, now) {
+        Ok(c) => c,
+        Err(e) => return need(principal, StepUpReason::Invalid(e)),
+    };
+    match claims.factor() {
+        Some(f) if step_up.accepts(f) => {}
+        _ => return need(principal, StepUpReason::WrongFactor),
+    }
+    let age = now - claims.auth_time;
+    if step_up.single_use() {
+        if age > single_use_window {
+            return need(principal, StepUpReason::AlreadyUsed);
+        }
+        let consume = Some((claims.jti.clone(), claims.exp));
+        return Decision::Forward { rule, principal: Some(principal), step_up: Some(claims), consume };
+    }
+    if age > step_up.max_age.as_secs() as i64 {
+        return need(principal, StepUpReason::TooOld);
+    }
+    Decision::Forward { rule, principal: Some(principal), step_up: Some(claims), consume: None }
+}
+
+/// The factors a user may use for a rule, in the order pages offer them.
+pub fn offered(step_up: &StepUp) -> Vec<Factor> {
+    Factor::ALL.iter().copied().filter(|f| step_up.accepts(*f)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::values::Secret;
+    use crate::config::{FirstFactor, KeySource};
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    use std::time::Duration;
+
+    const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn setup() -> (Policy, Verifier, Keys) {
+        let policy = Policy::from_sources(&[(
+            "p.yaml".into(),
+            r#"
+default: authenticated
+rules:
+  - { name: public, match: { path: "/public/**" }, require: none }
+  - { name: once, match: { path: "/admin/delete" }, require: step_up, step_up: { methods: [pin], max_age: 0 } }
+  - { name: admin, match: { path: "/admin/**" }, require: step_up, step_up: { methods: [pin], max_age: 5m } }
+  - { name: mail, match: { path: "/mail/**" }, require: step_up, step_up: { methods: [email_otp], max_age: 5m } }
+  - { name: gone, match: { path: "/gone" }, require: deny }
+"#
+            .into(),
+        )])
+        .unwrap();
+        let ff = FirstFactor {
+            cookie: "access_token".into(),
+            algorithms: vec![Algorithm::HS256],
+            key: KeySource::Secret(Secret::new(KEY)),
+            issuer: None,
+            audience: None,
+            login_url: None,
+            leeway: Duration::from_secs(0),
+        };
+        (policy, Verifier::new(&ff).unwrap(), Keys::new(&Secret::new("s".repeat(32))))
+    }
+
+    fn access(sub: &str) -> String {
+        encode(&Header::new(Algorithm::HS256), &serde_json::json!({"sub": sub, "exp": 10_000, "sid": "S"}), &EncodingKey::from_secret(KEY)).unwrap()
+    }
+
+    fn facts<'a>(path: &'a str, at: Option<&'a str>, su: Option<&'a str>) -> Facts<'a> {
+        Facts { host: "app", method: "GET", path, access_token: at, stepup_token: su }
+    }
+
+    #[test]
+    fn public_and_deny_need_no_token() {
+        let (p, v, k) = setup();
+        assert_eq!(decide(&facts("/public/x", None, None), &p, &v, &k, 120, 1000).label(), "public");
+        assert_eq!(decide(&facts("/gone", None, None), &p, &v, &k, 120, 1000).label(), "deny");
+        assert!(matches!(decide(&facts("/home", None, None), &p, &v, &k, 120, 1000), Decision::Unauthenticated { error: AuthError::Missing, .. }));
+    }
+
+    #[test]
+    fn step_up_freshness_and_factor_are_enforced() {
+        let (p, v, k) = setup();
+        let at = access("alice");
+        let principal = v.verify(&at, 1000).unwrap();
+        assert!(matches!(decide(&facts("/admin/x", Some(&at), None), &p, &v, &k, 120, 1000), Decision::StepUp { reason: StepUpReason::Missing, .. }));
+        let (su, _) = k.issue_stepup(&principal, Factor::Pin, 1000, 3600);
+        assert_eq!(decide(&facts("/admin/x", Some(&at), Some(&su)), &p, &v, &k, 120, 1300).label(), "stepped_up");
+        assert!(matches!(decide(&facts("/admin/x", Some(&at), Some(&su)), &p, &v, &k, 120, 1301), Decision::StepUp { reason: StepUpReason::TooOld, .. }));
+        assert!(matches!(decide(&facts("/mail/x", Some(&at), Some(&su)), &p, &v, &k, 120, 1001), Decision::StepUp { reason: StepUpReason::WrongFactor, .. }));
+    }
+
+    #[test]
+    fn single_use_rules_return_a_consume_obligation_only_when_fresh() {
+        let (p, v, k) = setup();
+        let at = access("alice");
+        let principal = v.verify(&at, 1000).unwrap();
+        let (su, c) = k.issue_stepup(&principal, Factor::Pin, 1000, 3600);
+        match decide(&facts("/admin/delete", Some(&at), Some(&su)), &p, &v, &k, 120, 1010) {
+            Decision::Forward { consume: Some((jti, _)), .. } => assert_eq!(jti, c.jti),
+            d => panic!("{d:?}"),
+        }
+        assert!(matches!(decide(&facts("/admin/delete", Some(&at), Some(&su)), &p, &v, &k, 120, 1200), Decision::StepUp { reason: StepUpReason::AlreadyUsed, .. }));
+    }
+
+    #[test]
+    fn another_users_step_up_token_does_not_count() {
+        let (p, v, k) = setup();
+        let bob = v.verify(&access("bob"), 1000).unwrap();
+        let (su, _) = k.issue_stepup(&bob, Factor::Pin, 1000, 3600);
+        let at = access("alice");
+        assert!(matches!(
+            decide(&facts("/admin/x", Some(&at), Some(&su)), &p, &v, &k, 120, 1000),
+            Decision::StepUp { reason: StepUpReason::Invalid(StepUpTokenError::WrongBinding), .. }
+        ));
+    }
+}

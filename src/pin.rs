@@ -1,0 +1,270 @@
+//! The PIN factor: rules for new PINs, Argon2id hashing on a bounded blocking
+//! pool, enrollment, and verification behind the lockout.
+//!
+//! Must never: hash on an async worker, store a PIN other than as a PHC
+//! string, or evaluate more guesses than the lockout allows, even under
+//! concurrent attempts from many gateways.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+use crate::config::{Lockout, PinSettings};
+use crate::metrics;
+use crate::store::{keys, Store, StoreError};
+
+/// Runs Argon2 on tokio's blocking pool, at most one job per core at once,
+/// so PIN checks never stall proxying and a storm of them queues instead of
+/// exhausting memory (each hash uses ~19 MiB).
+pub struct Hasher {
+    permits: Semaphore,
+    argon: Argon2<'static>,
+}
+
+impl Hasher {
+    pub fn new(parallel: usize) -> Hasher {
+        Hasher { permits: Semaphore::new(parallel.max(1)), argon: Argon2::default() }
+    }
+
+    pub async fn hash(self: &Arc<Self>, secret: String) -> Result<String, FlowError> {
+        let _permit = self.permits.acquire().await.map_err(|_| FlowError::Internal)?;
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let salt = SaltString::generate(&mut rand::rngs::OsRng);
+            me.argon.hash_password(secret.as_bytes(), &salt).map(|h| h.to_string()).map_err(|_| FlowError::Internal)
+        })
+        .await
+        .map_err(|_| FlowError::Internal)?
+    }
+
+    pub async fn verify(self: &Arc<Self>, secret: String, phc: String) -> Result<bool, FlowError> {
+        let _permit = self.permits.acquire().await.map_err(|_| FlowError::Internal)?;
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let parsed = PasswordHash::new(&phc).map_err(|_| FlowError::Internal)?;
+            Ok(me.argon.verify_password(secret.as_bytes(), &parsed).is_ok())
+        })
+        .await
+        .map_err(|_| FlowError::Internal)?
+    }
+}
+
+/// Everything a flow can answer besides success. Mapped to pages and JSON in
+/// one place (`respond`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlowError {
+    /// Locked until this Unix time.
+    Locked { until: i64 },
+    WrongPin { remaining: u32 },
+    NoPin,
+    PinAlreadySet,
+    /// The new PIN breaks a rule; the message says which.
+    PinRule(String),
+    PinMismatch,
+    /// PIN enrollment needs a first-factor login newer than the window.
+    LoginNotFresh,
+    StoreUnavailable,
+    Internal,
+}
+
+impl From<StoreError> for FlowError {
+    fn from(e: StoreError) -> Self {
+        tracing::warn!(target: "stepgate", error = %e, "store operation failed");
+        FlowError::StoreUnavailable
+    }
+}
+
+/// Check a new PIN against the rules: digits only, length, not trivially weak.
+pub fn check_new_pin(pin: &str, s: &PinSettings) -> Result<(), FlowError> {
+    let n = pin.chars().count();
+    if !pin.chars().all(|c| c.is_ascii_digit()) {
+        return Err(FlowError::PinRule("A PIN is made of digits only.".into()));
+    }
+    if n < s.min_length || n > s.max_length {
+        return Err(FlowError::PinRule(format!("A PIN has {} to {} digits.", s.min_length, s.max_length)));
+    }
+    let d: Vec<i32> = pin.bytes().map(|b| (b - b'0') as i32).collect();
+    let same = d.iter().all(|x| *x == d[0]);
+    let step = d[1] - d[0];
+    let sequence = step.abs() == 1 && d.windows(2).all(|w| w[1] - w[0] == step);
+    let repeats = (1..=n / 2).any(|p| n % p == 0 && p < n && d.chunks(p).all(|c| c == &d[..p]));
+    if same || sequence || repeats {
+        return Err(FlowError::PinRule("This PIN is too easy to guess (repeated digits or a sequence). Choose another.".into()));
+    }
+    Ok(())
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct PinRecord {
+    pub phc: String,
+    pub set_at: i64,
+}
+
+pub async fn load_record(store: &dyn Store, sub: &str) -> Result<Option<PinRecord>, FlowError> {
+    match store.get(&keys::pin(sub)).await? {
+        None => Ok(None),
+        Some(raw) => serde_json::from_slice(&raw).map(Some).map_err(|_| FlowError::Internal),
+    }
+}
+
+/// A reserved attempt: counted before the guess is evaluated, so concurrent
+/// guesses can never exceed the limit. Settle it with `success` or `failure`.
+pub struct Attempt<'a> {
+    store: &'a dyn Store,
+    lockout: &'a Lockout,
+    user_key: String,
+    ip_key: String,
+    user_count: i64,
+    ip_count: i64,
+}
+
+/// Reserve one attempt for `sub` from `ip`, or say until when they are locked.
+pub async fn reserve<'a>(store: &'a dyn Store, lockout: &'a Lockout, sub: &str, ip: &str) -> Result<Attempt<'a>, FlowError> {
+    let user_key = keys::failures(sub);
+    let ip_key = keys::ip_failures(ip);
+    let u = store.incr(&user_key, lockout.window).await?;
+    let i = store.incr(&ip_key, lockout.window).await?;
+    let over_user = u.value > lockout.max_failures as i64;
+    let over_ip = i.value > lockout.ip_max_failures as i64;
+    if over_user || over_ip {
+        let until_ms = match (over_user, over_ip) {
+            (true, true) => u.expires_at_ms.max(i.expires_at_ms),
+            (true, false) => u.expires_at_ms,
+            _ => i.expires_at_ms,
+        };
+        return Err(FlowError::Locked { until: until_ms.div_ceil(1000) as i64 });
+    }
+    Ok(Attempt { store, lockout, user_key, ip_key, user_count: u.value, ip_count: i.value })
+}
+
+impl Attempt<'_> {
+    /// The guess was right: release the reservation.
+    pub async fn success(self) -> Result<(), FlowError> {
+        self.store.decr(&self.user_key).await?;
+        self.store.decr(&self.ip_key).await?;
+        Ok(())
+    }
+
+    /// The guess was wrong: the reservation stays a failure. At the limit the
+    /// counter's expiry becomes the lockout duration. Returns the tries left
+    /// for the user, or the lockout.
+    pub async fn failure(self, sub: &str, ip: &str) -> Result<FlowError, FlowError> {
+        let l = self.lockout;
+        let now = crate::clock::now();
+        let mut locked_until = None;
+        if self.user_count >= l.max_failures as i64 {
+            self.store.expire(&self.user_key, l.duration).await?;
+            metrics::LOCKOUTS.with_label_values(&["user"]).inc();
+            crate::audit::event("lockout", sub, ip, "user");
+            locked_until = Some(now + l.duration.as_secs() as i64);
+        }
+        if self.ip_count >= l.ip_max_failures as i64 {
+            self.store.expire(&self.ip_key, l.duration).await?;
+            metrics::LOCKOUTS.with_label_values(&["ip"]).inc();
+            crate::audit::event("lockout", sub, ip, "ip");
+            locked_until = Some(now + l.duration.as_secs() as i64);
+        }
+        Ok(match locked_until {
+            Some(until) => FlowError::Locked { until },
+            None => FlowError::WrongPin { remaining: (l.max_failures as i64 - self.user_count).max(0) as u32 },
+        })
+    }
+}
+
+/// Verify `pin` for `sub`, under the lockout. Ok(()) on a right PIN.
+pub async fn verify(store: &dyn Store, hasher: &Arc<Hasher>, lockout: &Lockout, sub: &str, ip: &str, pin: &str) -> Result<(), FlowError> {
+    let record = load_record(store, sub).await?.ok_or(FlowError::NoPin)?;
+    let attempt = reserve(store, lockout, sub, ip).await?;
+    // A PIN longer than any allowed one cannot be right; still counted.
+    let started = Instant::now();
+    let ok = pin.len() <= 64 && hasher.verify(pin.to_string(), record.phc).await?;
+    metrics::PIN_VERIFY_SECONDS.observe(started.elapsed().as_secs_f64());
+    if ok {
+        attempt.success().await?;
+        crate::audit::event("pin_success", sub, ip, "");
+        Ok(())
+    } else {
+        crate::audit::event("pin_failure", sub, ip, "");
+        Err(attempt.failure(sub, ip).await?)
+    }
+}
+
+/// Enroll a first PIN. The caller has checked the login's freshness.
+pub async fn enroll(store: &dyn Store, hasher: &Arc<Hasher>, settings: &PinSettings, sub: &str, ip: &str, pin: &str, confirm: &str) -> Result<(), FlowError> {
+    if pin != confirm {
+        return Err(FlowError::PinMismatch);
+    }
+    check_new_pin(pin, settings)?;
+    if load_record(store, sub).await?.is_some() {
+        return Err(FlowError::PinAlreadySet);
+    }
+    let phc = hasher.hash(pin.to_string()).await?;
+    let rec = serde_json::to_vec(&PinRecord { phc, set_at: crate::clock::now() }).map_err(|_| FlowError::Internal)?;
+    store.put(&keys::pin(sub), &rec, None).await?;
+    metrics::ENROLLMENTS.inc();
+    crate::audit::event("pin_set", sub, ip, "");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+    use std::time::Duration;
+
+    fn settings() -> PinSettings {
+        PinSettings { required: false, login: true, session_ttl: Duration::from_secs(60), min_length: 4, max_length: 12, enroll_window: Duration::from_secs(600) }
+    }
+
+    #[test]
+    fn weak_and_malformed_pins_are_refused() {
+        let s = settings();
+        for bad in ["0000", "123456", "9876", "121212", "abcd", "12", "1234567890123"] {
+            assert!(check_new_pin(bad, &s).is_err(), "{bad}");
+        }
+        for good in ["2580", "739164", "1357"] {
+            assert!(check_new_pin(good, &s).is_ok(), "{good}");
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_wrong_pins_are_evaluated_exactly_up_to_the_limit() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let hasher = Arc::new(Hasher::new(2));
+        let lockout = Lockout { max_failures: 5, window: Duration::from_secs(900), duration: Duration::from_secs(900), ip_max_failures: 100 };
+        enroll(&*store, &hasher, &settings(), "u", "1.1.1.1", "2580", "2580").await.unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..12 {
+            let (store, hasher, lockout) = (store.clone(), hasher.clone(), lockout.clone());
+            tasks.push(tokio::spawn(async move { verify(&*store, &hasher, &lockout, "u", "1.1.1.1", "1111").await }));
+        }
+        let mut wrong = 0;
+        let mut locked = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Err(FlowError::WrongPin { .. }) => wrong += 1,
+                Err(FlowError::Locked { .. }) => locked += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!((wrong, locked), (4, 8), "the 5th failure locks; only 5 guesses were evaluated");
+        // Even the right PIN is refused while locked.
+        assert!(matches!(verify(&*store, &hasher, &lockout, "u", "1.1.1.1", "2580").await, Err(FlowError::Locked { .. })));
+    }
+
+    #[tokio::test]
+    async fn success_releases_the_reservation() {
+        let store = MemoryStore::default();
+        let hasher = Arc::new(Hasher::new(1));
+        let lockout = Lockout { max_failures: 2, window: Duration::from_secs(900), duration: Duration::from_secs(900), ip_max_failures: 100 };
+        enroll(&store, &hasher, &settings(), "u", "ip", "2580", "2580").await.unwrap();
+        for _ in 0..5 {
+            verify(&store, &hasher, &lockout, "u", "ip", "2580").await.unwrap();
+        }
+        assert_eq!(verify(&store, &hasher, &lockout, "u", "ip", "1111").await, Err(FlowError::WrongPin { remaining: 1 }));
+    }
+}

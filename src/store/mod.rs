@@ -1,0 +1,176 @@
+//! The shared state behind flows: PIN records, failure counters, single-use
+//! token ids. The `Store` trait is shaped after what Redis does atomically
+//! (counters with expiry, set-if-absent with expiry, get-and-delete), so every
+//! backend offers the same guarantees. Every call is bounded by
+//! `store.timeout`; a store that does not answer fails closed.
+
+pub mod embedded;
+pub mod memory;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+
+use crate::config::{StoreKind, StoreSettings};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("corrupt value in the store at {0}")]
+    Corrupt(String),
+}
+
+/// A counter's value after an increment, and when it expires (Unix ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counter {
+    pub value: i64,
+    pub expires_at_ms: u64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Set a value, with an expiry or for good.
+    async fn put(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError>;
+    /// Set only if absent; true when this call set it.
+    async fn put_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError>;
+    /// Get and delete in one step: only one caller ever gets the value.
+    async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// Add one; a new counter expires after `ttl`, an existing one keeps its expiry.
+    async fn incr(&self, key: &str, ttl: Duration) -> Result<Counter, StoreError>;
+    /// Subtract one (not below zero), keeping the expiry.
+    async fn decr(&self, key: &str) -> Result<(), StoreError>;
+    /// Set a new expiry on an existing key.
+    async fn expire(&self, key: &str, ttl: Duration) -> Result<(), StoreError>;
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Keys, in one place. Everything about one user shares the `{u:...}` hash
+/// tag so multi-key operations stay on one Redis Cluster slot.
+pub mod keys {
+    use crate::identity::digest_b64;
+
+    /// Subjects are hashed so that any `sub` (with braces, colons, ...) makes
+    /// a well-formed key.
+    fn user(sub: &str) -> String {
+        format!("{{u:{}}}", &digest_b64(sub.as_bytes())[..22])
+    }
+    pub fn pin(sub: &str) -> String {
+        format!("{}:pin", user(sub))
+    }
+    pub fn failures(sub: &str) -> String {
+        format!("{}:fail", user(sub))
+    }
+    pub fn ip_failures(ip: &str) -> String {
+        format!("ip:{ip}:fail")
+    }
+    pub fn used_token(jti: &str) -> String {
+        format!("used:{jti}")
+    }
+}
+
+/// Wraps a backend with the key prefix and the per-operation timeout.
+pub struct Bounded {
+    inner: Box<dyn Store>,
+    prefix: String,
+    timeout: Duration,
+}
+
+macro_rules! bounded {
+    ($self:ident, $call:expr) => {
+        match tokio::time::timeout($self.timeout, $call).await {
+            Ok(r) => r,
+            Err(_) => {
+                crate::metrics::STORE_ERRORS.with_label_values(&["timeout"]).inc();
+                Err(StoreError::Timeout($self.timeout))
+            }
+        }
+    };
+}
+
+impl Bounded {
+    fn k(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+}
+
+#[async_trait]
+impl Store for Bounded {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        bounded!(self, self.inner.get(&self.k(key)))
+    }
+    async fn put(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
+        bounded!(self, self.inner.put(&self.k(key), value, ttl))
+    }
+    async fn put_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
+        bounded!(self, self.inner.put_if_absent(&self.k(key), value, ttl))
+    }
+    async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        bounded!(self, self.inner.take(&self.k(key)))
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        bounded!(self, self.inner.delete(&self.k(key)))
+    }
+    async fn incr(&self, key: &str, ttl: Duration) -> Result<Counter, StoreError> {
+        bounded!(self, self.inner.incr(&self.k(key), ttl))
+    }
+    async fn decr(&self, key: &str) -> Result<(), StoreError> {
+        bounded!(self, self.inner.decr(&self.k(key)))
+    }
+    async fn expire(&self, key: &str, ttl: Duration) -> Result<(), StoreError> {
+        bounded!(self, self.inner.expire(&self.k(key), ttl))
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        bounded!(self, self.inner.ping())
+    }
+}
+
+/// Open the configured store.
+pub fn open(s: &StoreSettings) -> Result<Arc<dyn Store>, String> {
+    let inner: Box<dyn Store> = match &s.kind {
+        StoreKind::Memory => Box::new(memory::MemoryStore::default()),
+        StoreKind::Embedded { path } => Box::new(embedded::EmbeddedStore::open(path)?),
+        StoreKind::Redis { .. } | StoreKind::RedisCluster { .. } => {
+            return Err("store.kind redis / redis_cluster is not available in this build yet; use embedded or memory".into())
+        }
+    };
+    Ok(Arc::new(Bounded { inner, prefix: s.key_prefix.clone(), timeout: s.timeout }))
+}
+
+/// Backend-independent checks every implementation must pass.
+#[cfg(test)]
+pub(crate) async fn conformance(s: &dyn Store) {
+    let ttl = Duration::from_secs(60);
+    assert_eq!(s.get("a").await.unwrap(), None);
+    s.put("a", b"1", None).await.unwrap();
+    assert_eq!(s.get("a").await.unwrap().as_deref(), Some(&b"1"[..]));
+    assert!(!s.put_if_absent("a", b"2", ttl).await.unwrap());
+    assert!(s.put_if_absent("b", b"2", ttl).await.unwrap());
+    assert_eq!(s.take("b").await.unwrap().as_deref(), Some(&b"2"[..]));
+    assert_eq!(s.take("b").await.unwrap(), None);
+    let c1 = s.incr("c", ttl).await.unwrap();
+    let c2 = s.incr("c", Duration::from_secs(999)).await.unwrap();
+    assert_eq!((c1.value, c2.value), (1, 2));
+    assert_eq!(c1.expires_at_ms, c2.expires_at_ms, "an existing counter keeps its expiry");
+    s.decr("c").await.unwrap();
+    assert_eq!(s.incr("c", ttl).await.unwrap().value, 2);
+    s.put("short", b"x", Some(Duration::from_millis(50))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert_eq!(s.get("short").await.unwrap(), None, "expired values vanish");
+    s.put("e", b"x", None).await.unwrap();
+    s.expire("e", Duration::from_millis(30)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(s.get("e").await.unwrap(), None);
+    s.delete("a").await.unwrap();
+    assert_eq!(s.get("a").await.unwrap(), None);
+    s.ping().await.unwrap();
+}

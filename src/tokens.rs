@@ -1,0 +1,210 @@
+//! Tokens stepgate mints itself: the step-up token (the
+//! SecondFactorValidationToken) and the CSRF token of its forms. Each kind is
+//! signed with its own key derived from `signing.secret`, so one kind can
+//! never be replayed as another. Verification is pure and allocation-light;
+//! comparisons of MACs are constant-time.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use crate::config::values::Secret;
+use crate::identity::{digest_b64, Principal};
+use crate::policy::Factor;
+
+type HmacSha256 = Hmac<Sha256>;
+
+fn derive(secret: &Secret, purpose: &str) -> Vec<u8> {
+    let mut mac = HmacSha256::new_from_slice(secret.expose()).expect("HMAC takes any key length");
+    mac.update(b"stepgate-key-v1:");
+    mac.update(purpose.as_bytes());
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// Random identifier, 128 bits, base64url.
+pub fn random_id() -> String {
+    let mut b = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    B64.encode(b)
+}
+
+/// What a valid step-up token proves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepUpClaims {
+    pub sub: String,
+    /// Hash of the first-factor session binding ([`Principal::session`]).
+    pub ssn: String,
+    pub amr: Vec<String>,
+    pub auth_time: i64,
+    pub iat: i64,
+    pub exp: i64,
+    pub jti: String,
+    typ: String,
+}
+
+impl StepUpClaims {
+    pub fn factor(&self) -> Option<Factor> {
+        self.amr.first().and_then(|a| Factor::from_amr(a))
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum StepUpTokenError {
+    Malformed,
+    BadSignature,
+    Expired,
+    /// Issued to another user or another first-factor session.
+    WrongBinding,
+}
+
+const STEPUP_TYP: &str = "stepgate+su";
+
+pub struct Keys {
+    stepup_enc: EncodingKey,
+    stepup_dec: DecodingKey,
+    stepup_validation: Validation,
+    csrf: Vec<u8>,
+}
+
+/// The binding hash of a first-factor session.
+pub fn session_hash(p: &Principal) -> String {
+    digest_b64(p.session.as_bytes())[..22].to_string()
+}
+
+impl Keys {
+    pub fn new(signing: &Secret) -> Keys {
+        let su = derive(signing, "step-up-token");
+        let mut v = Validation::new(Algorithm::HS256);
+        v.validate_exp = false;
+        v.validate_nbf = false;
+        v.validate_aud = false;
+        v.required_spec_claims = ["exp".to_string(), "sub".to_string()].into_iter().collect();
+        Keys {
+            stepup_enc: EncodingKey::from_secret(&su),
+            stepup_dec: DecodingKey::from_secret(&su),
+            stepup_validation: v,
+            csrf: derive(signing, "csrf"),
+        }
+    }
+
+    /// Mint a step-up token for `p`, valid for `ttl_secs`.
+    pub fn issue_stepup(&self, p: &Principal, factor: Factor, now: i64, ttl_secs: i64) -> (String, StepUpClaims) {
+        let claims = StepUpClaims {
+            sub: p.sub.clone(),
+            ssn: session_hash(p),
+            amr: vec![factor.amr().to_string()],
+            auth_time: now,
+            iat: now,
+            exp: now + ttl_secs,
+            jti: random_id(),
+            typ: STEPUP_TYP.to_string(),
+        };
+        let token = encode(&Header::new(Algorithm::HS256), &claims, &self.stepup_enc).expect("HS256 encoding cannot fail");
+        (token, claims)
+    }
+
+    /// Verify a step-up token's signature, expiry and binding to `p`.
+    pub fn verify_stepup(&self, token: &str, p: &Principal, now: i64) -> Result<StepUpClaims, StepUpTokenError> {
+        if token.len() > 2048 {
+            return Err(StepUpTokenError::Malformed);
+        }
+        let data = decode::<StepUpClaims>(token, &self.stepup_dec, &self.stepup_validation).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::InvalidSignature => StepUpTokenError::BadSignature,
+            _ => StepUpTokenError::Malformed,
+        })?;
+        let c = data.claims;
+        if c.typ != STEPUP_TYP {
+            return Err(StepUpTokenError::Malformed);
+        }
+        if now >= c.exp {
+            return Err(StepUpTokenError::Expired);
+        }
+        let bound = c.sub.as_bytes().ct_eq(p.sub.as_bytes()) & c.ssn.as_bytes().ct_eq(session_hash(p).as_bytes());
+        if !bool::from(bound) {
+            return Err(StepUpTokenError::WrongBinding);
+        }
+        Ok(c)
+    }
+
+    /// A CSRF token for forms of the session `p`, valid for an hour.
+    pub fn csrf_token(&self, p: &Principal, now: i64) -> String {
+        let exp = now + 3600;
+        format!("{exp}.{}", self.csrf_mac(p, exp))
+    }
+
+    fn csrf_mac(&self, p: &Principal, exp: i64) -> String {
+        let mut mac = HmacSha256::new_from_slice(&self.csrf).expect("any key length");
+        mac.update(p.sub.as_bytes());
+        mac.update(b"\0");
+        mac.update(p.session.as_bytes());
+        mac.update(b"\0");
+        mac.update(exp.to_string().as_bytes());
+        B64.encode(&mac.finalize().into_bytes()[..18])
+    }
+
+    pub fn check_csrf(&self, p: &Principal, token: &str, now: i64) -> bool {
+        let Some((exp, mac)) = token.split_once('.') else {
+            return false;
+        };
+        let Ok(exp) = exp.parse::<i64>() else {
+            return false;
+        };
+        if now > exp || exp > now + 3600 + 60 {
+            return false;
+        }
+        bool::from(self.csrf_mac(p, exp).as_bytes().ct_eq(mac.as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(sub: &str, session: &str) -> Principal {
+        Principal { sub: sub.into(), email: None, emails: vec![], session: session.into(), login_time: None, expires: 0 }
+    }
+
+    fn keys() -> Keys {
+        Keys::new(&Secret::new("x".repeat(32)))
+    }
+
+    #[test]
+    fn stepup_token_is_bound_to_user_and_session() {
+        let k = keys();
+        let alice = principal("alice", "sid:1");
+        let (t, c) = k.issue_stepup(&alice, Factor::Pin, 1000, 300);
+        assert_eq!(k.verify_stepup(&t, &alice, 1100).unwrap(), c);
+        assert_eq!(k.verify_stepup(&t, &principal("bob", "sid:1"), 1100), Err(StepUpTokenError::WrongBinding));
+        assert_eq!(k.verify_stepup(&t, &principal("alice", "sid:2"), 1100), Err(StepUpTokenError::WrongBinding));
+        assert_eq!(k.verify_stepup(&t, &alice, 1300), Err(StepUpTokenError::Expired));
+    }
+
+    #[test]
+    fn tampered_or_foreign_key_tokens_are_refused() {
+        let k = keys();
+        let alice = principal("alice", "sid:1");
+        let (t, _) = k.issue_stepup(&alice, Factor::Pin, 1000, 300);
+        let mut parts: Vec<&str> = t.split('.').collect();
+        let forged = B64.encode(br#"{"sub":"alice","ssn":"x","amr":["pin"],"auth_time":1000,"iat":1000,"exp":99999,"jti":"j","typ":"stepgate+su"}"#);
+        parts[1] = &forged;
+        assert_eq!(k.verify_stepup(&parts.join("."), &alice, 1100), Err(StepUpTokenError::BadSignature));
+        let other = Keys::new(&Secret::new("y".repeat(32)));
+        assert_eq!(other.verify_stepup(&t, &alice, 1100), Err(StepUpTokenError::BadSignature));
+    }
+
+    #[test]
+    fn csrf_tokens_are_bound_and_expire() {
+        let k = keys();
+        let a = principal("alice", "sid:1");
+        let t = k.csrf_token(&a, 1000);
+        assert!(k.check_csrf(&a, &t, 1000));
+        assert!(!k.check_csrf(&principal("alice", "sid:2"), &t, 1000));
+        assert!(!k.check_csrf(&a, &t, 1000 + 3601));
+        assert!(!k.check_csrf(&a, "garbage", 1000));
+    }
+}
