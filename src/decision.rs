@@ -36,7 +36,9 @@ impl StepUpReason {
     pub fn describe(&self) -> &'static str {
         match self {
             StepUpReason::Missing => "this resource requires a step-up authentication",
-            StepUpReason::Invalid(StepUpTokenError::WrongBinding) => "the step-up token belongs to another session",
+            StepUpReason::Invalid(StepUpTokenError::WrongBinding) => {
+                "the step-up token belongs to another session"
+            }
             StepUpReason::Invalid(_) => "the step-up token is invalid or expired",
             StepUpReason::TooOld => "the step-up is older than this resource allows",
             StepUpReason::WrongFactor => "this resource requires a different step-up method",
@@ -56,19 +58,33 @@ pub enum Decision<'p> {
         /// store before forwarding, and ask for a new step-up if it was used.
         consume: Option<(String, i64)>,
     },
-    Deny { rule: &'p str },
+    Deny {
+        rule: &'p str,
+    },
     /// No valid first factor.
-    Unauthenticated { rule: &'p str, error: AuthError },
+    Unauthenticated {
+        rule: &'p str,
+        error: AuthError,
+    },
     /// A (new) step-up is needed.
-    StepUp { rule: &'p str, step_up: &'p StepUp, principal: Principal, reason: StepUpReason },
+    StepUp {
+        rule: &'p str,
+        step_up: &'p StepUp,
+        principal: Principal,
+        reason: StepUpReason,
+    },
 }
 
 impl Decision<'_> {
     /// Label for metrics and logs.
     pub fn label(&self) -> &'static str {
         match self {
-            Decision::Forward { principal: None, .. } => "public",
-            Decision::Forward { step_up: Some(_), .. } => "stepped_up",
+            Decision::Forward {
+                principal: None, ..
+            } => "public",
+            Decision::Forward {
+                step_up: Some(_), ..
+            } => "stepped_up",
             Decision::Forward { .. } => "authenticated",
             Decision::Deny { .. } => "deny",
             Decision::Unauthenticated { .. } => "unauthenticated",
@@ -79,24 +95,53 @@ impl Decision<'_> {
 
 /// Decide what happens to a request at time `now` (Unix seconds).
 /// `single_use_window`: how recent a step-up must be to open a `max_age: 0` rule.
-pub fn decide<'p>(facts: &Facts<'_>, policy: &'p Policy, verifier: &Verifier, keys: &Keys, single_use_window: i64, now: i64) -> Decision<'p> {
+pub fn decide<'p>(
+    facts: &Facts<'_>,
+    policy: &'p Policy,
+    verifier: &Verifier,
+    keys: &Keys,
+    single_use_window: i64,
+    now: i64,
+) -> Decision<'p> {
     let m = policy.lookup(facts.host, facts.method, facts.path);
-    let rule = m.rule.map(|r| r.name.as_str()).unwrap_or("default");
+    let rule = m.rule_name();
     let step_up = match m.require {
-        Require::None => return Decision::Forward { rule, principal: None, step_up: None, consume: None },
+        Require::None => {
+            return Decision::Forward {
+                rule,
+                principal: None,
+                step_up: None,
+                consume: None,
+            }
+        }
         Require::Deny => return Decision::Deny { rule },
         Require::Authenticated => None,
         Require::StepUp(s) => Some(s),
     };
     let principal = match facts.access_token.map(|t| verifier.verify(t, now)) {
-        None => return Decision::Unauthenticated { rule, error: AuthError::Missing },
+        None => {
+            return Decision::Unauthenticated {
+                rule,
+                error: AuthError::Missing,
+            }
+        }
         Some(Err(error)) => return Decision::Unauthenticated { rule, error },
         Some(Ok(p)) => p,
     };
     let Some(step_up) = step_up else {
-        return Decision::Forward { rule, principal: Some(principal), step_up: None, consume: None };
+        return Decision::Forward {
+            rule,
+            principal: Some(principal),
+            step_up: None,
+            consume: None,
+        };
     };
-    let need = |principal, reason| Decision::StepUp { rule, step_up, principal, reason };
+    let need = |principal, reason| Decision::StepUp {
+        rule,
+        step_up,
+        principal,
+        reason,
+    };
     let Some(token) = facts.stepup_token else {
         return need(principal, StepUpReason::Missing);
     };
@@ -114,17 +159,31 @@ pub fn decide<'p>(facts: &Facts<'_>, policy: &'p Policy, verifier: &Verifier, ke
             return need(principal, StepUpReason::AlreadyUsed);
         }
         let consume = Some((claims.jti.clone(), claims.exp));
-        return Decision::Forward { rule, principal: Some(principal), step_up: Some(claims), consume };
+        return Decision::Forward {
+            rule,
+            principal: Some(principal),
+            step_up: Some(claims),
+            consume,
+        };
     }
     if age > step_up.max_age.as_secs() as i64 {
         return need(principal, StepUpReason::TooOld);
     }
-    Decision::Forward { rule, principal: Some(principal), step_up: Some(claims), consume: None }
+    Decision::Forward {
+        rule,
+        principal: Some(principal),
+        step_up: Some(claims),
+        consume: None,
+    }
 }
 
 /// The factors a user may use for a rule, in the order pages offer them.
 pub fn offered(step_up: &StepUp) -> Vec<Factor> {
-    Factor::ALL.iter().copied().filter(|f| step_up.accepts(*f)).collect()
+    Factor::ALL
+        .iter()
+        .copied()
+        .filter(|f| step_up.accepts(*f))
+        .collect()
 }
 
 #[cfg(test)]
@@ -161,23 +220,50 @@ rules:
             login_url: None,
             leeway: Duration::from_secs(0),
         };
-        (policy, Verifier::new(&ff).unwrap(), Keys::new(&Secret::new("s".repeat(32))))
+        (
+            policy,
+            Verifier::new(&ff).unwrap(),
+            Keys::new(&Secret::new("s".repeat(32))),
+        )
     }
 
     fn access(sub: &str) -> String {
-        encode(&Header::new(Algorithm::HS256), &serde_json::json!({"sub": sub, "exp": 10_000, "sid": "S"}), &EncodingKey::from_secret(KEY)).unwrap()
+        encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({"sub": sub, "exp": 10_000, "sid": "S"}),
+            &EncodingKey::from_secret(KEY),
+        )
+        .unwrap()
     }
 
     fn facts<'a>(path: &'a str, at: Option<&'a str>, su: Option<&'a str>) -> Facts<'a> {
-        Facts { host: "app", method: "GET", path, access_token: at, stepup_token: su }
+        Facts {
+            host: "app",
+            method: "GET",
+            path,
+            access_token: at,
+            stepup_token: su,
+        }
     }
 
     #[test]
     fn public_and_deny_need_no_token() {
         let (p, v, k) = setup();
-        assert_eq!(decide(&facts("/public/x", None, None), &p, &v, &k, 120, 1000).label(), "public");
-        assert_eq!(decide(&facts("/gone", None, None), &p, &v, &k, 120, 1000).label(), "deny");
-        assert!(matches!(decide(&facts("/home", None, None), &p, &v, &k, 120, 1000), Decision::Unauthenticated { error: AuthError::Missing, .. }));
+        assert_eq!(
+            decide(&facts("/public/x", None, None), &p, &v, &k, 120, 1000).label(),
+            "public"
+        );
+        assert_eq!(
+            decide(&facts("/gone", None, None), &p, &v, &k, 120, 1000).label(),
+            "deny"
+        );
+        assert!(matches!(
+            decide(&facts("/home", None, None), &p, &v, &k, 120, 1000),
+            Decision::Unauthenticated {
+                error: AuthError::Missing,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -185,11 +271,54 @@ rules:
         let (p, v, k) = setup();
         let at = access("alice");
         let principal = v.verify(&at, 1000).unwrap();
-        assert!(matches!(decide(&facts("/admin/x", Some(&at), None), &p, &v, &k, 120, 1000), Decision::StepUp { reason: StepUpReason::Missing, .. }));
+        assert!(matches!(
+            decide(&facts("/admin/x", Some(&at), None), &p, &v, &k, 120, 1000),
+            Decision::StepUp {
+                reason: StepUpReason::Missing,
+                ..
+            }
+        ));
         let (su, _) = k.issue_stepup(&principal, Factor::Pin, 1000, 3600);
-        assert_eq!(decide(&facts("/admin/x", Some(&at), Some(&su)), &p, &v, &k, 120, 1300).label(), "stepped_up");
-        assert!(matches!(decide(&facts("/admin/x", Some(&at), Some(&su)), &p, &v, &k, 120, 1301), Decision::StepUp { reason: StepUpReason::TooOld, .. }));
-        assert!(matches!(decide(&facts("/mail/x", Some(&at), Some(&su)), &p, &v, &k, 120, 1001), Decision::StepUp { reason: StepUpReason::WrongFactor, .. }));
+        assert_eq!(
+            decide(
+                &facts("/admin/x", Some(&at), Some(&su)),
+                &p,
+                &v,
+                &k,
+                120,
+                1300
+            )
+            .label(),
+            "stepped_up"
+        );
+        assert!(matches!(
+            decide(
+                &facts("/admin/x", Some(&at), Some(&su)),
+                &p,
+                &v,
+                &k,
+                120,
+                1301
+            ),
+            Decision::StepUp {
+                reason: StepUpReason::TooOld,
+                ..
+            }
+        ));
+        assert!(matches!(
+            decide(
+                &facts("/mail/x", Some(&at), Some(&su)),
+                &p,
+                &v,
+                &k,
+                120,
+                1001
+            ),
+            Decision::StepUp {
+                reason: StepUpReason::WrongFactor,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -198,11 +327,34 @@ rules:
         let at = access("alice");
         let principal = v.verify(&at, 1000).unwrap();
         let (su, c) = k.issue_stepup(&principal, Factor::Pin, 1000, 3600);
-        match decide(&facts("/admin/delete", Some(&at), Some(&su)), &p, &v, &k, 120, 1010) {
-            Decision::Forward { consume: Some((jti, _)), .. } => assert_eq!(jti, c.jti),
+        match decide(
+            &facts("/admin/delete", Some(&at), Some(&su)),
+            &p,
+            &v,
+            &k,
+            120,
+            1010,
+        ) {
+            Decision::Forward {
+                consume: Some((jti, _)),
+                ..
+            } => assert_eq!(jti, c.jti),
             d => panic!("{d:?}"),
         }
-        assert!(matches!(decide(&facts("/admin/delete", Some(&at), Some(&su)), &p, &v, &k, 120, 1200), Decision::StepUp { reason: StepUpReason::AlreadyUsed, .. }));
+        assert!(matches!(
+            decide(
+                &facts("/admin/delete", Some(&at), Some(&su)),
+                &p,
+                &v,
+                &k,
+                120,
+                1200
+            ),
+            Decision::StepUp {
+                reason: StepUpReason::AlreadyUsed,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -212,8 +364,18 @@ rules:
         let (su, _) = k.issue_stepup(&bob, Factor::Pin, 1000, 3600);
         let at = access("alice");
         assert!(matches!(
-            decide(&facts("/admin/x", Some(&at), Some(&su)), &p, &v, &k, 120, 1000),
-            Decision::StepUp { reason: StepUpReason::Invalid(StepUpTokenError::WrongBinding), .. }
+            decide(
+                &facts("/admin/x", Some(&at), Some(&su)),
+                &p,
+                &v,
+                &k,
+                120,
+                1000
+            ),
+            Decision::StepUp {
+                reason: StepUpReason::Invalid(StepUpTokenError::WrongBinding),
+                ..
+            }
         ));
     }
 }

@@ -96,10 +96,12 @@ pub struct KeySet {
 
 impl KeySet {
     fn from_jwks(text: &str) -> Result<KeySet, String> {
-        let set: JwkSet = serde_json::from_str(text).map_err(|e| format!("not a JWKS document: {e}"))?;
+        let set: JwkSet =
+            serde_json::from_str(text).map_err(|e| format!("not a JWKS document: {e}"))?;
         let mut ks = KeySet::default();
         for jwk in &set.keys {
-            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("unusable key in JWKS: {e}"))?;
+            let key =
+                DecodingKey::from_jwk(jwk).map_err(|e| format!("unusable key in JWKS: {e}"))?;
             match &jwk.common.key_id {
                 Some(kid) => {
                     ks.by_kid.insert(kid.clone(), key);
@@ -123,7 +125,10 @@ impl KeySet {
             HS256 | HS384 | HS512 => return Err("a PEM key cannot verify HS* tokens".into()),
         }
         .map_err(|e| format!("cannot use the public key for {alg:?}: {e}"))?;
-        Ok(KeySet { by_kid: HashMap::new(), anonymous: vec![key] })
+        Ok(KeySet {
+            by_kid: HashMap::new(),
+            anonymous: vec![key],
+        })
     }
 }
 
@@ -142,13 +147,18 @@ impl Verifier {
     /// [`fetch_jwks`]) and installed with [`Verifier::install_jwks`].
     pub fn new(ff: &FirstFactor) -> Result<Verifier, String> {
         let keys = match &ff.key {
-            KeySource::Secret(s) => KeySet { by_kid: HashMap::new(), anonymous: vec![DecodingKey::from_secret(s.expose())] },
+            KeySource::Secret(s) => KeySet {
+                by_kid: HashMap::new(),
+                anonymous: vec![DecodingKey::from_secret(s.expose())],
+            },
             KeySource::PublicKeyFile(p) => {
-                let pem = std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+                let pem =
+                    std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
                 KeySet::from_pem(&pem, &ff.algorithms)?
             }
             KeySource::JwksFile(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
                 KeySet::from_jwks(&text).map_err(|e| format!("{}: {e}", p.display()))?
             }
             KeySource::JwksUrl { .. } => KeySet::default(),
@@ -158,7 +168,8 @@ impl Verifier {
         // Time claims are checked against the caller's clock in `verify`.
         validation.validate_exp = false;
         validation.validate_nbf = false;
-        validation.required_spec_claims = ["exp".to_string(), "sub".to_string()].into_iter().collect();
+        validation.required_spec_claims =
+            ["exp".to_string(), "sub".to_string()].into_iter().collect();
         match &ff.issuer {
             Some(i) => validation.set_issuer(&[i]),
             None => validation.iss = None,
@@ -214,7 +225,9 @@ impl Verifier {
         let candidates: Vec<&DecodingKey> = match &header.kid {
             Some(kid) => match keys.by_kid.get(kid) {
                 Some(k) => vec![k],
-                None if keys.anonymous.is_empty() || !is_hmac(header.alg) && !keys.by_kid.is_empty() => {
+                None if keys.anonymous.is_empty()
+                    || !is_hmac(header.alg) && !keys.by_kid.is_empty() =>
+                {
                     return Err(AuthError::UnknownKey)
                 }
                 None => keys.anonymous.iter().collect(),
@@ -234,7 +247,9 @@ impl Verifier {
                         K::InvalidSignature => AuthError::BadSignature,
                         K::InvalidIssuer => return Err(AuthError::WrongIssuer),
                         K::InvalidAudience => return Err(AuthError::WrongAudience),
-                        K::MissingRequiredClaim(c) if c == "sub" => return Err(AuthError::MissingClaim("sub")),
+                        K::MissingRequiredClaim(c) if c == "sub" => {
+                            return Err(AuthError::MissingClaim("sub"))
+                        }
                         K::MissingRequiredClaim(_) => return Err(AuthError::MissingClaim("exp")),
                         K::InvalidAlgorithm => AuthError::AlgorithmNotAllowed,
                         _ => AuthError::Malformed,
@@ -246,7 +261,10 @@ impl Verifier {
     }
 
     fn principal(&self, token: &str, c: Claims, now: i64) -> Result<Principal, AuthError> {
-        let sub = c.sub.filter(|s| !s.is_empty() && s.len() <= 256).ok_or(AuthError::MissingClaim("sub"))?;
+        let sub = c
+            .sub
+            .filter(|s| !s.is_empty() && s.len() <= 256)
+            .ok_or(AuthError::MissingClaim("sub"))?;
         let exp = c.exp.ok_or(AuthError::MissingClaim("exp"))?;
         if now > exp + self.leeway {
             return Err(AuthError::Expired);
@@ -290,7 +308,11 @@ pub async fn fetch_jwks(url: &str) -> Result<String, String> {
         .timeout(std::time::Duration::from_secs(5))
         .build()
         .map_err(|e| e.to_string())?;
-    let resp = client.get(url).send().await.map_err(|e| format!("cannot fetch {url}: {e}"))?;
+    let resp = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("cannot fetch {url}: {e}"))?;
     if !resp.status().is_success() {
         return Err(format!("{url} answered {}", resp.status()));
     }
@@ -319,16 +341,27 @@ mod tests {
     }
 
     fn hs() -> Verifier {
-        Verifier::new(&ff(vec![Algorithm::HS256], KeySource::Secret(Secret::new(KEY)))).unwrap()
+        Verifier::new(&ff(
+            vec![Algorithm::HS256],
+            KeySource::Secret(Secret::new(KEY)),
+        ))
+        .unwrap()
     }
 
     fn mint(claims: serde_json::Value) -> String {
-        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(KEY)).unwrap()
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(KEY),
+        )
+        .unwrap()
     }
 
     #[test]
     fn valid_token_yields_principal_bound_to_sid() {
-        let t = mint(serde_json::json!({"sub":"u1","exp":2000,"iat":900,"iss":"idp","sid":"s9","email":"A@x.io","emails":["b@x.io"]}));
+        let t = mint(
+            serde_json::json!({"sub":"u1","exp":2000,"iat":900,"iss":"idp","sid":"s9","email":"A@x.io","emails":["b@x.io"]}),
+        );
         let p = hs().verify(&t, 1000).unwrap();
         assert_eq!(p.sub, "u1");
         assert_eq!(p.session, "sid:s9");
@@ -349,20 +382,35 @@ mod tests {
         let mut t = mint(serde_json::json!({"sub":"u","exp":5000,"iss":"idp"}));
         t.pop();
         t.push('A');
-        assert!(matches!(v.verify(&t, 1000), Err(AuthError::BadSignature) | Err(AuthError::Malformed)));
+        assert!(matches!(
+            v.verify(&t, 1000),
+            Err(AuthError::BadSignature) | Err(AuthError::Malformed)
+        ));
     }
 
     #[test]
     fn alg_none_and_unlisted_algorithms_are_refused() {
         let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-        let none = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64(r#"{"sub":"u","exp":9999999999}"#));
+        let none = format!(
+            "{}.{}.",
+            b64(r#"{"alg":"none","typ":"JWT"}"#),
+            b64(r#"{"sub":"u","exp":9999999999}"#)
+        );
         assert!(hs().verify(&none, 1000).is_err());
-        let t = encode(&Header::new(Algorithm::HS512), &serde_json::json!({"sub":"u","exp":5000,"iss":"idp"}), &EncodingKey::from_secret(KEY)).unwrap();
+        let t = encode(
+            &Header::new(Algorithm::HS512),
+            &serde_json::json!({"sub":"u","exp":5000,"iss":"idp"}),
+            &EncodingKey::from_secret(KEY),
+        )
+        .unwrap();
         assert_eq!(hs().verify(&t, 1000), Err(AuthError::AlgorithmNotAllowed));
     }
 
     #[test]
     fn oversized_tokens_are_refused_before_parsing() {
-        assert_eq!(hs().verify(&"a".repeat(MAX_TOKEN_LEN + 1), 0), Err(AuthError::TooLarge));
+        assert_eq!(
+            hs().verify(&"a".repeat(MAX_TOKEN_LEN + 1), 0),
+            Err(AuthError::TooLarge)
+        );
     }
 }

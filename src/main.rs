@@ -1,13 +1,377 @@
+//! stepgate: step-up authentication (PIN, email OTP) as a reverse proxy in
+//! front of unmodified web apps. This file is the command line only.
 #![forbid(unsafe_code)]
+
 mod audit;
 mod clock;
 mod config;
 mod decision;
+mod demo;
+mod endpoints;
+mod gate;
 mod identity;
 mod metrics;
+mod pages;
 mod pin;
 mod policy;
+mod proxy;
+mod server;
 mod store;
 mod tokens;
+mod web;
 mod yamlspan;
-fn main() {}
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "stepgate",
+    version,
+    about = "Step-up authentication (PIN, email OTP) in front of any web app.",
+    long_about = "stepgate is a reverse proxy that asks already signed-in users to confirm it is them (a PIN or an emailed code) before the routes your YAML policy protects, then forwards the request with identity headers the app can trust.\n\nStart with `stepgate demo`, then write a config and run `stepgate check -c gateway.yaml`."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway.
+    Serve {
+        /// The gateway config (YAML).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Take over the listening sockets of a running stepgate (graceful upgrade).
+        #[arg(short, long)]
+        upgrade: bool,
+    },
+    /// Validate the config and every policy file; print problems as FILE:LINE:COL: message.
+    Check {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Say which rule applies to a request and what it requires.
+    Explain {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// HTTP method, e.g. GET.
+        method: String,
+        /// Full URL (https://app.example.com/admin) or a path (/admin).
+        url: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mint a first-factor token with the configured HS key (development and tests only).
+    Token {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Subject (user id).
+        #[arg(long)]
+        sub: String,
+        /// Email address(es); the first is the primary one.
+        #[arg(long)]
+        email: Vec<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: i64,
+        /// Session id (`sid`); random when left out.
+        #[arg(long)]
+        sid: Option<String>,
+        /// Pretend the login happened this many seconds ago (`auth_time`).
+        #[arg(long, default_value_t = 0)]
+        login_age: i64,
+    },
+    /// Everything on one machine for a first look: gateway, embedded store, demo app.
+    Demo {
+        /// Where the gateway listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Where the demo app listens.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        app: String,
+        /// Folder for the demo's config, keys and store (kept between runs).
+        #[arg(long, default_value = "stepgate-demo")]
+        dir: PathBuf,
+    },
+    /// Serve only the built-in demo app (a real upstream for tests and trials).
+    #[command(hide = true)]
+    Upstream {
+        #[arg(long)]
+        listen: String,
+        #[arg(long, default_value = "access_token")]
+        cookie: String,
+    },
+}
+
+fn print_diags(d: &[yamlspan::Diagnostic]) {
+    for d in d {
+        eprintln!("{d}");
+    }
+}
+
+fn load(config: &Path) -> Result<config::Settings, ExitCode> {
+    config::load(config).map_err(|d| {
+        print_diags(&d);
+        ExitCode::from(1)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => code,
+    }
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("stepgate: {msg}");
+    ExitCode::from(1)
+}
+
+fn run(cmd: Cmd) -> Result<(), ExitCode> {
+    match cmd {
+        Cmd::Serve { config, upgrade } => {
+            let s = load(&config)?;
+            server::init_logging(&s.log_level, s.log_json);
+            server::run(
+                s,
+                server::Extra {
+                    demo_upstream: None,
+                    upgrade,
+                },
+            )
+            .map_err(fail)
+        }
+        Cmd::Check { config } => {
+            let s = load(&config)?;
+            let p = policy::Policy::load(&s.policy_path).map_err(|d| {
+                print_diags(&d);
+                ExitCode::from(1)
+            })?;
+            identity::Verifier::new(&s.first_factor).map_err(fail)?;
+            pages::Pages::new(s.templates_dir.clone(), &s.site_title).map_err(fail)?;
+            println!(
+                "{}: ok ({} rules from {} policy file(s), default: {})",
+                config.display(),
+                p.rules.len(),
+                p.sources.len(),
+                p.default.name()
+            );
+            Ok(())
+        }
+        Cmd::Explain {
+            config,
+            method,
+            url,
+            json,
+        } => {
+            let s = load(&config)?;
+            let p = policy::Policy::load(&s.policy_path).map_err(|d| {
+                print_diags(&d);
+                ExitCode::from(1)
+            })?;
+            explain(&p, &method, &url, json)
+        }
+        Cmd::Token {
+            config,
+            sub,
+            email,
+            ttl,
+            sid,
+            login_age,
+        } => {
+            let s = load(&config)?;
+            let token = mint(&s, &sub, &email, ttl, sid, login_age).map_err(fail)?;
+            println!("{token}");
+            Ok(())
+        }
+        Cmd::Demo { listen, app, dir } => demo(&listen, &app, &dir),
+        Cmd::Upstream { listen, cookie } => {
+            server::init_logging("warn", false);
+            server::run_upstream(&listen, &cookie).map_err(fail)
+        }
+    }
+}
+
+fn explain(p: &policy::Policy, method: &str, url: &str, json: bool) -> Result<(), ExitCode> {
+    let (host, path) = match url.parse::<http::Uri>() {
+        Ok(u) if u.host().is_some() => (u.host().unwrap_or("").to_string(), u.path().to_string()),
+        Ok(u) if url.starts_with('/') => (String::new(), u.path().to_string()),
+        _ => {
+            return Err(fail(format!(
+                "`{url}` is not a URL; give https://host/path or /path"
+            )))
+        }
+    };
+    let method = method.to_ascii_uppercase();
+    let (match_path, _) = policy::normalize_path(&path).map_err(|e| {
+        fail(format!(
+            "`{path}` would be refused with 400 before any rule: {e:?}"
+        ))
+    })?;
+    let m = p.lookup(&host, &method, &match_path);
+    let mut out =
+        serde_json::json!({"rule": m.rule.map(|r| r.name.clone()), "require": m.require.name()});
+    if let policy::Require::StepUp(s) = m.require {
+        out["methods"] = s
+            .methods
+            .iter()
+            .map(|f| f.name())
+            .collect::<Vec<_>>()
+            .into();
+        out["max_age_secs"] = s.max_age.as_secs().into();
+    }
+    if json {
+        println!("{out}");
+        return Ok(());
+    }
+    match m.rule {
+        Some(r) => {
+            println!("{method} {url}");
+            println!(
+                "  matches rule `{}` ({}:{}:{})",
+                r.name, r.file, r.line, r.col
+            );
+            println!("    host:    {}", r.host.as_deref().unwrap_or("any"));
+            println!("    path:    {} (request path {match_path})", r.path);
+            println!(
+                "    methods: {}",
+                if r.methods.is_empty() {
+                    "any".to_string()
+                } else {
+                    r.methods.join(", ")
+                }
+            );
+            println!("  it is the first rule in file order that matches.");
+        }
+        None => {
+            println!("{method} {url}");
+            println!(
+                "  no rule matches; the policy default applies{}",
+                p.default_origin
+                    .as_ref()
+                    .map(|o| format!(" (set at {o})"))
+                    .unwrap_or_else(|| " (not set: authenticated)".into())
+            );
+        }
+    }
+    match m.require {
+        policy::Require::StepUp(s) => {
+            let methods: Vec<&str> = s.methods.iter().map(|f| f.name()).collect();
+            if s.single_use() {
+                println!(
+                    "  requires: step_up with {} for every request (single use)",
+                    methods.join(" or ")
+                );
+            } else {
+                println!(
+                    "  requires: step_up with {}, at most {}s old",
+                    methods.join(" or "),
+                    s.max_age.as_secs()
+                );
+            }
+        }
+        r => println!("  requires: {}", r.name()),
+    }
+    Ok(())
+}
+
+fn mint(
+    s: &config::Settings,
+    sub: &str,
+    emails: &[String],
+    ttl: i64,
+    sid: Option<String>,
+    login_age: i64,
+) -> Result<String, String> {
+    let config::KeySource::Secret(secret) = &s.first_factor.key else {
+        return Err("`token` mints HS* tokens only; this config verifies first-factor tokens with a public key, so tokens must come from your identity provider".into());
+    };
+    let now = clock::now();
+    let mut claims = serde_json::json!({
+        "sub": sub,
+        "iat": now,
+        "auth_time": now - login_age,
+        "exp": now + ttl,
+        "sid": sid.unwrap_or_else(tokens::random_id),
+    });
+    if let Some(first) = emails.first() {
+        claims["email"] = first.clone().into();
+        claims["emails"] = emails.to_vec().into();
+    }
+    if let Some(i) = &s.first_factor.issuer {
+        claims["iss"] = i.clone().into();
+    }
+    if let Some(a) = &s.first_factor.audience {
+        claims["aud"] = a.clone().into();
+    }
+    let alg = s.first_factor.algorithms[0];
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(alg),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.expose()),
+    )
+    .map_err(|e| e.to_string())
+}
+
+fn demo(listen: &str, app: &str, dir: &Path) -> Result<(), ExitCode> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+    let secret_file = |name: &str| -> Result<(), ExitCode> {
+        let p = dir.join(name);
+        if !p.exists() {
+            std::fs::write(
+                &p,
+                format!("{}{}", tokens::random_id(), tokens::random_id()),
+            )
+            .map_err(|e| fail(format!("{}: {e}", p.display())))?;
+        }
+        Ok(())
+    };
+    secret_file("signing.key")?;
+    secret_file("first-factor.key")?;
+    let policy = dir.join("policy.yaml");
+    if !policy.exists() {
+        std::fs::write(&policy, demo::DEMO_POLICY).map_err(|e| fail(e.to_string()))?;
+    }
+    let cfg = format!(
+        "# Written by `stepgate demo`; edit freely, it is kept between runs.\nlisten: \"{listen}\"\nupstream: \"http://{app}\"\npolicy: policy.yaml\nfirst_factor:\n  cookie: access_token\n  jwt:\n    algorithms: [HS256]\n    secret_file: first-factor.key\nsigning:\n  secret_file: signing.key\nstore:\n  kind: embedded\n  path: stepgate.redb\nlog:\n  format: text\n"
+    );
+    let cfg_path = dir.join("gateway.yaml");
+    std::fs::write(&cfg_path, cfg).map_err(|e| fail(e.to_string()))?;
+    let s = load(&cfg_path)?;
+    let token = mint(
+        &s,
+        "demo-user",
+        &["demo@example.com".to_string()],
+        8 * 3600,
+        None,
+        0,
+    )
+    .map_err(fail)?;
+    println!("stepgate demo");
+    println!(
+        "  gateway:  http://{listen}   (config: {})",
+        cfg_path.display()
+    );
+    println!("  demo app: http://{app}      (shows the headers stepgate sends)");
+    println!();
+    println!("Open this link to sign in as demo-user, then visit /admin to meet the PIN step-up:");
+    println!("  http://{listen}/demo/login?token={token}");
+    println!();
+    server::init_logging(&s.log_level, s.log_json);
+    server::run(
+        s,
+        server::Extra {
+            demo_upstream: Some(app.to_string()),
+            upgrade: false,
+        },
+    )
+    .map_err(fail)
+}

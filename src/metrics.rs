@@ -3,22 +3,53 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{register_histogram, register_int_counter, register_int_counter_vec, Histogram, IntCounter, IntCounterVec};
+use prometheus::{
+    register_histogram, register_int_counter, register_int_counter_vec, Histogram, IntCounter,
+    IntCounterVec,
+};
 
 pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!("stepgate_requests_total", "Requests by decision (public, authenticated, stepped_up, challenge, unauthenticated, deny, reserved, bad_request, store_unavailable)", &["decision"]).unwrap()
 });
-pub static CHALLENGES: LazyLock<IntCounterVec> =
-    LazyLock::new(|| register_int_counter_vec!("stepgate_challenges_total", "Step-up challenges issued, by answer (redirect, rfc9470)", &["kind"]).unwrap());
-pub static STEPUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("stepgate_stepups_total", "Step-up attempts by factor and outcome (success, failure, locked, error)", &["factor", "outcome"]).unwrap()
+pub static CHALLENGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "stepgate_challenges_total",
+        "Step-up challenges issued, by answer (redirect, rfc9470)",
+        &["kind"]
+    )
+    .unwrap()
 });
-pub static LOCKOUTS: LazyLock<IntCounterVec> =
-    LazyLock::new(|| register_int_counter_vec!("stepgate_lockouts_total", "Lockouts started, by scope (user, ip)", &["scope"]).unwrap());
-pub static UPSTREAM_ERRORS: LazyLock<IntCounter> =
-    LazyLock::new(|| register_int_counter!("stepgate_upstream_errors_total", "Requests that failed to reach the upstream").unwrap());
-pub static STORE_ERRORS: LazyLock<IntCounterVec> =
-    LazyLock::new(|| register_int_counter_vec!("stepgate_store_errors_total", "Store operations that failed, by kind", &["kind"]).unwrap());
+pub static STEPUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "stepgate_stepups_total",
+        "Step-up attempts by factor and outcome (success, failure, locked, error)",
+        &["factor", "outcome"]
+    )
+    .unwrap()
+});
+pub static LOCKOUTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "stepgate_lockouts_total",
+        "Lockouts started, by scope (user, ip)",
+        &["scope"]
+    )
+    .unwrap()
+});
+pub static UPSTREAM_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "stepgate_upstream_errors_total",
+        "Requests that failed to reach the upstream"
+    )
+    .unwrap()
+});
+pub static STORE_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "stepgate_store_errors_total",
+        "Store operations that failed, by kind",
+        &["kind"]
+    )
+    .unwrap()
+});
 pub static PIN_VERIFY_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(
         "stepgate_pin_verify_seconds",
@@ -27,7 +58,8 @@ pub static PIN_VERIFY_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     )
     .unwrap()
 });
-pub static ENROLLMENTS: LazyLock<IntCounter> = LazyLock::new(|| register_int_counter!("stepgate_pin_enrollments_total", "PINs set").unwrap());
+pub static ENROLLMENTS: LazyLock<IntCounter> =
+    LazyLock::new(|| register_int_counter!("stepgate_pin_enrollments_total", "PINs set").unwrap());
 
 /// Touch every metric so that it is exported (at zero) from the start.
 pub fn init() {

@@ -27,22 +27,36 @@ pub struct Hasher {
 
 impl Hasher {
     pub fn new(parallel: usize) -> Hasher {
-        Hasher { permits: Semaphore::new(parallel.max(1)), argon: Argon2::default() }
+        Hasher {
+            permits: Semaphore::new(parallel.max(1)),
+            argon: Argon2::default(),
+        }
     }
 
     pub async fn hash(self: &Arc<Self>, secret: String) -> Result<String, FlowError> {
-        let _permit = self.permits.acquire().await.map_err(|_| FlowError::Internal)?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| FlowError::Internal)?;
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
             let salt = SaltString::generate(&mut rand::rngs::OsRng);
-            me.argon.hash_password(secret.as_bytes(), &salt).map(|h| h.to_string()).map_err(|_| FlowError::Internal)
+            me.argon
+                .hash_password(secret.as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(|_| FlowError::Internal)
         })
         .await
         .map_err(|_| FlowError::Internal)?
     }
 
     pub async fn verify(self: &Arc<Self>, secret: String, phc: String) -> Result<bool, FlowError> {
-        let _permit = self.permits.acquire().await.map_err(|_| FlowError::Internal)?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| FlowError::Internal)?;
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
             let parsed = PasswordHash::new(&phc).map_err(|_| FlowError::Internal)?;
@@ -58,8 +72,12 @@ impl Hasher {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FlowError {
     /// Locked until this Unix time.
-    Locked { until: i64 },
-    WrongPin { remaining: u32 },
+    Locked {
+        until: i64,
+    },
+    WrongPin {
+        remaining: u32,
+    },
     NoPin,
     PinAlreadySet,
     /// The new PIN breaks a rule; the message says which.
@@ -85,7 +103,10 @@ pub fn check_new_pin(pin: &str, s: &PinSettings) -> Result<(), FlowError> {
         return Err(FlowError::PinRule("A PIN is made of digits only.".into()));
     }
     if n < s.min_length || n > s.max_length {
-        return Err(FlowError::PinRule(format!("A PIN has {} to {} digits.", s.min_length, s.max_length)));
+        return Err(FlowError::PinRule(format!(
+            "A PIN has {} to {} digits.",
+            s.min_length, s.max_length
+        )));
     }
     let d: Vec<i32> = pin.bytes().map(|b| (b - b'0') as i32).collect();
     let same = d.iter().all(|x| *x == d[0]);
@@ -93,7 +114,9 @@ pub fn check_new_pin(pin: &str, s: &PinSettings) -> Result<(), FlowError> {
     let sequence = step.abs() == 1 && d.windows(2).all(|w| w[1] - w[0] == step);
     let repeats = (1..=n / 2).any(|p| n % p == 0 && p < n && d.chunks(p).all(|c| c == &d[..p]));
     if same || sequence || repeats {
-        return Err(FlowError::PinRule("This PIN is too easy to guess (repeated digits or a sequence). Choose another.".into()));
+        return Err(FlowError::PinRule(
+            "This PIN is too easy to guess (repeated digits or a sequence). Choose another.".into(),
+        ));
     }
     Ok(())
 }
@@ -107,7 +130,9 @@ pub struct PinRecord {
 pub async fn load_record(store: &dyn Store, sub: &str) -> Result<Option<PinRecord>, FlowError> {
     match store.get(&keys::pin(sub)).await? {
         None => Ok(None),
-        Some(raw) => serde_json::from_slice(&raw).map(Some).map_err(|_| FlowError::Internal),
+        Some(raw) => serde_json::from_slice(&raw)
+            .map(Some)
+            .map_err(|_| FlowError::Internal),
     }
 }
 
@@ -123,7 +148,12 @@ pub struct Attempt<'a> {
 }
 
 /// Reserve one attempt for `sub` from `ip`, or say until when they are locked.
-pub async fn reserve<'a>(store: &'a dyn Store, lockout: &'a Lockout, sub: &str, ip: &str) -> Result<Attempt<'a>, FlowError> {
+pub async fn reserve<'a>(
+    store: &'a dyn Store,
+    lockout: &'a Lockout,
+    sub: &str,
+    ip: &str,
+) -> Result<Attempt<'a>, FlowError> {
     let user_key = keys::failures(sub);
     let ip_key = keys::ip_failures(ip);
     let u = store.incr(&user_key, lockout.window).await?;
@@ -136,9 +166,18 @@ pub async fn reserve<'a>(store: &'a dyn Store, lockout: &'a Lockout, sub: &str, 
             (true, false) => u.expires_at_ms,
             _ => i.expires_at_ms,
         };
-        return Err(FlowError::Locked { until: until_ms.div_ceil(1000) as i64 });
+        return Err(FlowError::Locked {
+            until: until_ms.div_ceil(1000) as i64,
+        });
     }
-    Ok(Attempt { store, lockout, user_key, ip_key, user_count: u.value, ip_count: i.value })
+    Ok(Attempt {
+        store,
+        lockout,
+        user_key,
+        ip_key,
+        user_count: u.value,
+        ip_count: i.value,
+    })
 }
 
 impl Attempt<'_> {
@@ -170,13 +209,22 @@ impl Attempt<'_> {
         }
         Ok(match locked_until {
             Some(until) => FlowError::Locked { until },
-            None => FlowError::WrongPin { remaining: (l.max_failures as i64 - self.user_count).max(0) as u32 },
+            None => FlowError::WrongPin {
+                remaining: (l.max_failures as i64 - self.user_count).max(0) as u32,
+            },
         })
     }
 }
 
 /// Verify `pin` for `sub`, under the lockout. Ok(()) on a right PIN.
-pub async fn verify(store: &dyn Store, hasher: &Arc<Hasher>, lockout: &Lockout, sub: &str, ip: &str, pin: &str) -> Result<(), FlowError> {
+pub async fn verify(
+    store: &dyn Store,
+    hasher: &Arc<Hasher>,
+    lockout: &Lockout,
+    sub: &str,
+    ip: &str,
+    pin: &str,
+) -> Result<(), FlowError> {
     let record = load_record(store, sub).await?.ok_or(FlowError::NoPin)?;
     let attempt = reserve(store, lockout, sub, ip).await?;
     // A PIN longer than any allowed one cannot be right; still counted.
@@ -194,7 +242,15 @@ pub async fn verify(store: &dyn Store, hasher: &Arc<Hasher>, lockout: &Lockout, 
 }
 
 /// Enroll a first PIN. The caller has checked the login's freshness.
-pub async fn enroll(store: &dyn Store, hasher: &Arc<Hasher>, settings: &PinSettings, sub: &str, ip: &str, pin: &str, confirm: &str) -> Result<(), FlowError> {
+pub async fn enroll(
+    store: &dyn Store,
+    hasher: &Arc<Hasher>,
+    settings: &PinSettings,
+    sub: &str,
+    ip: &str,
+    pin: &str,
+    confirm: &str,
+) -> Result<(), FlowError> {
     if pin != confirm {
         return Err(FlowError::PinMismatch);
     }
@@ -203,7 +259,11 @@ pub async fn enroll(store: &dyn Store, hasher: &Arc<Hasher>, settings: &PinSetti
         return Err(FlowError::PinAlreadySet);
     }
     let phc = hasher.hash(pin.to_string()).await?;
-    let rec = serde_json::to_vec(&PinRecord { phc, set_at: crate::clock::now() }).map_err(|_| FlowError::Internal)?;
+    let rec = serde_json::to_vec(&PinRecord {
+        phc,
+        set_at: crate::clock::now(),
+    })
+    .map_err(|_| FlowError::Internal)?;
     store.put(&keys::pin(sub), &rec, None).await?;
     metrics::ENROLLMENTS.inc();
     crate::audit::event("pin_set", sub, ip, "");
@@ -217,13 +277,28 @@ mod tests {
     use std::time::Duration;
 
     fn settings() -> PinSettings {
-        PinSettings { required: false, login: true, session_ttl: Duration::from_secs(60), min_length: 4, max_length: 12, enroll_window: Duration::from_secs(600) }
+        PinSettings {
+            required: false,
+            login: true,
+            session_ttl: Duration::from_secs(60),
+            min_length: 4,
+            max_length: 12,
+            enroll_window: Duration::from_secs(600),
+        }
     }
 
     #[test]
     fn weak_and_malformed_pins_are_refused() {
         let s = settings();
-        for bad in ["0000", "123456", "9876", "121212", "abcd", "12", "1234567890123"] {
+        for bad in [
+            "0000",
+            "123456",
+            "9876",
+            "121212",
+            "abcd",
+            "12",
+            "1234567890123",
+        ] {
             assert!(check_new_pin(bad, &s).is_err(), "{bad}");
         }
         for good in ["2580", "739164", "1357"] {
@@ -235,12 +310,29 @@ mod tests {
     async fn concurrent_wrong_pins_are_evaluated_exactly_up_to_the_limit() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
         let hasher = Arc::new(Hasher::new(2));
-        let lockout = Lockout { max_failures: 5, window: Duration::from_secs(900), duration: Duration::from_secs(900), ip_max_failures: 100 };
-        enroll(&*store, &hasher, &settings(), "u", "1.1.1.1", "2580", "2580").await.unwrap();
+        let lockout = Lockout {
+            max_failures: 5,
+            window: Duration::from_secs(900),
+            duration: Duration::from_secs(900),
+            ip_max_failures: 100,
+        };
+        enroll(
+            &*store,
+            &hasher,
+            &settings(),
+            "u",
+            "1.1.1.1",
+            "2580",
+            "2580",
+        )
+        .await
+        .unwrap();
         let mut tasks = Vec::new();
         for _ in 0..12 {
             let (store, hasher, lockout) = (store.clone(), hasher.clone(), lockout.clone());
-            tasks.push(tokio::spawn(async move { verify(&*store, &hasher, &lockout, "u", "1.1.1.1", "1111").await }));
+            tasks.push(tokio::spawn(async move {
+                verify(&*store, &hasher, &lockout, "u", "1.1.1.1", "1111").await
+            }));
         }
         let mut wrong = 0;
         let mut locked = 0;
@@ -251,20 +343,39 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        assert_eq!((wrong, locked), (4, 8), "the 5th failure locks; only 5 guesses were evaluated");
+        assert_eq!(
+            (wrong, locked),
+            (4, 8),
+            "the 5th failure locks; only 5 guesses were evaluated"
+        );
         // Even the right PIN is refused while locked.
-        assert!(matches!(verify(&*store, &hasher, &lockout, "u", "1.1.1.1", "2580").await, Err(FlowError::Locked { .. })));
+        assert!(matches!(
+            verify(&*store, &hasher, &lockout, "u", "1.1.1.1", "2580").await,
+            Err(FlowError::Locked { .. })
+        ));
     }
 
     #[tokio::test]
     async fn success_releases_the_reservation() {
         let store = MemoryStore::default();
         let hasher = Arc::new(Hasher::new(1));
-        let lockout = Lockout { max_failures: 2, window: Duration::from_secs(900), duration: Duration::from_secs(900), ip_max_failures: 100 };
-        enroll(&store, &hasher, &settings(), "u", "ip", "2580", "2580").await.unwrap();
+        let lockout = Lockout {
+            max_failures: 2,
+            window: Duration::from_secs(900),
+            duration: Duration::from_secs(900),
+            ip_max_failures: 100,
+        };
+        enroll(&store, &hasher, &settings(), "u", "ip", "2580", "2580")
+            .await
+            .unwrap();
         for _ in 0..5 {
-            verify(&store, &hasher, &lockout, "u", "ip", "2580").await.unwrap();
+            verify(&store, &hasher, &lockout, "u", "ip", "2580")
+                .await
+                .unwrap();
         }
-        assert_eq!(verify(&store, &hasher, &lockout, "u", "ip", "1111").await, Err(FlowError::WrongPin { remaining: 1 }));
+        assert_eq!(
+            verify(&store, &hasher, &lockout, "u", "ip", "1111").await,
+            Err(FlowError::WrongPin { remaining: 1 })
+        );
     }
 }

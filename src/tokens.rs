@@ -93,7 +93,13 @@ impl Keys {
     }
 
     /// Mint a step-up token for `p`, valid for `ttl_secs`.
-    pub fn issue_stepup(&self, p: &Principal, factor: Factor, now: i64, ttl_secs: i64) -> (String, StepUpClaims) {
+    pub fn issue_stepup(
+        &self,
+        p: &Principal,
+        factor: Factor,
+        now: i64,
+        ttl_secs: i64,
+    ) -> (String, StepUpClaims) {
         let claims = StepUpClaims {
             sub: p.sub.clone(),
             ssn: session_hash(p),
@@ -104,19 +110,26 @@ impl Keys {
             jti: random_id(),
             typ: STEPUP_TYP.to_string(),
         };
-        let token = encode(&Header::new(Algorithm::HS256), &claims, &self.stepup_enc).expect("HS256 encoding cannot fail");
+        let token = encode(&Header::new(Algorithm::HS256), &claims, &self.stepup_enc)
+            .expect("HS256 encoding cannot fail");
         (token, claims)
     }
 
     /// Verify a step-up token's signature, expiry and binding to `p`.
-    pub fn verify_stepup(&self, token: &str, p: &Principal, now: i64) -> Result<StepUpClaims, StepUpTokenError> {
+    pub fn verify_stepup(
+        &self,
+        token: &str,
+        p: &Principal,
+        now: i64,
+    ) -> Result<StepUpClaims, StepUpTokenError> {
         if token.len() > 2048 {
             return Err(StepUpTokenError::Malformed);
         }
-        let data = decode::<StepUpClaims>(token, &self.stepup_dec, &self.stepup_validation).map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::InvalidSignature => StepUpTokenError::BadSignature,
-            _ => StepUpTokenError::Malformed,
-        })?;
+        let data = decode::<StepUpClaims>(token, &self.stepup_dec, &self.stepup_validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => StepUpTokenError::BadSignature,
+                _ => StepUpTokenError::Malformed,
+            })?;
         let c = data.claims;
         if c.typ != STEPUP_TYP {
             return Err(StepUpTokenError::Malformed);
@@ -124,7 +137,8 @@ impl Keys {
         if now >= c.exp {
             return Err(StepUpTokenError::Expired);
         }
-        let bound = c.sub.as_bytes().ct_eq(p.sub.as_bytes()) & c.ssn.as_bytes().ct_eq(session_hash(p).as_bytes());
+        let bound = c.sub.as_bytes().ct_eq(p.sub.as_bytes())
+            & c.ssn.as_bytes().ct_eq(session_hash(p).as_bytes());
         if !bool::from(bound) {
             return Err(StepUpTokenError::WrongBinding);
         }
@@ -166,7 +180,14 @@ mod tests {
     use super::*;
 
     fn principal(sub: &str, session: &str) -> Principal {
-        Principal { sub: sub.into(), email: None, emails: vec![], session: session.into(), login_time: None, expires: 0 }
+        Principal {
+            sub: sub.into(),
+            email: None,
+            emails: vec![],
+            session: session.into(),
+            login_time: None,
+            expires: 0,
+        }
     }
 
     fn keys() -> Keys {
@@ -179,9 +200,18 @@ mod tests {
         let alice = principal("alice", "sid:1");
         let (t, c) = k.issue_stepup(&alice, Factor::Pin, 1000, 300);
         assert_eq!(k.verify_stepup(&t, &alice, 1100).unwrap(), c);
-        assert_eq!(k.verify_stepup(&t, &principal("bob", "sid:1"), 1100), Err(StepUpTokenError::WrongBinding));
-        assert_eq!(k.verify_stepup(&t, &principal("alice", "sid:2"), 1100), Err(StepUpTokenError::WrongBinding));
-        assert_eq!(k.verify_stepup(&t, &alice, 1300), Err(StepUpTokenError::Expired));
+        assert_eq!(
+            k.verify_stepup(&t, &principal("bob", "sid:1"), 1100),
+            Err(StepUpTokenError::WrongBinding)
+        );
+        assert_eq!(
+            k.verify_stepup(&t, &principal("alice", "sid:2"), 1100),
+            Err(StepUpTokenError::WrongBinding)
+        );
+        assert_eq!(
+            k.verify_stepup(&t, &alice, 1300),
+            Err(StepUpTokenError::Expired)
+        );
     }
 
     #[test]
@@ -192,9 +222,15 @@ mod tests {
         let mut parts: Vec<&str> = t.split('.').collect();
         let forged = B64.encode(br#"{"sub":"alice","ssn":"x","amr":["pin"],"auth_time":1000,"iat":1000,"exp":99999,"jti":"j","typ":"stepgate+su"}"#);
         parts[1] = &forged;
-        assert_eq!(k.verify_stepup(&parts.join("."), &alice, 1100), Err(StepUpTokenError::BadSignature));
+        assert_eq!(
+            k.verify_stepup(&parts.join("."), &alice, 1100),
+            Err(StepUpTokenError::BadSignature)
+        );
         let other = Keys::new(&Secret::new("y".repeat(32)));
-        assert_eq!(other.verify_stepup(&t, &alice, 1100), Err(StepUpTokenError::BadSignature));
+        assert_eq!(
+            other.verify_stepup(&t, &alice, 1100),
+            Err(StepUpTokenError::BadSignature)
+        );
     }
 
     #[test]

@@ -231,8 +231,13 @@ pub struct StoreSettings {
 
 #[derive(Clone, Debug)]
 pub struct PinSettings {
+    // `required`, `login` and `session_ttl` are read by the PIN lifecycle
+    // (PinAuthToken, PIN login); they are validated now so configs stay stable.
+    #[allow(dead_code)]
     pub required: bool,
+    #[allow(dead_code)]
     pub login: bool,
+    #[allow(dead_code)]
     pub session_ttl: Duration,
     pub min_length: usize,
     pub max_length: usize,
@@ -279,7 +284,6 @@ pub struct Tls {
 /// The validated gateway configuration.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    pub file: PathBuf,
     pub listen: Vec<String>,
     pub tls: Option<Tls>,
     pub threads: usize,
@@ -562,7 +566,6 @@ impl Builder<'_> {
             return None;
         };
         Some(Settings {
-            file: PathBuf::new(),
             listen,
             tls,
             threads,

@@ -172,9 +172,9 @@ pub struct Match<'a> {
     pub require: &'a Require,
 }
 
-impl Match<'_> {
+impl<'a> Match<'a> {
     /// The name upstream apps see in `X-Stepgate-Rule`.
-    pub fn rule_name(&self) -> &str {
+    pub fn rule_name(&self) -> &'a str {
         self.rule.map(|r| r.name.as_str()).unwrap_or("default")
     }
 }

@@ -42,10 +42,12 @@ impl EmbeddedStore {
     pub fn open(path: &Path) -> Result<EmbeddedStore, String> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
             }
         }
-        let db = Database::create(path).map_err(|e| format!("cannot open the embedded store {}: {e}", path.display()))?;
+        let db = Database::create(path)
+            .map_err(|e| format!("cannot open the embedded store {}: {e}", path.display()))?;
         let tx = db.begin_write().map_err(|e| e.to_string())?;
         tx.open_table(KV).map_err(|e| e.to_string())?;
         tx.commit().map_err(|e| e.to_string())?;
@@ -58,7 +60,9 @@ impl EmbeddedStore {
         tokio::task::spawn_blocking(move || {
             let tx = db.begin_read().map_err(unavailable)?;
             let t = tx.open_table(KV).map_err(unavailable)?;
-            Ok(t.get(key.as_str()).map_err(unavailable)?.and_then(|v| decode(v.value())))
+            Ok(t.get(key.as_str())
+                .map_err(unavailable)?
+                .and_then(|v| decode(v.value())))
         })
         .await
         .map_err(unavailable)?
@@ -66,7 +70,10 @@ impl EmbeddedStore {
 
     /// Run `f` in one write transaction: atomic with respect to every other
     /// operation on this file.
-    async fn write<T: Send + 'static>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
             let tx = db.begin_write().map_err(unavailable)?;
@@ -82,14 +89,18 @@ impl EmbeddedStore {
     }
 
     /// Delete expired entries; returns how many.
-    pub fn sweep(&self) -> Result<usize, String> {
+    pub fn sweep_now(&self) -> Result<usize, String> {
         let tx = self.db.begin_write().map_err(|e| e.to_string())?;
         let n = {
             let mut t = tx.open_table(KV).map_err(|e| e.to_string())?;
             let now = now_ms();
             let before = t.len().map_err(|e| e.to_string())?;
             t.retain(|_, v| {
-                let exp = v.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
+                let exp = v
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
                 exp == 0 || exp > now
             })
             .map_err(|e| e.to_string())?;
@@ -101,7 +112,9 @@ impl EmbeddedStore {
 }
 
 fn current(t: &Tx<'_>, key: &str) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
-    Ok(t.get(key).map_err(unavailable)?.and_then(|v| decode(v.value())))
+    Ok(t.get(key)
+        .map_err(unavailable)?
+        .and_then(|v| decode(v.value())))
 }
 
 fn deadline(ttl: Option<Duration>) -> u64 {
@@ -116,18 +129,25 @@ impl Store for EmbeddedStore {
     async fn put(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
         let (key, raw) = (key.to_string(), encode(value, deadline(ttl)));
         self.write(move |t| {
-            t.insert(key.as_str(), raw.as_slice()).map_err(unavailable)?;
+            t.insert(key.as_str(), raw.as_slice())
+                .map_err(unavailable)?;
             Ok(())
         })
         .await
     }
-    async fn put_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
         let (key, raw) = (key.to_string(), encode(value, deadline(Some(ttl))));
         self.write(move |t| {
             if current(t, &key)?.is_some() {
                 return Ok(false);
             }
-            t.insert(key.as_str(), raw.as_slice()).map_err(unavailable)?;
+            t.insert(key.as_str(), raw.as_slice())
+                .map_err(unavailable)?;
             Ok(true)
         })
         .await
@@ -156,8 +176,15 @@ impl Store for EmbeddedStore {
                 Some((v, e)) => (parse(&key, &v)? + 1, e),
                 None => (1, deadline(Some(ttl))),
             };
-            t.insert(key.as_str(), encode(value.to_string().as_bytes(), exp).as_slice()).map_err(unavailable)?;
-            Ok(Counter { value, expires_at_ms: exp })
+            t.insert(
+                key.as_str(),
+                encode(value.to_string().as_bytes(), exp).as_slice(),
+            )
+            .map_err(unavailable)?;
+            Ok(Counter {
+                value,
+                expires_at_ms: exp,
+            })
         })
         .await
     }
@@ -166,7 +193,8 @@ impl Store for EmbeddedStore {
         self.write(move |t| {
             if let Some((v, e)) = current(t, &key)? {
                 let n = (parse(&key, &v)? - 1).max(0);
-                t.insert(key.as_str(), encode(n.to_string().as_bytes(), e).as_slice()).map_err(unavailable)?;
+                t.insert(key.as_str(), encode(n.to_string().as_bytes(), e).as_slice())
+                    .map_err(unavailable)?;
             }
             Ok(())
         })
@@ -176,7 +204,8 @@ impl Store for EmbeddedStore {
         let key = key.to_string();
         self.write(move |t| {
             if let Some((v, _)) = current(t, &key)? {
-                t.insert(key.as_str(), encode(&v, deadline(Some(ttl))).as_slice()).map_err(unavailable)?;
+                t.insert(key.as_str(), encode(&v, deadline(Some(ttl))).as_slice())
+                    .map_err(unavailable)?;
             }
             Ok(())
         })
@@ -184,6 +213,12 @@ impl Store for EmbeddedStore {
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.read("__ping").await.map(|_| ())
+    }
+    async fn sweep(&self) -> Result<usize, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || EmbeddedStore { db }.sweep_now().map_err(unavailable))
+            .await
+            .map_err(unavailable)?
     }
 }
 
@@ -199,10 +234,12 @@ mod tests {
             let s = EmbeddedStore::open(&path).unwrap();
             super::super::conformance(&s).await;
             s.put("keep", b"v", None).await.unwrap();
-            s.put("gone", b"v", Some(Duration::from_millis(1))).await.unwrap();
+            s.put("gone", b"v", Some(Duration::from_millis(1)))
+                .await
+                .unwrap();
             tokio::time::sleep(Duration::from_millis(5)).await;
             // `short` and `e` from the conformance run, and `gone`.
-            assert_eq!(s.sweep().unwrap(), 3);
+            assert_eq!(s.sweep_now().unwrap(), 3);
         }
         let s = EmbeddedStore::open(&path).unwrap();
         assert_eq!(s.get("keep").await.unwrap().as_deref(), Some(&b"v"[..]));

@@ -40,7 +40,12 @@ impl Store for MemoryStore {
         self.with(|m| m.insert(key.to_string(), (value.to_vec(), deadline(ttl))));
         Ok(())
     }
-    async fn put_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
         Ok(self.with(|m| {
             if m.get(key).is_some_and(|(_, e)| live(*e)) {
                 false
@@ -64,7 +69,10 @@ impl Store for MemoryStore {
                 None => (1, deadline(Some(ttl))),
             };
             m.insert(key.to_string(), (value.to_string().into_bytes(), exp));
-            Ok(Counter { value, expires_at_ms: exp })
+            Ok(Counter {
+                value,
+                expires_at_ms: exp,
+            })
         })
     }
     async fn decr(&self, key: &str) -> Result<(), StoreError> {
@@ -90,7 +98,10 @@ impl Store for MemoryStore {
 }
 
 pub(crate) fn parse(key: &str, v: &[u8]) -> Result<i64, StoreError> {
-    std::str::from_utf8(v).ok().and_then(|s| s.parse().ok()).ok_or_else(|| StoreError::Corrupt(key.to_string()))
+    std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| StoreError::Corrupt(key.to_string()))
 }
 
 #[cfg(test)]

@@ -37,9 +37,17 @@ pub trait Store: Send + Sync {
     /// Set a value, with an expiry or for good.
     async fn put(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError>;
     /// Set only if absent; true when this call set it.
-    async fn put_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError>;
-    /// Get and delete in one step: only one caller ever gets the value.
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+    /// Get and delete in one step: only one caller ever gets the value
+    /// (OTPs and reset tokens of the email and PIN-lifecycle flows).
+    #[allow(dead_code)]
     async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    #[allow(dead_code)]
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// Add one; a new counter expires after `ttl`, an existing one keeps its expiry.
     async fn incr(&self, key: &str, ttl: Duration) -> Result<Counter, StoreError>;
@@ -48,10 +56,17 @@ pub trait Store: Send + Sync {
     /// Set a new expiry on an existing key.
     async fn expire(&self, key: &str, ttl: Duration) -> Result<(), StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Drop expired entries, for backends that do not expire by themselves.
+    async fn sweep(&self) -> Result<usize, StoreError> {
+        Ok(0)
+    }
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Keys, in one place. Everything about one user shares the `{u:...}` hash
@@ -90,7 +105,9 @@ macro_rules! bounded {
         match tokio::time::timeout($self.timeout, $call).await {
             Ok(r) => r,
             Err(_) => {
-                crate::metrics::STORE_ERRORS.with_label_values(&["timeout"]).inc();
+                crate::metrics::STORE_ERRORS
+                    .with_label_values(&["timeout"])
+                    .inc();
                 Err(StoreError::Timeout($self.timeout))
             }
         }
@@ -111,7 +128,12 @@ impl Store for Bounded {
     async fn put(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
         bounded!(self, self.inner.put(&self.k(key), value, ttl))
     }
-    async fn put_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
         bounded!(self, self.inner.put_if_absent(&self.k(key), value, ttl))
     }
     async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -132,6 +154,9 @@ impl Store for Bounded {
     async fn ping(&self) -> Result<(), StoreError> {
         bounded!(self, self.inner.ping())
     }
+    async fn sweep(&self) -> Result<usize, StoreError> {
+        self.inner.sweep().await
+    }
 }
 
 /// Open the configured store.
@@ -143,7 +168,11 @@ pub fn open(s: &StoreSettings) -> Result<Arc<dyn Store>, String> {
             return Err("store.kind redis / redis_cluster is not available in this build yet; use embedded or memory".into())
         }
     };
-    Ok(Arc::new(Bounded { inner, prefix: s.key_prefix.clone(), timeout: s.timeout }))
+    Ok(Arc::new(Bounded {
+        inner,
+        prefix: s.key_prefix.clone(),
+        timeout: s.timeout,
+    }))
 }
 
 /// Backend-independent checks every implementation must pass.
@@ -160,10 +189,15 @@ pub(crate) async fn conformance(s: &dyn Store) {
     let c1 = s.incr("c", ttl).await.unwrap();
     let c2 = s.incr("c", Duration::from_secs(999)).await.unwrap();
     assert_eq!((c1.value, c2.value), (1, 2));
-    assert_eq!(c1.expires_at_ms, c2.expires_at_ms, "an existing counter keeps its expiry");
+    assert_eq!(
+        c1.expires_at_ms, c2.expires_at_ms,
+        "an existing counter keeps its expiry"
+    );
     s.decr("c").await.unwrap();
     assert_eq!(s.incr("c", ttl).await.unwrap().value, 2);
-    s.put("short", b"x", Some(Duration::from_millis(50))).await.unwrap();
+    s.put("short", b"x", Some(Duration::from_millis(50)))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(80)).await;
     assert_eq!(s.get("short").await.unwrap(), None, "expired values vanish");
     s.put("e", b"x", None).await.unwrap();

@@ -1,0 +1,429 @@
+//! stepgate's own pages under `/.stepgate/`: the factor choice, the PIN
+//! challenge and PIN enrollment, health and assets. Every handler takes plain
+//! data and returns a [`Reply`], so flows are testable without Pingora.
+//! Flow errors become pages in one place, [`flow_page`].
+
+use minijinja::context;
+
+use crate::clock;
+use crate::decision::offered;
+use crate::gate::Gate;
+use crate::identity::{AuthError, Principal};
+use crate::metrics;
+use crate::pin::{self, FlowError};
+use crate::policy::{Factor, Require};
+use crate::web::{field, parse_form, query_param, safe_return_to, url_encode, FormError, Reply};
+
+/// A request to a reserved path, already read and bounded.
+pub struct Req<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub principal: Result<Principal, AuthError>,
+    pub body: &'a [u8],
+    pub content_type: Option<&'a str>,
+    pub client_ip: &'a str,
+    pub tls: bool,
+    /// `scheme://host` of this request, for absolute links.
+    pub origin: String,
+}
+
+pub const MAX_FORM: usize = 16 * 1024;
+
+pub async fn handle(gate: &Gate, req: &Req<'_>) -> Reply {
+    match (req.method, req.path) {
+        ("GET" | "HEAD", "/.stepgate/health") => Reply::text(200, "ok"),
+        ("GET" | "HEAD", "/.stepgate/ready") => match gate.store.ping().await {
+            Ok(()) => Reply::text(200, "ready"),
+            Err(_) => Reply::text(503, "store unavailable"),
+        },
+        ("GET" | "HEAD", "/.stepgate/assets/stepgate.css") => Reply::css(crate::pages::CSS),
+        ("GET", "/.stepgate/challenge") => with_user(gate, req, challenge),
+        ("GET", "/.stepgate/pin") => match &req.principal {
+            Ok(p) => pin_page(gate, req, p).await,
+            Err(_) => login_needed(gate, req),
+        },
+        ("POST", "/.stepgate/pin") => match &req.principal {
+            Ok(p) => pin_submit(gate, req, p).await,
+            Err(_) => login_needed(gate, req),
+        },
+        ("GET", "/.stepgate/pin/setup") => match &req.principal {
+            Ok(p) => setup_page(gate, req, p).await,
+            Err(_) => login_needed(gate, req),
+        },
+        ("POST", "/.stepgate/pin/setup") => match &req.principal {
+            Ok(p) => setup_submit(gate, req, p).await,
+            Err(_) => login_needed(gate, req),
+        },
+        (
+            _,
+            "/.stepgate/health"
+            | "/.stepgate/challenge"
+            | "/.stepgate/pin"
+            | "/.stepgate/pin/setup",
+        ) => Reply::text(405, "method not allowed").add("Allow", "GET, POST".into()),
+        _ => gate.pages.message(
+            404,
+            "Not found",
+            "stepgate has no page at this address.",
+            None,
+        ),
+    }
+}
+
+fn with_user(gate: &Gate, req: &Req<'_>, f: fn(&Gate, &Req<'_>, &Principal) -> Reply) -> Reply {
+    match &req.principal {
+        Ok(p) => f(gate, req, p),
+        Err(_) => login_needed(gate, req),
+    }
+}
+
+/// Where to send someone without a valid first factor.
+pub fn login_needed(gate: &Gate, req: &Req<'_>) -> Reply {
+    let return_to = safe_return_to(query_param(req.query, "return_to").as_deref());
+    match login_redirect(gate, &req.origin, &return_to) {
+        Some(url) => Reply::redirect(&url),
+        None => gate.pages.message(
+            401,
+            "Please sign in",
+            "You need to be signed in to the application before confirming it is you.",
+            None,
+        ),
+    }
+}
+
+/// The configured login URL with `{return_to}` filled in, if any.
+pub fn login_redirect(gate: &Gate, origin: &str, return_to: &str) -> Option<String> {
+    let login = gate.settings.first_factor.login_url.as_ref()?;
+    let base = gate.settings.public_url.as_deref().unwrap_or(origin);
+    Some(login.replace("{return_to}", &url_encode(&format!("{base}{return_to}"))))
+}
+
+/// The factors the rule behind `return_to` accepts (PIN when it cannot tell).
+fn factors_for(gate: &Gate, return_to: &str) -> Vec<Factor> {
+    let policy = gate.policy.load();
+    let path = return_to.split('?').next().unwrap_or("/");
+    let path = crate::policy::normalize_path(path)
+        .map(|(m, _)| m)
+        .unwrap_or_else(|_| "/".into());
+    match policy.lookup("", "GET", &path).require {
+        Require::StepUp(s) => offered(s),
+        _ => vec![Factor::Pin],
+    }
+}
+
+fn challenge(gate: &Gate, req: &Req<'_>, _p: &Principal) -> Reply {
+    let return_to = safe_return_to(query_param(req.query, "return_to").as_deref());
+    let factors = factors_for(gate, &return_to);
+    if factors == [Factor::Pin] {
+        return Reply::redirect(&format!(
+            "/.stepgate/pin?return_to={}",
+            url_encode(&return_to)
+        ));
+    }
+    let list: Vec<_> = factors
+        .iter()
+        .map(|f| match f {
+            Factor::Pin => context! { id => "pin", href => "/.stepgate/pin", label => "Enter your PIN" },
+            Factor::EmailOtp => context! { id => "email", href => "/.stepgate/email", label => "Get a code by email" },
+        })
+        .collect();
+    gate.pages.render(
+        200,
+        "challenge.html",
+        context! { factors => list, return_to },
+    )
+}
+
+fn pin_form(
+    gate: &Gate,
+    status: u16,
+    p: &Principal,
+    return_to: &str,
+    error: Option<String>,
+) -> Reply {
+    let s = &gate.settings.pin;
+    let other_factors = factors_for(gate, return_to).len() > 1;
+    gate.pages.render(
+        status,
+        "pin.html",
+        context! { csrf => gate.keys.csrf_token(p, clock::now()), return_to, error, min_length => s.min_length, max_length => s.max_length, other_factors },
+    )
+}
+
+async fn pin_page(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
+    let return_to = safe_return_to(query_param(req.query, "return_to").as_deref());
+    match pin::load_record(&*gate.store, &p.sub).await {
+        Ok(None) => Reply::redirect(&format!(
+            "/.stepgate/pin/setup?return_to={}",
+            url_encode(&return_to)
+        )),
+        Ok(Some(_)) => pin_form(gate, 200, p, &return_to, None),
+        Err(e) => flow_page(gate, e, &return_to),
+    }
+}
+
+/// Parse a form body, checking the content type and the CSRF token.
+fn read_form(gate: &Gate, req: &Req<'_>, p: &Principal) -> Result<Vec<(String, String)>, Reply> {
+    let ct = req.content_type.unwrap_or("");
+    if !ct.starts_with("application/x-www-form-urlencoded") {
+        return Err(gate.pages.message(
+            415,
+            "Unsupported form",
+            "This form must be sent as application/x-www-form-urlencoded.",
+            None,
+        ));
+    }
+    let form = parse_form(req.body).map_err(|e| {
+        let msg = match e {
+            FormError::BadEncoding => {
+                "The form was not correctly encoded. Go back and try again.".to_string()
+            }
+            FormError::DuplicateField(f) => {
+                format!("The form repeated the field `{f}`. Go back and try again.")
+            }
+        };
+        gate.pages.message(400, "Malformed form", &msg, None)
+    })?;
+    let csrf = field(&form, "csrf").unwrap_or("");
+    if !gate.keys.check_csrf(p, csrf, clock::now()) {
+        let back = format!(
+            "/.stepgate/pin?return_to={}",
+            url_encode(&safe_return_to(field(&form, "return_to")))
+        );
+        return Err(gate.pages.message(
+            403,
+            "This form has expired",
+            "The form was too old or did not come from this site. Open it again and retry.",
+            Some((&back, "Open the form again")),
+        ));
+    }
+    Ok(form)
+}
+
+async fn pin_submit(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
+    let form = match read_form(gate, req, p) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let return_to = safe_return_to(field(&form, "return_to"));
+    let entered = field(&form, "pin").unwrap_or("");
+    let s = &gate.settings;
+    match pin::verify(
+        &*gate.store,
+        &gate.hasher,
+        &s.lockout,
+        &p.sub,
+        req.client_ip,
+        entered,
+    )
+    .await
+    {
+        Ok(()) => {
+            metrics::STEPUPS
+                .with_label_values(&["pin", "success"])
+                .inc();
+            stepup_success(gate, req, p, Factor::Pin, &return_to)
+        }
+        Err(FlowError::WrongPin { remaining }) => {
+            metrics::STEPUPS
+                .with_label_values(&["pin", "failure"])
+                .inc();
+            let msg = format!(
+                "That PIN is not right. {remaining} {} left before a lockout.",
+                if remaining == 1 { "try" } else { "tries" }
+            );
+            pin_form(gate, 401, p, &return_to, Some(msg))
+        }
+        Err(e) => {
+            let outcome = if matches!(e, FlowError::Locked { .. }) {
+                "locked"
+            } else {
+                "error"
+            };
+            metrics::STEPUPS.with_label_values(&["pin", outcome]).inc();
+            flow_page(gate, e, &return_to)
+        }
+    }
+}
+
+/// Issue the step-up token as a cookie and send the browser back.
+fn stepup_success(
+    gate: &Gate,
+    req: &Req<'_>,
+    p: &Principal,
+    factor: Factor,
+    return_to: &str,
+) -> Reply {
+    let ttl = gate.stepup_ttl();
+    let (token, _) = gate.keys.issue_stepup(p, factor, clock::now(), ttl);
+    let name = gate.stepup_cookie_name(req.tls);
+    let secure = if req.tls { "; Secure" } else { "" };
+    Reply::redirect(return_to).add(
+        "Set-Cookie",
+        format!("{name}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={ttl}{secure}"),
+    )
+}
+
+/// PIN enrollment needs a login younger than `pin.enroll_window`.
+fn login_is_fresh(gate: &Gate, p: &Principal) -> bool {
+    let window = gate.settings.pin.enroll_window.as_secs() as i64;
+    p.login_time.is_some_and(|t| clock::now() - t <= window)
+}
+
+async fn setup_page(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
+    let return_to = safe_return_to(query_param(req.query, "return_to").as_deref());
+    match pin::load_record(&*gate.store, &p.sub).await {
+        Ok(Some(_)) => {
+            return Reply::redirect(&format!(
+                "/.stepgate/pin?return_to={}",
+                url_encode(&return_to)
+            ))
+        }
+        Ok(None) => {}
+        Err(e) => return flow_page(gate, e, &return_to),
+    }
+    if !login_is_fresh(gate, p) {
+        return flow_page(gate, FlowError::LoginNotFresh, &return_to);
+    }
+    setup_form(gate, 200, p, &return_to, None)
+}
+
+fn setup_form(
+    gate: &Gate,
+    status: u16,
+    p: &Principal,
+    return_to: &str,
+    error: Option<String>,
+) -> Reply {
+    let s = &gate.settings.pin;
+    gate.pages.render(
+        status,
+        "pin_setup.html",
+        context! { csrf => gate.keys.csrf_token(p, clock::now()), return_to, error, min_length => s.min_length, max_length => s.max_length },
+    )
+}
+
+async fn setup_submit(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
+    let form = match read_form(gate, req, p) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let return_to = safe_return_to(field(&form, "return_to"));
+    if !login_is_fresh(gate, p) {
+        return flow_page(gate, FlowError::LoginNotFresh, &return_to);
+    }
+    let (pin1, pin2) = (
+        field(&form, "pin").unwrap_or(""),
+        field(&form, "pin_confirm").unwrap_or(""),
+    );
+    match pin::enroll(
+        &*gate.store,
+        &gate.hasher,
+        &gate.settings.pin,
+        &p.sub,
+        req.client_ip,
+        pin1,
+        pin2,
+    )
+    .await
+    {
+        Ok(()) => Reply::redirect(&format!(
+            "/.stepgate/pin?return_to={}",
+            url_encode(&return_to)
+        )),
+        Err(FlowError::PinMismatch) => setup_form(
+            gate,
+            400,
+            p,
+            &return_to,
+            Some("The two PINs differ. Enter the same PIN twice.".into()),
+        ),
+        Err(FlowError::PinRule(msg)) => setup_form(gate, 400, p, &return_to, Some(msg)),
+        Err(FlowError::PinAlreadySet) => Reply::redirect(&format!(
+            "/.stepgate/pin?return_to={}",
+            url_encode(&return_to)
+        )),
+        Err(e) => flow_page(gate, e, &return_to),
+    }
+}
+
+/// Format a Unix time for people (UTC).
+pub fn human_time(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::macros::format_description!(
+                "[hour]:[minute]:[second] UTC on [year]-[month]-[day]"
+            ))
+            .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
+/// The one mapping from flow errors to pages.
+pub fn flow_page(gate: &Gate, e: FlowError, return_to: &str) -> Reply {
+    let pages = &gate.pages;
+    match e {
+        FlowError::Locked { until } => {
+            let wait = (until - clock::now()).max(1);
+            pages
+                .message(
+                    429,
+                    "Too many attempts",
+                    &format!(
+                        "Confirmation is locked after too many wrong attempts. Try again after {}.",
+                        human_time(until)
+                    ),
+                    None,
+                )
+                .add("Retry-After", wait.to_string())
+        }
+        FlowError::LoginNotFresh => {
+            let login = gate
+                .settings
+                .first_factor
+                .login_url
+                .as_ref()
+                .map(|_| "sign in again");
+            let msg = "Setting up a PIN needs a recent sign-in. Sign out and sign in again, then come back to this page.";
+            match (
+                login,
+                login_redirect(
+                    gate,
+                    gate.settings.public_url.as_deref().unwrap_or(""),
+                    &format!("/.stepgate/pin/setup?return_to={}", url_encode(return_to)),
+                ),
+            ) {
+                (Some(text), Some(url)) => {
+                    pages.message(403, "Sign in again", msg, Some((&url, text)))
+                }
+                _ => pages.message(403, "Sign in again", msg, None),
+            }
+        }
+        FlowError::StoreUnavailable => pages
+            .message(
+                503,
+                "Temporarily unavailable",
+                "stepgate cannot check your confirmation right now. Try again in a moment.",
+                None,
+            )
+            .add("Retry-After", "5".into()),
+        FlowError::NoPin => Reply::redirect(&format!(
+            "/.stepgate/pin/setup?return_to={}",
+            url_encode(return_to)
+        )),
+        FlowError::WrongPin { .. }
+        | FlowError::PinMismatch
+        | FlowError::PinRule(_)
+        | FlowError::PinAlreadySet => {
+            pages.message(400, "Not accepted", "The PIN was not accepted.", None)
+        }
+        FlowError::Internal => pages.message(
+            500,
+            "Something went wrong",
+            "stepgate hit an internal error; it is in the gateway log.",
+            None,
+        ),
+    }
+}

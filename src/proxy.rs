@@ -1,0 +1,598 @@
+//! The Pingora shell. Each phase is a few lines that follow DESIGN.md's
+//! request flow and call into plain code: strip identity headers, answer
+//! `/.stepgate/`, decide, forward with injected headers. No policy logic,
+//! token parsing or HTML lives here.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::FailToProxy;
+
+use crate::clock;
+use crate::decision::{decide, Decision, Facts, StepUpReason};
+use crate::endpoints::{self, login_redirect, MAX_FORM};
+use crate::gate::Gate;
+use crate::identity::Principal;
+use crate::metrics;
+use crate::policy::{normalize_path, StepUp};
+use crate::store::keys;
+use crate::tokens::StepUpClaims;
+use crate::web::{cookie, safe_return_to, url_encode, wants_html, Reply};
+
+pub struct Proxy {
+    pub gate: Arc<Gate>,
+}
+
+#[derive(Default)]
+pub struct Ctx {
+    label: &'static str,
+    rule: String,
+    principal: Option<Principal>,
+    step_up: Option<StepUpClaims>,
+    forward_path: Option<String>,
+    client_ip: String,
+    peer_trusted: bool,
+    host: String,
+    started: Option<Instant>,
+}
+
+/// Write a reply stepgate made itself, with Content-Length so keep-alive
+/// clients are not left waiting.
+async fn send(session: &mut Session, reply: Reply) -> Result<()> {
+    let mut resp = ResponseHeader::build(reply.status, Some(reply.headers.len() + 1))?;
+    for (k, v) in reply.headers {
+        resp.append_header(k, v)?;
+    }
+    resp.insert_header("Content-Length", reply.body.len().to_string())?;
+    let head = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), head || reply.body.is_empty())
+        .await?;
+    if !head && !reply.body.is_empty() {
+        session.write_response_body(Some(reply.body), true).await?;
+    }
+    Ok(())
+}
+
+fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Host without port, lowercase: from `Host`, else the URI's authority (h2).
+fn request_host(req: &RequestHeader) -> String {
+    let raw = header(req, "host")
+        .map(str::to_string)
+        .or_else(|| req.uri.authority().map(|a| a.as_str().to_string()))
+        .unwrap_or_default();
+    let h = if raw.starts_with('[') {
+        raw.split_inclusive(']').next().unwrap_or("").to_string()
+    } else {
+        raw.split(':').next().unwrap_or("").to_string()
+    };
+    h.to_ascii_lowercase()
+}
+
+/// The client's address: the socket peer, or, when the peer is a trusted
+/// proxy, the right-most X-Forwarded-For entry that is not one.
+fn client_ip(gate: &Gate, peer: Option<IpAddr>, req: &RequestHeader) -> (String, bool) {
+    let Some(peer) = peer else {
+        return ("unknown".into(), false);
+    };
+    let trusted = |ip: &IpAddr| gate.settings.trusted_proxies.iter().any(|n| n.contains(ip));
+    if !trusted(&peer) {
+        return (peer.to_string(), false);
+    }
+    let mut chain: Vec<IpAddr> = req
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    chain.push(peer);
+    let ip = chain
+        .iter()
+        .rev()
+        .find(|ip| !trusted(ip))
+        .or(chain.first())
+        .copied()
+        .unwrap_or(peer);
+    (ip.to_string(), true)
+}
+
+impl Proxy {
+    fn stepup_reply(
+        &self,
+        html: bool,
+        return_to: &str,
+        step_up: &StepUp,
+        reason: StepUpReason,
+    ) -> Reply {
+        metrics::CHALLENGES
+            .with_label_values(&[if html { "redirect" } else { "rfc9470" }])
+            .inc();
+        if html {
+            return Reply::redirect(&format!(
+                "/.stepgate/challenge?return_to={}",
+                url_encode(return_to)
+            ));
+        }
+        // RFC 9470: tell API clients what authentication would be enough.
+        let methods: Vec<&str> = step_up.methods.iter().map(|f| f.name()).collect();
+        let max_age = step_up.max_age.as_secs();
+        let www = format!(
+            "Bearer error=\"insufficient_user_authentication\", error_description=\"{}\", acr_values=\"{}\", max_age={max_age}",
+            reason.describe(),
+            methods.join(" ")
+        );
+        Reply::json(
+            401,
+            &serde_json::json!({
+                "error": "insufficient_user_authentication",
+                "error_description": reason.describe(),
+                "methods": methods,
+                "max_age": max_age,
+                "challenge": format!("/.stepgate/challenge?return_to={}", url_encode(return_to)),
+            }),
+        )
+        .add("WWW-Authenticate", www)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            started: Some(Instant::now()),
+            label: "error",
+            ..Default::default()
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let gate = &*self.gate;
+        let tls = gate.settings.tls.is_some();
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+
+        // 1. Read credentials, then strip every identity header the client sent.
+        let req = session.req_header();
+        let access_token = header(req, "authorization")
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(|t| t.trim().to_string())
+            .or_else(|| {
+                cookie(
+                    req.headers.get_all("cookie").iter().map(|v| v.as_bytes()),
+                    &gate.settings.first_factor.cookie,
+                )
+            });
+        let stepup_token = header(req, "x-stepgate-token")
+            .map(str::to_string)
+            .or_else(|| {
+                cookie(
+                    req.headers.get_all("cookie").iter().map(|v| v.as_bytes()),
+                    gate.stepup_cookie_name(tls),
+                )
+            });
+        (ctx.client_ip, ctx.peer_trusted) = client_ip(gate, peer, req);
+        ctx.host = request_host(req);
+        let owned: Vec<String> = req
+            .headers
+            .keys()
+            .map(|k| k.as_str())
+            .filter(|k| gate.owns_header(k))
+            .map(str::to_string)
+            .collect();
+        let req = session.req_header_mut();
+        for name in owned {
+            req.remove_header(&name);
+        }
+        let req = session.req_header();
+        let method = req.method.as_str().to_string();
+        let raw_path = req.uri.path().to_string();
+        let query = req.uri.query().map(str::to_string);
+        let html = wants_html(header(req, "accept"));
+        let path_and_query = match &query {
+            Some(q) => format!("{raw_path}?{q}"),
+            None => raw_path.clone(),
+        };
+
+        let (match_path, forward_path) = match normalize_path(&raw_path) {
+            Ok(p) => p,
+            Err(e) => {
+                ctx.label = "bad_request";
+                send(
+                    session,
+                    gate.pages.message(
+                        400,
+                        "Bad request",
+                        &format!("This address cannot be served safely ({e:?}).",),
+                        None,
+                    ),
+                )
+                .await?;
+                return Ok(true);
+            }
+        };
+
+        // 2. stepgate's own paths.
+        if match_path == "/.stepgate" || match_path.starts_with("/.stepgate/") {
+            ctx.label = "reserved";
+            let declared = header(session.req_header(), "content-length")
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            let mut body = Vec::new();
+            if declared > MAX_FORM {
+                send(
+                    session,
+                    gate.pages.message(
+                        413,
+                        "Too large",
+                        "This request is larger than stepgate accepts on its own pages (16 KiB).",
+                        None,
+                    ),
+                )
+                .await?;
+                return Ok(true);
+            }
+            while let Some(chunk) = session.read_request_body().await? {
+                body.extend_from_slice(&chunk);
+                if body.len() > MAX_FORM {
+                    send(session, gate.pages.message(413, "Too large", "This request is larger than stepgate accepts on its own pages (16 KiB).", None)).await?;
+                    return Ok(true);
+                }
+            }
+            let now = clock::now();
+            let principal = match &access_token {
+                Some(t) => gate.verifier.verify(t, now),
+                None => Err(crate::identity::AuthError::Missing),
+            };
+            let origin = format!(
+                "{}://{}",
+                if tls { "https" } else { "http" },
+                header(session.req_header(), "host").unwrap_or(&ctx.host)
+            );
+            let r = endpoints::Req {
+                method: &method,
+                path: &match_path,
+                query: query.as_deref(),
+                principal,
+                body: &body,
+                content_type: header(session.req_header(), "content-type"),
+                client_ip: &ctx.client_ip,
+                tls,
+                origin,
+            };
+            let reply = endpoints::handle(gate, &r).await;
+            send(session, reply).await?;
+            return Ok(true);
+        }
+
+        // 3-5. Decide.
+        let policy = gate.policy.load();
+        let now = clock::now();
+        let facts = Facts {
+            host: &ctx.host,
+            method: &method,
+            path: &match_path,
+            access_token: access_token.as_deref(),
+            stepup_token: stepup_token.as_deref(),
+        };
+        let decision = decide(
+            &facts,
+            &policy,
+            &gate.verifier,
+            &gate.keys,
+            gate.settings.single_use_window.as_secs() as i64,
+            now,
+        );
+        ctx.label = decision.label();
+        let return_to = safe_return_to(Some(&path_and_query));
+        let reply = match decision {
+            Decision::Forward {
+                rule,
+                principal,
+                step_up,
+                consume,
+            } => {
+                ctx.rule = rule.to_string();
+                if let Some((jti, exp)) = consume {
+                    let ttl = std::time::Duration::from_secs((exp - now).max(1) as u64);
+                    match gate
+                        .store
+                        .put_if_absent(&keys::used_token(&jti), b"1", ttl)
+                        .await
+                    {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            ctx.label = "challenge";
+                            let m = policy.lookup(&ctx.host, &method, &match_path);
+                            if let crate::policy::Require::StepUp(s) = m.require {
+                                send(
+                                    session,
+                                    self.stepup_reply(
+                                        html,
+                                        &return_to,
+                                        s,
+                                        StepUpReason::AlreadyUsed,
+                                    ),
+                                )
+                                .await?;
+                                return Ok(true);
+                            }
+                        }
+                        Err(_) => {
+                            ctx.label = "store_unavailable";
+                            send(session, unavailable(gate, html)).await?;
+                            return Ok(true);
+                        }
+                    }
+                }
+                ctx.principal = principal;
+                ctx.step_up = step_up;
+                if forward_path != raw_path {
+                    ctx.forward_path = Some(match &query {
+                        Some(q) => format!("{forward_path}?{q}"),
+                        None => forward_path,
+                    });
+                }
+                return Ok(false);
+            }
+            Decision::Deny { rule } => {
+                ctx.rule = rule.to_string();
+                if html {
+                    gate.pages.message(
+                        403,
+                        "Not allowed",
+                        "This address is not available through this gateway.",
+                        None,
+                    )
+                } else {
+                    Reply::json(
+                        403,
+                        &serde_json::json!({"error": "forbidden", "error_description": "denied by policy"}),
+                    )
+                }
+            }
+            Decision::Unauthenticated { rule, error } => {
+                ctx.rule = rule.to_string();
+                if error == crate::identity::AuthError::UnknownKey {
+                    refresh_jwks_soon(&self.gate, now);
+                }
+                let origin = format!(
+                    "{}://{}",
+                    if tls { "https" } else { "http" },
+                    header(session.req_header(), "host").unwrap_or(&ctx.host)
+                );
+                match (html, login_redirect(gate, &origin, &return_to)) {
+                    (true, Some(url)) => Reply::redirect(&url),
+                    (true, None) => gate.pages.message(
+                        401,
+                        "Please sign in",
+                        "You need to be signed in to the application to open this page.",
+                        None,
+                    ),
+                    (false, _) => {
+                        let www = match &error {
+                            crate::identity::AuthError::Missing => "Bearer realm=\"stepgate\"".to_string(),
+                            e => format!("Bearer realm=\"stepgate\", error=\"invalid_token\", error_description=\"{}\"", e.reason()),
+                        };
+                        Reply::json(401, &serde_json::json!({"error": "invalid_token", "error_description": error.reason()})).add("WWW-Authenticate", www)
+                    }
+                }
+            }
+            Decision::StepUp {
+                rule,
+                step_up,
+                principal,
+                reason,
+            } => {
+                ctx.rule = rule.to_string();
+                tracing::info!(target: "audit", event = "challenge", user = %principal.sub, ip = %ctx.client_ip, rule = rule, reason = ?reason);
+                self.stepup_reply(html, &return_to, step_up, reason)
+            }
+        };
+        send(session, reply).await?;
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(up) = self.gate.settings.upstreams.for_host(&ctx.host) else {
+            return Error::e_explain(ErrorType::HTTPStatus(502), "no upstream for this host");
+        };
+        Ok(Box::new(HttpPeer::new(
+            up.addr.as_str(),
+            up.tls,
+            up.sni.clone(),
+        )))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        up: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let gate = &*self.gate;
+        let h = &gate.settings.headers;
+        if let Some(p) = &ctx.principal {
+            up.insert_header(h.user.clone(), p.sub.as_str())?;
+            if let Some(e) = &p.email {
+                up.insert_header(h.email.clone(), e.as_str())?;
+            }
+            up.insert_header(h.rule.clone(), ctx.rule.as_str())?;
+        }
+        if let Some(s) = &ctx.step_up {
+            if let Some(amr) = s.amr.first() {
+                up.insert_header(h.amr.clone(), amr.as_str())?;
+            }
+            up.insert_header(h.auth_time.clone(), s.auth_time.to_string())?;
+        }
+        // X-Forwarded-*: believed from trusted proxies only, else replaced.
+        let xff = match (
+            ctx.peer_trusted,
+            header(session.req_header(), "x-forwarded-for"),
+        ) {
+            (true, Some(prev)) => format!(
+                "{prev}, {}",
+                session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip().to_string())
+                    .unwrap_or_default()
+            ),
+            _ => ctx.client_ip.clone(),
+        };
+        up.insert_header("X-Forwarded-For", xff)?;
+        let proto = if gate.settings.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        if !(ctx.peer_trusted && up.headers.contains_key("x-forwarded-proto")) {
+            up.insert_header("X-Forwarded-Proto", proto)?;
+        }
+        if !(ctx.peer_trusted && up.headers.contains_key("x-forwarded-host")) {
+            if let Some(host) = header(session.req_header(), "host").map(str::to_string) {
+                up.insert_header("X-Forwarded-Host", host)?;
+            }
+        }
+        // The step-up token is stepgate's; the app never needs to see it.
+        strip_cookies(up, &["stepgate_su", "__Host-stepgate_su"]);
+        if let Some(p) = &ctx.forward_path {
+            if let Ok(uri) = p.parse::<http::Uri>() {
+                up.set_uri(uri);
+            }
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(c) => *c,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => 0,
+                _ => 500,
+            },
+        };
+        if code == 502 || matches!(e.esource(), ErrorSource::Upstream) {
+            metrics::UPSTREAM_ERRORS.inc();
+        }
+        if code > 0 && session.response_written().is_none() {
+            ctx.label = "upstream_error";
+            let reply = if code == 502 {
+                self.gate.pages.message(
+                    502,
+                    "The application is not answering",
+                    "stepgate could not reach the application behind it. Try again in a moment.",
+                    None,
+                )
+            } else {
+                self.gate.pages.message(
+                    code,
+                    "Request failed",
+                    "The request could not be completed.",
+                    None,
+                )
+            };
+            let _ = send(session, reply).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        metrics::REQUESTS.with_label_values(&[ctx.label]).inc();
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let req = session.req_header();
+        tracing::info!(
+            target: "access",
+            method = %req.method,
+            host = %ctx.host,
+            path = %req.uri.path(),
+            status,
+            decision = ctx.label,
+            rule = %ctx.rule,
+            user = ctx.principal.as_ref().map(|p| p.sub.as_str()).unwrap_or(""),
+            ip = %ctx.client_ip,
+            latency_ms = ctx.started.map(|s| s.elapsed().as_secs_f64() * 1000.0).unwrap_or(0.0),
+        );
+    }
+}
+
+fn unavailable(gate: &Gate, html: bool) -> Reply {
+    if html {
+        gate.pages
+            .message(
+                503,
+                "Temporarily unavailable",
+                "stepgate cannot check your confirmation right now. Try again in a moment.",
+                None,
+            )
+            .add("Retry-After", "5".into())
+    } else {
+        Reply::json(503, &serde_json::json!({"error": "temporarily_unavailable", "error_description": "the step-up store is unavailable"})).add("Retry-After", "5".into())
+    }
+}
+
+/// A token named a key we do not know: the IdP may have rotated its keys.
+/// Refetch the JWKS in the background, at most once every 30 seconds.
+fn refresh_jwks_soon(gate: &Arc<Gate>, now: i64) {
+    let Some(url) = gate.verifier.jwks_url.clone() else {
+        return;
+    };
+    if !gate.verifier.may_force_refresh(now) {
+        return;
+    }
+    let gate = gate.clone();
+    tokio::spawn(async move {
+        match crate::identity::fetch_jwks(&url)
+            .await
+            .and_then(|t| gate.verifier.install_jwks(&t))
+        {
+            Ok(n) => {
+                tracing::info!(target: "stepgate", keys = n, "JWKS refreshed after an unknown kid")
+            }
+            Err(e) => tracing::warn!(target: "stepgate", error = %e, "JWKS refresh failed"),
+        }
+    });
+}
+
+/// Remove the named cookies from the Cookie header(s), keeping the others.
+fn strip_cookies(req: &mut RequestHeader, names: &[&str]) {
+    let values: Vec<String> = req
+        .headers
+        .get_all("cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_string)
+        .collect();
+    if values.is_empty() {
+        return;
+    }
+    let kept: Vec<&str> = values
+        .iter()
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && !names.iter().any(|n| c.split('=').next() == Some(n)))
+        .collect();
+    req.remove_header("cookie");
+    if !kept.is_empty() {
+        let _ = req.insert_header("Cookie", kept.join("; "));
+    }
+}

@@ -1,0 +1,162 @@
+//! Start-up: build the gate from validated settings, then hand the listeners
+//! to Pingora. Anything that can fail fails here, before a port is opened,
+//! with a message that says what to fix.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+
+use crate::config::{KeySource, Settings};
+use crate::gate::Gate;
+use crate::proxy::Proxy;
+
+pub struct Extra {
+    /// Also serve the demo upstream on this address.
+    pub demo_upstream: Option<String>,
+    pub upgrade: bool,
+}
+
+pub fn init_logging(level: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{level},pingora_core=warn,pingora_proxy=warn"))
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Run the gateway; returns only on a start-up error.
+pub fn run(settings: Settings, extra: Extra) -> Result<(), String> {
+    crate::metrics::init();
+    let gate = Arc::new(Gate::build(settings)?);
+    if let KeySource::JwksUrl { url, refresh } = &gate.settings.first_factor.key {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let text = rt
+            .block_on(crate::identity::fetch_jwks(url))
+            .map_err(|e| format!("first_factor.jwt.jwks_url: {e}"))?;
+        gate.verifier
+            .install_jwks(&text)
+            .map_err(|e| format!("first_factor.jwt.jwks_url: {e}"))?;
+        spawn_jwks_refresh(gate.clone(), url.clone(), *refresh);
+    }
+    spawn_sweeper(gate.clone());
+
+    let mut conf = ServerConf {
+        threads: gate.settings.threads,
+        ..Default::default()
+    };
+    conf.grace_period_seconds = Some(5);
+    conf.graceful_shutdown_timeout_seconds = Some(5);
+    let opt = Opt {
+        upgrade: extra.upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let mut proxy =
+        pingora::proxy::http_proxy_service(&server.configuration, Proxy { gate: gate.clone() });
+    for addr in &gate.settings.listen {
+        match &gate.settings.tls {
+            None => proxy.add_tcp(addr),
+            Some(t) => {
+                let mut tls = pingora::listeners::tls::TlsSettings::intermediate(
+                    &t.cert.to_string_lossy(),
+                    &t.key.to_string_lossy(),
+                )
+                .map_err(|e| format!("tls: {e}"))?;
+                tls.enable_h2();
+                proxy.add_tls_with_settings(addr, None, tls);
+            }
+        }
+    }
+    server.add_service(proxy);
+    if let Some(m) = &gate.settings.metrics_listen {
+        let mut metrics = pingora_prometheus::prometheus_http_service();
+        metrics.add_tcp(m);
+        server.add_service(metrics);
+    }
+    if let Some(addr) = &extra.demo_upstream {
+        let mut echo = pingora::services::listening::Service::new(
+            "demo upstream".into(),
+            crate::demo::Echo {
+                cookie: gate.settings.first_factor.cookie.clone(),
+            },
+        );
+        echo.add_tcp(addr);
+        server.add_service(echo);
+    }
+    tracing::info!(target: "stepgate", listen = ?gate.settings.listen, policy = %gate.settings.policy_path.display(), rules = gate.policy.load().rules.len(), "stepgate is starting");
+    server.run_forever();
+}
+
+fn spawn_jwks_refresh(gate: Arc<Gate>, url: String, every: Duration) {
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match crate::identity::fetch_jwks(&url).await.and_then(|t| gate.verifier.install_jwks(&t)) {
+                    Ok(n) => tracing::info!(target: "stepgate", keys = n, "JWKS refreshed"),
+                    Err(e) => tracing::warn!(target: "stepgate", error = %e, "JWKS refresh failed; keeping the previous keys"),
+                }
+            }
+        })
+    });
+}
+
+/// Reclaim expired entries of the embedded store every ten minutes.
+fn spawn_sweeper(gate: Arc<Gate>) {
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(600)).await;
+                if let Err(e) = gate.store.sweep().await {
+                    tracing::warn!(target: "stepgate", error = %e, "store sweep failed");
+                }
+            }
+        })
+    });
+}
+
+/// Serve only the demo upstream (tests and examples use it as a real app).
+pub fn run_upstream(listen: &str, cookie: &str) -> Result<(), String> {
+    let mut server = Server::new_with_opt_and_conf(
+        Opt::default(),
+        ServerConf {
+            threads: 1,
+            ..Default::default()
+        },
+    );
+    server.bootstrap();
+    let mut echo = pingora::services::listening::Service::new(
+        "demo upstream".into(),
+        crate::demo::Echo {
+            cookie: cookie.to_string(),
+        },
+    );
+    echo.add_tcp(listen);
+    server.add_service(echo);
+    server.run_forever();
+}

@@ -1,0 +1,222 @@
+//! The one place for HTTP plumbing shared by pages and the proxy: replies with
+//! the security headers every stepgate answer carries, the strict form
+//! parser, cookies, and `return_to` checks.
+
+use bytes::Bytes;
+
+/// A response stepgate writes itself.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Bytes,
+}
+
+const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+impl Reply {
+    fn with_security(status: u16, content_type: &str, body: Bytes) -> Reply {
+        Reply {
+            status,
+            headers: vec![
+                ("Content-Type", content_type.to_string()),
+                ("Cache-Control", "no-store".into()),
+                ("Content-Security-Policy", CSP.into()),
+                ("X-Frame-Options", "DENY".into()),
+                ("X-Content-Type-Options", "nosniff".into()),
+                ("Referrer-Policy", "no-referrer".into()),
+            ],
+            body,
+        }
+    }
+    pub fn html(status: u16, body: String) -> Reply {
+        Reply::with_security(status, "text/html; charset=utf-8", Bytes::from(body))
+    }
+    pub fn json(status: u16, v: &serde_json::Value) -> Reply {
+        Reply::with_security(status, "application/json", Bytes::from(v.to_string()))
+    }
+    pub fn text(status: u16, body: &'static str) -> Reply {
+        Reply::with_security(
+            status,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(body.as_bytes()),
+        )
+    }
+    pub fn css(body: &'static str) -> Reply {
+        let mut r = Reply::with_security(
+            200,
+            "text/css; charset=utf-8",
+            Bytes::from_static(body.as_bytes()),
+        );
+        r.set("Cache-Control", "public, max-age=3600".into());
+        r
+    }
+    /// 303 See Other: after a POST the browser follows with a GET.
+    pub fn redirect(location: &str) -> Reply {
+        let mut r = Reply::with_security(303, "text/plain; charset=utf-8", Bytes::new());
+        r.headers.push(("Location", location.to_string()));
+        r
+    }
+    pub fn set(&mut self, name: &'static str, value: String) {
+        self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        self.headers.push((name, value));
+    }
+    pub fn add(mut self, name: &'static str, value: String) -> Reply {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+/// Why a form was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FormError {
+    BadEncoding,
+    DuplicateField(String),
+}
+
+/// Parse `application/x-www-form-urlencoded` strictly: bad percent escapes,
+/// invalid UTF-8 and repeated fields are errors, not guesses.
+pub fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, FormError> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    if body.is_empty() {
+        return Ok(out);
+    }
+    for pair in body.split(|b| *b == b'&') {
+        if pair.is_empty() {
+            continue;
+        }
+        let (k, v) = match pair.iter().position(|b| *b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &b""[..]),
+        };
+        let k = decode_component(k)?;
+        let v = decode_component(v)?;
+        if out.iter().any(|(n, _)| *n == k) {
+            return Err(FormError::DuplicateField(k));
+        }
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+fn decode_component(s: &[u8]) -> Result<String, FormError> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        match s[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let h = s.get(i + 1..i + 3).ok_or(FormError::BadEncoding)?;
+                let h = std::str::from_utf8(h).map_err(|_| FormError::BadEncoding)?;
+                out.push(u8::from_str_radix(h, 16).map_err(|_| FormError::BadEncoding)?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| FormError::BadEncoding)
+}
+
+pub fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    form.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Query parameter (lenient: query strings come from links).
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// The value of cookie `name` across all Cookie headers.
+pub fn cookie<'a>(headers: impl Iterator<Item = &'a [u8]>, name: &str) -> Option<String> {
+    for h in headers {
+        let Ok(h) = std::str::from_utf8(h) else {
+            continue;
+        };
+        for part in h.split(';') {
+            if let Some((k, v)) = part.trim().split_once('=') {
+                if k == name {
+                    return Some(v.trim_matches('"').to_string());
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Accept `return_to` only as a same-origin path; anything else becomes `/`.
+pub fn safe_return_to(raw: Option<&str>) -> String {
+    let Some(r) = raw else { return "/".into() };
+    let ok = r.starts_with('/')
+        && !r.starts_with("//")
+        && !r.starts_with("/\\")
+        && r.len() <= 2048
+        && !r.chars().any(|c| c.is_control() || c == '\\')
+        && !r.starts_with("/.stepgate/");
+    if ok {
+        r.to_string()
+    } else {
+        "/".into()
+    }
+}
+
+pub fn url_encode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// Does the client want a page (a browser) rather than JSON?
+pub fn wants_html(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| a.contains("text/html"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forms_are_parsed_strictly() {
+        assert_eq!(
+            parse_form(b"pin=1234&csrf=a%2Bb&return_to=%2Fx").unwrap()[1].1,
+            "a+b"
+        );
+        assert_eq!(parse_form(b"a=%zz"), Err(FormError::BadEncoding));
+        assert_eq!(parse_form(b"a=%ff"), Err(FormError::BadEncoding));
+        assert_eq!(
+            parse_form(b"a=1&a=2"),
+            Err(FormError::DuplicateField("a".into()))
+        );
+        assert_eq!(parse_form(b"a=%4"), Err(FormError::BadEncoding));
+    }
+
+    #[test]
+    fn return_to_must_stay_on_this_origin() {
+        assert_eq!(safe_return_to(Some("/admin?x=1")), "/admin?x=1");
+        for bad in [
+            "https://evil.example",
+            "//evil.example",
+            "/\\evil.example",
+            "javascript:alert(1)",
+            "/a\nb",
+            "/.stepgate/pin",
+        ] {
+            assert_eq!(safe_return_to(Some(bad)), "/", "{bad}");
+        }
+    }
+
+    #[test]
+    fn cookies_are_found_across_headers() {
+        let hs: Vec<&[u8]> = vec![b"a=1; stepgate_su=tok", b"access_token=at"];
+        assert_eq!(
+            cookie(hs.clone().into_iter(), "stepgate_su").as_deref(),
+            Some("tok")
+        );
+        assert_eq!(
+            cookie(hs.into_iter(), "access_token").as_deref(),
+            Some("at")
+        );
+    }
+}
