@@ -2,27 +2,10 @@
 //! front of unmodified web apps. This file is the command line only.
 #![forbid(unsafe_code)]
 
-mod audit;
-mod clock;
-mod config;
-mod decision;
-mod demo;
-mod endpoints;
-mod gate;
-mod identity;
-mod metrics;
-mod pages;
-mod pin;
-mod policy;
-mod proxy;
-mod server;
-mod store;
-mod tokens;
-mod web;
-mod yamlspan;
-
 use std::path::{Path, PathBuf};
+
 use std::process::ExitCode;
+use stepgate::{clock, config, demo, identity, pages, policy, server, tokens, yamlspan};
 
 use clap::{Parser, Subcommand};
 

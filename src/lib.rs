@@ -1,0 +1,22 @@
+//! stepgate as a library: the gateway's modules, for the binary, the
+//! integration tests and the benchmarks. See DESIGN.md for the request flow.
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod clock;
+pub mod config;
+pub mod decision;
+pub mod demo;
+pub mod endpoints;
+pub mod gate;
+pub mod identity;
+pub mod metrics;
+pub mod pages;
+pub mod pin;
+pub mod policy;
+pub mod proxy;
+pub mod server;
+pub mod store;
+pub mod tokens;
+pub mod web;
+pub mod yamlspan;

@@ -1,0 +1,233 @@
+//! Test harness: real processes on free loopback ports, stopped on drop.
+//! `Gateway` runs the real `stepgate serve` binary in front of the real demo
+//! upstream (`stepgate upstream`), which answers with JSON describing the
+//! request it received.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_stepgate");
+pub const FIRST_FACTOR_SECRET: &str = "test-first-factor-secret-0123456789abcdef";
+pub const SIGNING_SECRET: &str = "test-signing-secret-0123456789abcdef0123";
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn wait_for_port(port: u16, within: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listens on 127.0.0.1:{port} after {within:?}");
+}
+
+/// A child process killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+pub fn spawn(cmd: &mut Command, log: PathBuf) -> Proc {
+    let out = std::fs::File::create(&log).unwrap();
+    let err = out.try_clone().unwrap();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("start process");
+    Proc { child, log }
+}
+
+/// The real demo upstream, recording nothing but echoing everything.
+pub fn upstream(dir: &Path) -> (Proc, u16) {
+    let port = free_port();
+    let p = spawn(
+        Command::new(BIN).args(["upstream", "--listen", &format!("127.0.0.1:{port}")]),
+        dir.join(format!("upstream-{port}.log")),
+    );
+    wait_for_port(port, Duration::from_secs(10));
+    (p, port)
+}
+
+pub struct Gateway {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub upstream_port: u16,
+    pub config: PathBuf,
+    pub proc: Option<Proc>,
+    pub upstream: Option<Proc>,
+}
+
+pub const DEFAULT_POLICY: &str = r#"
+default: authenticated
+rules:
+  - name: public
+    match: { path: "/public/**" }
+    require: none
+  - name: admin-delete
+    match: { path: "/admin/delete", methods: [POST] }
+    require: step_up
+    step_up: { methods: [pin], max_age: 0 }
+  - name: admin
+    match: { path: "/admin/**" }
+    require: step_up
+    step_up: { methods: [pin], max_age: 5m }
+  - name: internal
+    match: { path: "/internal/**" }
+    require: deny
+"#;
+
+pub struct GatewayOptions {
+    pub policy: String,
+    /// Extra top-level YAML appended to the config.
+    pub extra_config: String,
+    pub store: String,
+    /// Extra lines inside `first_factor:` (two-space indented), e.g.
+    /// `  login_url: "https://idp.test/login?r={return_to}"\n`.
+    pub first_factor_extra: String,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        GatewayOptions {
+            policy: DEFAULT_POLICY.to_string(),
+            extra_config: String::new(),
+            store: "  kind: memory\n".to_string(),
+            first_factor_extra: String::new(),
+        }
+    }
+}
+
+impl Gateway {
+    pub fn start() -> Gateway {
+        Gateway::start_with(GatewayOptions::default())
+    }
+
+    pub fn start_with(o: GatewayOptions) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let (up, upstream_port) = upstream(dir.path());
+        let port = free_port();
+        std::fs::write(dir.path().join("policy.yaml"), &o.policy).unwrap();
+        let config = dir.path().join("gateway.yaml");
+        let mut f = std::fs::File::create(&config).unwrap();
+        write!(
+            f,
+            "listen: \"127.0.0.1:{port}\"\nthreads: 2\nupstream: \"http://127.0.0.1:{upstream_port}\"\npolicy: policy.yaml\nfirst_factor:\n{}  cookie: access_token\n  jwt:\n    algorithms: [HS256]\n    secret: \"{FIRST_FACTOR_SECRET}\"\nsigning:\n  secret: \"{SIGNING_SECRET}\"\nstore:\n{}log:\n  format: json\n{}",
+            o.first_factor_extra, o.store, o.extra_config
+        )
+        .unwrap();
+        drop(f);
+        let mut g = Gateway {
+            dir,
+            port,
+            upstream_port,
+            config,
+            proc: None,
+            upstream: Some(up),
+        };
+        g.launch();
+        g
+    }
+
+    /// Start (or restart) the gateway process.
+    pub fn launch(&mut self) {
+        let log = self.dir.path().join(format!(
+            "gateway-{}.log",
+            Instant::now().elapsed().as_nanos()
+        ));
+        let p = spawn(
+            Command::new(BIN)
+                .args(["serve", "--config"])
+                .arg(&self.config),
+            log,
+        );
+        self.proc = Some(p);
+        wait_for_port(self.port, Duration::from_secs(15));
+    }
+
+    pub fn stop(&mut self) {
+        self.proc = None;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        self.proc.as_ref().map(|p| p.log_text()).unwrap_or_default()
+    }
+
+    /// Mint a first-factor token with `stepgate token`.
+    pub fn token(&self, sub: &str, extra: &[&str]) -> String {
+        let out = Command::new(BIN)
+            .args(["token", "--config"])
+            .arg(&self.config)
+            .args(["--sub", sub])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "token: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+}
+
+/// An HTTP client that does not follow redirects and keeps no cookies.
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// Pull `name="csrf" value="…"` out of a page.
+pub fn csrf_of(html: &str) -> String {
+    let i = html
+        .find("name=\"csrf\" value=\"")
+        .expect("page has a csrf field")
+        + "name=\"csrf\" value=\"".len();
+    html[i..].split('"').next().unwrap().to_string()
+}
+
+/// The value of a Set-Cookie for `name`.
+pub fn set_cookie(resp: &reqwest::blocking::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| {
+            v.strip_prefix(&format!("{name}="))
+                .map(|r| r.split(';').next().unwrap().to_string())
+        })
+}
