@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Install what stepgate's build and tests need, only what is missing.
+# Debian/Ubuntu; as root, or with sudo. Usage: scripts/install-deps.sh [build|test|bench]
+set -euo pipefail
+what="${1:-test}"
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then
+  command -v sudo >/dev/null && SUDO="sudo" || { echo "install-deps: run as root or install sudo" >&2; exit 1; }
+fi
+
+need=()
+command -v cmake >/dev/null || need+=(cmake)            # Pingora's zlib-ng build
+command -v cc >/dev/null || need+=(build-essential)
+if [ "$what" = test ] || [ "$what" = bench ]; then
+  command -v redis-server >/dev/null || need+=(redis-server)
+  command -v chromium >/dev/null || need+=(chromium)
+  command -v chromedriver >/dev/null || need+=(chromium-driver)
+  command -v openssl >/dev/null || need+=(openssl)
+  command -v python3 >/dev/null || need+=(python3 python3-pip)
+fi
+if [ "$what" = bench ]; then
+  command -v wrk >/dev/null || need+=(wrk)
+  command -v nginx >/dev/null || need+=(nginx-light)
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  echo "install-deps: installing ${need[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# A real SMTP server for the mail tests (aiosmtpd, from PyPI).
+if [ "$what" = test ] && ! python3 -c "import aiosmtpd" 2>/dev/null; then
+  echo "install-deps: installing aiosmtpd"
+  python3 -m pip install -q aiosmtpd 2>/dev/null || python3 -m pip install -q --break-system-packages aiosmtpd
+fi

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh Debian machine: installs what is missing, then runs it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh test
+cargo test --all-targets --no-fail-fast -- --test-threads=4
