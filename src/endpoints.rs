@@ -101,7 +101,7 @@ pub fn login_redirect(gate: &Gate, origin: &str, return_to: &str) -> Option<Stri
 
 /// The factors the rule behind `return_to` accepts (PIN when it cannot tell).
 fn factors_for(gate: &Gate, return_to: &str) -> Vec<Factor> {
-    let policy = gate.policy.load();
+    let policy = &gate.policy;
     let path = return_to.split('?').next().unwrap_or("/");
     let path = crate::policy::normalize_path(path)
         .map(|(m, _)| m)

@@ -1,8 +1,12 @@
-//! The running gateway's shared state, built once from the validated config.
-//! The policy sits behind an atomically swappable handle: a request keeps the
-//! policy it started with, and a reload replaces it whole or not at all.
+//! The running gateway's state. A [`Gate`] is one consistent snapshot (the
+//! validated settings, the compiled policy, the page templates, and handles to
+//! the long-lived parts: store, hasher, token keys). [`Shared`] holds the
+//! current snapshot behind an atomically swappable handle: a request keeps the
+//! snapshot it started with, and a reload replaces it whole or not at all.
 
 use std::sync::Arc;
+
+use std::path::{Path, PathBuf};
 
 use arc_swap::ArcSwap;
 
@@ -16,9 +20,9 @@ use crate::tokens::Keys;
 
 pub struct Gate {
     pub settings: Settings,
-    pub policy: ArcSwap<Policy>,
-    pub verifier: Verifier,
-    pub keys: Keys,
+    pub policy: Policy,
+    pub verifier: Arc<Verifier>,
+    pub keys: Arc<Keys>,
     pub store: Arc<dyn Store>,
     pub hasher: Arc<Hasher>,
     pub pages: Pages,
@@ -49,9 +53,9 @@ impl Gate {
             .map(|h| h.to_ascii_lowercase().replace('_', "-"))
             .collect();
         Ok(Gate {
-            policy: ArcSwap::from_pointee(policy),
-            verifier,
-            keys,
+            policy,
+            verifier: Arc::new(verifier),
+            keys: Arc::new(keys),
             store,
             hasher: Arc::new(Hasher::new(cores)),
             pages,
@@ -77,6 +81,121 @@ impl Gate {
     /// How long a step-up token lives: as long as the longest `max_age` of the
     /// policy, so no rule's freshness is cut short by the token's expiry.
     pub fn stepup_ttl(&self) -> i64 {
-        self.policy.load().longest_max_age().as_secs() as i64
+        self.policy.longest_max_age().as_secs() as i64
     }
+}
+
+/// The current snapshot and how to replace it.
+pub struct Shared {
+    pub current: ArcSwap<Gate>,
+    pub config_path: PathBuf,
+}
+
+/// What a successful reload changed, and what it could not change live.
+#[derive(Debug, Default)]
+pub struct Reloaded {
+    pub rules: usize,
+    pub needs_restart: Vec<String>,
+}
+
+impl Shared {
+    pub fn new(gate: Gate, config_path: &Path) -> Shared {
+        Shared {
+            current: ArcSwap::from_pointee(gate),
+            config_path: config_path.to_path_buf(),
+        }
+    }
+
+    pub fn load(&self) -> Arc<Gate> {
+        self.current.load_full()
+    }
+
+    /// Re-read the config and the policy, validate everything, and swap in
+    /// the result. On any error nothing changes and the error says
+    /// `FILE:LINE:COL: …` for each problem.
+    pub fn reload(&self) -> Result<Reloaded, String> {
+        let join = |d: Vec<crate::yamlspan::Diagnostic>| {
+            d.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let mut settings = crate::config::load(&self.config_path).map_err(join)?;
+        let policy = Policy::load(&settings.policy_path).map_err(join)?;
+        let pages = Pages::new(settings.templates_dir.clone(), &settings.site_title)?;
+        let old = self.load();
+        let o = &old.settings;
+        let mut needs_restart = Vec::new();
+        let mut keep = |what: &str, changed: bool| {
+            if changed {
+                needs_restart.push(what.to_string());
+            }
+        };
+        keep("listen", settings.listen != o.listen);
+        keep(
+            "tls",
+            format!("{:?}", settings.tls) != format!("{:?}", o.tls),
+        );
+        keep("threads", settings.threads != o.threads);
+        keep(
+            "store",
+            format!("{:?}", settings.store) != format!("{:?}", o.store),
+        );
+        keep(
+            "metrics.listen",
+            settings.metrics_listen != o.metrics_listen,
+        );
+        keep("signing", settings.signing != o.signing);
+        let (n, p) = (&settings.first_factor, &o.first_factor);
+        let key_changed = match (&n.key, &p.key) {
+            (crate::config::KeySource::Secret(a), crate::config::KeySource::Secret(b)) => a != b,
+            (a, b) => format!("{a:?}") != format!("{b:?}"),
+        };
+        keep(
+            "first_factor.jwt",
+            key_changed
+                || n.algorithms != p.algorithms
+                || n.issuer != p.issuer
+                || n.audience != p.audience
+                || n.leeway != p.leeway,
+        );
+        // Restart-only settings keep their running values.
+        settings.listen = o.listen.clone();
+        settings.tls = o.tls.clone();
+        settings.threads = o.threads;
+        settings.store = o.store.clone();
+        settings.metrics_listen = o.metrics_listen.clone();
+        settings.signing = o.signing.clone();
+        settings.first_factor = crate::config::FirstFactor {
+            cookie: n.cookie.clone(),
+            login_url: n.login_url.clone(),
+            ..p.clone()
+        };
+        let owned_headers = owned(&settings);
+        let rules = policy.rules.len();
+        let gate = Gate {
+            settings,
+            policy,
+            verifier: old.verifier.clone(),
+            keys: old.keys.clone(),
+            store: old.store.clone(),
+            hasher: old.hasher.clone(),
+            pages,
+            owned_headers,
+        };
+        self.current.store(Arc::new(gate));
+        Ok(Reloaded {
+            rules,
+            needs_restart,
+        })
+    }
+}
+
+fn owned(settings: &Settings) -> Vec<String> {
+    settings
+        .headers
+        .all()
+        .iter()
+        .map(|h| h.to_ascii_lowercase().replace('_', "-"))
+        .collect()
 }

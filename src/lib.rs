@@ -18,5 +18,6 @@ pub mod proxy;
 pub mod server;
 pub mod store;
 pub mod tokens;
+pub mod watch;
 pub mod web;
 pub mod yamlspan;

@@ -123,6 +123,7 @@ fn run(cmd: Cmd) -> Result<(), ExitCode> {
             let s = load(&config)?;
             server::init_logging(&s.log_level, s.log_json);
             server::run(
+                &config,
                 s,
                 server::Extra {
                     demo_upstream: None,
@@ -350,6 +351,7 @@ fn demo(listen: &str, app: &str, dir: &Path) -> Result<(), ExitCode> {
     println!();
     server::init_logging(&s.log_level, s.log_json);
     server::run(
+        &cfg_path,
         s,
         server::Extra {
             demo_upstream: Some(app.to_string()),

@@ -4,8 +4,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_histogram, register_int_counter, register_int_counter_vec, Histogram, IntCounter,
-    IntCounterVec,
+    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge,
+    Histogram, IntCounter, IntCounterVec, IntGauge,
 };
 
 pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -61,6 +61,18 @@ pub static PIN_VERIFY_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
 pub static ENROLLMENTS: LazyLock<IntCounter> =
     LazyLock::new(|| register_int_counter!("stepgate_pin_enrollments_total", "PINs set").unwrap());
 
+pub static RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "stepgate_reloads_total",
+        "Configuration and policy reloads, by result (ok, error)",
+        &["result"]
+    )
+    .unwrap()
+});
+pub static POLICY_RULES: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("stepgate_policy_rules", "Rules in the running policy").unwrap()
+});
+
 /// Touch every metric so that it is exported (at zero) from the start.
 pub fn init() {
     LazyLock::force(&REQUESTS);
@@ -71,4 +83,6 @@ pub fn init() {
     LazyLock::force(&STORE_ERRORS);
     LazyLock::force(&PIN_VERIFY_SECONDS);
     LazyLock::force(&ENROLLMENTS);
+    LazyLock::force(&RELOADS);
+    LazyLock::force(&POLICY_RULES);
 }

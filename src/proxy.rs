@@ -15,7 +15,7 @@ use pingora::proxy::FailToProxy;
 use crate::clock;
 use crate::decision::{decide, Decision, Facts, StepUpReason};
 use crate::endpoints::{self, login_redirect, MAX_FORM};
-use crate::gate::Gate;
+use crate::gate::{Gate, Shared};
 use crate::identity::Principal;
 use crate::metrics;
 use crate::policy::{normalize_path, StepUp};
@@ -24,11 +24,13 @@ use crate::tokens::StepUpClaims;
 use crate::web::{cookie, safe_return_to, url_encode, wants_html, Reply};
 
 pub struct Proxy {
-    pub gate: Arc<Gate>,
+    pub shared: Arc<Shared>,
 }
 
 #[derive(Default)]
 pub struct Ctx {
+    /// The snapshot this request started with; it keeps it to the end.
+    gate: Option<Arc<Gate>>,
     label: &'static str,
     rule: String,
     principal: Option<Principal>,
@@ -157,7 +159,9 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let gate = &*self.gate;
+        let gate_arc = self.shared.load();
+        ctx.gate = Some(gate_arc.clone());
+        let gate = &*gate_arc;
         let tls = gate.settings.tls.is_some();
         let peer = session
             .client_addr()
@@ -281,7 +285,7 @@ impl ProxyHttp for Proxy {
         }
 
         // 3-5. Decide.
-        let policy = gate.policy.load();
+        let policy = &gate.policy;
         let now = clock::now();
         let facts = Facts {
             host: &ctx.host,
@@ -369,7 +373,7 @@ impl ProxyHttp for Proxy {
             Decision::Unauthenticated { rule, error } => {
                 ctx.rule = rule.to_string();
                 if error == crate::identity::AuthError::UnknownKey {
-                    refresh_jwks_soon(&self.gate, now);
+                    refresh_jwks_soon(&gate_arc, now);
                 }
                 let origin = format!(
                     "{}://{}",
@@ -409,7 +413,8 @@ impl ProxyHttp for Proxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let Some(up) = self.gate.settings.upstreams.for_host(&ctx.host) else {
+        let gate = ctx.gate.get_or_insert_with(|| self.shared.load());
+        let Some(up) = gate.settings.upstreams.for_host(&ctx.host) else {
             return Error::e_explain(ErrorType::HTTPStatus(502), "no upstream for this host");
         };
         Ok(Box::new(HttpPeer::new(
@@ -425,7 +430,7 @@ impl ProxyHttp for Proxy {
         up: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let gate = &*self.gate;
+        let gate = ctx.gate.clone().unwrap_or_else(|| self.shared.load());
         let h = &gate.settings.headers;
         if let Some(p) = &ctx.principal {
             up.insert_header(h.user.clone(), p.sub.as_str())?;
@@ -494,14 +499,14 @@ impl ProxyHttp for Proxy {
         if code > 0 && session.response_written().is_none() {
             ctx.label = "upstream_error";
             let reply = if code == 502 {
-                self.gate.pages.message(
+                self.shared.load().pages.message(
                     502,
                     "The application is not answering",
                     "stepgate could not reach the application behind it. Try again in a moment.",
                     None,
                 )
             } else {
-                self.gate.pages.message(
+                self.shared.load().pages.message(
                     code,
                     "Request failed",
                     "The request could not be completed.",

@@ -2,6 +2,7 @@
 //! to Pingora. Anything that can fail fails here, before a port is opened,
 //! with a message that says what to fix.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 
 use crate::config::{KeySource, Settings};
-use crate::gate::Gate;
+use crate::gate::{Gate, Shared};
 use crate::proxy::Proxy;
 
 pub struct Extra {
@@ -33,9 +34,11 @@ pub fn init_logging(level: &str, json: bool) {
 }
 
 /// Run the gateway; returns only on a start-up error.
-pub fn run(settings: Settings, extra: Extra) -> Result<(), String> {
+pub fn run(config_path: &Path, settings: Settings, extra: Extra) -> Result<(), String> {
     crate::metrics::init();
-    let gate = Arc::new(Gate::build(settings)?);
+    let shared = Arc::new(Shared::new(Gate::build(settings)?, config_path));
+    let gate = shared.load();
+    crate::metrics::POLICY_RULES.set(gate.policy.rules.len() as i64);
     if let KeySource::JwksUrl { url, refresh } = &gate.settings.first_factor.key {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -50,6 +53,7 @@ pub fn run(settings: Settings, extra: Extra) -> Result<(), String> {
         spawn_jwks_refresh(gate.clone(), url.clone(), *refresh);
     }
     spawn_sweeper(gate.clone());
+    crate::watch::spawn(shared.clone())?;
 
     let mut conf = ServerConf {
         threads: gate.settings.threads,
@@ -64,8 +68,12 @@ pub fn run(settings: Settings, extra: Extra) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let mut proxy =
-        pingora::proxy::http_proxy_service(&server.configuration, Proxy { gate: gate.clone() });
+    let mut proxy = pingora::proxy::http_proxy_service(
+        &server.configuration,
+        Proxy {
+            shared: shared.clone(),
+        },
+    );
     for addr in &gate.settings.listen {
         match &gate.settings.tls {
             None => proxy.add_tcp(addr),
@@ -96,7 +104,7 @@ pub fn run(settings: Settings, extra: Extra) -> Result<(), String> {
         echo.add_tcp(addr);
         server.add_service(echo);
     }
-    tracing::info!(target: "stepgate", listen = ?gate.settings.listen, policy = %gate.settings.policy_path.display(), rules = gate.policy.load().rules.len(), "stepgate is starting");
+    tracing::info!(target: "stepgate", listen = ?gate.settings.listen, policy = %gate.settings.policy_path.display(), rules = gate.policy.rules.len(), "stepgate is starting");
     server.run_forever();
 }
 
