@@ -81,6 +81,9 @@ enum Cmd {
         #[arg(long, default_value = "stepgate-demo")]
         dir: PathBuf,
     },
+    /// Policy authoring tools: lint and test.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Serve only the built-in demo app (a real upstream for tests and trials).
     #[command(hide = true)]
     Upstream {
@@ -88,6 +91,24 @@ enum Cmd {
         listen: String,
         #[arg(long, default_value = "access_token")]
         cookie: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Warn about shadowed, unreachable and risky rules (FILE:LINE:COL: warning: …).
+    Lint {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Exit 1 when there is any warning (for CI).
+        #[arg(long)]
+        deny_warnings: bool,
+    },
+    /// Run a YAML file of cases: `- { method: GET, url: "https://host/path", expect: { rule: admin, require: step_up } }`.
+    Test {
+        #[arg(short, long)]
+        config: PathBuf,
+        cases: PathBuf,
     },
 }
 
@@ -175,12 +196,61 @@ fn run(cmd: Cmd) -> Result<(), ExitCode> {
             println!("{token}");
             Ok(())
         }
+        Cmd::Policy(PolicyCmd::Lint {
+            config,
+            deny_warnings,
+        }) => {
+            let s = load(&config)?;
+            let p = load_policy(&s)?;
+            let warnings = policy::lint::lint(&p);
+            for w in &warnings {
+                println!("{w}");
+            }
+            eprintln!("{} warning(s) in {} rules", warnings.len(), p.rules.len());
+            if deny_warnings && !warnings.is_empty() {
+                return Err(ExitCode::from(1));
+            }
+            Ok(())
+        }
+        Cmd::Policy(PolicyCmd::Test { config, cases }) => {
+            let s = load(&config)?;
+            let p = load_policy(&s)?;
+            let text = std::fs::read_to_string(&cases)
+                .map_err(|e| fail(format!("cannot read {}: {e}", cases.display())))?;
+            let outcomes = policy::testcases::run(&p, &cases.display().to_string(), &text)
+                .map_err(|d| {
+                    print_diags(&d);
+                    ExitCode::from(1)
+                })?;
+            let failed = outcomes.iter().filter(|o| o.failure.is_some()).count();
+            for o in &outcomes {
+                match &o.failure {
+                    None => println!("ok    {}", o.name),
+                    Some(f) => println!("FAIL  {}\n      {}: {f}", o.name, o.at),
+                }
+            }
+            println!(
+                "policy test: {} passed, {failed} failed",
+                outcomes.len() - failed
+            );
+            if failed > 0 {
+                return Err(ExitCode::from(1));
+            }
+            Ok(())
+        }
         Cmd::Demo { listen, app, dir } => demo(&listen, &app, &dir),
         Cmd::Upstream { listen, cookie } => {
             server::init_logging("warn", false);
             server::run_upstream(&listen, &cookie).map_err(fail)
         }
     }
+}
+
+fn load_policy(s: &config::Settings) -> Result<policy::Policy, ExitCode> {
+    policy::Policy::load(&s.policy_path).map_err(|d| {
+        print_diags(&d);
+        ExitCode::from(1)
+    })
 }
 
 fn explain(p: &policy::Policy, method: &str, url: &str, json: bool) -> Result<(), ExitCode> {

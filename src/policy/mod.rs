@@ -5,7 +5,9 @@
 //! re-parses policy strings.
 
 pub mod glob;
+pub mod lint;
 pub mod matcher;
+pub mod testcases;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
