@@ -112,6 +112,9 @@ pub struct GatewayOptions {
     /// Extra lines inside `first_factor:` (two-space indented), e.g.
     /// `  login_url: "https://idp.test/login?r={return_to}"\n`.
     pub first_factor_extra: String,
+    /// Replaces the `jwt:` block (four-space indented lines), e.g. to use
+    /// `public_key_file` or `jwks_url` instead of the HS256 test secret.
+    pub jwt: Option<String>,
 }
 
 impl Default for GatewayOptions {
@@ -121,6 +124,7 @@ impl Default for GatewayOptions {
             extra_config: String::new(),
             store: "  kind: memory\n".to_string(),
             first_factor_extra: String::new(),
+            jwt: None,
         }
     }
 }
@@ -139,8 +143,11 @@ impl Gateway {
         let mut f = std::fs::File::create(&config).unwrap();
         write!(
             f,
-            "listen: \"127.0.0.1:{port}\"\nthreads: 2\nupstream: \"http://127.0.0.1:{upstream_port}\"\npolicy: policy.yaml\nfirst_factor:\n{}  cookie: access_token\n  jwt:\n    algorithms: [HS256]\n    secret: \"{FIRST_FACTOR_SECRET}\"\nsigning:\n  secret: \"{SIGNING_SECRET}\"\nstore:\n{}log:\n  format: json\n{}",
-            o.first_factor_extra, o.store, o.extra_config
+            "listen: \"127.0.0.1:{port}\"\nthreads: 2\nupstream: \"http://127.0.0.1:{upstream_port}\"\npolicy: policy.yaml\nfirst_factor:\n{}  cookie: access_token\n  jwt:\n{}signing:\n  secret: \"{SIGNING_SECRET}\"\nstore:\n{}log:\n  format: json\n{}",
+            o.first_factor_extra,
+            o.jwt.unwrap_or_else(|| format!("    algorithms: [HS256]\n    secret: \"{FIRST_FACTOR_SECRET}\"\n")),
+            o.store,
+            o.extra_config
         )
         .unwrap();
         drop(f);
