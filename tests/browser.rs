@@ -1,0 +1,249 @@
+//! Real-browser end-to-end tests: Debian's headless Chromium, driven over
+//! WebDriver by `chromedriver`, goes through the real `stepgate serve` in
+//! front of the real demo upstream, exactly as a user would: sign in through
+//! the demo login link, open a protected page, set up a PIN, pass the PIN
+//! challenge, and get locked out after too many wrong PINs.
+//!
+//! Missing `chromium` or `chromedriver` is a failure, never a skip: the
+//! README's test command installs them.
+
+mod common;
+#[path = "common/webdriver.rs"]
+mod webdriver;
+
+use common::*;
+use std::path::PathBuf;
+use webdriver::{Driver, Session};
+
+const POLICY: &str = r#"
+default: authenticated
+rules:
+  - name: demo-login
+    match: { path: "/demo/login" }
+    require: none
+  - name: admin
+    match: { path: "/admin/**" }
+    require: step_up
+    step_up: { methods: [pin], max_age: 5m }
+"#;
+
+const PIN: &str = "2580";
+
+/// A gateway with the browser test policy, a chromedriver and a session.
+/// Field order is drop order: the browser goes first, then chromedriver,
+/// then the gateway and its upstream, then the temporary directory.
+struct Bench {
+    browser: Session,
+    _driver: Driver,
+    g: Gateway,
+    _dir: tempfile::TempDir,
+}
+
+fn bench() -> Bench {
+    // Check for the browser before starting anything else, so a missing
+    // browser fails fast with the install hint.
+    let dir = tempfile::tempdir().unwrap();
+    let driver = Driver::start(dir.path());
+    let profile = dir.path().join("profile");
+    std::fs::create_dir_all(&profile).unwrap();
+    let browser = driver.session(&profile);
+    let g = Gateway::start_with(GatewayOptions {
+        policy: POLICY.to_string(),
+        ..Default::default()
+    });
+    Bench {
+        browser,
+        _driver: driver,
+        g,
+        _dir: dir,
+    }
+}
+
+fn screenshot_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let dir = target.join("browser-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The path (and query) of a URL on the gateway.
+fn path_of(g: &Gateway, url: &str) -> String {
+    url.strip_prefix(&g.url(""))
+        .unwrap_or_else(|| panic!("{url} is not on the gateway {}", g.url("")))
+        .to_string()
+}
+
+/// Sign in with the demo login link and check the demo app greets `sub`.
+fn sign_in(b: &Bench, sub: &str) {
+    let token = b.g.token(sub, &["--email", &format!("{sub}@example.com")]);
+    b.browser
+        .goto(&b.g.url(&format!("/demo/login?token={token}")));
+    b.browser
+        .wait_for_url("the demo app's home", |u| path_of(&b.g, u) == "/");
+    b.browser.find("#app");
+    assert_eq!(b.browser.text(&b.browser.find("#user")), sub);
+}
+
+/// Open /admin/x, land on the setup page, enroll `PIN` and land on the PIN
+/// page. Returns after saving screenshots when `shots` is given.
+fn enroll(b: &Bench, shots: Option<&str>) {
+    let s = &b.browser;
+    s.goto(&b.g.url("/admin/x"));
+    let url = s.wait_for_url("the PIN setup page", |u| {
+        path_of(&b.g, u).starts_with("/.stepgate/pin/setup")
+    });
+    assert!(
+        url.ends_with("return_to=%2Fadmin%2Fx") || url.ends_with("return_to=/admin/x"),
+        "the setup page keeps return_to: {url}"
+    );
+    let pin = s.find("#pin");
+    let confirm = s.find("#pin_confirm");
+    assert!(
+        s.title().starts_with("Set up a PIN"),
+        "title: {}",
+        s.title()
+    );
+    if let Some(prefix) = shots {
+        s.save_screenshot(&screenshot_dir().join(format!("{prefix}-1-pin-setup.png")));
+    }
+    s.send_keys(&pin, PIN);
+    s.send_keys(&confirm, PIN);
+    s.click(&s.find("#submit"));
+    s.wait_for_url("the PIN page", |u| {
+        let p = path_of(&b.g, u);
+        p.starts_with("/.stepgate/pin?") || p == "/.stepgate/pin"
+    });
+    s.find("#pin");
+    assert!(
+        s.try_find("#pin_confirm").is_err(),
+        "the PIN page asks for the PIN once"
+    );
+    assert!(
+        s.title().starts_with("Enter your PIN"),
+        "title: {}",
+        s.title()
+    );
+}
+
+/// Type `pin` into the PIN page and submit; returns once the old page is
+/// gone (the browser may still be loading the answer).
+fn submit_pin(s: &Session, pin: &str) {
+    let field = s.find("#pin");
+    s.send_keys(&field, pin);
+    s.click(&s.find("#submit"));
+    s.wait_for("the PIN form to be submitted", || {
+        s.is_stale(&field).then_some(())
+    });
+}
+
+#[test]
+fn browser_enrolls_a_pin_and_passes_the_pin_challenge() {
+    let b = bench();
+    let s = &b.browser;
+    sign_in(&b, "alice");
+    enroll(&b, Some("enroll"));
+    s.save_screenshot(&screenshot_dir().join("enroll-2-pin.png"));
+
+    submit_pin(s, PIN);
+    s.wait_for_url("/admin/x, the page asked for", |u| {
+        path_of(&b.g, u) == "/admin/x"
+    });
+    s.find("#app");
+    assert_eq!(s.response_status(), Some(200));
+    assert_eq!(s.text(&s.find("#user")), "alice");
+    assert_eq!(s.text(&s.find("#path")), "GET /admin/x");
+    let header = |name: &str| {
+        s.try_find_by("xpath", &format!("//tr[th='{name}']/td"))
+            .ok()
+            .map(|e| s.text(&e))
+    };
+    assert_eq!(
+        header("x-stepgate-amr").as_deref(),
+        Some("pin"),
+        "the upstream got X-Stepgate-Amr: pin; page:\n{}",
+        s.source()
+    );
+    assert_eq!(header("x-stepgate-user").as_deref(), Some("alice"));
+    assert_eq!(header("x-stepgate-rule").as_deref(), Some("admin"));
+    let cookie = header("cookie").unwrap_or_default();
+    assert!(
+        cookie.contains("access_token=") && !cookie.contains("stepgate_su"),
+        "the step-up cookie is not forwarded upstream: {cookie}"
+    );
+    s.save_screenshot(&screenshot_dir().join("enroll-3-app.png"));
+
+    // The step-up is remembered: a second visit goes straight through.
+    s.goto(&b.g.url("/admin/y"));
+    s.wait_for_url("/admin/y", |u| path_of(&b.g, u) == "/admin/y");
+    assert_eq!(s.text(&s.find("#path")), "GET /admin/y");
+}
+
+#[test]
+fn browser_sees_error_and_lockout_pages() {
+    let b = bench();
+    let s = &b.browser;
+    sign_in(&b, "bob");
+    enroll(&b, None);
+
+    // Four wrong PINs: each answer is the PIN page again, saying how many
+    // tries are left.
+    for left in (1..=4).rev() {
+        submit_pin(s, "9731");
+        let want = format!(
+            "{left} {} left before a lockout",
+            if left == 1 { "try" } else { "tries" }
+        );
+        let error = s.wait_for(&format!("the error \"{want}\""), || {
+            s.text_of("#error").filter(|t| t.contains(&want))
+        });
+        assert!(error.contains("not right"), "error text: {error}");
+        assert_eq!(s.response_status(), Some(401), "a wrong PIN answers 401");
+        assert!(s.try_find("#pin").is_ok(), "the PIN form is offered again");
+        if left == 4 {
+            s.save_screenshot(&screenshot_dir().join("lockout-1-wrong-pin.png"));
+        }
+    }
+
+    // The fifth wrong PIN locks the factor.
+    submit_pin(s, "9731");
+    let message = s.wait_for("the lockout page", || {
+        s.text_of("#message")
+            .filter(|t| t.contains("Try again after"))
+    });
+    assert!(message.contains("locked"), "lockout message: {message}");
+    assert_eq!(s.response_status(), Some(429), "the lockout page is a 429");
+    assert!(
+        s.title().starts_with("Too many attempts"),
+        "title: {}",
+        s.title()
+    );
+    assert!(
+        s.source().contains("Too many attempts"),
+        "lockout heading; page:\n{}",
+        s.source()
+    );
+    assert!(
+        s.try_find("#pin").is_err(),
+        "no PIN form on the lockout page"
+    );
+    s.save_screenshot(&screenshot_dir().join("lockout-2-locked.png"));
+
+    // While locked, even the right PIN is refused and /admin stays closed.
+    s.goto(&b.g.url("/admin/x"));
+    s.wait_for_url("the PIN page", |u| {
+        path_of(&b.g, u).starts_with("/.stepgate/pin")
+    });
+    submit_pin(s, PIN);
+    let message = s.wait_for("the lockout page again", || {
+        s.text_of("#message")
+            .filter(|t| t.contains("Try again after"))
+    });
+    assert!(message.contains("locked"), "lockout message: {message}");
+    assert_eq!(s.response_status(), Some(429), "still locked: 429");
+    assert!(
+        !path_of(&b.g, &s.current_url()).starts_with("/admin"),
+        "a locked user does not reach /admin"
+    );
+}
