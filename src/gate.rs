@@ -67,7 +67,7 @@ impl Gate {
     /// Is this request header one stepgate owns (and so strips)?
     pub fn owns_header(&self, name: &str) -> bool {
         let n = name.to_ascii_lowercase().replace('_', "-");
-        n.starts_with("x-stepgate-") || self.owned_headers.iter().any(|h| *h == n)
+        n.starts_with("x-stepgate-") || self.owned_headers.contains(&n)
     }
 
     pub fn stepup_cookie_name(&self, tls: bool) -> &'static str {
@@ -89,6 +89,8 @@ impl Gate {
 pub struct Shared {
     pub current: ArcSwap<Gate>,
     pub config_path: PathBuf,
+    /// The listeners' certificate, when stepgate terminates TLS.
+    pub certs: Option<Arc<crate::tls::Certs>>,
 }
 
 /// What a successful reload changed, and what it could not change live.
@@ -99,11 +101,16 @@ pub struct Reloaded {
 }
 
 impl Shared {
-    pub fn new(gate: Gate, config_path: &Path) -> Shared {
-        Shared {
+    pub fn new(gate: Gate, config_path: &Path) -> Result<Shared, String> {
+        let certs = match &gate.settings.tls {
+            Some(t) => Some(crate::tls::Certs::new(t)?),
+            None => None,
+        };
+        Ok(Shared {
             current: ArcSwap::from_pointee(gate),
             config_path: config_path.to_path_buf(),
-        }
+            certs,
+        })
     }
 
     pub fn load(&self) -> Arc<Gate> {
@@ -173,6 +180,9 @@ impl Shared {
         };
         let owned_headers = owned(&settings);
         let rules = policy.rules.len();
+        if let (Some(certs), Some(t)) = (&self.certs, &settings.tls) {
+            certs.reload(t)?;
+        }
         let gate = Gate {
             settings,
             policy,

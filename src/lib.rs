@@ -17,6 +17,7 @@ pub mod policy;
 pub mod proxy;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod tokens;
 pub mod watch;
 pub mod web;

@@ -29,6 +29,7 @@ pub struct Proxy {
 
 #[derive(Default)]
 pub struct Ctx {
+    request_id: String,
     /// The snapshot this request started with; it keeps it to the end.
     gate: Option<Arc<Gate>>,
     label: &'static str,
@@ -50,6 +51,9 @@ async fn send(session: &mut Session, reply: Reply) -> Result<()> {
         resp.append_header(k, v)?;
     }
     resp.insert_header("Content-Length", reply.body.len().to_string())?;
+    if let Some(id) = session.req_header().headers.get("x-request-id").cloned() {
+        resp.insert_header("X-Request-Id", id)?;
+    }
     let head = session.req_header().method == http::Method::HEAD;
     session
         .write_response_header(Box::new(resp), head || reply.body.is_empty())
@@ -159,6 +163,15 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // The request id: the client's (or a proxy's) when it is sane, else ours.
+        let id = header(session.req_header(), "x-request-id")
+            .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+            .map(str::to_string)
+            .unwrap_or_else(crate::tokens::random_id);
+        session
+            .req_header_mut()
+            .insert_header("X-Request-Id", id.as_str())?;
+        ctx.request_id = id;
         let gate_arc = self.shared.load();
         ctx.gate = Some(gate_arc.clone());
         let gate = &*gate_arc;
@@ -296,7 +309,7 @@ impl ProxyHttp for Proxy {
         };
         let decision = decide(
             &facts,
-            &policy,
+            policy,
             &gate.verifier,
             &gate.keys,
             gate.settings.single_use_window.as_secs() as i64,
@@ -484,6 +497,18 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if !resp.headers.contains_key("x-request-id") {
+            resp.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+        }
+        Ok(())
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(c) => *c,
@@ -527,6 +552,7 @@ impl ProxyHttp for Proxy {
         let req = session.req_header();
         tracing::info!(
             target: "access",
+            request_id = %ctx.request_id,
             method = %req.method,
             host = %ctx.host,
             path = %req.uri.path(),

@@ -36,7 +36,7 @@ pub fn init_logging(level: &str, json: bool) {
 /// Run the gateway; returns only on a start-up error.
 pub fn run(config_path: &Path, settings: Settings, extra: Extra) -> Result<(), String> {
     crate::metrics::init();
-    let shared = Arc::new(Shared::new(Gate::build(settings)?, config_path));
+    let shared = Arc::new(Shared::new(Gate::build(settings)?, config_path)?);
     let gate = shared.load();
     crate::metrics::POLICY_RULES.set(gate.policy.rules.len() as i64);
     if let KeySource::JwksUrl { url, refresh } = &gate.settings.first_factor.key {
@@ -83,6 +83,9 @@ pub fn run(config_path: &Path, settings: Settings, extra: Extra) -> Result<(), S
                     &t.key.to_string_lossy(),
                 )
                 .map_err(|e| format!("tls: {e}"))?;
+                if let Some(certs) = &shared.certs {
+                    tls.set_cert_resolver(certs.clone());
+                }
                 tls.enable_h2();
                 proxy.add_tls_with_settings(addr, None, tls);
             }
