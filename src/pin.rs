@@ -112,7 +112,8 @@ pub fn check_new_pin(pin: &str, s: &PinSettings) -> Result<(), FlowError> {
     let same = d.iter().all(|x| *x == d[0]);
     let step = d[1] - d[0];
     let sequence = step.abs() == 1 && d.windows(2).all(|w| w[1] - w[0] == step);
-    let repeats = (1..=n / 2).any(|p| n.is_multiple_of(p) && p < n && d.chunks(p).all(|c| c == &d[..p]));
+    let repeats =
+        (1..=n / 2).any(|p| n.is_multiple_of(p) && p < n && d.chunks(p).all(|c| c == &d[..p]));
     if same || sequence || repeats {
         return Err(FlowError::PinRule(
             "This PIN is too easy to guess (repeated digits or a sequence). Choose another.".into(),

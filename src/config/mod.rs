@@ -60,6 +60,10 @@ struct FileConfig {
     headers: HeadersFile,
     #[serde(default)]
     log: LogFile,
+    /// Unix socket where a new binary started with `serve -u` takes over the
+    /// listeners on SIGQUIT.
+    upgrade_sock: Option<String>,
+    pid_file: Option<String>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -303,6 +307,8 @@ pub struct Settings {
     pub headers: HeaderNames,
     pub log_level: String,
     pub log_json: bool,
+    pub upgrade_sock: PathBuf,
+    pub pid_file: PathBuf,
 }
 
 /// Load and validate a config file. All problems are returned, each with its
@@ -559,6 +565,20 @@ impl Builder<'_> {
             }
         };
         let site_title = f.pages.title.unwrap_or_else(|| "stepgate".into());
+        // Per-config defaults, so several gateways on one machine never share
+        // an upgrade socket.
+        let canonical = std::fs::canonicalize(self.spans.file())
+            .unwrap_or_else(|_| PathBuf::from(self.spans.file()));
+        let tag = crate::identity::digest_b64(canonical.to_string_lossy().as_bytes())[..10]
+            .replace(['-', '_'], "x");
+        let upgrade_sock = f
+            .upgrade_sock
+            .map(|p| self.path(&p))
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("stepgate-{tag}.sock")));
+        let pid_file = f
+            .pid_file
+            .map(|p| self.path(&p))
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("stepgate-{tag}.pid")));
 
         let (Some(upstreams), Some(first_factor), Some(store), Some(signing)) =
             (upstreams, first_factor, store, signing)
@@ -585,6 +605,8 @@ impl Builder<'_> {
             headers,
             log_level,
             log_json,
+            upgrade_sock,
+            pid_file,
         })
     }
 
