@@ -212,6 +212,7 @@ rules:
         )])
         .unwrap();
         let ff = FirstFactor {
+            claims: Default::default(),
             cookie: "access_token".into(),
             algorithms: vec![Algorithm::HS256],
             key: KeySource::Secret(Secret::new(KEY)),

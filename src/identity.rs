@@ -14,10 +14,9 @@ use arc_swap::ArcSwap;
 use base64::Engine;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::config::{is_hmac, FirstFactor, KeySource};
+use crate::config::{is_hmac, ClaimNames, FirstFactor, KeySource};
 
 /// Tokens larger than this are refused before any parsing.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -26,6 +25,9 @@ pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
     pub sub: String,
+    /// Addresses an email OTP may be sent to: every address of the profile,
+    /// less the primary one when the token says it is not verified.
+    pub otp_emails: Vec<String>,
     /// Primary address (`email` claim), when present.
     pub email: Option<String>,
     /// Every address the token names (`email` first, then `emails`).
@@ -73,7 +75,8 @@ impl AuthError {
     }
 }
 
-#[derive(Deserialize)]
+/// The claims stepgate reads; `email`, `emails` and `email_verified` come
+/// from the claim names configured in `first_factor.claims`.
 struct Claims {
     sub: Option<String>,
     exp: Option<i64>,
@@ -83,8 +86,44 @@ struct Claims {
     sid: Option<String>,
     jti: Option<String>,
     email: Option<String>,
-    #[serde(default)]
     emails: Vec<String>,
+    email_verified: Option<bool>,
+}
+
+type Map = serde_json::Map<String, serde_json::Value>;
+
+impl Claims {
+    fn from_map(mut m: Map, names: &ClaimNames) -> Claims {
+        let mut s = |k: &str| match m.remove(k) {
+            Some(serde_json::Value::String(v)) => Some(v),
+            _ => None,
+        };
+        let (sub, sid, jti, email) = (s("sub"), s("sid"), s("jti"), s(&names.email));
+        let int = |k: &str| {
+            m.get(k)
+                .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
+        };
+        let emails = match m.get(&names.emails) {
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            Some(serde_json::Value::String(one)) => vec![one.clone()],
+            _ => Vec::new(),
+        };
+        Claims {
+            sub,
+            exp: int("exp"),
+            nbf: int("nbf"),
+            iat: int("iat"),
+            auth_time: int("auth_time"),
+            sid,
+            jti,
+            email,
+            emails,
+            email_verified: m.get(&names.email_verified).and_then(|v| v.as_bool()),
+        }
+    }
 }
 
 /// Keys currently trusted, by `kid`; `anonymous` holds keys without one.
@@ -137,6 +176,7 @@ pub struct Verifier {
     validation: Validation,
     keys: ArcSwap<KeySet>,
     leeway: i64,
+    claims: ClaimNames,
     pub jwks_url: Option<String>,
     /// Unix time of the last refresh triggered by an unknown `kid`.
     last_forced_refresh: AtomicI64,
@@ -183,6 +223,7 @@ impl Verifier {
             validation,
             keys: ArcSwap::from_pointee(keys),
             leeway: ff.leeway.as_secs() as i64,
+            claims: ff.claims.clone(),
             jwks_url: match &ff.key {
                 KeySource::JwksUrl { url, .. } => Some(url.clone()),
                 _ => None,
@@ -239,8 +280,10 @@ impl Verifier {
         }
         let mut last = AuthError::BadSignature;
         for key in candidates {
-            match decode::<Claims>(token, key, &self.validation) {
-                Ok(data) => return self.principal(token, data.claims, now),
+            match decode::<Map>(token, key, &self.validation) {
+                Ok(data) => {
+                    return self.principal(token, Claims::from_map(data.claims, &self.claims), now)
+                }
                 Err(e) => {
                     use jsonwebtoken::errors::ErrorKind as K;
                     last = match e.kind() {
@@ -280,14 +323,20 @@ impl Verifier {
             _ => format!("tok:{}", digest_b64(token.as_bytes())),
         };
         let mut emails = Vec::new();
-        for e in c.email.iter().chain(c.emails.iter()) {
+        let mut otp_emails = Vec::new();
+        let unverified = c.email_verified == Some(false);
+        for (i, e) in c.email.iter().chain(c.emails.iter()).enumerate() {
             let e = e.trim().to_ascii_lowercase();
-            if !e.is_empty() && e.contains('@') && !emails.contains(&e) {
+            if !e.is_empty() && e.len() <= 254 && e.contains('@') && !emails.contains(&e) {
+                if !(i == 0 && c.email.is_some() && unverified) {
+                    otp_emails.push(e.clone());
+                }
                 emails.push(e);
             }
         }
         Ok(Principal {
             sub,
+            otp_emails,
             email: emails.first().cloned(),
             emails,
             session,
@@ -330,6 +379,7 @@ mod tests {
 
     fn ff(algs: Vec<Algorithm>, key: KeySource) -> FirstFactor {
         FirstFactor {
+            claims: Default::default(),
             cookie: "access_token".into(),
             algorithms: algs,
             key,

@@ -69,17 +69,34 @@ fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
 }
 
 /// Host without port, lowercase: from `Host`, else the URI's authority (h2).
-fn request_host(req: &RequestHeader) -> String {
-    let raw = header(req, "host")
-        .map(str::to_string)
-        .or_else(|| req.uri.authority().map(|a| a.as_str().to_string()))
-        .unwrap_or_default();
-    let h = if raw.starts_with('[') {
-        raw.split_inclusive(']').next().unwrap_or("").to_string()
+/// The authority of an absolute-form target wins over `Host` (RFC 9112
+/// §3.2.2); HTTP/1.1 without any host is refused (None).
+fn request_host(req: &RequestHeader) -> Option<String> {
+    let raw = req.raw_path();
+    let absolute = if raw.starts_with(b"http://") || raw.starts_with(b"https://") {
+        std::str::from_utf8(raw)
+            .ok()
+            .and_then(|t| t.parse::<http::Uri>().ok())
+            .and_then(|u| u.authority().map(|a| a.as_str().to_string()))
     } else {
-        raw.split(':').next().unwrap_or("").to_string()
+        None
     };
-    h.to_ascii_lowercase()
+    let raw = match absolute
+        .or_else(|| req.uri.authority().map(|a| a.as_str().to_string()))
+        .or_else(|| header(req, "host").map(str::to_string))
+    {
+        Some(h) => h,
+        None if req.version == http::Version::HTTP_11 => return None,
+        None => String::new(),
+    };
+    let raw = raw.rsplit('@').next().unwrap_or("");
+    let h = if raw.starts_with('[') {
+        raw.split_inclusive(']').next().unwrap_or("")
+    } else {
+        raw.split(':').next().unwrap_or("")
+    };
+    // `app.example.com.` is the same host as `app.example.com`.
+    Some(h.trim_end_matches('.').to_ascii_lowercase())
 }
 
 /// The client's address: the socket peer, or, when the peer is a trusted
@@ -204,7 +221,9 @@ impl ProxyHttp for Proxy {
                 )
             });
         (ctx.client_ip, ctx.peer_trusted) = client_ip(gate, peer, req);
-        ctx.host = request_host(req);
+        let host = request_host(req);
+        let valid_target = req.raw_path_is_utf8();
+        ctx.host = host.clone().unwrap_or_default();
         let owned: Vec<String> = req
             .headers
             .keys()
@@ -226,7 +245,12 @@ impl ProxyHttp for Proxy {
             None => raw_path.clone(),
         };
 
-        let (match_path, forward_path) = match normalize_path(&raw_path) {
+        let normalized = match (&host, valid_target) {
+            (None, _) => Err("an HTTP/1.1 request without Host".to_string()),
+            (_, false) => Err("a request target that is not UTF-8".to_string()),
+            _ => normalize_path(&raw_path).map_err(|e| format!("{e:?}")),
+        };
+        let (match_path, forward_path) = match normalized {
             Ok(p) => p,
             Err(e) => {
                 ctx.label = "bad_request";
@@ -235,7 +259,7 @@ impl ProxyHttp for Proxy {
                     gate.pages.message(
                         400,
                         "Bad request",
-                        &format!("This address cannot be served safely ({e:?}).",),
+                        &format!("This address cannot be served safely ({e})."),
                         None,
                     ),
                 )
@@ -514,7 +538,10 @@ impl ProxyHttp for Proxy {
             ErrorType::HTTPStatus(c) => *c,
             _ => match e.esource() {
                 ErrorSource::Upstream => 502,
-                ErrorSource::Downstream => 0,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
                 _ => 500,
             },
         };
@@ -538,6 +565,8 @@ impl ProxyHttp for Proxy {
                     None,
                 )
             };
+            // The connection is not reused after a proxy failure: say so.
+            session.set_keepalive(None);
             let _ = send(session, reply).await;
         }
         FailToProxy {

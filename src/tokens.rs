@@ -181,6 +181,7 @@ mod tests {
 
     fn principal(sub: &str, session: &str) -> Principal {
         Principal {
+            otp_emails: vec![],
             sub: sub.into(),
             email: None,
             emails: vec![],

@@ -176,6 +176,36 @@ impl Spans {
     }
 }
 
+/// Positions of every scalar with its text, in document order.
+struct Scalars(Vec<(Pos, String)>);
+
+impl MarkedEventReceiver for Scalars {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        if let Event::Scalar(v, ..) = ev {
+            self.0.push((Walker::pos(mark), v));
+        }
+    }
+}
+
+/// Turn a serde_yaml error into a diagnostic. For a value that failed to
+/// convert (a bad duration, say), serde_yaml points at the start of the
+/// enclosing mapping; when the message quotes the value, point at the value.
+pub fn serde_diag_in(file: &str, text: &str, err: &serde_yaml::Error) -> Diagnostic {
+    let mut d = serde_diag(file, err);
+    let quoted = d.message.split('`').nth(1).map(str::to_string);
+    if let Some(q) = quoted.filter(|q| !q.is_empty()) {
+        let mut s = Scalars(Vec::new());
+        let _ = Parser::new_from_str(text).load(&mut s, false);
+        if let Some((pos, _)) =
+            s.0.iter()
+                .find(|(p, v)| *v == q && (p.line, p.col) >= (d.pos.line, d.pos.col))
+        {
+            d.pos = *pos;
+        }
+    }
+    d
+}
+
 /// Turn a serde_yaml error into a diagnostic with the position it carries.
 pub fn serde_diag(file: &str, err: &serde_yaml::Error) -> Diagnostic {
     let pos = err

@@ -13,7 +13,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::yamlspan::{serde_diag, Diagnostic, Spans};
+use crate::yamlspan::{serde_diag_in, Diagnostic, Spans};
 use values::{load_secret, Dur, Secret};
 
 // ---------- file format ----------
@@ -87,6 +87,18 @@ struct FirstFactorFile {
     jwt: Option<JwtFile>,
     login_url: Option<String>,
     leeway: Option<Dur>,
+    #[serde(default)]
+    claims: ClaimsFile,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct ClaimsFile {
+    email: Option<String>,
+    emails: Option<String>,
+    email_verified: Option<String>,
+    phone: Option<String>,
+    username: Option<String>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -207,8 +219,31 @@ pub enum KeySource {
     JwksUrl { url: String, refresh: Duration },
 }
 
+/// Names of the first-factor claims stepgate reads besides the standard ones.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimNames {
+    pub email: String,
+    pub emails: String,
+    pub email_verified: String,
+    pub phone: String,
+    pub username: String,
+}
+
+impl Default for ClaimNames {
+    fn default() -> Self {
+        ClaimNames {
+            email: "email".into(),
+            emails: "emails".into(),
+            email_verified: "email_verified".into(),
+            phone: "phone_number".into(),
+            username: "preferred_username".into(),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct FirstFactor {
+    pub claims: ClaimNames,
     pub cookie: String,
     pub algorithms: Vec<jsonwebtoken::Algorithm>,
     pub key: KeySource,
@@ -327,7 +362,8 @@ pub fn load(path: &Path) -> Result<Settings, Vec<Diagnostic>> {
 
 pub fn from_str(path: &Path, text: &str) -> Result<Settings, Vec<Diagnostic>> {
     let name = path.display().to_string();
-    let file: FileConfig = serde_yaml::from_str(text).map_err(|e| vec![serde_diag(&name, &e)])?;
+    let file: FileConfig =
+        serde_yaml::from_str(text).map_err(|e| vec![serde_diag_in(&name, text, &e)])?;
     let spans = Spans::index(&name, text);
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let mut b = Builder {
@@ -785,7 +821,17 @@ impl Builder<'_> {
                 }
             }
         };
+        let d = ClaimNames::default();
+        let c = ff.claims;
+        let claims = ClaimNames {
+            email: c.email.unwrap_or(d.email),
+            emails: c.emails.unwrap_or(d.emails),
+            email_verified: c.email_verified.unwrap_or(d.email_verified),
+            phone: c.phone.unwrap_or(d.phone),
+            username: c.username.unwrap_or(d.username),
+        };
         Some(FirstFactor {
+            claims,
             cookie: ff.cookie.unwrap_or_else(|| "access_token".into()),
             algorithms,
             key,

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::values::Dur;
-use crate::yamlspan::{serde_diag, Diagnostic, Spans};
+use crate::yamlspan::{serde_diag_in, Diagnostic, Spans};
 
 // ---------- file format ----------
 
@@ -224,7 +224,7 @@ impl Policy {
                 match serde_yaml::from_str(text) {
                     Ok(p) => p,
                     Err(e) => {
-                        diags.push(serde_diag(file, &e));
+                        diags.push(serde_diag_in(file, text, &e));
                         continue;
                     }
                 }
@@ -624,7 +624,8 @@ pub fn normalize_path(raw: &str) -> Result<(String, String), BadPath> {
         return Err(BadPath::NotAbsolute);
     }
     let bytes = raw.as_bytes();
-    let mut forward = String::with_capacity(raw.len());
+    // Built as bytes: raw UTF-8 in the path passes through unchanged.
+    let mut out: Vec<u8> = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -642,10 +643,9 @@ pub fn normalize_path(raw: &str) -> Result<(String, String), BadPath> {
                 return Err(BadPath::AmbiguousEncoding);
             }
             if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
-                forward.push(v as char);
+                out.push(v);
             } else {
-                forward.push('%');
-                forward.push_str(&format!("{v:02X}"));
+                out.extend_from_slice(format!("%{v:02X}").as_bytes());
             }
             i += 3;
             continue;
@@ -653,13 +653,14 @@ pub fn normalize_path(raw: &str) -> Result<(String, String), BadPath> {
         if b == b'\\' || b < 0x20 || b == 0x7f {
             return Err(BadPath::AmbiguousEncoding);
         }
-        if b == b'/' && forward.ends_with('/') {
+        if b == b'/' && out.last() == Some(&b'/') {
             i += 1;
             continue;
         }
-        forward.push(b as char);
+        out.push(b);
         i += 1;
     }
+    let forward = String::from_utf8(out).map_err(|_| BadPath::AmbiguousEncoding)?;
     let mut matched = String::with_capacity(forward.len());
     for seg in forward.split('/').skip(1) {
         let bare = seg.split(';').next().unwrap_or("");
@@ -807,6 +808,10 @@ rules:
         assert_eq!(normalize_path("/admin\\x"), Err(BadPath::AmbiguousEncoding));
         assert_eq!(normalize_path("/a%zz"), Err(BadPath::AmbiguousEncoding));
         assert_eq!(normalize_path("/").unwrap().0, "/");
+        assert_eq!(
+            normalize_path("/caf\u{e9}/x").unwrap(),
+            ("/caf\u{e9}/x".into(), "/caf\u{e9}/x".into())
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::{normalize_path, Policy, Require};
 use crate::config::values::Dur;
-use crate::yamlspan::{serde_diag, Diagnostic, Spans};
+use crate::yamlspan::{serde_diag_in, Diagnostic, Spans};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,7 +53,8 @@ fn split_url(url: &str) -> Result<(String, String), String> {
 }
 
 pub fn run(policy: &Policy, file: &str, text: &str) -> Result<Vec<Outcome>, Vec<Diagnostic>> {
-    let cases: Vec<Case> = serde_yaml::from_str(text).map_err(|e| vec![serde_diag(file, &e)])?;
+    let cases: Vec<Case> =
+        serde_yaml::from_str(text).map_err(|e| vec![serde_diag_in(file, text, &e)])?;
     let spans = Spans::index(file, text);
     let mut out = Vec::new();
     for (i, c) in cases.iter().enumerate() {
