@@ -26,6 +26,7 @@ pub struct Gate {
     pub store: Arc<dyn Store>,
     pub hasher: Arc<Hasher>,
     pub pages: Pages,
+    pub mailer: Option<Arc<dyn crate::mail::Mailer>>,
     /// Names (lowercase, `_` as `-`) of headers stepgate owns: client copies
     /// are always removed.
     pub owned_headers: Vec<String>,
@@ -46,6 +47,7 @@ impl Gate {
             .map(|n| n.get())
             .unwrap_or(1);
         let pages = Pages::new(settings.templates_dir.clone(), &settings.site_title)?;
+        let mailer = settings.mail.as_ref().map(crate::mail::build).transpose()?;
         let owned_headers = settings
             .headers
             .all()
@@ -59,6 +61,7 @@ impl Gate {
             store,
             hasher: Arc::new(Hasher::new(cores)),
             pages,
+            mailer,
             owned_headers,
             settings,
         })
@@ -130,6 +133,7 @@ impl Shared {
         let mut settings = crate::config::load(&self.config_path).map_err(join)?;
         let policy = Policy::load(&settings.policy_path).map_err(join)?;
         let pages = Pages::new(settings.templates_dir.clone(), &settings.site_title)?;
+        let mailer = settings.mail.as_ref().map(crate::mail::build).transpose()?;
         let old = self.load();
         let o = &old.settings;
         let mut needs_restart = Vec::new();
@@ -191,6 +195,7 @@ impl Shared {
             store: old.store.clone(),
             hasher: old.hasher.clone(),
             pages,
+            mailer,
             owned_headers,
         };
         self.current.store(Arc::new(gate));

@@ -395,7 +395,7 @@ fn demo(listen: &str, app: &str, dir: &Path) -> Result<(), ExitCode> {
         std::fs::write(&policy, demo::DEMO_POLICY).map_err(|e| fail(e.to_string()))?;
     }
     let cfg = format!(
-        "# Written by `stepgate demo`; edit freely, it is kept between runs.\nlisten: \"{listen}\"\nupstream: \"http://{app}\"\npolicy: policy.yaml\nfirst_factor:\n  cookie: access_token\n  jwt:\n    algorithms: [HS256]\n    secret_file: first-factor.key\nsigning:\n  secret_file: signing.key\nstore:\n  kind: embedded\n  path: stepgate.redb\nlog:\n  format: text\n"
+        "# Written by `stepgate demo`; edit freely, it is kept between runs.\nlisten: \"{listen}\"\nupstream: \"http://{app}\"\npolicy: policy.yaml\nfirst_factor:\n  cookie: access_token\n  jwt:\n    algorithms: [HS256]\n    secret_file: first-factor.key\nsigning:\n  secret_file: signing.key\nstore:\n  kind: embedded\n  path: stepgate.redb\nmail:\n  from: \"stepgate-demo@example.com\"\n  dir: mailbox\nemail_otp:\n  mode: without_mfa\nlog:\n  format: text\n"
     );
     let cfg_path = dir.join("gateway.yaml");
     std::fs::write(&cfg_path, cfg).map_err(|e| fail(e.to_string()))?;
@@ -415,6 +415,10 @@ fn demo(listen: &str, app: &str, dir: &Path) -> Result<(), ExitCode> {
         cfg_path.display()
     );
     println!("  demo app: http://{app}      (shows the headers stepgate sends)");
+    println!(
+        "  mailbox:  {}   (emailed codes land here as .eml files)",
+        dir.join("mailbox").display()
+    );
     println!();
     println!("Open this link to sign in as demo-user, then visit /admin to meet the PIN step-up:");
     println!("  http://{listen}/demo/login?token={token}");

@@ -73,6 +73,24 @@ pub static POLICY_RULES: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!("stepgate_policy_rules", "Rules in the running policy").unwrap()
 });
 
+pub static OTP_SENT: LazyLock<IntCounter> =
+    LazyLock::new(|| register_int_counter!("stepgate_otp_sent_total", "Email codes sent").unwrap());
+pub static OTP_SEND_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "stepgate_otp_send_failures_total",
+        "Email codes the mail server refused or could not take"
+    )
+    .unwrap()
+});
+pub static OTP_VERIFICATIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "stepgate_otp_verifications_total",
+        "Email code checks by outcome (success, failure, no_code, expired, replay)",
+        &["outcome"]
+    )
+    .unwrap()
+});
+
 /// Touch every metric so that it is exported (at zero) from the start.
 pub fn init() {
     LazyLock::force(&REQUESTS);
@@ -84,5 +102,8 @@ pub fn init() {
     LazyLock::force(&PIN_VERIFY_SECONDS);
     LazyLock::force(&ENROLLMENTS);
     LazyLock::force(&RELOADS);
+    LazyLock::force(&OTP_SENT);
+    LazyLock::force(&OTP_SEND_FAILURES);
+    LazyLock::force(&OTP_VERIFICATIONS);
     LazyLock::force(&POLICY_RULES);
 }

@@ -20,6 +20,20 @@ const BUILTIN: &[(&str, &str)] = &[
         include_str!("../templates/challenge.html"),
     ),
     ("message.html", include_str!("../templates/message.html")),
+    ("email.html", include_str!("../templates/email.html")),
+    (
+        "email_code.html",
+        include_str!("../templates/email_code.html"),
+    ),
+    (
+        "email_otp_subject.txt",
+        include_str!("../templates/email_otp_subject.txt"),
+    ),
+    ("email_otp.txt", include_str!("../templates/email_otp.txt")),
+    (
+        "email_otp.html",
+        include_str!("../templates/email_otp.html"),
+    ),
 ];
 
 pub const CSS: &str = include_str!("../templates/stepgate.css");
@@ -73,6 +87,29 @@ impl Pages {
                     "stepgate could not render this page; the error is in the gateway log.",
                 )
             }
+        }
+    }
+
+    /// The email carrying a code: which site asks, the code, when it expires.
+    pub fn otp_mail(
+        &self,
+        to: &str,
+        code: &str,
+        ttl: std::time::Duration,
+        expires_at: i64,
+    ) -> crate::mail::Outgoing {
+        let ctx = minijinja::context! { site => &self.site, code, minutes => ttl.as_secs().div_ceil(60), expires => crate::endpoints::human_time(expires_at) };
+        let render = |name: &str| {
+            self.env.get_template(name).and_then(|t| t.render(&ctx)).unwrap_or_else(|e| {
+            tracing::error!(target: "stepgate", template = name, error = %e, "mail template failed");
+            format!("Your code: {code}")
+        })
+        };
+        crate::mail::Outgoing {
+            to: to.to_string(),
+            subject: render("email_otp_subject.txt").trim().to_string(),
+            text: render("email_otp.txt"),
+            html: render("email_otp.html"),
         }
     }
 

@@ -87,6 +87,25 @@ pub enum FlowError {
     LoginNotFresh,
     StoreUnavailable,
     Internal,
+    /// The address is not one of the profile's (LoginRadius 1340).
+    EmailNotInProfile,
+    /// No mailer configured.
+    NotConfigured,
+    /// Ask again after this many seconds.
+    Cooldown {
+        retry_after: i64,
+    },
+    /// The hourly cap is reached until this Unix time (LoginRadius 1179).
+    SendLimit {
+        until: i64,
+    },
+    /// The mail server refused or was unreachable; nothing was consumed.
+    MailFailed,
+    /// No code pending: never sent, used, burned or expired.
+    NoCode,
+    WrongCode {
+        remaining: u32,
+    },
 }
 
 impl From<StoreError> for FlowError {

@@ -69,6 +69,7 @@ pub struct Keys {
     stepup_dec: DecodingKey,
     stepup_validation: Validation,
     csrf: Vec<u8>,
+    otp: Vec<u8>,
 }
 
 /// The binding hash of a first-factor session.
@@ -89,6 +90,7 @@ impl Keys {
             stepup_dec: DecodingKey::from_secret(&su),
             stepup_validation: v,
             csrf: derive(signing, "csrf"),
+            otp: derive(signing, "email-otp"),
         }
     }
 
@@ -159,6 +161,16 @@ impl Keys {
         mac.update(b"\0");
         mac.update(exp.to_string().as_bytes());
         B64.encode(&mac.finalize().into_bytes()[..18])
+    }
+
+    /// The stored form of an email code: an HMAC bound to user and address.
+    pub fn otp_mac(&self, sub: &str, email: &str, code: &str) -> String {
+        let mut mac = HmacSha256::new_from_slice(&self.otp).expect("any key length");
+        for part in [sub, email, code] {
+            mac.update(part.as_bytes());
+            mac.update(b"\0");
+        }
+        B64.encode(mac.finalize().into_bytes())
     }
 
     pub fn check_csrf(&self, p: &Principal, token: &str, now: i64) -> bool {

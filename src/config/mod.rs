@@ -60,6 +60,9 @@ struct FileConfig {
     headers: HeadersFile,
     #[serde(default)]
     log: LogFile,
+    mail: Option<MailFile>,
+    #[serde(default)]
+    email_otp: EmailOtpFile,
     /// Unix socket where a new binary started with `serve -u` takes over the
     /// listeners on SIGQUIT.
     upgrade_sock: Option<String>,
@@ -183,7 +186,85 @@ struct LogFile {
     format: Option<String>,
 }
 
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct MailFile {
+    from: String,
+    smtp: Option<SmtpFile>,
+    dir: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct SmtpFile {
+    host: String,
+    port: Option<u16>,
+    tls: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<String>,
+    timeout: Option<Dur>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct EmailOtpFile {
+    mode: Option<String>,
+    length: Option<usize>,
+    ttl: Option<Dur>,
+    max_tries: Option<u32>,
+    resend_cooldown: Option<Dur>,
+    max_sends_per_hour: Option<u32>,
+}
+
 // ---------- internal model ----------
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SmtpTls {
+    None,
+    StartTls,
+    Tls,
+}
+
+#[derive(Clone, Debug)]
+pub struct Smtp {
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub enum MailTransport {
+    Smtp(Smtp),
+    Dir(PathBuf),
+}
+
+#[derive(Clone, Debug)]
+pub struct Mail {
+    pub from: String,
+    pub transport: MailTransport,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OtpMode {
+    /// Any address of the profile.
+    WithoutMfa,
+    /// Only addresses verified once as an email authenticator.
+    Mfa,
+}
+
+#[derive(Clone, Debug)]
+pub struct EmailOtp {
+    pub mode: OtpMode,
+    pub length: usize,
+    pub ttl: Duration,
+    pub max_tries: u32,
+    pub resend_cooldown: Duration,
+    pub max_sends_per_hour: u32,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Upstream {
@@ -342,6 +423,8 @@ pub struct Settings {
     pub headers: HeaderNames,
     pub log_level: String,
     pub log_json: bool,
+    pub mail: Option<Mail>,
+    pub email_otp: EmailOtp,
     pub upgrade_sock: PathBuf,
     pub pid_file: PathBuf,
 }
@@ -601,6 +684,38 @@ impl Builder<'_> {
             }
         };
         let site_title = f.pages.title.unwrap_or_else(|| "stepgate".into());
+        let mail = f.mail.and_then(|m| self.mail(m));
+        let e = f.email_otp;
+        let email_otp = EmailOtp {
+            mode: match e.mode.as_deref() {
+                None | Some("without_mfa") => OtpMode::WithoutMfa,
+                Some("mfa") => OtpMode::Mfa,
+                Some(other) => {
+                    self.err(
+                        "email_otp.mode",
+                        format!("`{other}`: use without_mfa or mfa"),
+                    );
+                    OtpMode::WithoutMfa
+                }
+            },
+            length: e.length.unwrap_or(6),
+            ttl: e.ttl.map(|d| d.0).unwrap_or(Duration::from_secs(300)),
+            max_tries: e.max_tries.unwrap_or(5),
+            resend_cooldown: e
+                .resend_cooldown
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(30)),
+            max_sends_per_hour: e.max_sends_per_hour.unwrap_or(5),
+        };
+        if !(6..=10).contains(&email_otp.length) {
+            self.err("email_otp.length", "an email code has 6 to 10 digits");
+        }
+        if email_otp.max_tries == 0 || email_otp.max_sends_per_hour == 0 {
+            self.err(
+                "email_otp",
+                "`max_tries` and `max_sends_per_hour` must be at least 1",
+            );
+        }
         // Per-config defaults, so several gateways on one machine never share
         // an upgrade socket.
         let canonical = std::fs::canonicalize(self.spans.file())
@@ -641,8 +756,79 @@ impl Builder<'_> {
             headers,
             log_level,
             log_json,
+            mail,
+            email_otp,
             upgrade_sock,
             pid_file,
+        })
+    }
+
+    fn mail(&mut self, m: MailFile) -> Option<Mail> {
+        if !m.from.contains('@') || m.from.parse::<lettre::message::Mailbox>().is_err() {
+            self.err("mail.from", format!("`{}` is not an email address", m.from));
+        }
+        let transport = match (m.smtp, m.dir) {
+            (Some(s), None) => {
+                let tls = match s.tls.as_deref() {
+                    None | Some("starttls") => SmtpTls::StartTls,
+                    Some("none") => SmtpTls::None,
+                    Some("tls") => SmtpTls::Tls,
+                    Some(other) => {
+                        self.err(
+                            "mail.smtp.tls",
+                            format!("`{other}`: use none, starttls or tls"),
+                        );
+                        SmtpTls::StartTls
+                    }
+                };
+                let password = match load_secret(
+                    s.password.as_deref(),
+                    s.password_file.as_deref(),
+                    self.base,
+                    "mail.smtp password",
+                ) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.err(
+                            "mail.smtp",
+                            e.replace("`secret`", "`password`")
+                                .replace("`secret_file`", "`password_file`"),
+                        );
+                        None
+                    }
+                };
+                if password.is_some() != s.username.is_some() {
+                    self.err(
+                        "mail.smtp",
+                        "give both `username` and a password, or neither",
+                    );
+                }
+                let port = s.port.unwrap_or(match tls {
+                    SmtpTls::Tls => 465,
+                    SmtpTls::StartTls => 587,
+                    SmtpTls::None => 25,
+                });
+                MailTransport::Smtp(Smtp {
+                    host: s.host,
+                    port,
+                    tls,
+                    username: s.username,
+                    password,
+                    timeout: s.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(10)),
+                })
+            }
+            (None, Some(dir)) => MailTransport::Dir(self.path(&dir)),
+            _ => {
+                self.err(
+                    "mail",
+                    "give exactly one of `smtp` (a server) or `dir` (a folder for .eml files)",
+                );
+                return None;
+            }
+        };
+        Some(Mail {
+            from: m.from,
+            transport,
         })
     }
 

@@ -44,10 +44,8 @@ pub trait Store: Send + Sync {
         ttl: Duration,
     ) -> Result<bool, StoreError>;
     /// Get and delete in one step: only one caller ever gets the value
-    /// (OTPs and reset tokens of the email and PIN-lifecycle flows).
-    #[allow(dead_code)]
+    /// (OTPs and reset tokens).
     async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
-    #[allow(dead_code)]
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// Add one; a new counter expires after `ttl`, an existing one keeps its expiry.
     async fn incr(&self, key: &str, ttl: Duration) -> Result<Counter, StoreError>;
@@ -87,6 +85,18 @@ pub mod keys {
     }
     pub fn ip_failures(ip: &str) -> String {
         format!("ip:{ip}:fail")
+    }
+    pub fn otp(sub: &str) -> String {
+        format!("{}:otp", user(sub))
+    }
+    pub fn otp_cooldown(sub: &str) -> String {
+        format!("{}:otp:cool", user(sub))
+    }
+    pub fn otp_hourly(sub: &str) -> String {
+        format!("{}:otp:hour", user(sub))
+    }
+    pub fn otp_verified(sub: &str) -> String {
+        format!("{}:otp:verified", user(sub))
     }
     pub fn used_token(jti: &str) -> String {
         format!("used:{jti}")

@@ -3,6 +3,8 @@
 //! data and returns a [`Reply`], so flows are testable without Pingora.
 //! Flow errors become pages in one place, [`flow_page`].
 
+mod email;
+
 use minijinja::context;
 
 use crate::clock;
@@ -55,12 +57,31 @@ pub async fn handle(gate: &Gate, req: &Req<'_>) -> Reply {
             Ok(p) => setup_submit(gate, req, p).await,
             Err(_) => login_needed(gate, req),
         },
+        ("GET", "/.stepgate/email") => match &req.principal {
+            Ok(p) => email::page(gate, req, p).await,
+            Err(_) => login_needed(gate, req),
+        },
+        ("POST", "/.stepgate/email/send") => match &req.principal {
+            Ok(p) => email::send(gate, req, p).await,
+            Err(_) => login_needed(gate, req),
+        },
+        ("GET", "/.stepgate/email/verify") => match &req.principal {
+            Ok(p) => email::code_page(gate, req, p).await,
+            Err(_) => login_needed(gate, req),
+        },
+        ("POST", "/.stepgate/email/verify") => match &req.principal {
+            Ok(p) => email::verify(gate, req, p).await,
+            Err(_) => login_needed(gate, req),
+        },
         (
             _,
             "/.stepgate/health"
             | "/.stepgate/challenge"
             | "/.stepgate/pin"
-            | "/.stepgate/pin/setup",
+            | "/.stepgate/pin/setup"
+            | "/.stepgate/email"
+            | "/.stepgate/email/send"
+            | "/.stepgate/email/verify",
         ) => Reply::text(405, "method not allowed").add("Allow", "GET, POST".into()),
         _ => gate.pages.message(
             404,
@@ -100,7 +121,7 @@ pub fn login_redirect(gate: &Gate, origin: &str, return_to: &str) -> Option<Stri
 }
 
 /// The factors the rule behind `return_to` accepts (PIN when it cannot tell).
-fn factors_for(gate: &Gate, return_to: &str) -> Vec<Factor> {
+pub(crate) fn factors_for(gate: &Gate, return_to: &str) -> Vec<Factor> {
     let policy = &gate.policy;
     let path = return_to.split('?').next().unwrap_or("/");
     let path = crate::policy::normalize_path(path)
@@ -115,11 +136,21 @@ fn factors_for(gate: &Gate, return_to: &str) -> Vec<Factor> {
 fn challenge(gate: &Gate, req: &Req<'_>, _p: &Principal) -> Reply {
     let return_to = safe_return_to(query_param(req.query, "return_to").as_deref());
     let factors = factors_for(gate, &return_to);
-    if factors == [Factor::Pin] {
-        return Reply::redirect(&format!(
-            "/.stepgate/pin?return_to={}",
-            url_encode(&return_to)
-        ));
+    // One factor: no choice to make.
+    match factors.as_slice() {
+        [Factor::Pin] => {
+            return Reply::redirect(&format!(
+                "/.stepgate/pin?return_to={}",
+                url_encode(&return_to)
+            ))
+        }
+        [Factor::EmailOtp] => {
+            return Reply::redirect(&format!(
+                "/.stepgate/email?return_to={}",
+                url_encode(&return_to)
+            ))
+        }
+        _ => {}
     }
     let list: Vec<_> = factors
         .iter()
@@ -164,7 +195,12 @@ async fn pin_page(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
 }
 
 /// Parse a form body, checking the content type and the CSRF token.
-fn read_form(gate: &Gate, req: &Req<'_>, p: &Principal) -> Result<Vec<(String, String)>, Reply> {
+fn read_form(
+    gate: &Gate,
+    req: &Req<'_>,
+    p: &Principal,
+    page: &str,
+) -> Result<Vec<(String, String)>, Reply> {
     let ct = req.content_type.unwrap_or("");
     if !ct.starts_with("application/x-www-form-urlencoded") {
         return Err(gate.pages.message(
@@ -188,7 +224,7 @@ fn read_form(gate: &Gate, req: &Req<'_>, p: &Principal) -> Result<Vec<(String, S
     let csrf = field(&form, "csrf").unwrap_or("");
     if !gate.keys.check_csrf(p, csrf, clock::now()) {
         let back = format!(
-            "/.stepgate/pin?return_to={}",
+            "{page}?return_to={}",
             url_encode(&safe_return_to(field(&form, "return_to")))
         );
         return Err(gate.pages.message(
@@ -202,7 +238,7 @@ fn read_form(gate: &Gate, req: &Req<'_>, p: &Principal) -> Result<Vec<(String, S
 }
 
 async fn pin_submit(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
-    let form = match read_form(gate, req, p) {
+    let form = match read_form(gate, req, p, "/.stepgate/pin") {
         Ok(f) => f,
         Err(r) => return r,
     };
@@ -248,7 +284,7 @@ async fn pin_submit(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
 }
 
 /// Issue the step-up token as a cookie and send the browser back.
-fn stepup_success(
+pub(crate) fn stepup_success(
     gate: &Gate,
     req: &Req<'_>,
     p: &Principal,
@@ -266,7 +302,7 @@ fn stepup_success(
 }
 
 /// PIN enrollment needs a login younger than `pin.enroll_window`.
-fn login_is_fresh(gate: &Gate, p: &Principal) -> bool {
+pub(crate) fn login_is_fresh(gate: &Gate, p: &Principal) -> bool {
     let window = gate.settings.pin.enroll_window.as_secs() as i64;
     p.login_time.is_some_and(|t| clock::now() - t <= window)
 }
@@ -305,7 +341,7 @@ fn setup_form(
 }
 
 async fn setup_submit(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
-    let form = match read_form(gate, req, p) {
+    let form = match read_form(gate, req, p, "/.stepgate/pin/setup") {
         Ok(f) => f,
         Err(r) => return r,
     };
@@ -386,7 +422,7 @@ pub fn flow_page(gate: &Gate, e: FlowError, return_to: &str) -> Reply {
                 .login_url
                 .as_ref()
                 .map(|_| "sign in again");
-            let msg = "Setting up a PIN needs a recent sign-in. Sign out and sign in again, then come back to this page.";
+            let msg = "Setting up a new way to confirm it is you (a PIN or an email address) needs a recent sign-in. Sign out and sign in again, then come back to this page.";
             match (
                 login,
                 login_redirect(
@@ -419,6 +455,27 @@ pub fn flow_page(gate: &Gate, e: FlowError, return_to: &str) -> Reply {
         | FlowError::PinAlreadySet => {
             pages.message(400, "Not accepted", "The PIN was not accepted.", None)
         }
+        FlowError::EmailNotInProfile => pages.message(400, "Unknown address", "That address is not one of your profile's addresses; nothing was sent.", None),
+        FlowError::NotConfigured => pages.message(501, "Not available", "Email codes are not set up on this gateway. Choose another method.", None),
+        FlowError::Cooldown { retry_after } => pages
+            .message(429, "Please wait", &format!("A code was sent moments ago. You can ask for a new one in {retry_after} seconds."), None)
+            .add("Retry-After", retry_after.to_string()),
+        FlowError::SendLimit { until } => pages
+            .message(429, "Too many codes", &format!("Too many codes were sent to you in the last hour. You can ask for a new one after {}.", human_time(until)), None)
+            .add("Retry-After", (until - clock::now()).max(1).to_string()),
+        FlowError::MailFailed => pages.message(
+            502,
+            "The code could not be sent",
+            "The mail server did not accept the message. Nothing was used up: try again in a moment.",
+            Some((&format!("/.stepgate/email?return_to={}", url_encode(return_to)), "Try again")),
+        ),
+        FlowError::NoCode => pages.message(
+            400,
+            "No valid code",
+            "This code was already used, has expired, or was tried too often. Ask for a new one.",
+            Some((&format!("/.stepgate/email?return_to={}", url_encode(return_to)), "Send a new code")),
+        ),
+        FlowError::WrongCode { .. } => pages.message(401, "Not accepted", "The code was not accepted.", None),
         FlowError::Internal => pages.message(
             500,
             "Something went wrong",

@@ -1,0 +1,287 @@
+//! The email-OTP factor: send a code to an address of the user's profile,
+//! verify it once. Codes come from the OS CSPRNG and are stored only as an
+//! HMAC; each is single use, expires, burns after `max_tries` wrong guesses,
+//! and every guess goes through the same lockout as PINs. Sending is rate
+//! limited (cooldown, hourly cap); a send that fails consumes neither.
+//!
+//! States per user: no code → code pending (tries left) → used | burned |
+//! expired. In `mfa` mode an address must first be verified as an email
+//! authenticator by one successful round (purpose `enroll`).
+
+use std::time::Duration;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use crate::config::OtpMode;
+use crate::gate::Gate;
+use crate::identity::{digest_b64, Principal};
+use crate::metrics;
+use crate::pin::{self, FlowError};
+use crate::store::keys;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    StepUp,
+    /// MFA mode: prove the address once to make it an authenticator.
+    Enroll,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct Pending {
+    mac: String,
+    email: String,
+    expires_at: i64,
+    tries_left: u32,
+    purpose: Purpose,
+}
+
+/// `a***e@example.com`: enough to recognise, not enough to harvest.
+pub fn mask(email: &str) -> String {
+    let Some((local, domain)) = email.split_once('@') else {
+        return "***".into();
+    };
+    let chars: Vec<char> = local.chars().collect();
+    match chars.len() {
+        0 => format!("***@{domain}"),
+        1 | 2 => format!("{}***@{domain}", chars[0]),
+        n => format!("{}***{}@{domain}", chars[0], chars[n - 1]),
+    }
+}
+
+fn flag_key(sub: &str, email: &str) -> String {
+    format!(
+        "{}:{}",
+        keys::otp_verified(sub),
+        &digest_b64(email.as_bytes())[..16]
+    )
+}
+
+/// Addresses verified as email authenticators (MFA mode).
+pub async fn verified_addresses(gate: &Gate, p: &Principal) -> Result<Vec<String>, FlowError> {
+    let mut out = Vec::new();
+    for e in &p.otp_emails {
+        if gate.store.get(&flag_key(&p.sub, e)).await?.is_some() {
+            out.push(e.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Which purpose a send to `email` has: enrollment in MFA mode while the
+/// address is not yet an authenticator, else a step-up.
+pub async fn purpose_for(gate: &Gate, p: &Principal, email: &str) -> Result<Purpose, FlowError> {
+    if gate.settings.email_otp.mode == OtpMode::Mfa
+        && gate.store.get(&flag_key(&p.sub, email)).await?.is_none()
+    {
+        return Ok(Purpose::Enroll);
+    }
+    Ok(Purpose::StepUp)
+}
+
+/// What a send answers: where it went and until when the code is good.
+pub struct Sent {
+    pub masked: String,
+    pub expires_at: i64,
+    pub purpose: Purpose,
+}
+
+/// Send a code to `email`, which must be an address of the profile.
+/// `enroll_allowed`: the caller checked that an MFA enrollment may start
+/// (a fresh first-factor login).
+pub async fn send(
+    gate: &Gate,
+    p: &Principal,
+    email: &str,
+    ip: &str,
+    enroll_allowed: bool,
+) -> Result<Sent, FlowError> {
+    let s = &gate.settings.email_otp;
+    let email = email.trim().to_ascii_lowercase();
+    if !p.otp_emails.contains(&email) {
+        crate::audit::event("otp_refused_address", &p.sub, ip, "not in profile");
+        return Err(FlowError::EmailNotInProfile);
+    }
+    let purpose = purpose_for(gate, p, &email).await?;
+    if purpose == Purpose::Enroll && !enroll_allowed {
+        return Err(FlowError::LoginNotFresh);
+    }
+    let Some(mailer) = gate.mailer.clone() else {
+        return Err(FlowError::NotConfigured);
+    };
+    let now = crate::clock::now();
+    let cool_key = keys::otp_cooldown(&p.sub);
+    if !gate
+        .store
+        .put_if_absent(&cool_key, b"1", s.resend_cooldown)
+        .await?
+    {
+        return Err(FlowError::Cooldown {
+            retry_after: s.resend_cooldown.as_secs() as i64,
+        });
+    }
+    let hour_key = keys::otp_hourly(&p.sub);
+    let hourly = gate
+        .store
+        .incr(&hour_key, Duration::from_secs(3600))
+        .await?;
+    if hourly.value > s.max_sends_per_hour as i64 {
+        gate.store.decr(&hour_key).await?;
+        gate.store.delete(&cool_key).await?;
+        return Err(FlowError::SendLimit {
+            until: hourly.expires_at_ms.div_ceil(1000) as i64,
+        });
+    }
+    let code: String = {
+        let mut rng = rand::rngs::OsRng;
+        (0..s.length)
+            .map(|_| char::from(b'0' + rng.gen_range(0..10u8)))
+            .collect()
+    };
+    let expires_at = now + s.ttl.as_secs() as i64;
+    let pending = Pending {
+        mac: gate.keys.otp_mac(&p.sub, &email, &code),
+        email: email.clone(),
+        expires_at,
+        tries_left: s.max_tries,
+        purpose,
+    };
+    let raw = serde_json::to_vec(&pending).map_err(|_| FlowError::Internal)?;
+    gate.store
+        .put(&keys::otp(&p.sub), &raw, Some(s.ttl))
+        .await?;
+    let mail = gate.pages.otp_mail(&email, &code, s.ttl, expires_at);
+    match mailer.send(mail).await {
+        Ok(()) => {
+            metrics::OTP_SENT.inc();
+            crate::audit::event("otp_sent", &p.sub, ip, &mask(&email));
+            Ok(Sent {
+                masked: mask(&email),
+                expires_at,
+                purpose,
+            })
+        }
+        Err(e) => {
+            // Nothing consumed: the user may retry at once.
+            let _ = gate.store.delete(&keys::otp(&p.sub)).await;
+            let _ = gate.store.delete(&cool_key).await;
+            let _ = gate.store.decr(&hour_key).await;
+            metrics::OTP_SEND_FAILURES.inc();
+            crate::audit::event("otp_send_failed", &p.sub, ip, &e.to_string());
+            tracing::warn!(target: "stepgate", error = %e, "sending the email code failed");
+            Err(FlowError::MailFailed)
+        }
+    }
+}
+
+/// Where a pending code went, for the code page.
+pub async fn pending(gate: &Gate, p: &Principal) -> Result<Option<Sent>, FlowError> {
+    let Some(raw) = gate.store.get(&keys::otp(&p.sub)).await? else {
+        return Ok(None);
+    };
+    let rec: Pending = serde_json::from_slice(&raw).map_err(|_| FlowError::Internal)?;
+    Ok(Some(Sent {
+        masked: mask(&rec.email),
+        expires_at: rec.expires_at,
+        purpose: rec.purpose,
+    }))
+}
+
+/// Verify a code. On success the code is consumed and, for an enrollment,
+/// the address becomes an authenticator.
+pub async fn verify(
+    gate: &Gate,
+    p: &Principal,
+    code: &str,
+    ip: &str,
+) -> Result<Purpose, FlowError> {
+    let key = keys::otp(&p.sub);
+    let Some(raw) = gate.store.get(&key).await? else {
+        metrics::OTP_VERIFICATIONS
+            .with_label_values(&["no_code"])
+            .inc();
+        return Err(FlowError::NoCode);
+    };
+    let mut rec: Pending = serde_json::from_slice(&raw).map_err(|_| FlowError::Internal)?;
+    let now = crate::clock::now();
+    if now >= rec.expires_at {
+        metrics::OTP_VERIFICATIONS
+            .with_label_values(&["expired"])
+            .inc();
+        return Err(FlowError::NoCode);
+    }
+    let attempt = pin::reserve(&*gate.store, &gate.settings.lockout, &p.sub, ip).await?;
+    let code = code.trim();
+    let right = code.len() <= 16
+        && bool::from(
+            gate.keys
+                .otp_mac(&p.sub, &rec.email, code)
+                .as_bytes()
+                .ct_eq(rec.mac.as_bytes()),
+        );
+    if right {
+        // Single use: only the caller that takes the record succeeds.
+        if gate.store.take(&key).await?.is_none() {
+            attempt.success().await?;
+            metrics::OTP_VERIFICATIONS
+                .with_label_values(&["replay"])
+                .inc();
+            return Err(FlowError::NoCode);
+        }
+        attempt.success().await?;
+        if rec.purpose == Purpose::Enroll {
+            gate.store
+                .put(&flag_key(&p.sub, &rec.email), b"1", None)
+                .await?;
+            crate::audit::event(
+                "email_authenticator_verified",
+                &p.sub,
+                ip,
+                &mask(&rec.email),
+            );
+        }
+        metrics::OTP_VERIFICATIONS
+            .with_label_values(&["success"])
+            .inc();
+        crate::audit::event("otp_success", &p.sub, ip, "");
+        return Ok(rec.purpose);
+    }
+    metrics::OTP_VERIFICATIONS
+        .with_label_values(&["failure"])
+        .inc();
+    crate::audit::event("otp_failure", &p.sub, ip, "");
+    rec.tries_left = rec.tries_left.saturating_sub(1);
+    if rec.tries_left == 0 {
+        gate.store.delete(&key).await?;
+        crate::audit::event("otp_burned", &p.sub, ip, "");
+    } else {
+        let ttl = Duration::from_secs((rec.expires_at - now).max(1) as u64);
+        gate.store
+            .put(
+                &key,
+                &serde_json::to_vec(&rec).map_err(|_| FlowError::Internal)?,
+                Some(ttl),
+            )
+            .await?;
+    }
+    match attempt.failure(&p.sub, ip).await? {
+        FlowError::WrongPin { remaining } => Err(FlowError::WrongCode {
+            remaining: remaining.min(rec.tries_left),
+        }),
+        other => Err(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mask;
+
+    #[test]
+    fn addresses_are_masked() {
+        assert_eq!(mask("alice@example.com"), "a***e@example.com");
+        assert_eq!(mask("al@example.com"), "a***@example.com");
+        assert_eq!(mask("x"), "***");
+    }
+}
