@@ -27,6 +27,7 @@ pub struct Gate {
     pub hasher: Arc<Hasher>,
     pub pages: Pages,
     pub mailer: Option<Arc<dyn crate::mail::Mailer>>,
+    pub assertion: Arc<crate::assertion::Signer>,
     /// Names (lowercase, `_` as `-`) of headers stepgate owns: client copies
     /// are always removed.
     pub owned_headers: Vec<String>,
@@ -48,6 +49,13 @@ impl Gate {
             .unwrap_or(1);
         let pages = Pages::new(settings.templates_dir.clone(), &settings.site_title)?;
         let mailer = settings.mail.as_ref().map(crate::mail::build).transpose()?;
+        let a = &settings.assertion;
+        let assertion = Arc::new(crate::assertion::Signer::new(
+            &a.key_file,
+            a.previous_key_file.as_deref(),
+            a.issuer.clone(),
+            a.audience.clone(),
+        )?);
         let owned_headers = settings
             .headers
             .all()
@@ -62,6 +70,7 @@ impl Gate {
             hasher: Arc::new(Hasher::new(cores)),
             pages,
             mailer,
+            assertion,
             owned_headers,
             settings,
         })
@@ -134,6 +143,13 @@ impl Shared {
         let policy = Policy::load(&settings.policy_path).map_err(join)?;
         let pages = Pages::new(settings.templates_dir.clone(), &settings.site_title)?;
         let mailer = settings.mail.as_ref().map(crate::mail::build).transpose()?;
+        let a = &settings.assertion;
+        let assertion = Arc::new(crate::assertion::Signer::new(
+            &a.key_file,
+            a.previous_key_file.as_deref(),
+            a.issuer.clone(),
+            a.audience.clone(),
+        )?);
         let old = self.load();
         let o = &old.settings;
         let mut needs_restart = Vec::new();
@@ -196,6 +212,7 @@ impl Shared {
             hasher: old.hasher.clone(),
             pages,
             mailer,
+            assertion,
             owned_headers,
         };
         self.current.store(Arc::new(gate));

@@ -2,6 +2,7 @@
 //! integration tests and the benchmarks. See DESIGN.md for the request flow.
 #![forbid(unsafe_code)]
 
+pub mod assertion;
 pub mod audit;
 pub mod clock;
 pub mod config;

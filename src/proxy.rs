@@ -161,6 +161,13 @@ impl Proxy {
                 "methods": methods,
                 "max_age": max_age,
                 "challenge": format!("/.stepgate/challenge?return_to={}", url_encode(return_to)),
+                "endpoints": {
+                    "trigger": "/.stepgate/api/stepup/trigger",
+                    "pin": "/.stepgate/api/stepup/pin",
+                    "email_otp_send": "/.stepgate/api/stepup/otp/email",
+                    "email_otp_verify": "/.stepgate/api/stepup/otp/email",
+                    "present_token_in": "X-Stepgate-Token",
+                },
             }),
         )
         .add("WWW-Authenticate", www)
@@ -276,22 +283,13 @@ impl ProxyHttp for Proxy {
                 .unwrap_or(0);
             let mut body = Vec::new();
             if declared > MAX_FORM {
-                send(
-                    session,
-                    gate.pages.message(
-                        413,
-                        "Too large",
-                        "This request is larger than stepgate accepts on its own pages (16 KiB).",
-                        None,
-                    ),
-                )
-                .await?;
+                send(session, too_large(gate, &match_path)).await?;
                 return Ok(true);
             }
             while let Some(chunk) = session.read_request_body().await? {
                 body.extend_from_slice(&chunk);
                 if body.len() > MAX_FORM {
-                    send(session, gate.pages.message(413, "Too large", "This request is larger than stepgate accepts on its own pages (16 KiB).", None)).await?;
+                    send(session, too_large(gate, &match_path)).await?;
                     return Ok(true);
                 }
             }
@@ -312,6 +310,7 @@ impl ProxyHttp for Proxy {
                 principal,
                 body: &body,
                 content_type: header(session.req_header(), "content-type"),
+                authorization: header(session.req_header(), "authorization"),
                 client_ip: &ctx.client_ip,
                 tls,
                 origin,
@@ -518,6 +517,29 @@ impl ProxyHttp for Proxy {
                 up.set_uri(uri);
             }
         }
+        // The signed assertion, over what the upstream actually receives.
+        if let Some(p) = &ctx.principal {
+            let su = ctx.step_up.as_ref();
+            let claims = crate::assertion::Claims {
+                sub: &p.sub,
+                email: p.email.as_deref(),
+                amr: su
+                    .map(|s| s.amr.iter().map(String::as_str).collect())
+                    .unwrap_or_default(),
+                acr: if su.is_some() {
+                    "urn:stepgate:acr:step-up"
+                } else {
+                    "urn:stepgate:acr:login"
+                },
+                auth_time: su.map(|s| s.auth_time).or(p.login_time),
+                rule: &ctx.rule,
+                method: up.method.as_str(),
+                path: up.uri.path(),
+                session: &p.session,
+            };
+            let token = gate.assertion.sign(&claims, clock::now());
+            up.insert_header(h.assertion.clone(), token)?;
+        }
         Ok(())
     }
 
@@ -592,6 +614,24 @@ impl ProxyHttp for Proxy {
             ip = %ctx.client_ip,
             latency_ms = ctx.started.map(|s| s.elapsed().as_secs_f64() * 1000.0).unwrap_or(0.0),
         );
+    }
+}
+
+fn too_large(gate: &Gate, path: &str) -> Reply {
+    if path.starts_with("/.stepgate/api/") {
+        crate::endpoints::api::error(
+            413,
+            901,
+            "Request too large",
+            "stepgate accepts at most 16 KiB on its own endpoints.",
+        )
+    } else {
+        gate.pages.message(
+            413,
+            "Too large",
+            "This request is larger than stepgate accepts on its own pages (16 KiB).",
+            None,
+        )
     }
 }
 

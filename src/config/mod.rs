@@ -61,6 +61,9 @@ struct FileConfig {
     #[serde(default)]
     log: LogFile,
     mail: Option<MailFile>,
+    api: Option<SecretFile>,
+    #[serde(default)]
+    assertion: AssertionFile,
     #[serde(default)]
     email_otp: EmailOtpFile,
     /// Unix socket where a new binary started with `serve -u` takes over the
@@ -186,6 +189,15 @@ struct LogFile {
     format: Option<String>,
 }
 
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct AssertionFile {
+    key_file: Option<String>,
+    previous_key_file: Option<String>,
+    audience: Option<String>,
+    issuer: Option<String>,
+}
+
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct MailFile {
@@ -246,6 +258,14 @@ pub enum MailTransport {
 pub struct Mail {
     pub from: String,
     pub transport: MailTransport,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AssertionSettings {
+    pub key_file: PathBuf,
+    pub previous_key_file: Option<PathBuf>,
+    pub audience: String,
+    pub issuer: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -425,6 +445,9 @@ pub struct Settings {
     pub log_json: bool,
     pub mail: Option<Mail>,
     pub email_otp: EmailOtp,
+    /// Back ends authenticate with it on /.stepgate/api/stepup/validate.
+    pub api_secret: Option<Secret>,
+    pub assertion: AssertionSettings,
     pub upgrade_sock: PathBuf,
     pub pid_file: PathBuf,
 }
@@ -685,6 +708,51 @@ impl Builder<'_> {
         };
         let site_title = f.pages.title.unwrap_or_else(|| "stepgate".into());
         let mail = f.mail.and_then(|m| self.mail(m));
+        let api_secret = match f.api {
+            None => None,
+            Some(s) => match load_secret(
+                s.secret.as_deref(),
+                s.secret_file.as_deref(),
+                self.base,
+                "api",
+            ) {
+                Ok(Some(sec)) if sec.expose().len() >= DEFAULT_SIGNING_MIN => Some(sec),
+                Ok(Some(_)) => {
+                    self.err("api", format!("the API secret is too short; use at least {DEFAULT_SIGNING_MIN} random bytes"));
+                    None
+                }
+                Ok(None) => {
+                    self.err("api", "give `secret` or `secret_file`");
+                    None
+                }
+                Err(e) => {
+                    self.err("api", e);
+                    None
+                }
+            },
+        };
+        let a = f.assertion;
+        let assertion_audience = a.audience.unwrap_or_else(|| {
+            match upstreams.as_ref().and_then(|u| {
+                if u.by_host.is_empty() {
+                    u.fallback.as_ref()
+                } else {
+                    None
+                }
+            }) {
+                Some(u) => u.url.clone(),
+                None => "stepgate-upstream".to_string(),
+            }
+        });
+        let assertion = AssertionSettings {
+            key_file: self.path(a.key_file.as_deref().unwrap_or("data/assertion-key.pem")),
+            previous_key_file: a.previous_key_file.map(|p| self.path(&p)),
+            audience: assertion_audience,
+            issuer: a
+                .issuer
+                .or_else(|| public_url.clone())
+                .unwrap_or_else(|| "stepgate".into()),
+        };
         let e = f.email_otp;
         let email_otp = EmailOtp {
             mode: match e.mode.as_deref() {
@@ -758,6 +826,8 @@ impl Builder<'_> {
             log_json,
             mail,
             email_otp,
+            api_secret,
+            assertion,
             upgrade_sock,
             pid_file,
         })

@@ -3,6 +3,7 @@
 //! data and returns a [`Reply`], so flows are testable without Pingora.
 //! Flow errors become pages in one place, [`flow_page`].
 
+pub mod api;
 mod email;
 
 use minijinja::context;
@@ -24,6 +25,8 @@ pub struct Req<'a> {
     pub principal: Result<Principal, AuthError>,
     pub body: &'a [u8],
     pub content_type: Option<&'a str>,
+    /// The raw Authorization header (API secret on back-channel calls).
+    pub authorization: Option<&'a str>,
     pub client_ip: &'a str,
     pub tls: bool,
     /// `scheme://host` of this request, for absolute links.
@@ -33,6 +36,9 @@ pub struct Req<'a> {
 pub const MAX_FORM: usize = 16 * 1024;
 
 pub async fn handle(gate: &Gate, req: &Req<'_>) -> Reply {
+    if req.path.starts_with("/.stepgate/api/") {
+        return api::handle(gate, req).await;
+    }
     match (req.method, req.path) {
         ("GET" | "HEAD", "/.stepgate/health") => Reply::text(200, "ok"),
         ("GET" | "HEAD", "/.stepgate/ready") => match gate.store.ping().await {
@@ -40,6 +46,11 @@ pub async fn handle(gate: &Gate, req: &Req<'_>) -> Reply {
             Err(_) => Reply::text(503, "store unavailable"),
         },
         ("GET" | "HEAD", "/.stepgate/assets/stepgate.css") => Reply::css(crate::pages::CSS),
+        ("GET" | "HEAD", "/.stepgate/jwks.json") => {
+            let mut r = Reply::json(200, &gate.assertion.jwks());
+            r.set("Cache-Control", "public, max-age=300".into());
+            r.add("Access-Control-Allow-Origin", "*".into())
+        }
         ("GET", "/.stepgate/challenge") => with_user(gate, req, challenge),
         ("GET", "/.stepgate/pin") => match &req.principal {
             Ok(p) => pin_page(gate, req, p).await,

@@ -1,0 +1,289 @@
+//! The signed assertion upstream apps can verify instead of trusting bare
+//! headers: a short-lived ES256 JWT in `X-Stepgate-Assertion`, its keys
+//! published at `/.stepgate/jwks.json` (current and, during a rotation, the
+//! previous one). Identical claims within a few seconds reuse one signature,
+//! so a busy session does not pay an ECDSA signature per request.
+//!
+//! Must never: sign with a key that is not in the published JWKS, or reuse an
+//! assertion for a different user, session, rule, method or path.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::Path;
+use std::sync::Mutex;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk};
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// Seconds an assertion is valid.
+pub const LIFETIME: i64 = 30;
+/// Seconds a signed assertion is reused for identical claims.
+pub const REUSE: i64 = 5;
+const CACHE_MAX: usize = 10_000;
+
+struct SigningKey {
+    kid: String,
+    key: EncodingKey,
+    public: serde_json::Value,
+}
+
+/// Load a PKCS#8 P-256 key, creating and keeping one (mode 0600) if `create`.
+fn load_key(path: &Path, create: bool) -> Result<SigningKey, String> {
+    if !path.exists() {
+        if !create {
+            return Err(format!("{} does not exist", path.display()));
+        }
+        use p256::pkcs8::{EncodePrivateKey, LineEnding};
+        let secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
+        let pem = secret
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| e.to_string())?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        write_private(path, pem.as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        tracing::info!(target: "stepgate", path = %path.display(), "generated a new assertion signing key");
+    }
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let key = EncodingKey::from_ec_pem(&pem)
+        .map_err(|e| format!("{}: not a PKCS#8 P-256 private key: {e}", path.display()))?;
+    let jwk = Jwk::from_encoding_key(&key, Algorithm::ES256)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let AlgorithmParameters::EllipticCurve(ec) = &jwk.algorithm else {
+        return Err(format!("{}: not an EC key", path.display()));
+    };
+    // RFC 7638 thumbprint: members in lexicographic order, no spaces.
+    let canonical = format!(
+        r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+        ec.x, ec.y
+    );
+    let kid = B64.encode(Sha256::digest(canonical.as_bytes()));
+    let public = serde_json::json!({"kty": "EC", "crv": "P-256", "x": ec.x, "y": ec.y, "kid": kid, "use": "sig", "alg": "ES256"});
+    Ok(SigningKey { kid, key, public })
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::write(path, bytes)
+}
+
+/// What an assertion says.
+#[derive(Serialize, Hash, Clone, Debug)]
+pub struct Claims<'a> {
+    pub sub: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<&'a str>,
+    pub amr: Vec<&'a str>,
+    pub acr: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<i64>,
+    pub rule: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    /// Not signed: only part of the cache key (the first-factor session).
+    #[serde(skip)]
+    pub session: &'a str,
+}
+
+#[derive(Serialize)]
+struct Full<'a> {
+    iss: &'a str,
+    aud: &'a str,
+    iat: i64,
+    exp: i64,
+    jti: String,
+    #[serde(flatten)]
+    claims: &'a Claims<'a>,
+}
+
+pub struct Signer {
+    current: SigningKey,
+    previous: Option<SigningKey>,
+    issuer: String,
+    audience: String,
+    cache: Mutex<HashMap<u64, (String, i64)>>,
+}
+
+impl Signer {
+    pub fn new(
+        key_file: &Path,
+        previous_key_file: Option<&Path>,
+        issuer: String,
+        audience: String,
+    ) -> Result<Signer, String> {
+        Ok(Signer {
+            current: load_key(key_file, true).map_err(|e| format!("assertion.key_file: {e}"))?,
+            previous: previous_key_file
+                .map(|p| load_key(p, false))
+                .transpose()
+                .map_err(|e| format!("assertion.previous_key_file: {e}"))?,
+            issuer,
+            audience,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The JWKS document for `/.stepgate/jwks.json`.
+    pub fn jwks(&self) -> serde_json::Value {
+        let mut keys = vec![self.current.public.clone()];
+        if let Some(p) = &self.previous {
+            keys.push(p.public.clone());
+        }
+        serde_json::json!({ "keys": keys })
+    }
+
+    /// Sign `c` at `now`, reusing a signature of identical claims made in the
+    /// last few seconds.
+    pub fn sign(&self, c: &Claims<'_>, now: i64) -> String {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        c.hash(&mut h);
+        let key = h.finish();
+        if let Ok(cache) = self.cache.lock() {
+            if let Some((token, iat)) = cache.get(&key) {
+                if now - iat < REUSE && now >= *iat {
+                    return token.clone();
+                }
+            }
+        }
+        let token = self.sign_fresh(c, now);
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= CACHE_MAX {
+                cache.retain(|_, (_, iat)| now - *iat < REUSE);
+                if cache.len() >= CACHE_MAX {
+                    cache.clear();
+                }
+            }
+            cache.insert(key, (token.clone(), now));
+        }
+        token
+    }
+
+    /// Always a new signature (the benchmark's baseline).
+    pub fn sign_fresh(&self, c: &Claims<'_>, now: i64) -> String {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.current.kid.clone());
+        header.typ = Some("stepgate-assertion+jwt".into());
+        let full = Full {
+            iss: &self.issuer,
+            aud: &self.audience,
+            iat: now,
+            exp: now + LIFETIME,
+            jti: crate::tokens::random_id(),
+            claims: c,
+        };
+        encode(&header, &full, &self.current.key)
+            .expect("ES256 signing with a loaded key cannot fail")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{decode, decode_header, DecodingKey, Validation};
+
+    fn claims<'a>(path: &'a str) -> Claims<'a> {
+        Claims {
+            sub: "alice",
+            email: Some("a@x.io"),
+            amr: vec!["pin"],
+            acr: "urn:stepgate:step-up",
+            auth_time: Some(100),
+            rule: "admin",
+            method: "GET",
+            path,
+            session: "sid:1",
+        }
+    }
+
+    #[test]
+    fn assertions_verify_against_the_published_jwks_and_are_reused_briefly() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Signer::new(
+            &dir.path().join("k.pem"),
+            None,
+            "stepgate".into(),
+            "app".into(),
+        )
+        .unwrap();
+        let t = s.sign(&claims("/a"), 1000);
+        assert_eq!(
+            s.sign(&claims("/a"), 1003),
+            t,
+            "same claims within REUSE seconds"
+        );
+        assert_ne!(
+            s.sign(&claims("/a"), 1006),
+            t,
+            "renewed after REUSE seconds"
+        );
+        assert_ne!(
+            s.sign(&claims("/b"), 1003),
+            t,
+            "another path is another assertion"
+        );
+        let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_value(s.jwks()).unwrap();
+        let kid = decode_header(&t).unwrap().kid.unwrap();
+        let jwk = jwks.find(&kid).unwrap();
+        let mut v = Validation::new(Algorithm::ES256);
+        v.set_audience(&["app"]);
+        v.validate_exp = false;
+        let data =
+            decode::<serde_json::Value>(&t, &DecodingKey::from_jwk(jwk).unwrap(), &v).unwrap();
+        assert_eq!(data.claims["sub"], "alice");
+        assert_eq!(data.claims["path"], "/a");
+        assert_eq!(
+            data.claims["exp"].as_i64().unwrap() - data.claims["iat"].as_i64().unwrap(),
+            LIFETIME
+        );
+        // The key was kept: a second signer on the same file has the same kid.
+        let again = Signer::new(
+            &dir.path().join("k.pem"),
+            None,
+            "stepgate".into(),
+            "app".into(),
+        )
+        .unwrap();
+        assert_eq!(again.jwks()["keys"][0]["kid"], kid.as_str());
+    }
+
+    #[test]
+    fn the_previous_key_is_published_during_a_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = Signer::new(&dir.path().join("old.pem"), None, "i".into(), "a".into()).unwrap();
+        let s = Signer::new(
+            &dir.path().join("new.pem"),
+            Some(&dir.path().join("old.pem")),
+            "i".into(),
+            "a".into(),
+        )
+        .unwrap();
+        let keys = s.jwks()["keys"].as_array().unwrap().clone();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[1]["kid"], old.jwks()["keys"][0]["kid"]);
+        assert!(Signer::new(
+            &dir.path().join("new.pem"),
+            Some(&dir.path().join("missing.pem")),
+            "i".into(),
+            "a".into()
+        )
+        .is_err());
+    }
+}

@@ -1,0 +1,329 @@
+//! The JSON API under `/.stepgate/api/`, with LoginRadius's field names and
+//! error codes (LOGINRADIUS.md), for single-page apps and API clients that
+//! cannot follow an HTML challenge. The access token comes in
+//! `Authorization: Bearer`; tokens it returns are presented on protected
+//! requests in `X-Stepgate-Token`. Flow errors map to JSON in [`flow_error`].
+
+use serde_json::{json, Map, Value};
+use subtle::ConstantTimeEq;
+
+use super::Req;
+use crate::clock;
+use crate::gate::Gate;
+use crate::identity::Principal;
+use crate::metrics;
+use crate::otp;
+use crate::pin::{self, FlowError};
+use crate::policy::Factor;
+use crate::web::{query_param, Reply};
+
+/// Every API operation, as (method, path under /.stepgate/api). The OpenAPI
+/// description in docs/openapi.yaml is checked against this list by a test.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/stepup/trigger"),
+    ("PUT", "/stepup/pin"),
+    ("GET", "/stepup/otp/email"),
+    ("PUT", "/stepup/otp/email"),
+    ("POST", "/stepup/validate"),
+];
+
+/// `{ErrorCode, Message, Description}` with the HTTP status that fits.
+pub fn error(status: u16, code: u32, message: &str, description: &str) -> Reply {
+    Reply::json(
+        status,
+        &json!({"ErrorCode": code, "Message": message, "Description": description}),
+    )
+}
+
+fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// The one mapping from flow errors to API answers.
+pub fn flow_error(e: FlowError) -> Reply {
+    match e {
+        FlowError::Locked { until } => Reply::json(
+            429,
+            &json!({"ErrorCode": 1198, "Message": "The account is locked", "Description": format!("Too many failed attempts; locked until {}.", rfc3339(until)), "LockedUntil": rfc3339(until)}),
+        )
+        .add("Retry-After", (until - clock::now()).max(1).to_string()),
+        FlowError::WrongPin { remaining } => error(401, 1236, "The PIN is invalid", &format!("{remaining} attempt(s) left before a lockout.")),
+        FlowError::NoPin => error(403, 1235, "No PIN is set", "Set up a PIN on /.stepgate/pin/setup first."),
+        FlowError::PinAlreadySet => error(400, 1247, "A PIN is already set", "Change it instead."),
+        FlowError::PinRule(m) => error(400, 1248, "The PIN does not meet the rules", &m),
+        FlowError::PinMismatch => error(400, 1249, "The PINs differ", "PIN and confirmation must be equal."),
+        FlowError::LoginNotFresh => error(403, 1250, "A recent login is required", "Sign in again, then retry within the enrollment window."),
+        FlowError::EmailNotInProfile => error(400, 1340, "The email address is not in the profile", "Nothing was sent."),
+        FlowError::NotConfigured => error(501, 1233, "This factor is not configured", "The gateway has no mail settings."),
+        FlowError::Cooldown { retry_after } => {
+            error(429, 1179, "Please wait before asking for another code", &format!("Retry in {retry_after} seconds.")).add("Retry-After", retry_after.to_string())
+        }
+        FlowError::SendLimit { until } => error(429, 1179, "The OTP send limit is reached", &format!("No more codes until {}.", rfc3339(until)))
+            .add("Retry-After", (until - clock::now()).max(1).to_string()),
+        FlowError::MailFailed => error(502, 1251, "The code could not be sent", "The mail server refused or did not answer; nothing was used up, retry."),
+        FlowError::NoCode => error(400, 1252, "No valid code", "The code was used, expired or tried too often; ask for a new one."),
+        FlowError::WrongCode { remaining } => error(401, 1253, "The OTP is invalid", &format!("{remaining} attempt(s) left for this code.")),
+        FlowError::StoreUnavailable => error(503, 1254, "Temporarily unavailable", "The gateway's store does not answer; retry shortly.").add("Retry-After", "5".into()),
+        FlowError::Internal => error(500, 1255, "Internal error", "See the gateway log."),
+    }
+}
+
+/// Parse a JSON object body; field names are matched case-insensitively, as
+/// LoginRadius clients spell them variously (`OTP`, `Otp`).
+fn body(req: &Req<'_>) -> Result<Map<String, Value>, Reply> {
+    let v: Value = serde_json::from_slice(req.body).map_err(|e| {
+        error(
+            400,
+            901,
+            "Malformed JSON",
+            &format!("The request body is not valid JSON: {e}."),
+        )
+    })?;
+    match v {
+        Value::Object(m) => Ok(m
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect()),
+        _ => Err(error(
+            400,
+            901,
+            "Malformed JSON",
+            "The request body must be a JSON object.",
+        )),
+    }
+}
+
+fn string_field<'a>(m: &'a Map<String, Value>, name: &str) -> Result<&'a str, Reply> {
+    match m.get(name) {
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(error(
+            400,
+            901,
+            "Invalid field",
+            &format!("`{name}` must be a string."),
+        )),
+        None => Err(error(
+            400,
+            901,
+            "Missing field",
+            &format!("The body needs `{name}`."),
+        )),
+    }
+}
+
+fn token_reply(gate: &Gate, p: &Principal, factor: Factor) -> Reply {
+    let (token, c) = gate
+        .keys
+        .issue_stepup(p, factor, clock::now(), gate.stepup_ttl());
+    Reply::json(
+        200,
+        &json!({"SecondFactorValidationToken": token, "ExpireIn": rfc3339(c.exp)}),
+    )
+}
+
+fn unauthenticated() -> Reply {
+    error(
+        401,
+        906,
+        "The access token is invalid",
+        "Send a valid access token in Authorization: Bearer.",
+    )
+    .add("WWW-Authenticate", "Bearer realm=\"stepgate\"".into())
+}
+
+pub async fn handle(gate: &Gate, req: &Req<'_>) -> Reply {
+    let route = req.path.trim_start_matches("/.stepgate/api");
+    if route == "/stepup/validate" {
+        return match req.method {
+            "POST" => validate(gate, req),
+            _ => error(405, 901, "Method not allowed", "Use POST."),
+        };
+    }
+    let p = match &req.principal {
+        Ok(p) => p,
+        Err(_)
+            if matches!(
+                route,
+                "/stepup/trigger" | "/stepup/pin" | "/stepup/otp/email"
+            ) =>
+        {
+            return unauthenticated()
+        }
+        Err(_) => return error(404, 901, "Not found", "No such API endpoint."),
+    };
+    match (req.method, route) {
+        ("GET", "/stepup/trigger") => trigger(gate, p).await,
+        ("PUT", "/stepup/pin") => stepup_pin(gate, req, p).await,
+        ("GET", "/stepup/otp/email") => send_otp(gate, req, p).await,
+        ("PUT", "/stepup/otp/email") => verify_otp(gate, req, p).await,
+        (_, "/stepup/trigger" | "/stepup/pin" | "/stepup/otp/email") => error(
+            405,
+            901,
+            "Method not allowed",
+            "See the API description (docs/openapi.yaml).",
+        ),
+        _ => error(404, 901, "Not found", "No such API endpoint."),
+    }
+}
+
+async fn trigger(gate: &Gate, p: &Principal) -> Reply {
+    let pin_set = match pin::load_record(&*gate.store, &p.sub).await {
+        Ok(r) => r.is_some(),
+        Err(e) => return flow_error(e),
+    };
+    let verified = match gate.settings.email_otp.mode {
+        crate::config::OtpMode::WithoutMfa => !p.otp_emails.is_empty() && gate.mailer.is_some(),
+        crate::config::OtpMode::Mfa => match otp::verified_addresses(gate, p).await {
+            Ok(v) => !v.is_empty(),
+            Err(e) => return flow_error(e),
+        },
+    };
+    Reply::json(
+        200,
+        &json!({"IsPINSet": pin_set, "IsEmailOtpAuthenticatorVerified": verified, "Email": p.otp_emails}),
+    )
+}
+
+async fn stepup_pin(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
+    let m = match body(req) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let entered = match string_field(&m, "pin") {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match pin::verify(
+        &*gate.store,
+        &gate.hasher,
+        &gate.settings.lockout,
+        &p.sub,
+        req.client_ip,
+        entered,
+    )
+    .await
+    {
+        Ok(()) => {
+            metrics::STEPUPS
+                .with_label_values(&["pin", "success"])
+                .inc();
+            token_reply(gate, p, Factor::Pin)
+        }
+        Err(e) => {
+            let outcome = match e {
+                FlowError::WrongPin { .. } => "failure",
+                FlowError::Locked { .. } => "locked",
+                _ => "error",
+            };
+            metrics::STEPUPS.with_label_values(&["pin", outcome]).inc();
+            flow_error(e)
+        }
+    }
+}
+
+async fn send_otp(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
+    let email = query_param(req.query, "emailid")
+        .filter(|e| !e.is_empty())
+        .or_else(|| p.otp_emails.first().cloned());
+    let Some(email) = email else {
+        return flow_error(FlowError::EmailNotInProfile);
+    };
+    match otp::send(
+        gate,
+        p,
+        &email,
+        req.client_ip,
+        super::login_is_fresh(gate, p),
+    )
+    .await
+    {
+        Ok(_) => Reply::json(200, &json!({"IsPosted": true})),
+        Err(e) => flow_error(e),
+    }
+}
+
+async fn verify_otp(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
+    let m = match body(req) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let code = match string_field(&m, "otp") {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if let Some(Value::String(e)) = m.get("emailid") {
+        if !p.otp_emails.contains(&e.trim().to_ascii_lowercase()) {
+            return flow_error(FlowError::EmailNotInProfile);
+        }
+    }
+    match otp::verify(gate, p, code, req.client_ip).await {
+        Ok(_) => {
+            metrics::STEPUPS
+                .with_label_values(&["email_otp", "success"])
+                .inc();
+            token_reply(gate, p, Factor::EmailOtp)
+        }
+        Err(e) => {
+            metrics::STEPUPS
+                .with_label_values(&[
+                    "email_otp",
+                    if matches!(e, FlowError::Locked { .. }) {
+                        "locked"
+                    } else {
+                        "failure"
+                    },
+                ])
+                .inc();
+            flow_error(e)
+        }
+    }
+}
+
+/// Back-channel validation by the app's back end, authenticated with the
+/// API secret (compared in constant time).
+fn validate(gate: &Gate, req: &Req<'_>) -> Reply {
+    let Some(secret) = &gate.settings.api_secret else {
+        return error(
+            501,
+            1233,
+            "Validation is not configured",
+            "Set `api.secret` in the gateway config.",
+        );
+    };
+    let given = req
+        .authorization
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !bool::from(given.as_bytes().ct_eq(secret.expose())) {
+        return error(
+            401,
+            907,
+            "The API secret is invalid",
+            "Send the configured API secret in Authorization: Bearer.",
+        )
+        .add("WWW-Authenticate", "Bearer realm=\"stepgate-api\"".into());
+    }
+    let m = match body(req) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let token = match string_field(&m, "secondfactorvalidationtoken") {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let uid = match m.get("uid") {
+        Some(Value::String(u)) => Some(u.clone()),
+        _ => query_param(req.query, "uid"),
+    };
+    let valid = match gate.keys.decode_stepup(token, clock::now()) {
+        Ok(c) => uid.is_none_or(|u| u == c.sub),
+        Err(_) => false,
+    };
+    Reply::json(200, &json!({"IsValid": valid}))
+}
