@@ -81,6 +81,9 @@ enum Cmd {
         #[arg(long, default_value = "stepgate-demo")]
         dir: PathBuf,
     },
+    /// Store maintenance.
+    #[command(subcommand)]
+    Store(StoreCmd),
     /// Policy authoring tools: lint and test.
     #[command(subcommand)]
     Policy(PolicyCmd),
@@ -91,6 +94,18 @@ enum Cmd {
         listen: String,
         #[arg(long, default_value = "access_token")]
         cookie: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCmd {
+    /// Copy PIN records and verified email authenticators from one config's store to another's
+    /// (e.g. embedded → redis), so users need not enroll again.
+    Migrate {
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long)]
+        to: PathBuf,
     },
 }
 
@@ -236,6 +251,29 @@ fn run(cmd: Cmd) -> Result<(), ExitCode> {
             if failed > 0 {
                 return Err(ExitCode::from(1));
             }
+            Ok(())
+        }
+        Cmd::Store(StoreCmd::Migrate { from, to }) => {
+            let (a, b) = (load(&from)?, load(&to)?);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(fail)?;
+            let n = rt
+                .block_on(async {
+                    let src = stepgate::store::open(&a.store)?;
+                    let dst = stepgate::store::open(&b.store)?;
+                    stepgate::store::migrate(&*src, &*dst)
+                        .await
+                        .map_err(|e| e.to_string())
+                })
+                .map_err(fail)?;
+            println!(
+                "copied {n} record(s) from {} to {}",
+                from.display(),
+                to.display()
+            );
             Ok(())
         }
         Cmd::Demo { listen, app, dir } => demo(&listen, &app, &dir),

@@ -187,6 +187,9 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if crate::server::DRAINING.load(std::sync::atomic::Ordering::Relaxed) {
+            session.set_keepalive(None);
+        }
         // The request id: the client's (or a proxy's) when it is sane, else ours.
         let id = header(session.req_header(), "x-request-id")
             .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))

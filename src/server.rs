@@ -68,6 +68,7 @@ pub fn run(config_path: &Path, settings: Settings, extra: Extra) -> Result<(), S
         ..Default::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
+    watch_draining(server.watch_execution_phase());
     server.bootstrap();
 
     let mut proxy = pingora::proxy::http_proxy_service(
@@ -111,6 +112,31 @@ pub fn run(config_path: &Path, settings: Settings, extra: Extra) -> Result<(), S
     }
     tracing::info!(target: "stepgate", listen = ?gate.settings.listen, policy = %gate.settings.policy_path.display(), rules = gate.policy.rules.len(), "stepgate is starting");
     server.run_forever();
+}
+
+/// Set when this process is handing its listeners to a new one, or shutting
+/// down: from then on every response says `Connection: close`, so keep-alive
+/// clients move to the new process before Pingora drops idle connections.
+pub static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn watch_draining(mut phases: tokio::sync::broadcast::Receiver<pingora::server::ExecutionPhase>) {
+    use pingora::server::ExecutionPhase as P;
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            while let Ok(phase) = phases.recv().await {
+                if matches!(phase, P::GracefulUpgradeTransferringFds | P::GracefulTerminate | P::ShutdownStarted) {
+                    DRAINING.store(true, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(target: "stepgate", ?phase, "draining: closing keep-alive connections after their next response");
+                }
+            }
+        })
+    });
 }
 
 fn spawn_jwks_refresh(gate: Arc<Gate>, url: String, every: Duration) {

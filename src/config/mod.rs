@@ -130,6 +130,8 @@ struct StoreFile {
     nodes: Option<Vec<String>>,
     timeout: Option<Dur>,
     key_prefix: Option<String>,
+    password: Option<String>,
+    password_file: Option<String>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -365,6 +367,8 @@ pub enum StoreKind {
 #[derive(Clone, Debug)]
 pub struct StoreSettings {
     pub kind: StoreKind,
+    /// Redis password (else from the URL).
+    pub password: Option<Secret>,
     pub timeout: Duration,
     pub key_prefix: String,
 }
@@ -1129,10 +1133,31 @@ impl Builder<'_> {
                 return None;
             }
         };
+        let password = match load_secret(
+            s.password.as_deref(),
+            s.password_file.as_deref(),
+            self.base,
+            "store password",
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                self.err(
+                    "store",
+                    e.replace("`secret`", "`password`")
+                        .replace("`secret_file`", "`password_file`"),
+                );
+                None
+            }
+        };
+        let key_prefix = s.key_prefix.unwrap_or_else(|| "stepgate:".into());
+        if key_prefix.contains(['{', '}']) {
+            self.err("store.key_prefix", "the key prefix must not contain `{` or `}`: they would change Redis Cluster hash slots");
+        }
         Some(StoreSettings {
             kind,
+            password,
             timeout: s.timeout.map(|d| d.0).unwrap_or(Duration::from_millis(250)),
-            key_prefix: s.key_prefix.unwrap_or_else(|| "stepgate:".into()),
+            key_prefix,
         })
     }
 }

@@ -214,6 +214,23 @@ impl Store for EmbeddedStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.read("__ping").await.map(|_| ())
     }
+    async fn entries(&self) -> Result<Vec<(String, Vec<u8>, Option<u64>)>, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let tx = db.begin_read().map_err(unavailable)?;
+            let t = tx.open_table(KV).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for item in t.iter().map_err(unavailable)? {
+                let (k, v) = item.map_err(unavailable)?;
+                if let Some((value, exp)) = decode(v.value()) {
+                    out.push((k.value().to_string(), value, (exp != 0).then_some(exp)));
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(unavailable)?
+    }
     async fn sweep(&self) -> Result<usize, StoreError> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || EmbeddedStore { db }.sweep_now().map_err(unavailable))

@@ -95,6 +95,14 @@ impl Store for MemoryStore {
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
+    async fn entries(&self) -> Result<Vec<(String, Vec<u8>, Option<u64>)>, StoreError> {
+        Ok(self.with(|m| {
+            m.iter()
+                .filter(|(_, (_, e))| live(*e))
+                .map(|(k, (v, e))| (k.clone(), v.clone(), (*e != 0).then_some(*e)))
+                .collect()
+        }))
+    }
 }
 
 pub(crate) fn parse(key: &str, v: &[u8]) -> Result<i64, StoreError> {

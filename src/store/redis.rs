@@ -1,0 +1,310 @@
+//! The Redis store: many gateways behave as one. Every operation is one
+//! atomic server-side step (SET NX PX, GETDEL, a Lua script for counters with
+//! expiry), so concurrent gateways can never count past a limit. Works on a
+//! single Redis (a reconnecting multiplexed connection manager) and on Redis
+//! Cluster (keys of one user share a `{u:…}` hash tag). TLS via `rediss://`.
+//!
+//! The connection is made lazily on a runtime of its own, so start-up does not
+//! depend on Redis being up, and a Redis that comes back heals by itself.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncCommands, IntoConnectionInfo, Script};
+use tokio::sync::OnceCell;
+
+use super::{now_ms, Counter, Store, StoreError};
+
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+pub enum Target {
+    Single(String),
+    Cluster(Vec<String>),
+}
+
+pub struct RedisStore {
+    target: Target,
+    password: Option<String>,
+    timeout: Duration,
+    conn: OnceCell<Conn>,
+    /// Where connection drivers run: outliving any one request's runtime.
+    rt: tokio::runtime::Handle,
+    incr: Script,
+    decr: Script,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    crate::metrics::STORE_ERRORS
+        .with_label_values(&["redis"])
+        .inc();
+    StoreError::Unavailable(e.to_string())
+}
+
+/// INCR, set the expiry on a new counter, and return value and remaining ms.
+const INCR: &str = r#"
+local v = redis.call('INCR', KEYS[1])
+local t = redis.call('PTTL', KEYS[1])
+if t < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  t = tonumber(ARGV[1])
+end
+return {v, t}
+"#;
+
+/// DECR that keeps the expiry and never goes below zero.
+const DECR: &str = r#"
+local v = tonumber(redis.call('GET', KEYS[1]) or '0')
+if v > 0 then redis.call('DECR', KEYS[1]) end
+return 0
+"#;
+
+impl RedisStore {
+    pub fn new(
+        target: Target,
+        password: Option<String>,
+        timeout: Duration,
+    ) -> Result<RedisStore, String> {
+        // Validate URLs now, so a typo fails at start-up, not on a request.
+        match &target {
+            Target::Single(u) => {
+                u.as_str()
+                    .into_connection_info()
+                    .map_err(|e| format!("store.url: {e}"))?;
+            }
+            Target::Cluster(nodes) => {
+                for n in nodes {
+                    n.as_str()
+                        .into_connection_info()
+                        .map_err(|e| format!("store.nodes: {n}: {e}"))?;
+                }
+            }
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("stepgate-redis")
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let handle = rt.handle().clone();
+        // The runtime lives as long as the process.
+        std::thread::Builder::new()
+            .name("stepgate-redis-rt".into())
+            .spawn(move || rt.block_on(std::future::pending::<()>()))
+            .map_err(|e| e.to_string())?;
+        Ok(RedisStore {
+            target,
+            password,
+            timeout,
+            conn: OnceCell::new(),
+            rt: handle,
+            incr: Script::new(INCR),
+            decr: Script::new(DECR),
+        })
+    }
+
+    async fn connect(&self) -> Result<Conn, StoreError> {
+        let timeout = self.timeout;
+        let password = self.password.clone();
+        let fut = match &self.target {
+            Target::Single(url) => {
+                let mut info = url.as_str().into_connection_info().map_err(unavailable)?;
+                if let Some(p) = password {
+                    info.redis.password = Some(p);
+                }
+                let client = redis::Client::open(info).map_err(unavailable)?;
+                let cfg = ConnectionManagerConfig::new()
+                    .set_connection_timeout(timeout)
+                    .set_response_timeout(timeout)
+                    .set_number_of_retries(1)
+                    .set_max_delay(1000);
+                self.rt.spawn(async move {
+                    ConnectionManager::new_with_config(client, cfg)
+                        .await
+                        .map(Conn::Single)
+                })
+            }
+            Target::Cluster(nodes) => {
+                let mut b = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .retries(1);
+                if let Some(p) = password {
+                    b = b.password(p);
+                }
+                let client = b.build().map_err(unavailable)?;
+                self.rt
+                    .spawn(async move { client.get_async_connection().await.map(Conn::Cluster) })
+            }
+        };
+        fut.await.map_err(unavailable)?.map_err(unavailable)
+    }
+
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        // A failed first connection is retried by the next operation.
+        self.conn.get_or_try_init(|| self.connect()).await.cloned()
+    }
+}
+
+macro_rules! with_conn {
+    ($self:ident, |$c:ident| $body:expr) => {{
+        match $self.conn().await? {
+            Conn::Single(mut $c) => $body.map_err(unavailable),
+            Conn::Cluster(mut $c) => $body.map_err(unavailable),
+        }
+    }};
+}
+
+fn ms(d: Duration) -> u64 {
+    (d.as_millis() as u64).max(1)
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        with_conn!(self, |c| c.get::<_, Option<Vec<u8>>>(key).await)
+    }
+    async fn put(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
+        match ttl {
+            Some(t) => with_conn!(self, |c| c.pset_ex::<_, _, ()>(key, value, ms(t)).await),
+            None => with_conn!(self, |c| c.set::<_, _, ()>(key, value).await),
+        }
+    }
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(value).arg("NX").arg("PX").arg(ms(ttl));
+        let r: Option<String> = with_conn!(self, |c| cmd.query_async(&mut c).await)?;
+        Ok(r.is_some())
+    }
+    async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut cmd = redis::cmd("GETDEL");
+        cmd.arg(key);
+        with_conn!(self, |c| cmd.query_async::<Option<Vec<u8>>>(&mut c).await)
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        with_conn!(self, |c| c.del::<_, ()>(key).await)
+    }
+    async fn incr(&self, key: &str, ttl: Duration) -> Result<Counter, StoreError> {
+        let mut inv = self.incr.key(key);
+        inv.arg(ms(ttl));
+        let (value, pttl): (i64, i64) = with_conn!(self, |c| inv.invoke_async(&mut c).await)?;
+        Ok(Counter {
+            value,
+            expires_at_ms: now_ms() + pttl.max(0) as u64,
+        })
+    }
+    async fn decr(&self, key: &str) -> Result<(), StoreError> {
+        let inv = self.decr.key(key);
+        with_conn!(self, |c| inv.invoke_async::<i64>(&mut c).await).map(|_| ())
+    }
+    async fn expire(&self, key: &str, ttl: Duration) -> Result<(), StoreError> {
+        with_conn!(self, |c| c.pexpire::<_, ()>(key, ms(ttl) as i64).await)
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        let cmd = redis::cmd("PING");
+        with_conn!(self, |c| cmd.query_async::<String>(&mut c).await).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Child, Command, Stdio};
+
+    struct Server(Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn redis_server() -> (Server, u16) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed by scripts/test.sh");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (Server(child), port)
+    }
+
+    #[tokio::test]
+    async fn redis_store_conforms() {
+        let (_srv, port) = redis_server();
+        let s = RedisStore::new(
+            Target::Single(format!("redis://127.0.0.1:{port}/0")),
+            None,
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        super::super::conformance(&s).await;
+    }
+
+    #[tokio::test]
+    async fn a_dead_redis_fails_within_the_timeout_and_heals() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let s = RedisStore::new(
+            Target::Single(format!("redis://127.0.0.1:{port}/0")),
+            None,
+            Duration::from_millis(200),
+        )
+        .unwrap();
+        assert!(s.ping().await.is_err(), "nothing listens yet");
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let _srv = Server(child);
+        let mut ok = false;
+        for _ in 0..50 {
+            if s.ping().await.is_ok() {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(ok, "the store connects once Redis is up");
+    }
+}
