@@ -91,6 +91,14 @@ pub static OTP_VERIFICATIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .unwrap()
 });
 
+pub static STORE_UP: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "stepgate_store_up",
+        "1 when the store answered its last ping, else 0"
+    )
+    .unwrap()
+});
+
 /// Touch every metric so that it is exported (at zero) from the start.
 pub fn init() {
     LazyLock::force(&REQUESTS);
@@ -102,6 +110,7 @@ pub fn init() {
     LazyLock::force(&PIN_VERIFY_SECONDS);
     LazyLock::force(&ENROLLMENTS);
     LazyLock::force(&RELOADS);
+    STORE_UP.set(1);
     LazyLock::force(&OTP_SENT);
     LazyLock::force(&OTP_SEND_FAILURES);
     LazyLock::force(&OTP_VERIFICATIONS);

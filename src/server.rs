@@ -159,7 +159,8 @@ fn spawn_jwks_refresh(gate: Arc<Gate>, url: String, every: Duration) {
     });
 }
 
-/// Reclaim expired entries of the embedded store every ten minutes.
+/// Watch the store every second (metric `stepgate_store_up`) and reclaim
+/// expired entries of the embedded store every ten minutes.
 fn spawn_sweeper(gate: Arc<Gate>) {
     std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -169,10 +170,26 @@ fn spawn_sweeper(gate: Arc<Gate>) {
             return;
         };
         rt.block_on(async move {
+            let mut tick: u64 = 0;
+            let mut was_up = true;
             loop {
-                tokio::time::sleep(Duration::from_secs(600)).await;
-                if let Err(e) = gate.store.sweep().await {
-                    tracing::warn!(target: "stepgate", error = %e, "store sweep failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                tick += 1;
+                // The store's state, for the metric and the log.
+                let up = gate.store.ping().await.is_ok();
+                crate::metrics::STORE_UP.set(up as i64);
+                if up != was_up {
+                    if up {
+                        tracing::info!(target: "stepgate", "the store answers again");
+                    } else {
+                        tracing::error!(target: "stepgate", "the store does not answer: protected routes fail closed (503)");
+                    }
+                    was_up = up;
+                }
+                if tick % 600 == 0 {
+                    if let Err(e) = gate.store.sweep().await {
+                        tracing::warn!(target: "stepgate", error = %e, "store sweep failed");
+                    }
                 }
             }
         })
