@@ -30,6 +30,8 @@ pub enum StepUpReason {
     WrongFactor,
     /// A single-use rule and the token was already used, or is not fresh.
     AlreadyUsed,
+    /// The user's step-ups were invalidated after this one was made.
+    Revoked,
 }
 
 impl StepUpReason {
@@ -43,6 +45,7 @@ impl StepUpReason {
             StepUpReason::TooOld => "the step-up is older than this resource allows",
             StepUpReason::WrongFactor => "this resource requires a different step-up method",
             StepUpReason::AlreadyUsed => "this resource requires a new step-up for every request",
+            StepUpReason::Revoked => "the step-up was revoked; confirm again",
         }
     }
 }
@@ -103,6 +106,29 @@ pub fn decide<'p>(
     single_use_window: i64,
     now: i64,
 ) -> Decision<'p> {
+    decide_with(
+        facts,
+        policy,
+        verifier,
+        keys,
+        single_use_window,
+        now,
+        &|_| None,
+    )
+}
+
+/// [`decide`], with `revoked_before(sub)`: step-ups of that user made at or
+/// before this Unix time no longer count (an invalidation: step-down). The
+/// lookup is in memory; the decision stays free of I/O.
+pub fn decide_with<'p>(
+    facts: &Facts<'_>,
+    policy: &'p Policy,
+    verifier: &Verifier,
+    keys: &Keys,
+    single_use_window: i64,
+    now: i64,
+    revoked_before: &dyn Fn(&str) -> Option<i64>,
+) -> Decision<'p> {
     let m = policy.lookup(facts.host, facts.method, facts.path);
     let rule = m.rule_name();
     let step_up = match m.require {
@@ -149,6 +175,9 @@ pub fn decide<'p>(
         Ok(c) => c,
         Err(e) => return need(principal, StepUpReason::Invalid(e)),
     };
+    if revoked_before(&principal.sub).is_some_and(|t| claims.iat <= t) {
+        return need(principal, StepUpReason::Revoked);
+    }
     match claims.factor() {
         Some(f) if step_up.accepts(f) => {}
         _ => return need(principal, StepUpReason::WrongFactor),
@@ -356,6 +385,28 @@ rules:
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_revoked_step_up_no_longer_counts() {
+        let (p, v, k) = setup();
+        let at = access("alice");
+        let principal = v.verify(&at, 1000).unwrap();
+        let (su, _) = k.issue_stepup(&principal, Factor::Pin, 1000, 3600);
+        let f = facts("/admin/x", Some(&at), Some(&su));
+        let revoked = |sub: &str| (sub == "alice").then_some(1000);
+        assert!(matches!(
+            decide_with(&f, &p, &v, &k, 120, 1001, &revoked),
+            Decision::StepUp {
+                reason: StepUpReason::Revoked,
+                ..
+            }
+        ));
+        let earlier = |_: &str| Some(999);
+        assert_eq!(
+            decide_with(&f, &p, &v, &k, 120, 1001, &earlier).label(),
+            "stepped_up"
+        );
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub struct Gate {
     pub pages: Pages,
     pub mailer: Option<Arc<dyn crate::mail::Mailer>>,
     pub assertion: Arc<crate::assertion::Signer>,
+    /// Invalidated step-ups, shared by every snapshot.
+    pub revocations: Arc<crate::revoke::Revocations>,
     /// Names (lowercase, `_` as `-`) of headers stepgate owns: client copies
     /// are always removed.
     pub owned_headers: Vec<String>,
@@ -71,6 +73,7 @@ impl Gate {
             pages,
             mailer,
             assertion,
+            revocations: Arc::default(),
             owned_headers,
             settings,
         })
@@ -87,6 +90,16 @@ impl Gate {
             "__Host-stepgate_su"
         } else {
             "stepgate_su"
+        }
+    }
+
+    /// The time a new step-up is stamped with: never at or before the user's
+    /// last invalidation, so a step-up right after a step-down counts.
+    pub fn stepup_now(&self, sub: &str) -> i64 {
+        let now = crate::clock::now();
+        match self.revocations.revoked_before(sub) {
+            Some(t) if t >= now => t + 1,
+            _ => now,
         }
     }
 
@@ -213,6 +226,7 @@ impl Shared {
             pages,
             mailer,
             assertion,
+            revocations: old.revocations.clone(),
             owned_headers,
         };
         self.current.store(Arc::new(gate));

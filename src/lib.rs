@@ -18,6 +18,7 @@ pub mod pages;
 pub mod pin;
 pub mod policy;
 pub mod proxy;
+pub mod revoke;
 pub mod server;
 pub mod store;
 pub mod tls;

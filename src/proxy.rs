@@ -13,7 +13,7 @@ use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 
 use crate::clock;
-use crate::decision::{decide, Decision, Facts, StepUpReason};
+use crate::decision::{decide_with, Decision, Facts, StepUpReason};
 use crate::endpoints::{self, login_redirect, MAX_FORM};
 use crate::gate::{Gate, Shared};
 use crate::identity::Principal;
@@ -333,13 +333,14 @@ impl ProxyHttp for Proxy {
             access_token: access_token.as_deref(),
             stepup_token: stepup_token.as_deref(),
         };
-        let decision = decide(
+        let decision = decide_with(
             &facts,
             policy,
             &gate.verifier,
             &gate.keys,
             gate.settings.single_use_window.as_secs() as i64,
             now,
+            &|sub| gate.revocations.revoked_before(sub),
         );
         ctx.label = decision.label();
         let return_to = safe_return_to(Some(&path_and_query));

@@ -52,6 +52,20 @@ pub fn run(config_path: &Path, settings: Settings, extra: Extra) -> Result<(), S
             .map_err(|e| format!("first_factor.jwt.jwks_url: {e}"))?;
         spawn_jwks_refresh(gate.clone(), url.clone(), *refresh);
     }
+    // Invalidations recorded so far, and those other gateways will record.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    match rt.block_on(gate.revocations.start(&*gate.store)) {
+        Ok(n) => {
+            tracing::info!(target: "stepgate", revocations = n, "loaded step-up invalidations")
+        }
+        Err(e) => {
+            tracing::warn!(target: "stepgate", error = %e, "could not load step-up invalidations yet; they load when the store answers")
+        }
+    }
+    drop(rt);
     spawn_sweeper(gate.clone());
     crate::watch::spawn(shared.clone())?;
 
@@ -186,7 +200,7 @@ fn spawn_sweeper(gate: Arc<Gate>) {
                     }
                     was_up = up;
                 }
-                if tick % 600 == 0 {
+                if tick.is_multiple_of(600) {
                     if let Err(e) = gate.store.sweep().await {
                         tracing::warn!(target: "stepgate", error = %e, "store sweep failed");
                     }

@@ -120,7 +120,7 @@ fn string_field<'a>(m: &'a Map<String, Value>, name: &str) -> Result<&'a str, Re
 fn token_reply(gate: &Gate, p: &Principal, factor: Factor) -> Reply {
     let (token, c) = gate
         .keys
-        .issue_stepup(p, factor, clock::now(), gate.stepup_ttl());
+        .issue_stepup(p, factor, gate.stepup_now(&p.sub), gate.stepup_ttl());
     Reply::json(
         200,
         &json!({"SecondFactorValidationToken": token, "ExpireIn": rfc3339(c.exp)}),
@@ -139,6 +139,15 @@ fn unauthenticated() -> Reply {
 
 pub async fn handle(gate: &Gate, req: &Req<'_>) -> Reply {
     let route = req.path.trim_start_matches("/.stepgate/api");
+    if let Some(uid) = route
+        .strip_prefix("/manage/account/")
+        .and_then(|r| r.strip_suffix("/invalidate"))
+    {
+        return match req.method {
+            "POST" => invalidate(gate, req, uid).await,
+            _ => error(405, 901, "Method not allowed", "Use POST."),
+        };
+    }
     if route == "/stepup/validate" {
         return match req.method {
             "POST" => validate(gate, req),
@@ -285,29 +294,64 @@ async fn verify_otp(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
     }
 }
 
-/// Back-channel validation by the app's back end, authenticated with the
-/// API secret (compared in constant time).
-fn validate(gate: &Gate, req: &Req<'_>) -> Reply {
+/// Back-channel calls authenticate with the API secret (constant time).
+fn check_api_secret(gate: &Gate, req: &Req<'_>) -> Result<(), Reply> {
     let Some(secret) = &gate.settings.api_secret else {
-        return error(
+        return Err(error(
             501,
             1233,
-            "Validation is not configured",
+            "The back-channel API is not configured",
             "Set `api.secret` in the gateway config.",
-        );
+        ));
     };
     let given = req
         .authorization
         .and_then(|a| a.strip_prefix("Bearer "))
         .unwrap_or("");
     if !bool::from(given.as_bytes().ct_eq(secret.expose())) {
-        return error(
+        return Err(error(
             401,
             907,
             "The API secret is invalid",
             "Send the configured API secret in Authorization: Bearer.",
         )
-        .add("WWW-Authenticate", "Bearer realm=\"stepgate-api\"".into());
+        .add("WWW-Authenticate", "Bearer realm=\"stepgate-api\"".into()));
+    }
+    Ok(())
+}
+
+/// End every step-up of a user on every gateway (e.g. the IdP calls this on
+/// a password change): step-down.
+async fn invalidate(gate: &Gate, req: &Req<'_>, uid: &str) -> Reply {
+    if let Err(r) = check_api_secret(gate, req) {
+        return r;
+    }
+    let uid = percent_encoding::percent_decode_str(uid)
+        .decode_utf8_lossy()
+        .into_owned();
+    if uid.is_empty() || uid.len() > 256 {
+        return error(
+            400,
+            901,
+            "Invalid user id",
+            "The path needs the user's id (sub).",
+        );
+    }
+    match gate
+        .revocations
+        .revoke(&*gate.store, &uid, clock::now())
+        .await
+    {
+        Ok(()) => Reply::json(200, &json!({"IsPosted": true})),
+        Err(e) => flow_error(e.into()),
+    }
+}
+
+/// Back-channel validation by the app's back end, authenticated with the
+/// API secret (compared in constant time).
+fn validate(gate: &Gate, req: &Req<'_>) -> Reply {
+    if let Err(r) = check_api_secret(gate, req) {
+        return r;
     }
     let m = match body(req) {
         Ok(m) => m,
@@ -322,7 +366,13 @@ fn validate(gate: &Gate, req: &Req<'_>) -> Reply {
         _ => query_param(req.query, "uid"),
     };
     let valid = match gate.keys.decode_stepup(token, clock::now()) {
-        Ok(c) => uid.is_none_or(|u| u == c.sub),
+        Ok(c) => {
+            let revoked = gate
+                .revocations
+                .revoked_before(&c.sub)
+                .is_some_and(|t| c.iat <= t);
+            uid.is_none_or(|u| u == c.sub) && !revoked
+        }
         Err(_) => false,
     };
     Reply::json(200, &json!({"IsValid": valid}))

@@ -303,7 +303,9 @@ pub(crate) fn stepup_success(
     return_to: &str,
 ) -> Reply {
     let ttl = gate.stepup_ttl();
-    let (token, _) = gate.keys.issue_stepup(p, factor, clock::now(), ttl);
+    let (token, _) = gate
+        .keys
+        .issue_stepup(p, factor, gate.stepup_now(&p.sub), ttl);
     let name = gate.stepup_cookie_name(req.tls);
     let secure = if req.tls { "; Secure" } else { "" };
     Reply::redirect(return_to).add(

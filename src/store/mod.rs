@@ -62,6 +62,34 @@ pub trait Store: Send + Sync {
             "this store cannot list its entries".into(),
         ))
     }
+    /// Record that `sub`'s step-ups up to `at` are invalid, for every
+    /// gateway. `prefix` is the deployment's key prefix (the wrapper that
+    /// owns it passes it; callers of the wrapper pass "").
+    async fn revoke(&self, prefix: &str, sub: &str, at: i64) -> Result<(), StoreError> {
+        let v = serde_json::json!({"sub": sub, "at": at}).to_string();
+        self.put(
+            &format!("{prefix}{}", keys::revoked(sub)),
+            v.as_bytes(),
+            None,
+        )
+        .await
+    }
+    /// Every recorded invalidation, as (sub, at).
+    async fn revocations(&self, prefix: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(self
+            .entries()
+            .await?
+            .into_iter()
+            .filter(|(k, _, _)| k.starts_with(prefix) && k.ends_with(":revoked"))
+            .filter_map(|(_, v, _)| {
+                let j: serde_json::Value = serde_json::from_slice(&v).ok()?;
+                Some((j["sub"].as_str()?.to_string(), j["at"].as_i64()?))
+            })
+            .collect())
+    }
+    /// Call `f` for invalidations other gateways record (stores shared by
+    /// several gateways push them; a single-process store has nothing to push).
+    fn watch_revocations(&self, _prefix: &str, _f: crate::revoke::OnRevoke) {}
     /// Drop expired entries, for backends that do not expire by themselves.
     async fn sweep(&self) -> Result<usize, StoreError> {
         Ok(0)
@@ -105,6 +133,9 @@ pub mod keys {
     }
     pub fn otp_verified(sub: &str) -> String {
         format!("{}:otp:verified", user(sub))
+    }
+    pub fn revoked(sub: &str) -> String {
+        format!("{}:revoked", user(sub))
     }
     pub fn used_token(jti: &str) -> String {
         format!("used:{jti}")
@@ -171,6 +202,15 @@ impl Store for Bounded {
     }
     async fn ping(&self) -> Result<(), StoreError> {
         bounded!(self, self.inner.ping())
+    }
+    async fn revoke(&self, _prefix: &str, sub: &str, at: i64) -> Result<(), StoreError> {
+        bounded!(self, self.inner.revoke(&self.prefix, sub, at))
+    }
+    async fn revocations(&self, _prefix: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        self.inner.revocations(&self.prefix).await
+    }
+    fn watch_revocations(&self, _prefix: &str, f: crate::revoke::OnRevoke) {
+        self.inner.watch_revocations(&self.prefix, f)
     }
     async fn sweep(&self) -> Result<usize, StoreError> {
         self.inner.sweep().await

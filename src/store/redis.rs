@@ -214,6 +214,76 @@ impl Store for RedisStore {
         let cmd = redis::cmd("PING");
         with_conn!(self, |c| cmd.query_async::<String>(&mut c).await).map(|_| ())
     }
+    /// One hash of invalidations, and a message to every gateway.
+    async fn revoke(&self, prefix: &str, sub: &str, at: i64) -> Result<(), StoreError> {
+        let name = format!("{prefix}revocations");
+        with_conn!(self, |c| c.hset::<_, _, _, ()>(&name, sub, at).await)?;
+        with_conn!(self, |c| c
+            .publish::<_, _, ()>(&name, format!("{at} {sub}"))
+            .await)
+    }
+    async fn revocations(&self, prefix: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        let name = format!("{prefix}revocations");
+        with_conn!(self, |c| c.hgetall::<_, Vec<(String, i64)>>(&name).await)
+    }
+    /// Subscribe on a connection of its own; after every (re)connection the
+    /// whole hash is read again, so nothing published while away is missed.
+    fn watch_revocations(&self, prefix: &str, f: crate::revoke::OnRevoke) {
+        let name = format!("{prefix}revocations");
+        let url = match &self.target {
+            Target::Single(u) => u.clone(),
+            Target::Cluster(nodes) => nodes[0].clone(),
+        };
+        let password = self.password.clone();
+        let target = match &self.target {
+            Target::Single(u) => Target::Single(u.clone()),
+            Target::Cluster(n) => Target::Cluster(n.clone()),
+        };
+        let reader = RedisStore {
+            target,
+            password: password.clone(),
+            timeout: self.timeout,
+            conn: OnceCell::new(),
+            rt: self.rt.clone(),
+            incr: Script::new(INCR),
+            decr: Script::new(DECR),
+        };
+        self.rt.spawn(async move {
+            use futures_util::StreamExt;
+            loop {
+                let attempt = async {
+                    let mut info = url.as_str().into_connection_info().map_err(unavailable)?;
+                    if let Some(p) = &password {
+                        info.redis.password = Some(p.clone());
+                    }
+                    let mut pubsub = redis::Client::open(info).map_err(unavailable)?.get_async_pubsub().await.map_err(unavailable)?;
+                    pubsub.subscribe(&name).await.map_err(unavailable)?;
+                    for (sub, at) in reader.revocations(prefix_of(&name)).await? {
+                        f(&sub, at);
+                    }
+                    let mut stream = pubsub.on_message();
+                    while let Some(msg) = stream.next().await {
+                        if let Ok(text) = msg.get_payload::<String>() {
+                            if let Some((at, sub)) = text.split_once(' ') {
+                                if let Ok(at) = at.parse() {
+                                    f(sub, at);
+                                }
+                            }
+                        }
+                    }
+                    Ok::<(), StoreError>(())
+                };
+                if let Err(e) = attempt.await {
+                    tracing::warn!(target: "stepgate", error = %e, "revocation subscription lost; retrying");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+}
+
+fn prefix_of(channel: &str) -> &str {
+    channel.strip_suffix("revocations").unwrap_or("")
 }
 
 #[cfg(test)]
