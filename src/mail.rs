@@ -39,6 +39,9 @@ fn compose(from: &Mailbox, m: Outgoing) -> Result<Message, MailError> {
         .from(from.clone())
         .to(to)
         .subject(m.subject)
+        // Large providers refuse mail without a Message-ID.
+        .message_id(None)
+        .date_now()
         .multipart(
             MultiPart::alternative()
                 .singlepart(

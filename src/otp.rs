@@ -34,7 +34,6 @@ struct Pending {
     mac: String,
     email: String,
     expires_at: i64,
-    tries_left: u32,
     purpose: Purpose,
 }
 
@@ -145,10 +144,11 @@ pub async fn send(
         mac: gate.keys.otp_mac(&p.sub, &email, &code),
         email: email.clone(),
         expires_at,
-        tries_left: s.max_tries,
         purpose,
     };
     let raw = serde_json::to_vec(&pending).map_err(|_| FlowError::Internal)?;
+    // A new code starts with all its tries.
+    gate.store.delete(&keys::otp_tries(&p.sub)).await?;
     gate.store
         .put(&keys::otp(&p.sub), &raw, Some(s.ttl))
         .await?;
@@ -204,7 +204,7 @@ pub async fn verify(
             .inc();
         return Err(FlowError::NoCode);
     };
-    let mut rec: Pending = serde_json::from_slice(&raw).map_err(|_| FlowError::Internal)?;
+    let rec: Pending = serde_json::from_slice(&raw).map_err(|_| FlowError::Internal)?;
     let now = crate::clock::now();
     if now >= rec.expires_at {
         metrics::OTP_VERIFICATIONS
@@ -213,6 +213,20 @@ pub async fn verify(
         return Err(FlowError::NoCode);
     }
     let attempt = pin::reserve(&*gate.store, &gate.settings.lockout, &p.sub, ip).await?;
+    // Each guess takes a try atomically before it is compared, so concurrent
+    // guesses can never exceed `max_tries` for one code.
+    let max_tries = gate.settings.email_otp.max_tries as i64;
+    let tries_key = keys::otp_tries(&p.sub);
+    let ttl = Duration::from_secs((rec.expires_at - now).max(1) as u64);
+    let tries = gate.store.incr(&tries_key, ttl).await?.value;
+    if tries > max_tries {
+        attempt.success().await?;
+        gate.store.delete(&key).await?;
+        metrics::OTP_VERIFICATIONS
+            .with_label_values(&["burned"])
+            .inc();
+        return Err(FlowError::NoCode);
+    }
     let code = code.trim();
     let right = code.len() <= 16
         && bool::from(
@@ -252,23 +266,14 @@ pub async fn verify(
         .with_label_values(&["failure"])
         .inc();
     crate::audit::event("otp_failure", &p.sub, ip, "");
-    rec.tries_left = rec.tries_left.saturating_sub(1);
-    if rec.tries_left == 0 {
+    let left = (max_tries - tries).max(0) as u32;
+    if left == 0 {
         gate.store.delete(&key).await?;
         crate::audit::event("otp_burned", &p.sub, ip, "");
-    } else {
-        let ttl = Duration::from_secs((rec.expires_at - now).max(1) as u64);
-        gate.store
-            .put(
-                &key,
-                &serde_json::to_vec(&rec).map_err(|_| FlowError::Internal)?,
-                Some(ttl),
-            )
-            .await?;
     }
     match attempt.failure(&p.sub, ip).await? {
         FlowError::WrongPin { remaining } => Err(FlowError::WrongCode {
-            remaining: remaining.min(rec.tries_left),
+            remaining: remaining.min(left),
         }),
         other => Err(other),
     }

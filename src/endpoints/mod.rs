@@ -441,7 +441,7 @@ pub fn flow_page(gate: &Gate, e: FlowError, return_to: &str) -> Reply {
                 login_redirect(
                     gate,
                     gate.settings.public_url.as_deref().unwrap_or(""),
-                    &format!("/.stepgate/pin/setup?return_to={}", url_encode(return_to)),
+                    &format!("/.stepgate/challenge?return_to={}", url_encode(return_to)),
                 ),
             ) {
                 (Some(text), Some(url)) => {

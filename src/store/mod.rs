@@ -131,6 +131,9 @@ pub mod keys {
     pub fn otp_hourly(sub: &str) -> String {
         format!("{}:otp:hour", user(sub))
     }
+    pub fn otp_tries(sub: &str) -> String {
+        format!("{}:otp:tries", user(sub))
+    }
     pub fn otp_verified(sub: &str) -> String {
         format!("{}:otp:verified", user(sub))
     }
