@@ -33,3 +33,8 @@ if [ "$what" = test ] && ! python3 -c "import aiosmtpd" 2>/dev/null; then
   echo "install-deps: installing aiosmtpd"
   python3 -m pip install -q aiosmtpd 2>/dev/null || python3 -m pip install -q --break-system-packages aiosmtpd
 fi
+# PyJWT, to verify upstream assertions the way an app in Python would (tests/assertion.rs).
+if [ "$what" = test ] && ! python3 -c "import jwt, cryptography" 2>/dev/null; then
+  echo "install-deps: installing pyjwt and cryptography"
+  python3 -m pip install -q pyjwt cryptography 2>/dev/null || python3 -m pip install -q --break-system-packages pyjwt cryptography
+fi

@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh test
+# tests/example_verifier.rs runs this example's binary (cargo test builds examples only as test harnesses).
+cargo build --example verify_assertion
 cargo test --all-targets --no-fail-fast -- --test-threads=4
