@@ -211,11 +211,8 @@ impl ProxyHttp for Proxy {
         // 1. Read credentials, then strip every identity header the client sent.
         let req = session.req_header();
         let access_token = header(req, "authorization")
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(|t| t.trim().to_string())
+            .and_then(crate::web::bearer)
+            .map(str::to_string)
             .or_else(|| {
                 cookie(
                     req.headers.get_all("cookie").iter().map(|v| v.as_bytes()),

@@ -190,13 +190,15 @@ fn spawn_sweeper(gate: Arc<Gate>) {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 tick += 1;
                 // The store's state, for the metric and the log.
-                let up = gate.store.ping().await.is_ok();
+                let ping = gate.store.ping().await;
+                let up = ping.is_ok();
                 crate::metrics::STORE_UP.set(up as i64);
                 if up != was_up {
                     if up {
                         tracing::info!(target: "stepgate", "the store answers again");
                     } else {
-                        tracing::error!(target: "stepgate", "the store does not answer: protected routes fail closed (503)");
+                        let why = ping.err().map(|e| e.to_string()).unwrap_or_default();
+                        tracing::error!(target: "stepgate", error = %why, "the store does not answer: protected routes fail closed (503)");
                     }
                     was_up = up;
                 }

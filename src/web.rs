@@ -168,6 +168,16 @@ pub fn url_encode(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
+/// The credentials of an `Authorization: Bearer …` header; the scheme is
+/// case-insensitive (RFC 9110 §11.1).
+pub fn bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim())
+        .filter(|t| !t.is_empty())
+}
+
 /// Does the client want a page (a browser) rather than JSON?
 pub fn wants_html(accept: Option<&str>) -> bool {
     accept.is_some_and(|a| a.contains("text/html"))

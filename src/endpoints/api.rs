@@ -25,6 +25,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/stepup/otp/email"),
     ("PUT", "/stepup/otp/email"),
     ("POST", "/stepup/validate"),
+    ("POST", "/manage/account/{uid}/invalidate"),
 ];
 
 /// `{ErrorCode, Message, Description}` with the HTTP status that fits.
@@ -127,14 +128,22 @@ fn token_reply(gate: &Gate, p: &Principal, factor: Factor) -> Reply {
     )
 }
 
-fn unauthenticated() -> Reply {
+fn unauthenticated(presented: Option<&crate::identity::AuthError>) -> Reply {
+    // RFC 6750 §3.1: say `invalid_token` when a token was presented and failed.
+    let www = match presented {
+        None | Some(crate::identity::AuthError::Missing) => "Bearer realm=\"stepgate\"".to_string(),
+        Some(e) => format!(
+            "Bearer realm=\"stepgate\", error=\"invalid_token\", error_description=\"{}\"",
+            e.reason()
+        ),
+    };
     error(
         401,
         906,
         "The access token is invalid",
         "Send a valid access token in Authorization: Bearer.",
     )
-    .add("WWW-Authenticate", "Bearer realm=\"stepgate\"".into())
+    .add("WWW-Authenticate", www)
 }
 
 pub async fn handle(gate: &Gate, req: &Req<'_>) -> Reply {
@@ -156,13 +165,13 @@ pub async fn handle(gate: &Gate, req: &Req<'_>) -> Reply {
     }
     let p = match &req.principal {
         Ok(p) => p,
-        Err(_)
+        Err(e)
             if matches!(
                 route,
                 "/stepup/trigger" | "/stepup/pin" | "/stepup/otp/email"
             ) =>
         {
-            return unauthenticated()
+            return unauthenticated(Some(e))
         }
         Err(_) => return error(404, 901, "Not found", "No such API endpoint."),
     };
@@ -304,10 +313,7 @@ fn check_api_secret(gate: &Gate, req: &Req<'_>) -> Result<(), Reply> {
             "Set `api.secret` in the gateway config.",
         ));
     };
-    let given = req
-        .authorization
-        .and_then(|a| a.strip_prefix("Bearer "))
-        .unwrap_or("");
+    let given = req.authorization.and_then(crate::web::bearer).unwrap_or("");
     if !bool::from(given.as_bytes().ct_eq(secret.expose())) {
         return Err(error(
             401,

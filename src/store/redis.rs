@@ -37,6 +37,7 @@ pub struct RedisStore {
     rt: tokio::runtime::Handle,
     incr: Script,
     decr: Script,
+    last_connect_error: std::sync::atomic::AtomicI64,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -105,6 +106,7 @@ impl RedisStore {
             rt: handle,
             incr: Script::new(INCR),
             decr: Script::new(DECR),
+            last_connect_error: Default::default(),
         })
     }
 
@@ -121,7 +123,7 @@ impl RedisStore {
                 let cfg = ConnectionManagerConfig::new()
                     .set_connection_timeout(timeout)
                     .set_response_timeout(timeout)
-                    .set_number_of_retries(1)
+                    .set_number_of_retries(0)
                     .set_max_delay(1000);
                 self.rt.spawn(async move {
                     ConnectionManager::new_with_config(client, cfg)
@@ -142,7 +144,20 @@ impl RedisStore {
                     .spawn(async move { client.get_async_connection().await.map(Conn::Cluster) })
             }
         };
-        fut.await.map_err(unavailable)?.map_err(unavailable)
+        let r = fut.await.map_err(unavailable)?.map_err(unavailable);
+        if let Err(e) = &r {
+            // Say why (refused password, TLS, DNS), at most every 10 s.
+            let now = crate::clock::now();
+            let last = self
+                .last_connect_error
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if now - last >= 10 {
+                self.last_connect_error
+                    .store(now, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(target: "stepgate", error = %e, "cannot connect to Redis");
+            }
+        }
+        r
     }
 
     async fn conn(&self) -> Result<Conn, StoreError> {
@@ -247,6 +262,7 @@ impl Store for RedisStore {
             rt: self.rt.clone(),
             incr: Script::new(INCR),
             decr: Script::new(DECR),
+            last_connect_error: Default::default(),
         };
         self.rt.spawn(async move {
             use futures_util::StreamExt;
