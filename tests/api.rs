@@ -628,11 +628,21 @@ fn missing_or_invalid_access_token_is_401_906() {
             );
         }
     }
-    // The access token may also come in the configured cookie.
+    // The API reads the access token from Authorization only: the cookie
+    // alone is refused, so a cross-site link cannot send codes in the
+    // user's name (GET /stepup/otp/email) or spend their cooldown.
     let at = alice(&g);
     let r = c
-        .get(api(&g, "/stepup/trigger"))
+        .get(api(&g, "/stepup/otp/email"))
         .header("Cookie", format!("access_token={at}"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let body: serde_json::Value = r.json().unwrap();
+    assert_eq!(body["ErrorCode"], 906);
+    let r = c
+        .get(api(&g, "/stepup/trigger"))
+        .header("Authorization", format!("Bearer {at}"))
         .send()
         .unwrap();
     assert_ok_json(r);

@@ -163,7 +163,16 @@ pub async fn handle(gate: &Gate, req: &Req<'_>) -> Reply {
             _ => error(405, 901, "Method not allowed", "Use POST."),
         };
     }
-    let p = match &req.principal {
+    // The API takes the access token from Authorization only, never from
+    // the cookie: a cross-site link must not be able to send codes or spend
+    // a user's cooldown and hourly cap.
+    let from_header = req.authorization.and_then(crate::web::bearer).is_some();
+    let principal = if from_header {
+        req.principal.clone()
+    } else {
+        Err(crate::identity::AuthError::Missing)
+    };
+    let p = match &principal {
         Ok(p) => p,
         Err(e)
             if matches!(
