@@ -9,6 +9,59 @@ use std::collections::HashMap;
 
 use super::glob::{has_wildcard, wildcard};
 
+/// Children keyed by glob patterns. `*suffix` patterns (the common
+/// `*.pdf`, `*.tenant.example.com`) are found by hashing the text's suffix of
+/// each length in use, so thousands of them cost a handful of lookups; other
+/// patterns are tried one by one.
+#[derive(Debug)]
+struct Globs<T> {
+    by_suffix: HashMap<Box<[u8]>, T>,
+    suffix_lens: Vec<usize>,
+    other: Vec<(Box<[u8]>, T)>,
+}
+
+impl<T> Default for Globs<T> {
+    fn default() -> Self {
+        Globs {
+            by_suffix: HashMap::new(),
+            suffix_lens: Vec::new(),
+            other: Vec::new(),
+        }
+    }
+}
+
+impl<T: Default> Globs<T> {
+    fn entry(&mut self, pattern: &str) -> &mut T {
+        let b = pattern.as_bytes();
+        if let Some(lit) = pattern.strip_prefix('*').filter(|l| !has_wildcard(l)) {
+            if !self.suffix_lens.contains(&lit.len()) {
+                self.suffix_lens.push(lit.len());
+            }
+            return self.by_suffix.entry(lit.as_bytes().into()).or_default();
+        }
+        let pos = self.other.iter().position(|(g, _)| &**g == b);
+        let i = pos.unwrap_or_else(|| {
+            self.other.push((b.into(), T::default()));
+            self.other.len() - 1
+        });
+        &mut self.other[i].1
+    }
+
+    fn matching<'a>(&'a self, text: &'a [u8]) -> impl Iterator<Item = &'a T> + 'a {
+        let by_suffix = self
+            .suffix_lens
+            .iter()
+            .filter(|l| **l <= text.len())
+            .filter_map(move |l| self.by_suffix.get(&text[text.len() - l..]));
+        by_suffix.chain(
+            self.other
+                .iter()
+                .filter(move |(g, _)| wildcard(g, text))
+                .map(|(_, n)| n),
+        )
+    }
+}
+
 #[derive(Default, Debug)]
 struct Node {
     /// Rules whose pattern ends at this node, ascending.
@@ -17,7 +70,7 @@ struct Node {
     /// Whole-segment `*`: exactly one segment.
     star: Option<Box<Node>>,
     /// Segments with `*`/`?` inside, such as `*.json`.
-    globs: Vec<(Box<[u8]>, Node)>,
+    globs: Globs<Node>,
     /// `**`: zero or more segments.
     deep: Option<Box<Node>>,
 }
@@ -31,14 +84,7 @@ impl Node {
         let child = match *first {
             "**" => self.deep.get_or_insert_with(Default::default).as_mut(),
             "*" => self.star.get_or_insert_with(Default::default).as_mut(),
-            s if has_wildcard(s) => {
-                let pos = self.globs.iter().position(|(g, _)| &**g == s.as_bytes());
-                let i = pos.unwrap_or_else(|| {
-                    self.globs.push((s.as_bytes().into(), Node::default()));
-                    self.globs.len() - 1
-                });
-                &mut self.globs[i].1
-            }
+            s if has_wildcard(s) => self.globs.entry(s),
             s => self.literal.entry(s.into()).or_default(),
         };
         child.insert(rest, rule);
@@ -66,10 +112,8 @@ impl Node {
                         n.find(rest, best, accept);
                     }
                 }
-                for (g, n) in &self.globs {
-                    if wildcard(g, first.as_bytes()) {
-                        n.find(rest, best, accept);
-                    }
+                for n in self.globs.matching(first.as_bytes()) {
+                    n.find(rest, best, accept);
                 }
             }
         }
@@ -98,7 +142,7 @@ pub fn segments(path: &str) -> Vec<&str> {
 pub struct Index {
     any_host: Node,
     exact_hosts: HashMap<Box<str>, Node>,
-    glob_hosts: Vec<(Box<[u8]>, Node)>,
+    glob_hosts: Globs<Node>,
 }
 
 impl Index {
@@ -106,17 +150,7 @@ impl Index {
     pub fn insert(&mut self, host: Option<&str>, path: &str, rule: u32) {
         let node = match host {
             None => &mut self.any_host,
-            Some(h) if has_wildcard(h) => {
-                let pos = self
-                    .glob_hosts
-                    .iter()
-                    .position(|(g, _)| &**g == h.as_bytes());
-                let i = pos.unwrap_or_else(|| {
-                    self.glob_hosts.push((h.as_bytes().into(), Node::default()));
-                    self.glob_hosts.len() - 1
-                });
-                &mut self.glob_hosts[i].1
-            }
+            Some(h) if has_wildcard(h) => self.glob_hosts.entry(h),
             Some(h) => self.exact_hosts.entry(h.into()).or_default(),
         };
         node.insert(&segments(path), rule);
@@ -130,10 +164,8 @@ impl Index {
         if let Some(n) = self.exact_hosts.get(host) {
             n.find(segs, &mut best, accept);
         }
-        for (g, n) in &self.glob_hosts {
-            if wildcard(g, host.as_bytes()) {
-                n.find(segs, &mut best, accept);
-            }
+        for n in self.glob_hosts.matching(host.as_bytes()) {
+            n.find(segs, &mut best, accept);
         }
         (best != u32::MAX).then_some(best)
     }
@@ -201,6 +233,29 @@ mod tests {
         assert_eq!(find(&ix, "h", "/files/x.pdf"), Some(0));
         assert_eq!(find(&ix, "h", "/files/x.txt"), None);
         assert_eq!(find(&ix, "h", "/api/v2/users"), Some(1));
+    }
+
+    #[test]
+    fn thousands_of_suffix_globs_are_indexed_and_still_match_like_wildcards() {
+        let mut rules: Vec<(Option<String>, String)> = (0..3000)
+            .map(|i| (Some(format!("*.t{i}.example.com")), "/x".to_string()))
+            .collect();
+        rules.push((None, "/f/*.pdf".into()));
+        rules.push((None, "/f/a*z".into()));
+        let mut ix = Index::default();
+        for (i, (h, p)) in rules.iter().enumerate() {
+            ix.insert(h.as_deref(), p, i as u32);
+        }
+        assert_eq!(find(&ix, "app.t2999.example.com", "/x"), Some(2999));
+        assert_eq!(find(&ix, "a.b.t7.example.com", "/x"), Some(7));
+        assert_eq!(
+            find(&ix, "t7.example.com", "/x"),
+            None,
+            "`*.` needs a label before the dot"
+        );
+        assert_eq!(find(&ix, "h", "/f/r.pdf"), Some(3000));
+        assert_eq!(find(&ix, "h", "/f/abcz"), Some(3001));
+        assert_eq!(find(&ix, "h", "/f/r.pdfx"), None);
     }
 
     #[test]
