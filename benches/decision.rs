@@ -529,6 +529,38 @@ fn bench_stepup(c: &mut Criterion) {
     g.finish();
 }
 
+// ---------- 4b. assertion signing, with and without its cache ----------
+
+fn bench_assertion(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let signer = stepgate::assertion::Signer::new(
+        &dir.path().join("assertion.pem"),
+        None,
+        "stepgate".into(),
+        "app".into(),
+    )
+    .expect("signer");
+    let claims = stepgate::assertion::Claims {
+        sub: "alice",
+        email: Some("alice@example.com"),
+        amr: vec!["pin"],
+        acr: "urn:stepgate:acr:step-up",
+        auth_time: Some(NOW - 30),
+        rule: "admin",
+        method: "GET",
+        path: "/admin/users",
+        session: "sid:s1",
+    };
+    let mut g = c.benchmark_group("assertion_sign");
+    g.bench_function("fresh_es256", |b| {
+        b.iter(|| signer.sign_fresh(black_box(&claims), NOW))
+    });
+    g.bench_function("cached_same_claims", |b| {
+        b.iter(|| signer.sign(black_box(&claims), NOW))
+    });
+    g.finish();
+}
+
 // ---------- 5. pin_verify ----------
 
 fn bench_pin(c: &mut Criterion) {
@@ -576,6 +608,7 @@ criterion_group!(
     bench_policy_lookup,
     bench_first_factor,
     bench_stepup,
+    bench_assertion,
     bench_pin
 );
 criterion_main!(benches);
