@@ -177,6 +177,7 @@ impl Shared {
             format!("{:?}", settings.tls) != format!("{:?}", o.tls),
         );
         keep("threads", settings.threads != o.threads);
+        keep("upstream_ca", settings.upstream_ca != o.upstream_ca);
         keep(
             "store",
             format!("{:?}", settings.store) != format!("{:?}", o.store),
@@ -205,6 +206,7 @@ impl Shared {
         settings.threads = o.threads;
         settings.store = o.store.clone();
         settings.metrics_listen = o.metrics_listen.clone();
+        settings.upstream_ca = o.upstream_ca.clone();
         settings.signing = o.signing.clone();
         settings.first_factor = crate::config::FirstFactor {
             cookie: n.cookie.clone(),

@@ -553,6 +553,17 @@ impl ProxyHttp for Proxy {
         if !resp.headers.contains_key("x-request-id") {
             resp.insert_header("X-Request-Id", ctx.request_id.as_str())?;
         }
+        if let Some(max_age) = ctx
+            .gate
+            .as_ref()
+            .and_then(|g| g.settings.tls.as_ref())
+            .and_then(|t| t.hsts)
+        {
+            resp.insert_header(
+                "Strict-Transport-Security",
+                format!("max-age={}", max_age.as_secs()),
+            )?;
+        }
         Ok(())
     }
 

@@ -75,6 +75,11 @@ pub fn run(config_path: &Path, settings: Settings, extra: Extra) -> Result<(), S
     };
     conf.upgrade_sock = gate.settings.upgrade_sock.to_string_lossy().into_owned();
     conf.pid_file = gate.settings.pid_file.to_string_lossy().into_owned();
+    conf.ca_file = gate
+        .settings
+        .upstream_ca
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned());
     conf.grace_period_seconds = Some(5);
     conf.graceful_shutdown_timeout_seconds = Some(5);
     let opt = Opt {

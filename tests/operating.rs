@@ -1030,3 +1030,71 @@ fn ready_and_health_answer_with_the_memory_store() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().unwrap(), "ok");
 }
+
+#[test]
+fn hsts_is_sent_when_configured_and_https_upstreams_are_verified_against_upstream_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    // A private CA and a leaf certificate for 127.0.0.1 signed by it.
+    let d = certs.path();
+    std::fs::write(
+        d.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    for args in [
+        "req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ca.key -out ca.pem",
+        "req -newkey rsa:2048 -nodes -subj /CN=upstream.test -keyout key.pem -out leaf.csr",
+        "x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile leaf.ext -out cert.pem",
+    ] {
+        let out = Command::new("openssl").args(args.split(' ')).current_dir(d).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let tls = format!(
+        "tls:\n  cert: \"{}\"\n  key: \"{}\"\n  hsts: 1d\n",
+        certs.path().join("cert.pem").display(),
+        certs.path().join("key.pem").display()
+    );
+    // A TLS gateway stands in for an https:// app.
+    let app = Gateway::start_with(opts(DEFAULT_POLICY, &tls));
+    let r = tls_client(false)
+        .get(https(&app, "/public/x"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["strict-transport-security"], "max-age=86400");
+
+    let front = |extra: &str| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let port = free_port();
+        let cfg = write_config(
+            &dir,
+            port,
+            &format!("https://127.0.0.1:{}", app.port),
+            DEFAULT_POLICY,
+            extra,
+        );
+        let p = spawn(
+            Command::new(BIN).args(["serve", "--config"]).arg(&cfg),
+            dir.join("front.log"),
+        );
+        wait_for_port(port, Duration::from_secs(15));
+        (p, port)
+    };
+    // Trusting the app's certificate: forwarded over verified TLS.
+    let (_trusting, port) = front(&format!(
+        "upstream_ca: \"{}\"\n",
+        certs.path().join("ca.pem").display()
+    ));
+    let r = client()
+        .get(format!("http://127.0.0.1:{port}/public/x"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Not trusting it: the connection is refused, never sent in the clear.
+    let (_strict, port) = front("");
+    let r = client()
+        .get(format!("http://127.0.0.1:{port}/public/x"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 502);
+}

@@ -70,6 +70,9 @@ struct FileConfig {
     /// listeners on SIGQUIT.
     upgrade_sock: Option<String>,
     pid_file: Option<String>,
+    /// CA certificates (PEM) trusted for `https://` upstreams, instead of the
+    /// system's.
+    upstream_ca: Option<String>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -77,6 +80,8 @@ struct FileConfig {
 struct TlsFile {
     cert: String,
     key: String,
+    /// Send Strict-Transport-Security with this max-age (e.g. 1y = 365d).
+    hsts: Option<Dur>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -423,6 +428,7 @@ impl HeaderNames {
 pub struct Tls {
     pub cert: PathBuf,
     pub key: PathBuf,
+    pub hsts: Option<Duration>,
 }
 
 /// The validated gateway configuration.
@@ -452,6 +458,7 @@ pub struct Settings {
     /// Back ends authenticate with it on /.stepgate/api/stepup/validate.
     pub api_secret: Option<Secret>,
     pub assertion: AssertionSettings,
+    pub upstream_ca: Option<PathBuf>,
     pub upgrade_sock: PathBuf,
     pub pid_file: PathBuf,
 }
@@ -530,6 +537,7 @@ impl Builder<'_> {
         let tls = f.tls.map(|t| Tls {
             cert: self.path(&t.cert),
             key: self.path(&t.key),
+            hsts: t.hsts.map(|d| d.0),
         });
         if let Some(t) = &tls {
             for (k, p) in [("tls.cert", &t.cert), ("tls.key", &t.key)] {
@@ -712,6 +720,15 @@ impl Builder<'_> {
         };
         let site_title = f.pages.title.unwrap_or_else(|| "stepgate".into());
         let mail = f.mail.and_then(|m| self.mail(m));
+        let upstream_ca = f.upstream_ca.map(|p| self.path(&p));
+        if let Some(p) = &upstream_ca {
+            if !p.is_file() {
+                self.err(
+                    "upstream_ca",
+                    format!("{} does not exist or is not a file", p.display()),
+                );
+            }
+        }
         let api_secret = match f.api {
             None => None,
             Some(s) => match load_secret(
@@ -832,6 +849,7 @@ impl Builder<'_> {
             email_otp,
             api_secret,
             assertion,
+            upstream_ca,
             upgrade_sock,
             pid_file,
         })
