@@ -1,0 +1,1098 @@
+//! The Redis store over real processes: every test starts its own
+//! `redis-server` (or three, for a cluster) on free loopback ports and kills
+//! them at the end. Shown here: several gateways on one Redis behave as one
+//! (enrollment, step-up tokens, one lockout across instances under
+//! concurrency), a valid step-up token costs no Redis command, a killed Redis
+//! fails closed and heals by itself without losing data (AOF), a three-master
+//! Redis Cluster, key prefixes, `stepgate store migrate` from the embedded
+//! store, password authentication (right and wrong), and a step-down that
+//! still reaches every gateway after Redis was killed and restarted.
+
+mod common;
+use common::*;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use reqwest::blocking::{Client, Response};
+
+const PIN: &str = "2580";
+const WRONG_PIN: &str = "1397";
+
+// ---------------------------------------------------------------------------
+// Redis processes
+// ---------------------------------------------------------------------------
+
+/// Fail (not skip) when Redis is missing: the suite's one command installs it.
+fn require_redis() {
+    for bin in ["redis-server", "redis-cli"] {
+        let ok = Command::new(bin)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "`{bin}` is not installed. These tests run a real Redis: run scripts/test.sh \
+             (it installs redis-server and the other test dependencies), or \
+             `apt-get install redis-server` as root."
+        );
+    }
+}
+
+/// A `redis-server` process, SIGKILLed when dropped. Can be killed and
+/// restarted on the same port with the same arguments (and data directory).
+struct Redis {
+    port: u16,
+    args: Vec<String>,
+    dir: PathBuf,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Redis {
+    /// A plain server: no persistence.
+    fn start(dir: &Path, extra: &[&str]) -> Redis {
+        Redis::start_on(
+            free_port(),
+            dir,
+            &["--save", "", "--appendonly", "no"],
+            extra,
+        )
+    }
+
+    /// A durable server: every write is fsynced to the append-only file in `dir`.
+    fn start_durable(dir: &Path) -> Redis {
+        let d = dir.to_str().unwrap().to_string();
+        Redis::start_on(
+            free_port(),
+            dir,
+            &[
+                "--save",
+                "",
+                "--dir",
+                &d,
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ],
+            &[],
+        )
+    }
+
+    fn start_on(port: u16, dir: &Path, base: &[&str], extra: &[&str]) -> Redis {
+        require_redis();
+        let mut args: Vec<String> = vec![
+            "--port".into(),
+            port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+        ];
+        args.extend(base.iter().chain(extra).map(|s| s.to_string()));
+        let mut r = Redis {
+            port,
+            args,
+            dir: dir.to_path_buf(),
+            child: None,
+            starts: 0,
+        };
+        r.restart();
+        r
+    }
+
+    /// (Re)start the server with the same arguments; wait until it answers PING.
+    fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        self.starts += 1;
+        let log = self
+            .dir
+            .join(format!("redis-{}-{}.log", self.port, self.starts));
+        let out = std::fs::File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        let child = Command::new("redis-server")
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("redis-server starts (installed by scripts/test.sh)");
+        self.child = Some(child);
+        let start = Instant::now();
+        loop {
+            if self.cli(&["PING"]).trim() == "PONG" {
+                return;
+            }
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "redis-server on port {} exited ({st}): {}",
+                    self.port,
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "redis-server on port {} does not answer PING: {}",
+                self.port,
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no shutdown, no final save.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `redis-cli -p PORT ARGS…` (with the password, when the server has one); stdout.
+    fn cli(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-p", &self.port.to_string()]);
+        if let Some(i) = self.args.iter().position(|a| a == "--requirepass") {
+            cmd.args(["--no-auth-warning", "-a", &self.args[i + 1]]);
+        }
+        let out = cmd.args(args).stderr(Stdio::null()).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Every key, via SCAN (this node only, for cluster nodes).
+    fn keys(&self) -> Vec<String> {
+        let mut k: Vec<String> = self
+            .cli(&["--scan"])
+            .lines()
+            .map(str::to_string)
+            .filter(|l| !l.is_empty())
+            .collect();
+        k.sort();
+        k
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// `INFO commandstats` as command → calls.
+    fn command_calls(&self) -> BTreeMap<String, u64> {
+        self.cli(&["INFO", "commandstats"])
+            .lines()
+            .filter_map(|l| {
+                let (name, rest) = l.trim().strip_prefix("cmdstat_")?.split_once(':')?;
+                let calls = rest
+                    .split(',')
+                    .find_map(|f| f.strip_prefix("calls="))?
+                    .parse()
+                    .ok()?;
+                Some((name.to_string(), calls))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Calls per command between two `INFO commandstats`, leaving out the
+/// gateway's once-a-second PING and our own INFO.
+fn commands_between(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .filter(|(k, _)| k.as_str() != "ping" && k.as_str() != "info")
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
+        .filter(|(_, d)| *d > 0)
+        .collect()
+}
+
+/// A free port at or below 55535 whose cluster-bus port (+10000) is free too.
+fn cluster_port() -> u16 {
+    loop {
+        let p = free_port();
+        if p <= 55535 && std::net::TcpListener::bind(("127.0.0.1", p + 10000)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// Three masters, no replicas, all 16384 slots assigned.
+fn start_cluster(dir: &Path) -> Vec<Redis> {
+    let nodes: Vec<Redis> = (0..3)
+        .map(|_| {
+            let port = cluster_port();
+            let d = dir.to_str().unwrap().to_string();
+            let conf = format!("nodes-{port}.conf");
+            Redis::start_on(
+                port,
+                dir,
+                &[
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    &d,
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &conf,
+                    "--cluster-node-timeout",
+                    "5000",
+                ],
+                &[],
+            )
+        })
+        .collect();
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let out = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "redis-cli --cluster create: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "every node says cluster_state:ok",
+        || {
+            nodes
+                .iter()
+                .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        },
+    );
+    nodes
+}
+
+// ---------------------------------------------------------------------------
+// Gateways and flows
+// ---------------------------------------------------------------------------
+
+fn store_single(url: &str, more: &str) -> String {
+    format!("  kind: redis\n  url: \"{url}\"\n{more}")
+}
+
+/// A gateway whose per-IP lockout is out of the way (all test traffic comes
+/// from 127.0.0.1), so the per-user limit (5) is what is measured. The store
+/// timeout is 1 s rather than the default 250 ms: on a loaded two-core
+/// machine a cluster node has been seen to take longer than 250 ms to
+/// answer, and none of these tests is about the exact bound.
+fn gateway(mut store: String, extra: &str) -> Gateway {
+    if !store.contains("  timeout:") && !store.contains("kind: embedded") {
+        store.push_str("  timeout: 1s\n");
+    }
+    Gateway::start_with(GatewayOptions {
+        store,
+        extra_config: format!("lockout:\n  ip_max_failures: 1000\n{extra}"),
+        ..Default::default()
+    })
+}
+
+fn wait_until(within: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < within, "not within {within:?}: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn get_html(c: &Client, url: &str, cookie: &str) -> Response {
+    c.get(url)
+        .header("Cookie", cookie)
+        .header("Accept", "text/html")
+        .send()
+        .unwrap()
+}
+
+fn setup_csrf(g: &Gateway, c: &Client, at: &str) -> String {
+    let r = get_html(
+        c,
+        &g.url("/.stepgate/pin/setup?return_to=/admin/x"),
+        &format!("access_token={at}"),
+    );
+    assert_eq!(
+        r.status(),
+        200,
+        "the enrollment form is offered; store warnings:\n{}",
+        store_warnings(g)
+    );
+    csrf_of(&r.text().unwrap())
+}
+
+/// The CSRF token of the PIN form: the form is only offered when the store
+/// has a PIN for the user.
+fn pin_csrf(g: &Gateway, c: &Client, at: &str) -> String {
+    let r = get_html(
+        c,
+        &g.url("/.stepgate/pin?return_to=/admin/x"),
+        &format!("access_token={at}"),
+    );
+    assert_eq!(
+        r.status(),
+        200,
+        "the PIN form is offered (the user has a PIN in this gateway's store); store warnings:\n{}",
+        store_warnings(g)
+    );
+    csrf_of(&r.text().unwrap())
+}
+
+fn enroll(g: &Gateway, c: &Client, at: &str, pin: &str) {
+    let csrf = setup_csrf(g, c, at);
+    let r = c
+        .post(g.url("/.stepgate/pin/setup"))
+        .header("Cookie", format!("access_token={at}"))
+        .header("Accept", "text/html")
+        .form(&[
+            ("pin", pin),
+            ("pin_confirm", pin),
+            ("csrf", &csrf),
+            ("return_to", "/admin/x"),
+        ])
+        .send()
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        303,
+        "enrollment succeeds; the gateway's store warnings:\n{}",
+        store_warnings(g)
+    );
+}
+
+fn post_pin(g: &Gateway, c: &Client, at: &str, csrf: &str, pin: &str) -> Response {
+    c.post(g.url("/.stepgate/pin"))
+        .header("Cookie", format!("access_token={at}"))
+        .header("Accept", "text/html")
+        .form(&[("pin", pin), ("csrf", csrf), ("return_to", "/admin/x")])
+        .send()
+        .unwrap()
+}
+
+/// Step up with `pin` on `g`; the step-up token from the cookie.
+fn step_up(g: &Gateway, c: &Client, at: &str, pin: &str) -> String {
+    let csrf = pin_csrf(g, c, at);
+    let r = post_pin(g, c, at, &csrf, pin);
+    assert_eq!(
+        r.status(),
+        303,
+        "the right PIN is accepted; the gateway's store warnings:\n{}",
+        store_warnings(g)
+    );
+    set_cookie(&r, "stepgate_su").expect("step-up cookie")
+}
+
+/// API request with the access token and the step-up token.
+fn api_get(g: &Gateway, c: &Client, path: &str, at: &str, su: &str) -> Response {
+    c.get(g.url(path))
+        .header("Authorization", format!("Bearer {at}"))
+        .header("X-Stepgate-Token", su)
+        .send()
+        .unwrap()
+}
+
+fn assert_forwarded(r: Response, path: &str, user: &str) {
+    assert_eq!(r.status(), 200, "forwarded upstream");
+    let echo: serde_json::Value = r.json().expect("the upstream's JSON echo");
+    assert_eq!(echo["path"], path, "the upstream saw the request");
+    let seen = echo["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h[0] == "x-stepgate-user")
+        .map(|h| h[1].as_str().unwrap().to_string());
+    assert_eq!(seen.as_deref(), Some(user), "X-Stepgate-User upstream");
+}
+
+/// Audit events of kind `event` for `user` in the gateway's JSON log.
+fn events(g: &Gateway, event: &str, user: &str) -> usize {
+    g.log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == event && v["user"] == user)
+        .count()
+}
+
+/// A metric's value from the Prometheus endpoint (None when not exported).
+fn metric(port: u16, series: &str) -> Option<f64> {
+    let text = client()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .ok()?
+        .text()
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .map(|v| v.trim().parse().unwrap())
+}
+
+/// The gateway's log lines about the store (for failure messages).
+fn store_warnings(g: &Gateway) -> String {
+    g.log()
+        .lines()
+        .filter(|l| l.contains("store") && !l.contains("\"target\":\"access\""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn status(c: &Client, url: &str) -> u16 {
+    c.get(url).send().map(|r| r.status().as_u16()).unwrap_or(0)
+}
+
+/// Send `n` concurrent wrong PINs for one user, `n/2` to each gateway;
+/// the statuses per gateway.
+fn concurrent_wrong_pins(gws: [&Gateway; 2], at: &str, n: usize) -> [Vec<u16>; 2] {
+    let c = client();
+    let csrfs = [pin_csrf(gws[0], &c, at), pin_csrf(gws[1], &c, at)];
+    let barrier = Barrier::new(n);
+    let results: Vec<(usize, u16)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let (g, csrf, barrier) = (gws[i % 2], &csrfs[i % 2], &barrier);
+                s.spawn(move || {
+                    let c = Client::builder()
+                        .redirect(reqwest::redirect::Policy::none())
+                        .timeout(Duration::from_secs(120))
+                        .build()
+                        .unwrap();
+                    barrier.wait();
+                    (
+                        i % 2,
+                        post_pin(g, &c, at, csrf, WRONG_PIN).status().as_u16(),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut out = [Vec::new(), Vec::new()];
+    for (g, s) in results {
+        out[g].push(s);
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// 1. Two gateways on one Redis behave as one
+// ---------------------------------------------------------------------------
+
+#[test]
+fn two_gateways_on_one_redis_share_pins_tokens_and_one_lockout() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path(), &[]);
+    let a = gateway(store_single(&redis.url(), ""), "");
+    let b = gateway(store_single(&redis.url(), ""), "");
+    let c = client();
+
+    // Enrolled through A, verified on B; B's token opens A's protected route.
+    let at = a.token("alice", &[]);
+    enroll(&a, &c, &at, PIN);
+    let su_b = step_up(&b, &c, &at, PIN);
+    assert_forwarded(api_get(&a, &c, "/admin/x", &at, &su_b), "/admin/x", "alice");
+    // And the other way round.
+    let su_a = step_up(&a, &c, &at, PIN);
+    assert_forwarded(api_get(&b, &c, "/admin/x", &at, &su_a), "/admin/x", "alice");
+    // B cannot enroll alice a second time: it sees A's record.
+    let r = get_html(
+        &c,
+        &b.url("/.stepgate/pin/setup?return_to=/admin/x"),
+        &format!("access_token={at}"),
+    );
+    assert_ne!(
+        r.status(),
+        200,
+        "no enrollment form on B for a user A enrolled"
+    );
+
+    // Wrong PINs sent to A and B at once add up to one lockout at 5.
+    let victim = a.token("victim", &[]);
+    enroll(&b, &c, &victim, PIN);
+    const N: usize = 12;
+    let [sa, sb] = concurrent_wrong_pins([&a, &b], &victim, N);
+    let all: Vec<u16> = sa.iter().chain(&sb).copied().collect();
+    let wrong = all.iter().filter(|s| **s == 401).count();
+    let locked = all.iter().filter(|s| **s == 429).count();
+    assert_eq!(
+        (wrong, locked),
+        (4, N - 4),
+        "exactly 5 guesses evaluated across both gateways: 4 'wrong', the 5th and all others 'locked'; A answered {sa:?}, B answered {sb:?}"
+    );
+    // The audit logs of A and B together hold exactly 5 evaluated guesses.
+    let mut failures = (0, 0);
+    let _ = wait_until(Duration::from_secs(20), "5 pin_failure events", || {
+        failures = (
+            events(&a, "pin_failure", "victim"),
+            events(&b, "pin_failure", "victim"),
+        );
+        failures.0 + failures.1 >= 5
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    failures = (
+        events(&a, "pin_failure", "victim"),
+        events(&b, "pin_failure", "victim"),
+    );
+    assert_eq!(
+        failures.0 + failures.1,
+        5,
+        "pin_failure events on A + B: {failures:?}"
+    );
+    let lockouts = events(&a, "lockout", "victim") + events(&b, "lockout", "victim");
+    assert_eq!(lockouts, 1, "one lockout event across both gateways");
+    // Both gateways refuse even the right PIN now.
+    for g in [&a, &b] {
+        let csrf = pin_csrf(g, &c, &victim);
+        assert_eq!(post_pin(g, &c, &victim, &csrf, PIN).status(), 429);
+    }
+    // alice is not affected.
+    step_up(&b, &c, &at, PIN);
+    eprintln!("lockout across gateways: A answered {sa:?}, B answered {sb:?}; pin_failure events A={} B={}", failures.0, failures.1);
+}
+
+// ---------------------------------------------------------------------------
+// 2. A valid step-up token costs no Redis command
+// ---------------------------------------------------------------------------
+
+#[test]
+fn requests_with_a_valid_step_up_token_send_no_command_to_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path(), &[]);
+    let g = gateway(store_single(&redis.url(), ""), "");
+    let c = client();
+    let at = g.token("alice", &[]);
+    enroll(&g, &c, &at, PIN);
+    let csrf = pin_csrf(&g, &c, &at);
+
+    // The counting works: one PIN verification is visible in commandstats.
+    let before = redis.command_calls();
+    let r = post_pin(&g, &c, &at, &csrf, PIN);
+    assert_eq!(r.status(), 303);
+    let su = set_cookie(&r, "stepgate_su").unwrap();
+    let pin_cmds = commands_between(&before, &redis.command_calls());
+    assert!(
+        !pin_cmds.is_empty(),
+        "a PIN verification reaches Redis: {pin_cmds:?}"
+    );
+
+    // Warm the connection to the upstream, then count.
+    assert_forwarded(api_get(&g, &c, "/admin/x", &at, &su), "/admin/x", "alice");
+    let before = redis.command_calls();
+    for i in 0..200 {
+        let path = format!("/admin/page-{i}");
+        let r = api_get(&g, &c, &path, &at, &su);
+        assert_eq!(r.status(), 200, "request {i} forwarded");
+    }
+    let after = redis.command_calls();
+    let diff = commands_between(&before, &after);
+    assert!(
+        diff.is_empty(),
+        "200 requests with a valid step-up token sent commands to Redis: {diff:?}"
+    );
+    let pings = after.get("ping").copied().unwrap_or(0) - before.get("ping").copied().unwrap_or(0);
+    eprintln!(
+        "commands for one PIN verification: {pin_cmds:?}; for 200 step-up requests: {diff:?} (plus {pings} background PINGs)"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 3. Redis killed: fail closed, keep serving the rest, heal without data loss
+// ---------------------------------------------------------------------------
+
+#[test]
+fn killed_redis_fails_closed_then_heals_without_losing_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = Redis::start_durable(dir.path());
+    let mport = free_port();
+    let g = gateway(
+        store_single(&redis.url(), ""),
+        &format!("metrics:\n  listen: \"127.0.0.1:{mport}\"\n"),
+    );
+    let c = client();
+    let at = g.token("alice", &[]);
+    enroll(&g, &c, &at, PIN);
+    let csrf = pin_csrf(&g, &c, &at);
+    let su = step_up(&g, &c, &at, PIN);
+    wait_until(Duration::from_secs(10), "stepgate_store_up 1", || {
+        metric(mport, "stepgate_store_up") == Some(1.0)
+    });
+    assert_eq!(status(&c, &g.url("/.stepgate/ready")), 200);
+
+    redis.kill();
+    let killed = Instant::now();
+
+    // PIN verification fails closed, and says so promptly.
+    let t = Instant::now();
+    let r = post_pin(&g, &c, &at, &csrf, PIN);
+    let fail_closed = t.elapsed();
+    assert_eq!(
+        r.status(),
+        503,
+        "PIN verification without a store fails closed"
+    );
+    assert!(set_cookie(&r, "stepgate_su").is_none());
+    assert!(
+        fail_closed < Duration::from_secs(5),
+        "the 503 came after {fail_closed:?}"
+    );
+    // A second one, now that the connection is known to be gone.
+    let t = Instant::now();
+    assert_eq!(post_pin(&g, &c, &at, &csrf, PIN).status(), 503);
+    let fail_closed_2 = t.elapsed();
+    assert!(fail_closed_2 < Duration::from_secs(5));
+    // A single-use rule needs the store too: closed.
+    let r = c
+        .post(g.url("/admin/delete"))
+        .header("Authorization", format!("Bearer {at}"))
+        .header("X-Stepgate-Token", &su)
+        .body("id=1")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 503, "single-use step-up fails closed");
+
+    // Everything that needs no store keeps flowing.
+    let r = c.get(g.url("/public/x")).send().unwrap();
+    assert_eq!(r.status(), 200, "public route");
+    let r = c
+        .get(g.url("/app/x"))
+        .header("Authorization", format!("Bearer {at}"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "authenticated route");
+    assert_forwarded(api_get(&g, &c, "/admin/x", &at, &su), "/admin/x", "alice");
+    assert_eq!(status(&c, &g.url("/.stepgate/health")), 200);
+    assert_eq!(status(&c, &g.url("/.stepgate/ready")), 503);
+    let down = wait_until(Duration::from_secs(15), "stepgate_store_up 0", || {
+        metric(mport, "stepgate_store_up") == Some(0.0)
+    });
+    wait_until(Duration::from_secs(5), "the outage is logged", || {
+        g.log().contains("the store does not answer")
+    });
+
+    // Back on the same port and data directory: heals by itself, nothing lost.
+    let outage = killed.elapsed();
+    redis.restart();
+    let restarted = Instant::now();
+    let heal = wait_until(
+        Duration::from_secs(30),
+        "PIN verification works again after Redis is back",
+        || {
+            let r = post_pin(&g, &c, &at, &csrf, PIN);
+            r.status() == 303 && set_cookie(&r, "stepgate_su").is_some()
+        },
+    );
+    let su2 = step_up(&g, &c, &at, PIN);
+    assert_forwarded(api_get(&g, &c, "/admin/x", &at, &su2), "/admin/x", "alice");
+    assert_eq!(status(&c, &g.url("/.stepgate/ready")), 200);
+    wait_until(Duration::from_secs(10), "stepgate_store_up 1 again", || {
+        metric(mport, "stepgate_store_up") == Some(1.0)
+    });
+    let up_again = restarted.elapsed();
+    assert!(
+        g.log().contains("the store answers again"),
+        "the recovery is logged"
+    );
+    assert!(
+        redis.keys().iter().any(|k| k.ends_with(":pin")),
+        "the PIN record survived the SIGKILL (AOF): {:?}",
+        redis.keys()
+    );
+    eprintln!(
+        "fail closed: first 503 in {fail_closed:?}, next in {fail_closed_2:?}; store_up=0 seen {down:?} after checks; outage {outage:?}; PIN verification healed {heal:?} after restart (store_up=1 after {up_again:?})"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 4. Redis Cluster
+// ---------------------------------------------------------------------------
+
+#[test]
+fn three_master_cluster_serves_as_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(dir.path());
+    let list: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("redis://127.0.0.1:{}", n.port))
+        .collect();
+    let store = format!("  kind: redis_cluster\n  nodes: [{}]\n", list.join(", "));
+    let g = gateway(store, "");
+    let c = client();
+
+    let users = ["ada", "bo", "cyd", "dee", "eli", "fay"];
+    let mut tokens = Vec::new();
+    for u in users {
+        let at = g.token(u, &[]);
+        enroll(&g, &c, &at, PIN);
+        let su = step_up(&g, &c, &at, PIN);
+        assert_forwarded(api_get(&g, &c, "/admin/x", &at, &su), "/admin/x", u);
+        tokens.push(at);
+    }
+    // PIN records spread over the masters.
+    let per_node: Vec<usize> = nodes
+        .iter()
+        .map(|n| n.keys().iter().filter(|k| k.ends_with(":pin")).count())
+        .collect();
+    assert_eq!(
+        per_node.iter().sum::<usize>(),
+        users.len(),
+        "one PIN record per user: {per_node:?}"
+    );
+    assert!(
+        per_node.iter().filter(|n| **n > 0).count() >= 2,
+        "PIN records on at least two masters: {per_node:?}"
+    );
+    // A user's keys share a hash tag: one slot, one node.
+    for n in &nodes {
+        for k in n.keys().iter().filter(|k| k.contains("{u:")) {
+            let tag = &k[k.find('{').unwrap()..=k.find('}').unwrap()];
+            let slot = n.cli(&["CLUSTER", "KEYSLOT", k]);
+            assert_eq!(slot, n.cli(&["CLUSTER", "KEYSLOT", tag]), "{k}");
+        }
+    }
+
+    // Lockout on the cluster: 4 'wrong', the 5th locks, then even the right PIN is refused.
+    let at = &tokens[0];
+    let csrf = pin_csrf(&g, &c, at);
+    for (i, (pin, want)) in [
+        (WRONG_PIN, 401),
+        (WRONG_PIN, 401),
+        (WRONG_PIN, 401),
+        (WRONG_PIN, 401),
+        (WRONG_PIN, 429),
+        (PIN, 429),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let got = post_pin(&g, &c, at, &csrf, pin).status().as_u16();
+        assert_eq!(
+            got,
+            want,
+            "attempt #{} on the cluster; the gateway's store warnings:\n{}",
+            i + 1,
+            store_warnings(&g)
+        );
+    }
+    // Others still step up.
+    step_up(&g, &c, &tokens[1], PIN);
+    eprintln!("cluster: PIN records per master {per_node:?}");
+}
+
+// ---------------------------------------------------------------------------
+// 5. key_prefix
+// ---------------------------------------------------------------------------
+
+#[test]
+fn gateways_with_different_key_prefixes_do_not_see_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path(), &[]);
+    let a = gateway(store_single(&redis.url(), "  key_prefix: \"app-a:\"\n"), "");
+    let b = gateway(store_single(&redis.url(), "  key_prefix: \"app-b:\"\n"), "");
+    let c = client();
+    let at = a.token("alice", &[]);
+    enroll(&a, &c, &at, PIN);
+    // B has no PIN for alice: its PIN page sends her to enrollment.
+    let r = get_html(
+        &c,
+        &b.url("/.stepgate/pin?return_to=/admin/x"),
+        &format!("access_token={at}"),
+    );
+    assert_eq!(r.status(), 303);
+    assert!(r.headers()["location"]
+        .to_str()
+        .unwrap()
+        .starts_with("/.stepgate/pin/setup"));
+    // She enrolls another PIN on B; each gateway knows only its own.
+    let other = "7391";
+    enroll(&b, &c, &at, other);
+    step_up(&a, &c, &at, PIN);
+    step_up(&b, &c, &at, other);
+    let csrf = pin_csrf(&a, &c, &at);
+    assert_eq!(post_pin(&a, &c, &at, &csrf, other).status(), 401);
+    let csrf = pin_csrf(&b, &c, &at);
+    assert_eq!(post_pin(&b, &c, &at, &csrf, PIN).status(), 401);
+    let keys = redis.keys();
+    let pins: Vec<&String> = keys.iter().filter(|k| k.ends_with(":pin")).collect();
+    assert_eq!(pins.len(), 2, "{keys:?}");
+    assert!(pins.iter().any(|k| k.starts_with("app-a:{u:")), "{keys:?}");
+    assert!(pins.iter().any(|k| k.starts_with("app-b:{u:")), "{keys:?}");
+    assert!(
+        keys.iter()
+            .all(|k| k.starts_with("app-a:") || k.starts_with("app-b:")),
+        "every key carries a prefix: {keys:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 6. store migrate: embedded → redis
+// ---------------------------------------------------------------------------
+
+#[test]
+fn store_migrate_moves_pins_from_embedded_to_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path(), &[]);
+    let db = dir.path().join("stepgate.redb");
+    let embedded = format!("  kind: embedded\n  path: \"{}\"\n", db.display());
+    let mut g = gateway(embedded.clone(), "");
+    let c = client();
+    let users = ["alice", "bob"];
+    for u in users {
+        let at = g.token(u, &[]);
+        enroll(&g, &c, &at, PIN);
+        // A failure counter too: short-lived, it stays behind.
+        let csrf = pin_csrf(&g, &c, &at);
+        assert_eq!(post_pin(&g, &c, &at, &csrf, WRONG_PIN).status(), 401);
+    }
+    g.stop();
+
+    let text = std::fs::read_to_string(&g.config).unwrap();
+    assert!(text.contains(&embedded));
+    let to = g.config.with_file_name("gateway-redis.yaml");
+    std::fs::write(
+        &to,
+        text.replace(&embedded, &store_single(&redis.url(), "")),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["store", "migrate", "--from"])
+        .arg(&g.config)
+        .arg("--to")
+        .arg(&to)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "migrate: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("copied 2 record(s)"),
+        "the command says how many records it copied: {stdout}"
+    );
+    let keys = redis.keys();
+    assert_eq!(
+        keys.iter().filter(|k| k.ends_with(":pin")).count(),
+        2,
+        "{keys:?}"
+    );
+    assert!(
+        !keys.iter().any(|k| k.ends_with(":fail")),
+        "failure counters are short-lived and stay behind: {keys:?}"
+    );
+
+    // The same gateway, now on Redis: no re-enrollment needed.
+    std::fs::copy(&to, &g.config).unwrap();
+    g.launch();
+    for u in users {
+        let at = g.token(u, &[]);
+        let su = step_up(&g, &c, &at, PIN);
+        assert_forwarded(api_get(&g, &c, "/admin/x", &at, &su), "/admin/x", u);
+    }
+    eprintln!("migrate said: {}", stdout.trim());
+}
+
+// ---------------------------------------------------------------------------
+// 7. Password
+// ---------------------------------------------------------------------------
+
+#[test]
+fn redis_password_from_a_file_and_a_wrong_one_fails_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path(), &["--requirepass", "s3cret-redis-pw"]);
+    let good_pw = dir.path().join("redis-password");
+    std::fs::write(&good_pw, "s3cret-redis-pw\n").unwrap();
+    let bad_pw = dir.path().join("wrong-password");
+    std::fs::write(&bad_pw, "not-the-password\n").unwrap();
+    let pw_store = |f: &Path| {
+        store_single(
+            &redis.url(),
+            &format!("  password_file: \"{}\"\n", f.display()),
+        )
+    };
+
+    let good = gateway(pw_store(&good_pw), "");
+    let c = client();
+    let at = good.token("alice", &[]);
+    enroll(&good, &c, &at, PIN);
+    let su = step_up(&good, &c, &at, PIN);
+    assert_forwarded(
+        api_get(&good, &c, "/admin/x", &at, &su),
+        "/admin/x",
+        "alice",
+    );
+    assert_eq!(status(&c, &good.url("/.stepgate/ready")), 200);
+    assert!(
+        !redis.keys().is_empty(),
+        "the PIN is in the password-protected Redis"
+    );
+
+    let bad = gateway(pw_store(&bad_pw), "");
+    // Anything that needs the store fails closed.
+    let r = get_html(
+        &c,
+        &bad.url("/.stepgate/pin?return_to=/admin/x"),
+        &format!("access_token={at}"),
+    );
+    assert_eq!(r.status(), 503, "PIN page");
+    let csrf = pin_csrf(&good, &c, &at);
+    assert_eq!(
+        post_pin(&bad, &c, &at, &csrf, PIN).status(),
+        503,
+        "PIN check"
+    );
+    let r = c
+        .post(bad.url("/admin/delete"))
+        .header("Authorization", format!("Bearer {at}"))
+        .header("X-Stepgate-Token", &su)
+        .body("id=1")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 503, "single-use step-up route");
+    assert_eq!(status(&c, &bad.url("/.stepgate/ready")), 503);
+    assert_eq!(status(&c, &bad.url("/public/x")), 200, "public routes flow");
+    // The log says why: Redis refused the password.
+    let says_why = |l: &str| {
+        let l = l.to_lowercase();
+        l.contains("wrongpass")
+            || l.contains("authentication failed")
+            || l.contains("authenticationfailed")
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "the log names the refused password",
+        || bad.log().lines().any(says_why),
+    );
+    let why = bad
+        .log()
+        .lines()
+        .find(|l| says_why(l))
+        .unwrap_or("")
+        .to_string();
+    eprintln!("wrong password logged as: {why}");
+    assert!(
+        !bad.log().contains("not-the-password"),
+        "the password is not logged"
+    );
+    assert!(
+        !good.log().contains("s3cret-redis-pw"),
+        "the password is not logged"
+    );
+}
+
+/// What the gateway itself says about the outage (the line logged when the
+/// store stops answering, and the warning on each failed store operation)
+/// should name a refused password, not report a timeout: Redis did answer.
+#[test]
+fn a_refused_redis_password_is_named_in_the_store_outage_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path(), &["--requirepass", "s3cret-redis-pw"]);
+    let bad_pw = dir.path().join("wrong-password");
+    std::fs::write(&bad_pw, "not-the-password\n").unwrap();
+    let g = gateway(
+        store_single(
+            &redis.url(),
+            // The default timeout, as ops would run it.
+            &format!(
+                "  password_file: \"{}\"\n  timeout: 250ms\n",
+                bad_pw.display()
+            ),
+        ),
+        "",
+    );
+    let c = client();
+    let at = g.token("alice", &[]);
+    let r = get_html(
+        &c,
+        &g.url("/.stepgate/pin?return_to=/admin/x"),
+        &format!("access_token={at}"),
+    );
+    assert_eq!(r.status(), 503, "fails closed");
+    wait_until(Duration::from_secs(10), "the outage is logged", || {
+        g.log().contains("the store does not answer")
+    });
+    let outage: Vec<String> = g
+        .log()
+        .lines()
+        .filter(|l| l.contains("the store does not answer") || l.contains("store operation failed"))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        outage.iter().any(|l| {
+            let l = l.to_lowercase();
+            l.contains("wrongpass") || l.contains("authentication")
+        }),
+        "the outage lines do not say that Redis refused the password:\n{}",
+        outage.join("\n")
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 8. Step-down pushed through Redis, after Redis was killed and restarted
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_step_down_after_redis_restarts_reaches_the_other_gateway() {
+    const API: &str = "test-api-secret-0123456789abcdef0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = Redis::start_durable(dir.path());
+    let api = format!("api:\n  secret: \"{API}\"\n");
+    let a = gateway(store_single(&redis.url(), ""), &api);
+    let b = gateway(store_single(&redis.url(), ""), &api);
+    let c = client();
+    let at = a.token("alice", &[]);
+    enroll(&a, &c, &at, PIN);
+    let su = step_up(&a, &c, &at, PIN);
+    assert_eq!(api_get(&b, &c, "/admin/x", &at, &su).status(), 200);
+
+    redis.kill();
+    for g in [&a, &b] {
+        wait_until(Duration::from_secs(15), "the outage is noticed", || {
+            g.log().contains("the store does not answer")
+        });
+    }
+    redis.restart();
+    for g in [&a, &b] {
+        wait_until(Duration::from_secs(30), "ready again", || {
+            status(&c, &g.url("/.stepgate/ready")) == 200
+        });
+    }
+    // Invalidate on A (retried while A's store connection heals).
+    let invalidate = || {
+        c.post(a.url("/.stepgate/api/manage/account/alice/invalidate"))
+            .bearer_auth(API)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    wait_until(Duration::from_secs(30), "A invalidates alice", || {
+        invalidate() == 200
+    });
+    assert_eq!(api_get(&a, &c, "/admin/x", &at, &su).status(), 401);
+    // B hears of it: its subscription came back with Redis.
+    let took = wait_until(
+        Duration::from_secs(10),
+        "B refuses the step-up A invalidated after Redis came back",
+        || api_get(&b, &c, "/admin/x", &at, &su).status() == 401,
+    );
+    eprintln!("step-down reached B {took:?} after A answered");
+}
