@@ -22,6 +22,8 @@ fi
 if [ "$what" = bench ]; then
   command -v wrk >/dev/null || need+=(wrk)
   command -v nginx >/dev/null || need+=(nginx-light)
+  command -v curl >/dev/null || need+=(curl)
+  command -v perf >/dev/null || need+=(linux-perf)     # profiles in benches/load.sh
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "install-deps: installing ${need[*]}"
