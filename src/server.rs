@@ -133,6 +133,18 @@ pub fn run(config_path: &Path, settings: Settings, extra: Extra) -> Result<(), S
     server.run_forever();
 }
 
+/// Run `task` on a thread of its own with a small runtime: background work
+/// never shares the proxy's workers.
+fn background(name: &str, task: impl std::future::Future<Output = ()> + Send + 'static) {
+    let spawned = std::thread::Builder::new().name(name.to_string()).spawn(move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(task),
+        Err(e) => tracing::error!(target: "stepgate", error = %e, "cannot start a background runtime"),
+    });
+    if let Err(e) = spawned {
+        tracing::error!(target: "stepgate", error = %e, "cannot start a background thread");
+    }
+}
+
 /// Set when this process is handing its listeners to a new one, or shutting
 /// down: from then on every response says `Connection: close`, so keep-alive
 /// clients move to the new process before Pingora drops idle connections.
@@ -140,80 +152,64 @@ pub static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBo
 
 fn watch_draining(mut phases: tokio::sync::broadcast::Receiver<pingora::server::ExecutionPhase>) {
     use pingora::server::ExecutionPhase as P;
-    std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        rt.block_on(async move {
-            while let Ok(phase) = phases.recv().await {
-                if matches!(phase, P::GracefulUpgradeTransferringFds | P::GracefulTerminate | P::ShutdownStarted) {
-                    DRAINING.store(true, std::sync::atomic::Ordering::Relaxed);
-                    tracing::info!(target: "stepgate", ?phase, "draining: closing keep-alive connections after their next response");
-                }
+    background("stepgate-drain", async move {
+        while let Ok(phase) = phases.recv().await {
+            if matches!(
+                phase,
+                P::GracefulUpgradeTransferringFds | P::GracefulTerminate | P::ShutdownStarted
+            ) {
+                DRAINING.store(true, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(target: "stepgate", ?phase, "draining: closing keep-alive connections after their next response");
             }
-        })
+        }
     });
 }
 
 fn spawn_jwks_refresh(gate: Arc<Gate>, url: String, every: Duration) {
-    std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        rt.block_on(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                match crate::identity::fetch_jwks(&url).await.and_then(|t| gate.verifier.install_jwks(&t)) {
-                    Ok(n) => tracing::info!(target: "stepgate", keys = n, "JWKS refreshed"),
-                    Err(e) => tracing::warn!(target: "stepgate", error = %e, "JWKS refresh failed; keeping the previous keys"),
+    background("stepgate-jwks", async move {
+        loop {
+            tokio::time::sleep(every).await;
+            match crate::identity::fetch_jwks(&url)
+                .await
+                .and_then(|t| gate.verifier.install_jwks(&t))
+            {
+                Ok(n) => tracing::info!(target: "stepgate", keys = n, "JWKS refreshed"),
+                Err(e) => {
+                    tracing::warn!(target: "stepgate", error = %e, "JWKS refresh failed; keeping the previous keys")
                 }
             }
-        })
+        }
     });
 }
 
 /// Watch the store every second (metric `stepgate_store_up`) and reclaim
 /// expired entries of the embedded store every ten minutes.
 fn spawn_sweeper(gate: Arc<Gate>) {
-    std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        rt.block_on(async move {
-            let mut tick: u64 = 0;
-            let mut was_up = true;
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                tick += 1;
-                // The store's state, for the metric and the log.
-                let ping = gate.store.ping().await;
-                let up = ping.is_ok();
-                crate::metrics::STORE_UP.set(up as i64);
-                if up != was_up {
-                    if up {
-                        tracing::info!(target: "stepgate", "the store answers again");
-                    } else {
-                        let why = ping.err().map(|e| e.to_string()).unwrap_or_default();
-                        tracing::error!(target: "stepgate", error = %why, "the store does not answer: protected routes fail closed (503)");
-                    }
-                    was_up = up;
+    background("stepgate-store-watch", async move {
+        let mut tick: u64 = 0;
+        let mut was_up = true;
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            tick += 1;
+            // The store's state, for the metric and the log.
+            let ping = gate.store.ping().await;
+            let up = ping.is_ok();
+            crate::metrics::STORE_UP.set(up as i64);
+            if up != was_up {
+                if up {
+                    tracing::info!(target: "stepgate", "the store answers again");
+                } else {
+                    let why = ping.err().map(|e| e.to_string()).unwrap_or_default();
+                    tracing::error!(target: "stepgate", error = %why, "the store does not answer: protected routes fail closed (503)");
                 }
-                if tick.is_multiple_of(600) {
-                    if let Err(e) = gate.store.sweep().await {
-                        tracing::warn!(target: "stepgate", error = %e, "store sweep failed");
-                    }
+                was_up = up;
+            }
+            if tick.is_multiple_of(600) {
+                if let Err(e) = gate.store.sweep().await {
+                    tracing::warn!(target: "stepgate", error = %e, "store sweep failed");
                 }
             }
-        })
+        }
     });
 }
 

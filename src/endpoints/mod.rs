@@ -51,62 +51,48 @@ pub async fn handle(gate: &Gate, req: &Req<'_>) -> Reply {
             r.set("Cache-Control", "public, max-age=300".into());
             r.add("Access-Control-Allow-Origin", "*".into())
         }
-        ("GET", "/.stepgate/challenge") => with_user(gate, req, challenge),
-        ("GET", "/.stepgate/pin") => match &req.principal {
-            Ok(p) => pin_page(gate, req, p).await,
-            Err(_) => login_needed(gate, req),
-        },
-        ("POST", "/.stepgate/pin") => match &req.principal {
-            Ok(p) => pin_submit(gate, req, p).await,
-            Err(_) => login_needed(gate, req),
-        },
-        ("GET", "/.stepgate/pin/setup") => match &req.principal {
-            Ok(p) => setup_page(gate, req, p).await,
-            Err(_) => login_needed(gate, req),
-        },
-        ("POST", "/.stepgate/pin/setup") => match &req.principal {
-            Ok(p) => setup_submit(gate, req, p).await,
-            Err(_) => login_needed(gate, req),
-        },
-        ("GET", "/.stepgate/email") => match &req.principal {
-            Ok(p) => email::page(gate, req, p).await,
-            Err(_) => login_needed(gate, req),
-        },
-        ("POST", "/.stepgate/email/send") => match &req.principal {
-            Ok(p) => email::send(gate, req, p).await,
-            Err(_) => login_needed(gate, req),
-        },
-        ("GET", "/.stepgate/email/verify") => match &req.principal {
-            Ok(p) => email::code_page(gate, req, p).await,
-            Err(_) => login_needed(gate, req),
-        },
-        ("POST", "/.stepgate/email/verify") => match &req.principal {
-            Ok(p) => email::verify(gate, req, p).await,
-            Err(_) => login_needed(gate, req),
-        },
-        (
-            _,
-            "/.stepgate/health"
-            | "/.stepgate/challenge"
-            | "/.stepgate/pin"
-            | "/.stepgate/pin/setup"
-            | "/.stepgate/email"
-            | "/.stepgate/email/send"
-            | "/.stepgate/email/verify",
-        ) => Reply::text(405, "method not allowed").add("Allow", "GET, POST".into()),
-        _ => gate.pages.message(
+        _ => user_pages(gate, req).await,
+    }
+}
+
+/// Pages for a signed-in user; without a valid first factor, the way to sign in.
+async fn user_pages(gate: &Gate, req: &Req<'_>) -> Reply {
+    const PAGES: [(&str, &str); 9] = [
+        ("GET", "/.stepgate/challenge"),
+        ("GET", "/.stepgate/pin"),
+        ("POST", "/.stepgate/pin"),
+        ("GET", "/.stepgate/pin/setup"),
+        ("POST", "/.stepgate/pin/setup"),
+        ("GET", "/.stepgate/email"),
+        ("POST", "/.stepgate/email/send"),
+        ("GET", "/.stepgate/email/verify"),
+        ("POST", "/.stepgate/email/verify"),
+    ];
+    if !PAGES.iter().any(|(_, path)| *path == req.path) && req.path != "/.stepgate/health" {
+        return gate.pages.message(
             404,
             "Not found",
             "stepgate has no page at this address.",
             None,
-        ),
+        );
     }
-}
-
-fn with_user(gate: &Gate, req: &Req<'_>, f: fn(&Gate, &Req<'_>, &Principal) -> Reply) -> Reply {
-    match &req.principal {
-        Ok(p) => f(gate, req, p),
-        Err(_) => login_needed(gate, req),
+    if !PAGES.contains(&(req.method, req.path)) {
+        return Reply::text(405, "method not allowed").add("Allow", "GET, POST".into());
+    }
+    let Ok(p) = &req.principal else {
+        return login_needed(gate, req);
+    };
+    match (req.method, req.path) {
+        ("GET", "/.stepgate/challenge") => challenge(gate, req, p),
+        ("GET", "/.stepgate/pin") => pin_page(gate, req, p).await,
+        ("POST", "/.stepgate/pin") => pin_submit(gate, req, p).await,
+        ("GET", "/.stepgate/pin/setup") => setup_page(gate, req, p).await,
+        ("POST", "/.stepgate/pin/setup") => setup_submit(gate, req, p).await,
+        ("GET", "/.stepgate/email") => email::page(gate, req, p).await,
+        ("POST", "/.stepgate/email/send") => email::send(gate, req, p).await,
+        ("GET", "/.stepgate/email/verify") => email::code_page(gate, req, p).await,
+        ("POST", "/.stepgate/email/verify") => email::verify(gate, req, p).await,
+        _ => Reply::text(405, "method not allowed").add("Allow", "GET, POST".into()),
     }
 }
 
