@@ -194,7 +194,7 @@ impl ProxyHttp for Proxy {
         let id = header(session.req_header(), "x-request-id")
             .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
             .map(str::to_string)
-            .unwrap_or_else(crate::tokens::random_id);
+            .unwrap_or_else(crate::tokens::request_id);
         session
             .req_header_mut()
             .insert_header("X-Request-Id", id.as_str())?;

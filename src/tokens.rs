@@ -33,6 +33,13 @@ pub fn random_id() -> String {
     B64.encode(b)
 }
 
+/// A request id: unique, not secret, so no getrandom syscall per request.
+pub fn request_id() -> String {
+    let mut b = [0u8; 12];
+    rand::thread_rng().fill_bytes(&mut b);
+    B64.encode(b)
+}
+
 /// What a valid step-up token proves.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepUpClaims {
