@@ -64,6 +64,20 @@ async fn send(session: &mut Session, reply: Reply) -> Result<()> {
     Ok(())
 }
 
+/// `scheme://host` of this request, for absolute links.
+fn origin(session: &Session, tls: bool, fallback_host: &str) -> String {
+    let host = header(session.req_header(), "host").unwrap_or(fallback_host);
+    format!("{}://{host}", if tls { "https" } else { "http" })
+}
+
+/// Where to come back to after a challenge or a sign-in: this request.
+fn return_to_of(path: &str, query: Option<&str>) -> String {
+    match query {
+        Some(q) => safe_return_to(Some(&format!("{path}?{q}"))),
+        None => safe_return_to(Some(path)),
+    }
+}
+
 fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     req.headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -247,10 +261,6 @@ impl ProxyHttp for Proxy {
         let raw_path = req.uri.path().to_string();
         let query = req.uri.query().map(str::to_string);
         let html = wants_html(header(req, "accept"));
-        let path_and_query = match &query {
-            Some(q) => format!("{raw_path}?{q}"),
-            None => raw_path.clone(),
-        };
 
         let normalized = match (&host, valid_target) {
             (None, _) => Err("an HTTP/1.1 request without Host".to_string()),
@@ -298,11 +308,7 @@ impl ProxyHttp for Proxy {
                 Some(t) => gate.verifier.verify(t, now),
                 None => Err(crate::identity::AuthError::Missing),
             };
-            let origin = format!(
-                "{}://{}",
-                if tls { "https" } else { "http" },
-                header(session.req_header(), "host").unwrap_or(&ctx.host)
-            );
+            let origin = origin(session, tls, &ctx.host);
             let r = endpoints::Req {
                 method: &method,
                 path: &match_path,
@@ -340,7 +346,9 @@ impl ProxyHttp for Proxy {
             &|sub| gate.revocations.revoked_before(sub),
         );
         ctx.label = decision.label();
-        let return_to = safe_return_to(Some(&path_and_query));
+        // Only answers that send the user somewhere need it: built lazily,
+        // off the forwarding path.
+        let return_to = || return_to_of(&raw_path, query.as_deref());
         let reply = match decision {
             Decision::Forward {
                 rule,
@@ -365,7 +373,7 @@ impl ProxyHttp for Proxy {
                                     session,
                                     self.stepup_reply(
                                         html,
-                                        &return_to,
+                                        &return_to(),
                                         s,
                                         StepUpReason::AlreadyUsed,
                                     ),
@@ -412,12 +420,8 @@ impl ProxyHttp for Proxy {
                 if error == crate::identity::AuthError::UnknownKey {
                     refresh_jwks_soon(&gate_arc, now);
                 }
-                let origin = format!(
-                    "{}://{}",
-                    if tls { "https" } else { "http" },
-                    header(session.req_header(), "host").unwrap_or(&ctx.host)
-                );
-                match (html, login_redirect(gate, &origin, &return_to)) {
+                let origin = origin(session, tls, &ctx.host);
+                match (html, login_redirect(gate, &origin, &return_to())) {
                     (true, Some(url)) => Reply::redirect(&url),
                     (true, None) => gate.pages.message(
                         401,
@@ -442,7 +446,7 @@ impl ProxyHttp for Proxy {
             } => {
                 ctx.rule = rule.to_string();
                 tracing::info!(target: "audit", event = "challenge", user = %principal.sub, ip = %ctx.client_ip, rule = rule, reason = ?reason);
-                self.stepup_reply(html, &return_to, step_up, reason)
+                self.stepup_reply(html, &return_to(), step_up, reason)
             }
         };
         send(session, reply).await?;

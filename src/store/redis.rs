@@ -23,6 +23,7 @@ enum Conn {
     Cluster(ClusterConnection),
 }
 
+#[derive(Clone)]
 pub enum Target {
     Single(String),
     Cluster(Vec<String>),
@@ -98,16 +99,25 @@ impl RedisStore {
             .name("stepgate-redis-rt".into())
             .spawn(move || rt.block_on(std::future::pending::<()>()))
             .map_err(|e| e.to_string())?;
-        Ok(RedisStore {
+        Ok(RedisStore::on(target, password, timeout, handle))
+    }
+
+    fn on(
+        target: Target,
+        password: Option<String>,
+        timeout: Duration,
+        rt: tokio::runtime::Handle,
+    ) -> RedisStore {
+        RedisStore {
             target,
             password,
             timeout,
             conn: OnceCell::new(),
-            rt: handle,
+            rt,
             incr: Script::new(INCR),
             decr: Script::new(DECR),
             last_connect_error: Default::default(),
-        })
+        }
     }
 
     async fn connect(&self) -> Result<Conn, StoreError> {
@@ -250,20 +260,13 @@ impl Store for RedisStore {
             Target::Cluster(nodes) => nodes[0].clone(),
         };
         let password = self.password.clone();
-        let target = match &self.target {
-            Target::Single(u) => Target::Single(u.clone()),
-            Target::Cluster(n) => Target::Cluster(n.clone()),
-        };
-        let reader = RedisStore {
-            target,
-            password: password.clone(),
-            timeout: self.timeout,
-            conn: OnceCell::new(),
-            rt: self.rt.clone(),
-            incr: Script::new(INCR),
-            decr: Script::new(DECR),
-            last_connect_error: Default::default(),
-        };
+        // The task outlives `self`: it reads the hash on a store of its own.
+        let reader = RedisStore::on(
+            self.target.clone(),
+            password.clone(),
+            self.timeout,
+            self.rt.clone(),
+        );
         self.rt.spawn(async move {
             use futures_util::StreamExt;
             loop {
