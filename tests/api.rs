@@ -119,32 +119,6 @@ fn assert_ok_json(r: Response) -> Value {
     serde_json::from_str(&text).expect("a JSON body")
 }
 
-/// Enroll a PIN through the HTML setup form, as tests/smoke.rs does.
-fn enroll(g: &Gateway, c: &Client, at: &str, pin: &str) {
-    let cookie = format!("access_token={at}");
-    let page = c
-        .get(g.url("/.stepgate/pin/setup?return_to=/admin/x"))
-        .header("Cookie", &cookie)
-        .header("Accept", "text/html")
-        .send()
-        .unwrap();
-    assert_eq!(page.status(), 200, "the enrollment form is offered");
-    let csrf = csrf_of(&page.text().unwrap());
-    let r = c
-        .post(g.url("/.stepgate/pin/setup"))
-        .header("Cookie", &cookie)
-        .header("Accept", "text/html")
-        .form(&[
-            ("pin", pin),
-            ("pin_confirm", pin),
-            ("csrf", csrf.as_str()),
-            ("return_to", "/admin/x"),
-        ])
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 303, "enrollment succeeds");
-}
-
 fn put_pin(g: &Gateway, c: &Client, at: &str, pin: &str) -> Response {
     bearer(c.put(api(g, "/stepup/pin")), at)
         .json(&json!({ "PIN": pin }))
@@ -358,7 +332,7 @@ fn trigger_reports_the_pin_and_the_profile_addresses() {
         get(&at),
         json!({"IsPINSet": false, "IsEmailOtpAuthenticatorVerified": false, "Email": [A, B]})
     );
-    enroll(&g, &c, &at, PIN);
+    enroll_pin(&g, &c, &at, PIN);
     assert_eq!(
         get(&at),
         json!({"IsPINSet": true, "IsEmailOtpAuthenticatorVerified": false, "Email": [A, B]})
@@ -408,7 +382,7 @@ fn pin_step_up_returns_a_token_that_opens_the_protected_route() {
     let g = gateway("");
     let c = client();
     let at = alice(&g);
-    enroll(&g, &c, &at, PIN);
+    enroll_pin(&g, &c, &at, PIN);
     let su = pin_token(&g, &c, &at);
     let r = protected(&g, &c, reqwest::Method::GET, "/admin/x", &at, Some(&su));
     let echo = forwarded(r, "/admin/x");
@@ -459,7 +433,7 @@ fn wrong_pins_count_down_then_lock_with_locked_until_and_retry_after() {
     let g = gateway("");
     let c = client();
     let at = alice(&g);
-    enroll(&g, &c, &at, PIN);
+    enroll_pin(&g, &c, &at, PIN);
     for left in (1..=4).rev() {
         let (_, body) = assert_error(put_pin(&g, &c, &at, WRONG_PIN), 401, 1236);
         let d = body["Description"].as_str().unwrap();
@@ -507,7 +481,7 @@ fn malformed_json_and_missing_or_mistyped_fields_are_400_901() {
     let g = gateway(&api_secret_config());
     let c = client();
     let at = alice(&g);
-    enroll(&g, &c, &at, PIN);
+    enroll_pin(&g, &c, &at, PIN);
     let raw = |route: &str, body: &str| {
         bearer(c.put(api(&g, route)), &at)
             .header("Content-Type", "application/json")
@@ -870,7 +844,7 @@ fn single_use_rule_accepts_a_token_once() {
     let g = gateway("");
     let c = client();
     let at = alice(&g);
-    enroll(&g, &c, &at, PIN);
+    enroll_pin(&g, &c, &at, PIN);
     let su = pin_token(&g, &c, &at);
     let r = protected(&g, &c, reqwest::Method::POST, "/transfer", &at, Some(&su));
     let echo = forwarded(r, "/transfer");
@@ -921,7 +895,7 @@ fn validate_with_the_api_secret_says_whether_a_token_is_valid() {
     let g = gateway(&api_secret_config());
     let c = client();
     let at = alice(&g);
-    enroll(&g, &c, &at, PIN);
+    enroll_pin(&g, &c, &at, PIN);
     let su = pin_token(&g, &c, &at);
     assert!(is_valid(&g, &c, json!({"secondfactorvalidationtoken": su})));
     // LoginRadius's casing works as well.
@@ -974,7 +948,7 @@ fn validate_without_or_with_a_wrong_secret_is_401_907() {
     let g = gateway(&api_secret_config());
     let c = client();
     let at = alice(&g);
-    enroll(&g, &c, &at, PIN);
+    enroll_pin(&g, &c, &at, PIN);
     let su = pin_token(&g, &c, &at);
     let body = json!({"secondfactorvalidationtoken": su});
     let longer = format!("{API_SECRET}x");
@@ -1016,7 +990,7 @@ fn the_bearer_scheme_is_read_case_insensitively() {
     let g = gateway(&api_secret_config());
     let c = client();
     let at = alice(&g);
-    enroll(&g, &c, &at, PIN);
+    enroll_pin(&g, &c, &at, PIN);
     let su = pin_token(&g, &c, &at);
     for scheme in ["Bearer", "bearer", "BEARER"] {
         let r = c
@@ -1050,7 +1024,7 @@ fn validate_without_a_configured_api_secret_is_501_1233() {
     let g = gateway("");
     let c = client();
     let at = alice(&g);
-    enroll(&g, &c, &at, PIN);
+    enroll_pin(&g, &c, &at, PIN);
     let su = pin_token(&g, &c, &at);
     for s in [None, Some(API_SECRET)] {
         assert_error(
@@ -1077,7 +1051,7 @@ fn store_errors_fail_closed_with_503_1254() {
     });
     let c = client();
     let at = alice(&g);
-    enroll(&g, &c, &at, PIN);
+    enroll_pin(&g, &c, &at, PIN);
     pin_token(&g, &c, &at);
     g.stop();
     {

@@ -131,22 +131,6 @@ fn post_setup(g: &Gateway, c: &Client, at: &str, fields: &[(&str, &str)]) -> Res
         .unwrap()
 }
 
-fn enroll(g: &Gateway, c: &Client, at: &str, pin: &str) {
-    let csrf = setup_csrf(g, c, at);
-    let r = post_setup(
-        g,
-        c,
-        at,
-        &[
-            ("pin", pin),
-            ("pin_confirm", pin),
-            ("csrf", &csrf),
-            ("return_to", "/admin/x"),
-        ],
-    );
-    assert_eq!(r.status(), 303, "enrollment succeeds");
-}
-
 /// POST /.stepgate/pin, optionally with an X-Forwarded-For header.
 fn post_pin(
     g: &Gateway,
@@ -172,7 +156,7 @@ fn post_pin(
 /// the step-up token from the cookie.
 fn step_up(g: &Gateway, c: &Client, at: &str, enroll_first: bool) -> String {
     if enroll_first {
-        enroll(g, c, at, PIN);
+        enroll_pin(g, c, at, PIN);
     }
     let csrf = pin_csrf(g, c, at);
     let r = post_pin(g, c, at, &csrf, PIN, "/admin/x", None);
@@ -609,7 +593,7 @@ fn form_with_malformed_percent_encoding_is_refused_with_400() {
         .unwrap();
     assert_eq!(r.status(), 400, "duplicate field");
     // The same PIN form, well encoded, goes through.
-    enroll(&g, &c, &at, PIN);
+    enroll_pin(&g, &c, &at, PIN);
 }
 
 #[test]
@@ -651,7 +635,7 @@ fn form_without_csrf_or_with_csrf_of_another_session_is_refused_with_403() {
         "csrf with a moved expiry"
     );
     // Nothing enrolled yet: the own-session csrf still works.
-    enroll(&g, &c, &s1, PIN);
+    enroll_pin(&g, &c, &s1, PIN);
     // And the PIN form checks CSRF too: no PIN check happens without it.
     let r = c
         .post(g.url("/.stepgate/pin"))
@@ -671,7 +655,7 @@ fn return_to_another_origin_redirects_home_after_pin() {
     let g = Gateway::start();
     let c = client();
     let at = g.token("alice", &[]);
-    enroll(&g, &c, &at, PIN);
+    enroll_pin(&g, &c, &at, PIN);
     let csrf = pin_csrf(&g, &c, &at);
     for evil in [
         "https://evil.example",
@@ -791,7 +775,7 @@ fn pin_enrollment_needs_a_fresh_login() {
         &format!("access_token={fresh}"),
     );
     assert_eq!(r.status(), 200);
-    enroll(&g, &c, &fresh, PIN);
+    enroll_pin(&g, &c, &fresh, PIN);
 }
 
 // ---------------------------------------------------------------------------
@@ -813,7 +797,7 @@ fn five_wrong_pins_lock_the_user_even_against_the_right_pin() {
     let g = Gateway::start_with(opts_with_extra("lockout:\n  ip_max_failures: 100\n"));
     let c = client();
     let at = g.token("alice", &[]);
-    enroll(&g, &c, &at, PIN);
+    enroll_pin(&g, &c, &at, PIN);
     let csrf = pin_csrf(&g, &c, &at);
     for i in 1..=4 {
         let r = post_pin(&g, &c, &at, &csrf, WRONG_PIN, "/admin/x", None);
@@ -842,7 +826,7 @@ fn per_ip_lockout_counts_failures_across_users() {
     let users: Vec<(String, String)> = (0..4)
         .map(|i| {
             let at = g.token(&format!("user{i}"), &[]);
-            enroll(&g, &c, &at, PIN);
+            enroll_pin(&g, &c, &at, PIN);
             let csrf = pin_csrf(&g, &c, &at);
             (at, csrf)
         })
@@ -875,7 +859,7 @@ fn x_forwarded_for_from_a_trusted_proxy_sets_the_client_ip_for_lockout() {
     ));
     let c = client();
     let at = g.token("alice", &[]);
-    enroll(&g, &c, &at, PIN);
+    enroll_pin(&g, &c, &at, PIN);
     let csrf = pin_csrf(&g, &c, &at);
     let locked_ip = Some("203.0.113.7");
     for i in 1..=4 {
@@ -911,7 +895,7 @@ fn concurrent_wrong_pins_are_evaluated_exactly_up_to_the_limit() {
     let g = Gateway::start_with(opts_with_extra("lockout:\n  ip_max_failures: 100\n"));
     let at = g.token("alice", &[]);
     let c = client();
-    enroll(&g, &c, &at, PIN);
+    enroll_pin(&g, &c, &at, PIN);
     let csrf = pin_csrf(&g, &c, &at);
     const N: usize = 12;
     let barrier = Barrier::new(N);
@@ -1020,7 +1004,7 @@ rules:
     });
     let c = client();
     let at = g.token("alice", &[]);
-    enroll(&g, &c, &at, PIN);
+    enroll_pin(&g, &c, &at, PIN);
     let started = Instant::now();
     let su = step_up(&g, &c, &at, false);
     let r = browser_get(&g, &c, "/fresh/x", &at, &su);
@@ -1071,7 +1055,7 @@ fn audit_log_records_pin_failures_and_lockouts_with_the_user() {
     let c = client();
     let at = g.token("mallory-target", &[]);
     let secret_guess = "86420975";
-    enroll(&g, &c, &at, "739164825");
+    enroll_pin(&g, &c, &at, "739164825");
     let csrf = pin_csrf(&g, &c, &at);
     for _ in 0..5 {
         post_pin(&g, &c, &at, &csrf, secret_guess, "/admin/x", None);

@@ -365,21 +365,7 @@ fn send(c: &Client, call: &Call<'_>) -> Response {
 }
 
 fn enroll(g: &Gateway, c: &Client, at: &str) {
-    let cookie = format!("access_token={at}");
-    let page = c
-        .get(g.url("/.stepgate/pin/setup"))
-        .header("Cookie", &cookie)
-        .header("Accept", "text/html")
-        .send()
-        .unwrap();
-    let csrf = csrf_of(&page.text().unwrap());
-    let r = c
-        .post(g.url("/.stepgate/pin/setup"))
-        .header("Cookie", &cookie)
-        .form(&[("pin", PIN), ("pin_confirm", PIN), ("csrf", csrf.as_str())])
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 303);
+    enroll_pin(g, c, at, PIN);
 }
 
 /// The code in the (one) message the folder mailer wrote.

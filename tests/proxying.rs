@@ -1329,27 +1329,15 @@ fn metrics_count_requests_by_decision_and_challenges() {
 /// Enroll and verify a PIN through the browser forms, as tests/smoke.rs does.
 fn pin_step_up(g: &Gateway, token: &str) -> String {
     let c = client();
+    enroll_pin(g, &c, token, "2580");
     let cookie = format!("access_token={token}");
     let page = c
-        .get(g.url("/.stepgate/pin/setup?return_to=/admin/x"))
+        .get(g.url("/.stepgate/pin?return_to=/admin/x"))
         .header("Cookie", &cookie)
-        .header("Accept", "text/html")
         .send()
         .unwrap();
     assert_eq!(page.status(), 200);
     let csrf = csrf_of(&page.text().unwrap());
-    let r = c
-        .post(g.url("/.stepgate/pin/setup"))
-        .header("Cookie", &cookie)
-        .form(&[
-            ("pin", "2580"),
-            ("pin_confirm", "2580"),
-            ("csrf", &csrf),
-            ("return_to", "/admin/x"),
-        ])
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 303);
     let r = c
         .post(g.url("/.stepgate/pin"))
         .header("Cookie", &cookie)

@@ -13,29 +13,8 @@ const API: &str = "api-secret-for-tests-0123456789abcdef";
 
 /// Enroll a PIN and step up on `g`; returns (access token, step-up token).
 fn step_up(g: &Gateway, sub: &str) -> (String, String) {
-    let c = client();
     let at = g.token(sub, &[]);
-    let cookie = format!("access_token={at}");
-    let page = c
-        .get(g.url("/.stepgate/pin/setup?return_to=/admin/x"))
-        .header("Cookie", &cookie)
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    let csrf = csrf_of(&page);
-    let r = c
-        .post(g.url("/.stepgate/pin/setup"))
-        .header("Cookie", &cookie)
-        .form(&[
-            ("pin", "2580"),
-            ("pin_confirm", "2580"),
-            ("csrf", &csrf),
-            ("return_to", "/admin/x"),
-        ])
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 303, "enrolled");
+    enroll_pin(g, &client(), &at, "2580");
     pin_step_up(g, &at)
 }
 

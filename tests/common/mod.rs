@@ -238,3 +238,30 @@ pub fn set_cookie(resp: &reqwest::blocking::Response, name: &str) -> Option<Stri
                 .map(|r| r.split(';').next().unwrap().to_string())
         })
 }
+
+/// Enroll `pin` for the holder of access token `at` through the HTML setup
+/// form (the login must be fresh and no PIN set yet).
+pub fn enroll_pin(g: &Gateway, c: &reqwest::blocking::Client, at: &str, pin: &str) {
+    let cookie = format!("access_token={at}");
+    let page = c
+        .get(g.url("/.stepgate/pin/setup?return_to=/admin/x"))
+        .header("Cookie", &cookie)
+        .header("Accept", "text/html")
+        .send()
+        .unwrap();
+    assert_eq!(page.status(), 200, "the enrollment form is offered");
+    let csrf = csrf_of(&page.text().unwrap());
+    let r = c
+        .post(g.url("/.stepgate/pin/setup"))
+        .header("Cookie", &cookie)
+        .header("Accept", "text/html")
+        .form(&[
+            ("pin", pin),
+            ("pin_confirm", pin),
+            ("csrf", csrf.as_str()),
+            ("return_to", "/admin/x"),
+        ])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 303, "enrollment succeeds");
+}
