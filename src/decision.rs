@@ -154,6 +154,12 @@ pub fn decide_with<'p>(
         Some(Err(error)) => return Decision::Unauthenticated { rule, error },
         Some(Ok(p)) => p,
     };
+    if session_revoked(&principal, revoked_before) {
+        return Decision::Unauthenticated {
+            rule,
+            error: AuthError::Revoked,
+        };
+    }
     let Some(step_up) = step_up else {
         return Decision::Forward {
             rule,
@@ -204,6 +210,17 @@ pub fn decide_with<'p>(
         step_up: Some(claims),
         consume: None,
     }
+}
+
+/// Whether `p` is a stepgate PIN-login session that was invalidated: its
+/// PIN session ended, or all of the user's sessions were ended after it
+/// was issued. Other first factors are the identity provider's to revoke.
+pub fn session_revoked(p: &Principal, revoked_before: &dyn Fn(&str) -> Option<i64>) -> bool {
+    let Some((id, iat)) = &p.pin_session else {
+        return false;
+    };
+    revoked_before(&p.sub).is_some_and(|t| *iat <= t)
+        || revoked_before(&crate::lifecycle::session_revocation_key(id)).is_some()
 }
 
 /// The factors a user may use for a rule, in the order pages offer them.

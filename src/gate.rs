@@ -33,6 +33,10 @@ pub struct Gate {
     /// Names (lowercase, `_` as `-`) of headers stepgate owns: client copies
     /// are always removed.
     pub owned_headers: Vec<String>,
+    /// Webhook events and SMS.
+    pub notifier: Arc<crate::notify::Notifier>,
+    /// Users known to have a PIN (for `pin.required` / `pin.offer_setup`).
+    pub known_pins: crate::lifecycle::KnownPins,
 }
 
 impl Gate {
@@ -43,8 +47,15 @@ impl Gate {
                 .collect::<Vec<_>>()
                 .join("\n")
         })?;
-        let verifier = Verifier::new(&settings.first_factor)?;
-        let keys = Keys::new(&settings.signing);
+        let keys = Arc::new(Keys::new(&settings.signing));
+        let mut verifier = Verifier::new(&settings.first_factor)?;
+        if settings.pin.login {
+            verifier = verifier.with_sessions(keys.clone());
+        }
+        let notifier = Arc::new(crate::notify::Notifier::new(
+            settings.webhook.clone(),
+            settings.sms.clone(),
+        )?);
         let store = crate::store::open(&settings.store)?;
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
@@ -67,7 +78,7 @@ impl Gate {
         Ok(Gate {
             policy,
             verifier: Arc::new(verifier),
-            keys: Arc::new(keys),
+            keys,
             store,
             // PIN hashing never takes every core from the proxy's workers
             // (pass-through p99 during a wrong-PIN storm: 3.6x -> 2.0x idle).
@@ -77,6 +88,8 @@ impl Gate {
             assertion,
             revocations: Arc::default(),
             owned_headers,
+            notifier,
+            known_pins: Default::default(),
             settings,
         })
     }
@@ -85,6 +98,47 @@ impl Gate {
     pub fn owns_header(&self, name: &str) -> bool {
         let n = name.to_ascii_lowercase().replace('_', "-");
         n.starts_with("x-stepgate-") || self.owned_headers.contains(&n)
+    }
+
+    /// The device PIN session cookie.
+    pub fn pin_session_cookie(&self, tls: bool) -> &'static str {
+        if tls {
+            "__Host-stepgate_ps"
+        } else {
+            "stepgate_ps"
+        }
+    }
+
+    /// stepgate's own first-factor session after a PIN login.
+    pub fn login_cookie(&self, tls: bool) -> &'static str {
+        if tls {
+            "__Host-stepgate_session"
+        } else {
+            "stepgate_session"
+        }
+    }
+
+    /// The nonce behind CSRF tokens of signed-out forms.
+    pub fn nonce_cookie(&self, tls: bool) -> &'static str {
+        if tls {
+            "__Host-stepgate_pre"
+        } else {
+            "stepgate_pre"
+        }
+    }
+
+    /// Verify a first-factor token, including stepgate's own PIN-login
+    /// sessions and their invalidations.
+    pub fn authenticate(
+        &self,
+        token: &str,
+        now: i64,
+    ) -> Result<crate::identity::Principal, crate::identity::AuthError> {
+        let p = self.verifier.verify(token, now)?;
+        if crate::decision::session_revoked(&p, &|s| self.revocations.revoked_before(s)) {
+            return Err(crate::identity::AuthError::Revoked);
+        }
+        Ok(p)
     }
 
     pub fn stepup_cookie_name(&self, tls: bool) -> &'static str {
@@ -202,7 +256,9 @@ impl Shared {
                 || n.audience != p.audience
                 || n.leeway != p.leeway,
         );
+        keep("pin.login", settings.pin.login != o.pin.login);
         // Restart-only settings keep their running values.
+        settings.pin.login = o.pin.login;
         settings.listen = o.listen.clone();
         settings.tls = o.tls.clone();
         settings.threads = o.threads;
@@ -221,7 +277,6 @@ impl Shared {
             certs.reload(t)?;
         }
         let gate = Gate {
-            settings,
             policy,
             verifier: old.verifier.clone(),
             keys: old.keys.clone(),
@@ -232,6 +287,12 @@ impl Shared {
             assertion,
             revocations: old.revocations.clone(),
             owned_headers,
+            notifier: Arc::new(crate::notify::Notifier::new(
+                settings.webhook.clone(),
+                settings.sms.clone(),
+            )?),
+            known_pins: Default::default(),
+            settings,
         };
         self.current.store(Arc::new(gate));
         Ok(Reloaded {

@@ -38,6 +38,14 @@ pub struct Principal {
     /// When the first-factor login happened (`auth_time`, else `iat`).
     pub login_time: Option<i64>,
     pub expires: i64,
+    /// `preferred_username` (name configurable), for PIN recovery.
+    pub username: Option<String>,
+    /// `phone_number` (name configurable), for PIN recovery by SMS.
+    pub phone: Option<String>,
+    /// Set when the first factor is stepgate's own session after a PIN
+    /// login: (PIN session id, issued at). Such sessions end when the PIN
+    /// session or the user is invalidated.
+    pub pin_session: Option<(String, i64)>,
 }
 
 #[derive(Debug, PartialEq, Eq, Clone)]
@@ -55,6 +63,8 @@ pub enum AuthError {
     WrongIssuer,
     WrongAudience,
     MissingClaim(&'static str),
+    /// A stepgate PIN-login session that was invalidated.
+    Revoked,
 }
 
 impl AuthError {
@@ -71,6 +81,7 @@ impl AuthError {
             AuthError::WrongIssuer => "wrong_issuer",
             AuthError::WrongAudience => "wrong_audience",
             AuthError::MissingClaim(_) => "missing_claim",
+            AuthError::Revoked => "revoked",
         }
     }
 }
@@ -88,6 +99,8 @@ struct Claims {
     email: Option<String>,
     emails: Vec<String>,
     email_verified: Option<bool>,
+    username: Option<String>,
+    phone: Option<String>,
 }
 
 type Map = serde_json::Map<String, serde_json::Value>;
@@ -99,6 +112,7 @@ impl Claims {
             _ => None,
         };
         let (sub, sid, jti, email) = (s("sub"), s("sid"), s("jti"), s(&names.email));
+        let (username, phone) = (s(&names.username), s(&names.phone));
         let int = |k: &str| {
             m.get(k)
                 .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
@@ -122,6 +136,8 @@ impl Claims {
             email,
             emails,
             email_verified: m.get(&names.email_verified).and_then(|v| v.as_bool()),
+            username,
+            phone,
         }
     }
 }
@@ -183,6 +199,9 @@ pub struct Verifier {
     /// Tokens verified in the last minute, so a public-key signature
     /// (0.2-0.4 ms for RS256/ES256) is checked once per token, not per request.
     cache: std::sync::Mutex<HashMap<String, (Principal, i64)>>,
+    /// Keys of stepgate's own PIN-login sessions (`sgs.` tokens), when PIN
+    /// login is on.
+    sessions: Option<Arc<crate::tokens::Keys>>,
 }
 
 /// How long a verified token is remembered (its own expiry still applies).
@@ -237,7 +256,14 @@ impl Verifier {
             },
             last_forced_refresh: AtomicI64::new(0),
             cache: Default::default(),
+            sessions: None,
         })
+    }
+
+    /// Also accept stepgate's own PIN-login sessions, signed with `keys`.
+    pub fn with_sessions(mut self, keys: Arc<crate::tokens::Keys>) -> Verifier {
+        self.sessions = Some(keys);
+        self
     }
 
     pub fn install_jwks(&self, text: &str) -> Result<usize, String> {
@@ -267,6 +293,12 @@ impl Verifier {
         }
         if token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::TooLarge);
+        }
+        if let Some(t) = token.strip_prefix(crate::tokens::SESSION_PREFIX) {
+            return match &self.sessions {
+                Some(k) => k.decode_session(t, now),
+                None => Err(AuthError::Malformed),
+            };
         }
         if let Some((p, verified_at)) = self
             .cache
@@ -379,6 +411,12 @@ impl Verifier {
             session,
             login_time: c.auth_time.or(c.iat),
             expires: exp,
+            username: c
+                .username
+                .map(|u| u.trim().to_string())
+                .filter(|u| !u.is_empty() && u.len() <= 256),
+            phone: c.phone.and_then(|p| crate::profile::normalize_phone(&p)),
+            pin_session: None,
         })
     }
 }

@@ -99,6 +99,31 @@ pub static STORE_UP: LazyLock<IntGauge> = LazyLock::new(|| {
     .unwrap()
 });
 
+pub static PIN_OPERATIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "stepgate_pin_operations_total",
+        "PIN lifecycle operations (change, forgot, reset_token, reset_otp, reset_answers, set_answers, auth_token, set_by_auth_token, login, invalidate, skip) by outcome",
+        &["operation", "outcome"]
+    )
+    .unwrap()
+});
+pub static DELIVERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "stepgate_recovery_messages_total",
+        "PIN recovery messages by channel (email, sms) and outcome (sent, failed)",
+        &["channel", "outcome"]
+    )
+    .unwrap()
+});
+pub static WEBHOOKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "stepgate_webhooks_total",
+        "Webhook deliveries by outcome (delivered, failed after retries)",
+        &["outcome"]
+    )
+    .unwrap()
+});
+
 /// Touch every metric so that it is exported (at zero) from the start.
 pub fn init() {
     LazyLock::force(&REQUESTS);
@@ -115,4 +140,7 @@ pub fn init() {
     LazyLock::force(&OTP_SEND_FAILURES);
     LazyLock::force(&OTP_VERIFICATIONS);
     LazyLock::force(&POLICY_RULES);
+    LazyLock::force(&PIN_OPERATIONS);
+    LazyLock::force(&DELIVERIES);
+    LazyLock::force(&WEBHOOKS);
 }

@@ -34,6 +34,35 @@ const BUILTIN: &[(&str, &str)] = &[
         "email_otp.html",
         include_str!("../templates/email_otp.html"),
     ),
+    ("account.html", include_str!("../templates/account.html")),
+    (
+        "pin_forgot.html",
+        include_str!("../templates/pin_forgot.html"),
+    ),
+    (
+        "pin_reset.html",
+        include_str!("../templates/pin_reset.html"),
+    ),
+    (
+        "pin_login.html",
+        include_str!("../templates/pin_login.html"),
+    ),
+    (
+        "mail_pin_reset_subject.txt",
+        include_str!("../templates/mail_pin_reset_subject.txt"),
+    ),
+    (
+        "mail_pin_reset.txt",
+        include_str!("../templates/mail_pin_reset.txt"),
+    ),
+    (
+        "mail_pin_reset.html",
+        include_str!("../templates/mail_pin_reset.html"),
+    ),
+    (
+        "sms_pin_reset.txt",
+        include_str!("../templates/sms_pin_reset.txt"),
+    ),
 ];
 
 pub const CSS: &str = include_str!("../templates/stepgate.css");
@@ -111,6 +140,45 @@ impl Pages {
             text: render("email_otp.txt"),
             html: render("email_otp.html"),
         }
+    }
+
+    fn render_text(&self, name: &str, ctx: &Value, fallback: &str) -> String {
+        self.env
+            .get_template(name)
+            .and_then(|t| t.render(ctx))
+            .unwrap_or_else(|e| {
+                tracing::error!(target: "stepgate", template = name, error = %e, "message template failed");
+                fallback.to_string()
+            })
+    }
+
+    /// The forgot-PIN email: a reset link, or a code.
+    pub fn reset_mail(
+        &self,
+        to: &str,
+        link: Option<&str>,
+        code: Option<&str>,
+        minutes: u64,
+    ) -> crate::mail::Outgoing {
+        let ctx = minijinja::context! { site => &self.site, link, code, minutes };
+        let fallback = link.or(code).unwrap_or_default();
+        crate::mail::Outgoing {
+            to: to.to_string(),
+            subject: self
+                .render_text("mail_pin_reset_subject.txt", &ctx, "Reset your PIN")
+                .trim()
+                .to_string(),
+            text: self.render_text("mail_pin_reset.txt", &ctx, fallback),
+            html: self.render_text("mail_pin_reset.html", &ctx, fallback),
+        }
+    }
+
+    /// The forgot-PIN text message.
+    pub fn sms_text(&self, code: &str, minutes: u64) -> String {
+        let ctx = minijinja::context! { site => &self.site, code, minutes };
+        self.render_text("sms_pin_reset.txt", &ctx, code)
+            .trim()
+            .to_string()
     }
 
     /// A page with a heading, a sentence and an optional link.

@@ -106,6 +106,31 @@ pub enum FlowError {
     WrongCode {
         remaining: u32,
     },
+    /// The current PIN given to a change is wrong (LoginRadius 1241).
+    WrongCurrentPin {
+        remaining: u32,
+    },
+    /// PINAuthToken unknown or already used (1239) / expired (1240).
+    AuthTokenInvalid,
+    AuthTokenExpired,
+    /// The reset link was already used (1242).
+    ResetUsed,
+    /// The reset token is unknown or expired.
+    ResetInvalid,
+    /// PIN session token unknown, revoked or from another device (1245) /
+    /// expired (1246).
+    SessionInvalid,
+    SessionExpired,
+    /// Security answers wrong or missing; tries left before their lockout.
+    WrongAnswers {
+        remaining: u32,
+    },
+    /// A security question id that the config does not offer.
+    UnknownQuestion(String),
+    /// `resetpinurl` is not on `pin.reset_urls`.
+    ResetUrlNotAllowed,
+    /// A feature this gateway's config turns off; the text says which.
+    Disabled(&'static str),
 }
 
 impl From<StoreError> for FlowError {
@@ -174,8 +199,16 @@ pub async fn reserve<'a>(
     sub: &str,
     ip: &str,
 ) -> Result<Attempt<'a>, FlowError> {
-    let user_key = keys::failures(sub);
-    let ip_key = keys::ip_failures(ip);
+    reserve_on(store, lockout, keys::failures(sub), keys::ip_failures(ip)).await
+}
+
+/// [`reserve`] on other counters (security answers have a lockout of their own).
+pub async fn reserve_on<'a>(
+    store: &'a dyn Store,
+    lockout: &'a Lockout,
+    user_key: String,
+    ip_key: String,
+) -> Result<Attempt<'a>, FlowError> {
     let u = store.incr(&user_key, lockout.window).await?;
     let i = store.incr(&ip_key, lockout.window).await?;
     let over_user = u.value > lockout.max_failures as i64;
@@ -261,6 +294,23 @@ pub async fn verify(
     }
 }
 
+/// Store `pin` as `sub`'s PIN (new or replacing), hashed.
+pub async fn store_pin(
+    store: &dyn Store,
+    hasher: &Arc<Hasher>,
+    sub: &str,
+    pin: &str,
+) -> Result<(), FlowError> {
+    let phc = hasher.hash(pin.to_string()).await?;
+    let rec = serde_json::to_vec(&PinRecord {
+        phc,
+        set_at: crate::clock::now(),
+    })
+    .map_err(|_| FlowError::Internal)?;
+    store.put(&keys::pin(sub), &rec, None).await?;
+    Ok(())
+}
+
 /// Enroll a first PIN. The caller has checked the login's freshness.
 pub async fn enroll(
     store: &dyn Store,
@@ -278,13 +328,7 @@ pub async fn enroll(
     if load_record(store, sub).await?.is_some() {
         return Err(FlowError::PinAlreadySet);
     }
-    let phc = hasher.hash(pin.to_string()).await?;
-    let rec = serde_json::to_vec(&PinRecord {
-        phc,
-        set_at: crate::clock::now(),
-    })
-    .map_err(|_| FlowError::Internal)?;
-    store.put(&keys::pin(sub), &rec, None).await?;
+    store_pin(store, hasher, sub, pin).await?;
     metrics::ENROLLMENTS.inc();
     crate::audit::event("pin_set", sub, ip, "");
     Ok(())

@@ -143,6 +143,48 @@ fn client_ip(gate: &Gate, peer: Option<IpAddr>, req: &RequestHeader) -> (String,
 }
 
 impl Proxy {
+    /// `pin.required` / `pin.offer_setup`: a signed-in user without a PIN is
+    /// sent to setup (browser), or refused with ErrorCode 1243 and a
+    /// PINAuthToken (API clients, required PINs only). Known PINs are
+    /// answered from memory.
+    async fn pin_setup_gate(
+        &self,
+        gate: &Gate,
+        p: &Principal,
+        html: bool,
+        return_to: &(dyn Fn() -> String + Sync),
+    ) -> Option<Reply> {
+        let s = &gate.settings.pin;
+        if !(s.required || s.offer_setup) {
+            return None;
+        }
+        match crate::lifecycle::needs_setup(gate, &p.sub).await {
+            Ok(false) => None,
+            Ok(true) if html => Some(Reply::redirect(&format!(
+                "/.stepgate/pin/setup?return_to={}",
+                crate::web::url_encode(&return_to())
+            ))),
+            Ok(true) if !s.required => None,
+            Ok(true) => Some(
+                match crate::lifecycle::issue_auth_token(gate, &p.sub).await {
+                    Ok((token, exp)) => Reply::json(
+                        403,
+                        &serde_json::json!({
+                            "ErrorCode": 1243,
+                            "Message": "A PIN is required",
+                            "Description": "Set a PIN with POST /.stepgate/api/pin/set/pinauthtoken?pinauthtoken=<PINAuthToken>.",
+                            "PINAuthToken": token,
+                            "ExpireIn": endpoints::api::rfc3339(exp),
+                        }),
+                    ),
+                    Err(e) => endpoints::api::flow_error(e),
+                },
+            ),
+            Err(_) if s.required => Some(unavailable(gate, html)),
+            Err(_) => None,
+        }
+    }
+
     fn stepup_reply(
         &self,
         html: bool,
@@ -224,15 +266,28 @@ impl ProxyHttp for Proxy {
 
         // 1. Read credentials, then strip every identity header the client sent.
         let req = session.req_header();
+        let cookies = || req.headers.get_all("cookie").iter().map(|v| v.as_bytes());
         let access_token = header(req, "authorization")
             .and_then(crate::web::bearer)
             .map(str::to_string)
-            .or_else(|| {
-                cookie(
-                    req.headers.get_all("cookie").iter().map(|v| v.as_bytes()),
-                    &gate.settings.first_factor.cookie,
-                )
-            });
+            .or_else(|| cookie(cookies(), &gate.settings.first_factor.cookie));
+        // After a PIN login, stepgate's own session stands in for an
+        // expired or absent first-factor cookie.
+        let access_token = match gate
+            .settings
+            .pin
+            .login
+            .then(|| cookie(cookies(), gate.login_cookie(tls)))
+            .flatten()
+        {
+            Some(own) => match access_token {
+                Some(t) if gate.verifier.verify(&t, clock::now()).is_ok() => Some(t),
+                _ => Some(own),
+            },
+            None => access_token,
+        };
+        let has_pin_session =
+            gate.settings.pin.login && cookie(cookies(), gate.pin_session_cookie(tls)).is_some();
         let stepup_token = header(req, "x-stepgate-token")
             .map(str::to_string)
             .or_else(|| {
@@ -305,10 +360,18 @@ impl ProxyHttp for Proxy {
             }
             let now = clock::now();
             let principal = match &access_token {
-                Some(t) => gate.verifier.verify(t, now),
+                Some(t) => gate.authenticate(t, now),
                 None => Err(crate::identity::AuthError::Missing),
             };
             let origin = origin(session, tls, &ctx.host);
+            let req = session.req_header();
+            let cookies = req
+                .headers
+                .get_all("cookie")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect::<Vec<_>>()
+                .join("; ");
             let r = endpoints::Req {
                 method: &method,
                 path: &match_path,
@@ -320,6 +383,9 @@ impl ProxyHttp for Proxy {
                 client_ip: &ctx.client_ip,
                 tls,
                 origin,
+                cookies,
+                user_agent: header(session.req_header(), "user-agent").unwrap_or(""),
+                stepup_token: stepup_token.clone(),
             };
             let reply = endpoints::handle(gate, &r).await;
             send(session, reply).await?;
@@ -389,6 +455,13 @@ impl ProxyHttp for Proxy {
                         }
                     }
                 }
+                if let Some(p) = &principal {
+                    if let Some(reply) = self.pin_setup_gate(gate, p, html, &return_to).await {
+                        ctx.label = "pin_required";
+                        send(session, reply).await?;
+                        return Ok(true);
+                    }
+                }
                 ctx.principal = principal;
                 ctx.step_up = step_up;
                 if forward_path != raw_path {
@@ -421,7 +494,17 @@ impl ProxyHttp for Proxy {
                     refresh_jwks_soon(&gate_arc, now);
                 }
                 let origin = origin(session, tls, &ctx.host);
-                match (html, login_redirect(gate, &origin, &return_to())) {
+                // A device with a PIN session only needs the PIN.
+                let pin_login = (html && has_pin_session).then(|| {
+                    format!(
+                        "/.stepgate/pin/login?return_to={}",
+                        crate::web::url_encode(&return_to())
+                    )
+                });
+                match (
+                    html,
+                    pin_login.or_else(|| login_redirect(gate, &origin, &return_to())),
+                ) {
                     (true, Some(url)) => Reply::redirect(&url),
                     (true, None) => gate.pages.message(
                         401,
@@ -516,7 +599,19 @@ impl ProxyHttp for Proxy {
             }
         }
         // The step-up token is stepgate's; the app never needs to see it.
-        strip_cookies(up, &["stepgate_su", "__Host-stepgate_su"]);
+        strip_cookies(
+            up,
+            &[
+                "stepgate_su",
+                "__Host-stepgate_su",
+                "stepgate_ps",
+                "__Host-stepgate_ps",
+                "stepgate_session",
+                "__Host-stepgate_session",
+                "stepgate_pre",
+                "__Host-stepgate_pre",
+            ],
+        );
         if let Some(p) = &ctx.forward_path {
             if let Ok(uri) = p.parse::<http::Uri>() {
                 up.set_uri(uri);

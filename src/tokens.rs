@@ -33,6 +33,45 @@ pub fn random_id() -> String {
     B64.encode(b)
 }
 
+/// A secret token (ResetToken, PINAuthToken, PIN session token): 256 bits,
+/// base64url. Only its digest is stored.
+pub fn secret_token() -> String {
+    let mut b = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    B64.encode(b)
+}
+
+/// The store name of a secret token: a digest, so a leaked store does not
+/// hand out usable tokens.
+pub fn token_digest(token: &str) -> String {
+    digest_b64(token.as_bytes())[..32].to_string()
+}
+
+/// Tokens of stepgate's own PIN-login sessions start with this, so the
+/// first-factor verifier tells them apart without parsing.
+pub const SESSION_PREFIX: &str = "sgs.";
+const SESSION_TYP: &str = "stepgate+session";
+
+/// What stepgate's own session (after a PIN login) carries: the profile the
+/// PIN session was opened with.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SessionClaims {
+    sub: String,
+    /// The PIN session it came from.
+    psid: String,
+    iat: i64,
+    exp: i64,
+    /// The first-factor login the PIN session was opened under.
+    login_time: Option<i64>,
+    #[serde(default)]
+    emails: Vec<String>,
+    #[serde(default)]
+    otp_emails: Vec<String>,
+    username: Option<String>,
+    phone: Option<String>,
+    typ: String,
+}
+
 /// A request id: unique, not secret, so no getrandom syscall per request.
 pub fn request_id() -> String {
     let mut b = [0u8; 12];
@@ -77,6 +116,8 @@ pub struct Keys {
     stepup_validation: Validation,
     csrf: Vec<u8>,
     otp: Vec<u8>,
+    session_enc: EncodingKey,
+    session_dec: DecodingKey,
 }
 
 /// The binding hash of a first-factor session.
@@ -87,6 +128,7 @@ pub fn session_hash(p: &Principal) -> String {
 impl Keys {
     pub fn new(signing: &Secret) -> Keys {
         let su = derive(signing, "step-up-token");
+        let ses = derive(signing, "pin-login-session");
         let mut v = Validation::new(Algorithm::HS256);
         v.validate_exp = false;
         v.validate_nbf = false;
@@ -98,7 +140,97 @@ impl Keys {
             stepup_validation: v,
             csrf: derive(signing, "csrf"),
             otp: derive(signing, "email-otp"),
+            session_enc: EncodingKey::from_secret(&ses),
+            session_dec: DecodingKey::from_secret(&ses),
         }
+    }
+
+    /// Mint stepgate's own first-factor session after a PIN login.
+    pub fn issue_session(
+        &self,
+        profile: &crate::profile::Profile,
+        psid: &str,
+        login_time: Option<i64>,
+        now: i64,
+        ttl_secs: i64,
+    ) -> (String, i64) {
+        let c = SessionClaims {
+            sub: profile.sub.clone(),
+            psid: psid.to_string(),
+            iat: now,
+            exp: now + ttl_secs,
+            login_time,
+            emails: profile.emails.clone(),
+            otp_emails: profile.otp_emails.clone(),
+            username: profile.username.clone(),
+            phone: profile.phone.clone(),
+            typ: SESSION_TYP.to_string(),
+        };
+        let jwt = encode(&Header::new(Algorithm::HS256), &c, &self.session_enc)
+            .expect("HS256 encoding cannot fail");
+        (format!("{SESSION_PREFIX}{jwt}"), c.exp)
+    }
+
+    /// Verify stepgate's own session (without its `sgs.` prefix).
+    pub fn decode_session(
+        &self,
+        token: &str,
+        now: i64,
+    ) -> Result<Principal, crate::identity::AuthError> {
+        use crate::identity::AuthError;
+        let c = decode::<SessionClaims>(token, &self.session_dec, &self.stepup_validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => AuthError::BadSignature,
+                _ => AuthError::Malformed,
+            })?
+            .claims;
+        if c.typ != SESSION_TYP {
+            return Err(AuthError::Malformed);
+        }
+        if now >= c.exp {
+            return Err(AuthError::Expired);
+        }
+        Ok(Principal {
+            email: c.emails.first().cloned(),
+            emails: c.emails,
+            otp_emails: c.otp_emails,
+            session: format!("ps:{}", c.psid),
+            login_time: c.login_time,
+            expires: c.exp,
+            username: c.username,
+            phone: c.phone,
+            pin_session: Some((c.psid, c.iat)),
+            sub: c.sub,
+        })
+    }
+
+    /// A CSRF token for forms shown before sign-in (forgot and reset PIN,
+    /// PIN login), bound to a random nonce kept in a SameSite=Strict cookie.
+    pub fn anon_csrf(&self, nonce: &str, now: i64) -> String {
+        let exp = now + 3600;
+        format!("{exp}.{}", self.anon_mac(nonce, exp))
+    }
+
+    fn anon_mac(&self, nonce: &str, exp: i64) -> String {
+        let mut mac = HmacSha256::new_from_slice(&self.csrf).expect("any key length");
+        mac.update(b"anon\0");
+        mac.update(nonce.as_bytes());
+        mac.update(b"\0");
+        mac.update(exp.to_string().as_bytes());
+        B64.encode(&mac.finalize().into_bytes()[..18])
+    }
+
+    pub fn check_anon_csrf(&self, nonce: &str, token: &str, now: i64) -> bool {
+        let Some((exp, mac)) = token.split_once('.') else {
+            return false;
+        };
+        let Ok(exp) = exp.parse::<i64>() else {
+            return false;
+        };
+        if nonce.len() < 16 || now > exp || exp > now + 3600 + 60 {
+            return false;
+        }
+        bool::from(self.anon_mac(nonce, exp).as_bytes().ct_eq(mac.as_bytes()))
     }
 
     /// Mint a step-up token for `p`, valid for `ttl_secs`.
@@ -221,6 +353,9 @@ mod tests {
 
     fn principal(sub: &str, session: &str) -> Principal {
         Principal {
+            username: None,
+            phone: None,
+            pin_session: None,
             otp_emails: vec![],
             sub: sub.into(),
             email: None,
@@ -283,5 +418,46 @@ mod tests {
         assert!(!k.check_csrf(&principal("alice", "sid:2"), &t, 1000));
         assert!(!k.check_csrf(&a, &t, 1000 + 3601));
         assert!(!k.check_csrf(&a, "garbage", 1000));
+    }
+
+    #[test]
+    fn pin_login_sessions_round_trip_and_refuse_tampering() {
+        let k = keys();
+        let prof = crate::profile::Profile {
+            sub: "alice".into(),
+            emails: vec!["a@x.io".into()],
+            otp_emails: vec!["a@x.io".into()],
+            ..Default::default()
+        };
+        let (t, exp) = k.issue_session(&prof, "ps1", Some(900), 1000, 600);
+        assert_eq!(exp, 1600);
+        let rest = t.strip_prefix(SESSION_PREFIX).unwrap();
+        let p = k.decode_session(rest, 1100).unwrap();
+        assert_eq!(p.sub, "alice");
+        assert_eq!(p.pin_session, Some(("ps1".into(), 1000)));
+        assert_eq!(p.login_time, Some(900));
+        assert_eq!(p.email.as_deref(), Some("a@x.io"));
+        assert_eq!(
+            k.decode_session(rest, 1600),
+            Err(crate::identity::AuthError::Expired)
+        );
+        // A step-up token is not a session, even though both are HS256.
+        let (su, _) = k.issue_stepup(&principal("alice", "s"), Factor::Pin, 1000, 300);
+        assert!(k.decode_session(&su, 1100).is_err());
+        let other = Keys::new(&Secret::new("y".repeat(32)));
+        assert_eq!(
+            other.decode_session(rest, 1100),
+            Err(crate::identity::AuthError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn anonymous_csrf_is_bound_to_its_nonce() {
+        let k = keys();
+        let t = k.anon_csrf("nonce-nonce-nonce-1", 1000);
+        assert!(k.check_anon_csrf("nonce-nonce-nonce-1", &t, 1000));
+        assert!(!k.check_anon_csrf("nonce-nonce-nonce-2", &t, 1000));
+        assert!(!k.check_anon_csrf("short", &k.anon_csrf("short", 1000), 1000));
+        assert!(!k.check_anon_csrf("nonce-nonce-nonce-1", &t, 1000 + 3601));
     }
 }

@@ -156,7 +156,7 @@ pub fn safe_return_to(raw: Option<&str>) -> String {
         && !r.starts_with("/\\")
         && r.len() <= 2048
         && !r.chars().any(|c| c.is_control() || c == '\\')
-        && !r.starts_with("/.stepgate/");
+        && (!r.starts_with("/.stepgate/") || r == "/.stepgate/account");
     if ok {
         r.to_string()
     } else {

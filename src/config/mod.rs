@@ -73,6 +73,36 @@ struct FileConfig {
     /// CA certificates (PEM) trusted for `https://` upstreams, instead of the
     /// system's.
     upstream_ca: Option<String>,
+    sms: Option<SmsFile>,
+    #[serde(default)]
+    security_questions: Vec<QuestionFile>,
+    webhook: Option<WebhookFile>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct SmsFile {
+    webhook_url: String,
+    timeout: Option<Dur>,
+    /// Sent as `Authorization: Bearer` to the SMS gateway.
+    secret: Option<String>,
+    secret_file: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct QuestionFile {
+    id: String,
+    question: String,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct WebhookFile {
+    url: String,
+    secret: Option<String>,
+    secret_file: Option<String>,
+    timeout: Option<Dur>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -154,6 +184,13 @@ struct PinFile {
     min_length: Option<usize>,
     max_length: Option<usize>,
     enroll_window: Option<Dur>,
+    login_ttl: Option<Dur>,
+    offer_setup: Option<bool>,
+    forgot: Option<String>,
+    reset_ttl: Option<Dur>,
+    #[serde(default)]
+    reset_urls: Vec<String>,
+    auth_token_ttl: Option<Dur>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -378,19 +415,57 @@ pub struct StoreSettings {
     pub key_prefix: String,
 }
 
+/// What a forgot-PIN request by email or username sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForgotMode {
+    /// A link carrying a single-use ResetToken.
+    Link,
+    /// A one-time code to enter with the new PIN.
+    Otp,
+}
+
 #[derive(Clone, Debug)]
 pub struct PinSettings {
-    // `required`, `login` and `session_ttl` are read by the PIN lifecycle
-    // (PinAuthToken, PIN login); they are validated now so configs stay stable.
-    #[allow(dead_code)]
+    /// Every authenticated user must have a PIN (1243 until set).
     pub required: bool,
-    #[allow(dead_code)]
+    /// PIN login with a device PIN session.
     pub login: bool,
-    #[allow(dead_code)]
+    /// Lifetime of a device PIN session.
     pub session_ttl: Duration,
     pub min_length: usize,
     pub max_length: usize,
     pub enroll_window: Duration,
+    /// Lifetime of the session stepgate issues after a PIN login.
+    pub login_ttl: Duration,
+    /// Offer PIN setup to users without one (skippable) when not required.
+    pub offer_setup: bool,
+    pub forgot: ForgotMode,
+    /// Lifetime of ResetTokens and reset codes.
+    pub reset_ttl: Duration,
+    /// Where `resetpinurl` may point (exact URLs, or prefixes ending in `/`).
+    pub reset_urls: Vec<String>,
+    /// Lifetime of a PINAuthToken.
+    pub auth_token_ttl: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct Sms {
+    pub webhook_url: String,
+    pub timeout: Duration,
+    pub secret: Option<Secret>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Webhook {
+    pub url: String,
+    pub secret: Secret,
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Question {
+    pub id: String,
+    pub question: String,
 }
 
 #[derive(Clone, Debug)]
@@ -461,6 +536,9 @@ pub struct Settings {
     pub upstream_ca: Option<PathBuf>,
     pub upgrade_sock: PathBuf,
     pub pid_file: PathBuf,
+    pub sms: Option<Sms>,
+    pub security_questions: Vec<Question>,
+    pub webhook: Option<Webhook>,
 }
 
 /// Load and validate a config file. All problems are returned, each with its
@@ -644,7 +722,50 @@ impl Builder<'_> {
                 .enroll_window
                 .map(|d| d.0)
                 .unwrap_or(Duration::from_secs(600)),
+            login_ttl: f
+                .pin
+                .login_ttl
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(900)),
+            offer_setup: f.pin.offer_setup.unwrap_or(false),
+            forgot: match f.pin.forgot.as_deref() {
+                None | Some("link") => ForgotMode::Link,
+                Some("otp") => ForgotMode::Otp,
+                Some(other) => {
+                    self.err("pin.forgot", format!("`{other}`: use link or otp"));
+                    ForgotMode::Link
+                }
+            },
+            reset_ttl: f
+                .pin
+                .reset_ttl
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(900)),
+            reset_urls: f.pin.reset_urls.clone(),
+            auth_token_ttl: f
+                .pin
+                .auth_token_ttl
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(300)),
         };
+        for (i, u) in pin.reset_urls.iter().enumerate() {
+            if !(u.starts_with("https://") || u.starts_with("http://")) || u.contains('?') {
+                self.err(
+                    &format!("pin.reset_urls[{i}]"),
+                    format!("`{u}` must be an absolute http(s) URL without a query"),
+                );
+            }
+        }
+        for (k, d) in [
+            ("pin.session_ttl", pin.session_ttl),
+            ("pin.login_ttl", pin.login_ttl),
+            ("pin.reset_ttl", pin.reset_ttl),
+            ("pin.auth_token_ttl", pin.auth_token_ttl),
+        ] {
+            if d < Duration::from_secs(60) {
+                self.err(k, "must be at least 1m");
+            }
+        }
         if pin.min_length < 4 || pin.max_length > 64 || pin.min_length > pin.max_length {
             self.err(
                 "pin",
@@ -820,6 +941,93 @@ impl Builder<'_> {
             .map(|p| self.path(&p))
             .unwrap_or_else(|| std::env::temp_dir().join(format!("stepgate-{tag}.pid")));
 
+        let sms = f.sms.and_then(|s| {
+            if !(s.webhook_url.starts_with("http://") || s.webhook_url.starts_with("https://")) {
+                self.err(
+                    "sms.webhook_url",
+                    format!("`{}` must start with http:// or https://", s.webhook_url),
+                );
+            }
+            let secret = match load_secret(
+                s.secret.as_deref(),
+                s.secret_file.as_deref(),
+                self.base,
+                "sms",
+            ) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.err("sms", e);
+                    None
+                }
+            };
+            Some(Sms {
+                webhook_url: s.webhook_url,
+                timeout: s.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(5)),
+                secret,
+            })
+        });
+        let mut security_questions: Vec<Question> = Vec::new();
+        for (i, q) in f.security_questions.into_iter().enumerate() {
+            let id = q.id.trim().to_string();
+            if id.is_empty()
+                || id.len() > 64
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                self.err(
+                    &format!("security_questions[{i}].id"),
+                    format!("`{}`: an id is 1-64 letters, digits, `_` or `-`", q.id),
+                );
+            } else if security_questions.iter().any(|o| o.id == id) {
+                self.err(
+                    &format!("security_questions[{i}].id"),
+                    format!("`{id}` is used twice"),
+                );
+            } else if q.question.trim().is_empty() {
+                self.err(
+                    &format!("security_questions[{i}].question"),
+                    "the question is empty",
+                );
+            }
+            security_questions.push(Question {
+                id,
+                question: q.question.trim().to_string(),
+            });
+        }
+        let webhook = f.webhook.and_then(|w| {
+            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                self.err(
+                    "webhook.url",
+                    format!("`{}` must start with http:// or https://", w.url),
+                );
+            }
+            match load_secret(
+                w.secret.as_deref(),
+                w.secret_file.as_deref(),
+                self.base,
+                "webhook",
+            ) {
+                Ok(Some(secret)) if secret.expose().len() >= DEFAULT_SIGNING_MIN => Some(Webhook {
+                    url: w.url,
+                    secret,
+                    timeout: w.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(5)),
+                }),
+                Ok(Some(_)) => {
+                    self.err("webhook", format!("the webhook secret is too short; use at least {DEFAULT_SIGNING_MIN} random bytes"));
+                    None
+                }
+                Ok(None) => {
+                    self.err("webhook", "give `secret` or `secret_file`: receivers check the HMAC signature with it");
+                    None
+                }
+                Err(e) => {
+                    self.err("webhook", e);
+                    None
+                }
+            }
+        });
+
         let (Some(upstreams), Some(first_factor), Some(store), Some(signing)) =
             (upstreams, first_factor, store, signing)
         else {
@@ -852,6 +1060,9 @@ impl Builder<'_> {
             upstream_ca,
             upgrade_sock,
             pid_file,
+            sms,
+            security_questions,
+            webhook,
         })
     }
 

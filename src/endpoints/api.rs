@@ -26,6 +26,23 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/stepup/otp/email"),
     ("POST", "/stepup/validate"),
     ("POST", "/manage/account/{uid}/invalidate"),
+    ("PUT", "/pin/change"),
+    ("POST", "/pin/forgot/email"),
+    ("POST", "/pin/forgot/username"),
+    ("POST", "/pin/forgot/otp"),
+    ("PUT", "/pin/reset/token"),
+    ("PUT", "/pin/reset/otp/email"),
+    ("PUT", "/pin/reset/otp/phone"),
+    ("PUT", "/pin/reset/otp/username"),
+    ("PUT", "/pin/reset/securityanswer/email"),
+    ("PUT", "/pin/reset/securityanswer/phone"),
+    ("PUT", "/pin/reset/securityanswer/username"),
+    ("GET", "/securityquestion"),
+    ("PUT", "/account/securityquestion"),
+    ("POST", "/manage/pinauthtoken"),
+    ("POST", "/pin/set/pinauthtoken"),
+    ("POST", "/login/pin"),
+    ("GET", "/session_token/invalidate"),
 ];
 
 /// `{ErrorCode, Message, Description}` with the HTTP status that fits.
@@ -36,7 +53,7 @@ pub fn error(status: u16, code: u32, message: &str, description: &str) -> Reply 
     )
 }
 
-fn rfc3339(unix: i64) -> String {
+pub fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
         .and_then(|t| {
@@ -72,12 +89,23 @@ pub fn flow_error(e: FlowError) -> Reply {
         FlowError::WrongCode { remaining } => error(401, 1253, "The OTP is invalid", &format!("{remaining} attempt(s) left for this code.")),
         FlowError::StoreUnavailable => error(503, 1254, "Temporarily unavailable", "The gateway's store does not answer; retry shortly.").add("Retry-After", "5".into()),
         FlowError::Internal => error(500, 1255, "Internal error", "See the gateway log."),
+        FlowError::WrongCurrentPin { remaining } => error(401, 1241, "The current PIN is invalid", &format!("{remaining} attempt(s) left before a lockout.")),
+        FlowError::AuthTokenInvalid => error(401, 1239, "The PINAuthToken is invalid", "It is unknown or was already used; ask for a new one."),
+        FlowError::AuthTokenExpired => error(401, 1240, "The PINAuthToken has expired", "Ask for a new one."),
+        FlowError::ResetUsed => error(400, 1242, "The reset link was already used", "Ask for a new one with forgot PIN."),
+        FlowError::ResetInvalid => error(400, 1256, "The reset token is invalid or expired", "Ask for a new one with forgot PIN."),
+        FlowError::SessionInvalid => error(401, 1245, "The session token is invalid", "It is unknown, was invalidated, or belongs to another device; sign in fully."),
+        FlowError::SessionExpired => error(401, 1246, "The session token has expired", "Sign in fully to start a new PIN session."),
+        FlowError::WrongAnswers { remaining } => error(401, 1257, "The security answers are not right", &format!("{remaining} attempt(s) left before a lockout.")),
+        FlowError::UnknownQuestion(q) => error(400, 1258, "Unknown security question", &format!("`{q}` is not one of the configured questions (GET /.stepgate/api/securityquestion lists them).")),
+        FlowError::ResetUrlNotAllowed => error(400, 1259, "The reset URL is not allowed", "`resetpinurl` must be listed in `pin.reset_urls`."),
+        FlowError::Disabled(why) => error(501, 1233, "Not enabled on this gateway", why),
     }
 }
 
 /// Parse a JSON object body; field names are matched case-insensitively, as
 /// LoginRadius clients spell them variously (`OTP`, `Otp`).
-fn body(req: &Req<'_>) -> Result<Map<String, Value>, Reply> {
+pub(super) fn body(req: &Req<'_>) -> Result<Map<String, Value>, Reply> {
     let v: Value = serde_json::from_slice(req.body).map_err(|e| {
         error(
             400,
@@ -100,7 +128,7 @@ fn body(req: &Req<'_>) -> Result<Map<String, Value>, Reply> {
     }
 }
 
-fn string_field<'a>(m: &'a Map<String, Value>, name: &str) -> Result<&'a str, Reply> {
+pub(super) fn string_field<'a>(m: &'a Map<String, Value>, name: &str) -> Result<&'a str, Reply> {
     match m.get(name) {
         Some(Value::String(s)) => Ok(s),
         Some(_) => Err(error(
@@ -128,7 +156,7 @@ fn token_reply(gate: &Gate, p: &Principal, factor: Factor) -> Reply {
     )
 }
 
-fn unauthenticated(presented: Option<&crate::identity::AuthError>) -> Reply {
+pub(super) fn unauthenticated(presented: Option<&crate::identity::AuthError>) -> Reply {
     // RFC 6750 §3.1: say `invalid_token` when a token was presented and failed.
     let www = match presented {
         None | Some(crate::identity::AuthError::Missing) => "Bearer realm=\"stepgate\"".to_string(),
@@ -182,8 +210,19 @@ pub async fn handle(gate: &Gate, req: &Req<'_>) -> Reply {
         {
             return unauthenticated(Some(e))
         }
-        Err(_) => return error(404, 901, "Not found", "No such API endpoint."),
+        Err(e) if matches!(route, "/pin/change" | "/account/securityquestion") => {
+            return unauthenticated(Some(e))
+        }
+        Err(_) => {
+            return match super::pin_api::route(gate, req, route, None).await {
+                Some(r) => r,
+                None => error(404, 901, "Not found", "No such API endpoint."),
+            }
+        }
     };
+    if let Some(r) = super::pin_api::route(gate, req, route, Some(p)).await {
+        return r;
+    }
     match (req.method, route) {
         ("GET", "/stepup/trigger") => trigger(gate, p).await,
         ("PUT", "/stepup/pin") => stepup_pin(gate, req, p).await,
@@ -240,6 +279,7 @@ async fn stepup_pin(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
             metrics::STEPUPS
                 .with_label_values(&["pin", "success"])
                 .inc();
+            crate::lifecycle::remember_profile(gate, p).await;
             token_reply(gate, p, Factor::Pin)
         }
         Err(e) => {
@@ -294,6 +334,7 @@ async fn verify_otp(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
             metrics::STEPUPS
                 .with_label_values(&["email_otp", "success"])
                 .inc();
+            crate::lifecycle::remember_profile(gate, p).await;
             token_reply(gate, p, Factor::EmailOtp)
         }
         Err(e) => {
@@ -313,7 +354,7 @@ async fn verify_otp(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
 }
 
 /// Back-channel calls authenticate with the API secret (constant time).
-fn check_api_secret(gate: &Gate, req: &Req<'_>) -> Result<(), Reply> {
+pub(super) fn check_api_secret(gate: &Gate, req: &Req<'_>) -> Result<(), Reply> {
     let Some(secret) = &gate.settings.api_secret else {
         return Err(error(
             501,
@@ -352,13 +393,9 @@ async fn invalidate(gate: &Gate, req: &Req<'_>, uid: &str) -> Reply {
             "The path needs the user's id (sub).",
         );
     }
-    match gate
-        .revocations
-        .revoke(&*gate.store, &uid, clock::now())
-        .await
-    {
+    match crate::lifecycle::invalidate_user(gate, &uid, req.client_ip).await {
         Ok(()) => Reply::json(200, &json!({"IsPosted": true})),
-        Err(e) => flow_error(e.into()),
+        Err(e) => flow_error(e),
     }
 }
 

@@ -122,7 +122,7 @@ pub async fn verify(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
             metrics::STEPUPS
                 .with_label_values(&["email_otp", "success"])
                 .inc();
-            stepup_success(gate, req, p, Factor::EmailOtp, &return_to)
+            stepup_success(gate, req, p, Factor::EmailOtp, &return_to).await
         }
         Err(FlowError::WrongCode { remaining }) => {
             metrics::STEPUPS

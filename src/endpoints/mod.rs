@@ -3,8 +3,10 @@
 //! data and returns a [`Reply`], so flows are testable without Pingora.
 //! Flow errors become pages in one place, [`flow_page`].
 
+mod account;
 pub mod api;
 mod email;
+mod pin_api;
 
 use minijinja::context;
 
@@ -31,6 +33,36 @@ pub struct Req<'a> {
     pub tls: bool,
     /// `scheme://host` of this request, for absolute links.
     pub origin: String,
+    /// The Cookie headers, joined.
+    pub cookies: String,
+    pub user_agent: &'a str,
+    /// A step-up token presented with the request (cookie or header).
+    pub stepup_token: Option<String>,
+}
+
+impl Req<'_> {
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        crate::web::cookie(std::iter::once(self.cookies.as_bytes()), name).filter(|v| !v.is_empty())
+    }
+}
+
+/// Changing recovery credentials (security answers) needs a recent
+/// first-factor login or a recent step-up of this session.
+pub(crate) fn recovery_change_allowed(gate: &Gate, req: &Req<'_>, p: &Principal) -> bool {
+    if login_is_fresh(gate, p) {
+        return true;
+    }
+    let now = clock::now();
+    let window = gate.settings.pin.enroll_window.as_secs() as i64;
+    req.stepup_token.as_deref().is_some_and(|t| {
+        gate.keys.verify_stepup(t, p, now).is_ok_and(|c| {
+            now - c.auth_time <= window
+                && !gate
+                    .revocations
+                    .revoked_before(&p.sub)
+                    .is_some_and(|r| c.iat <= r)
+        })
+    })
 }
 
 pub const MAX_FORM: usize = 16 * 1024;
@@ -51,13 +83,16 @@ pub async fn handle(gate: &Gate, req: &Req<'_>) -> Reply {
             r.set("Cache-Control", "public, max-age=300".into());
             r.add("Access-Control-Allow-Origin", "*".into())
         }
+        (_, "/.stepgate/pin/forgot" | "/.stepgate/pin/reset" | "/.stepgate/pin/login") => {
+            account::signed_out_pages(gate, req).await
+        }
         _ => user_pages(gate, req).await,
     }
 }
 
 /// Pages for a signed-in user; without a valid first factor, the way to sign in.
 async fn user_pages(gate: &Gate, req: &Req<'_>) -> Reply {
-    const PAGES: [(&str, &str); 9] = [
+    const PAGES: [(&str, &str); 15] = [
         ("GET", "/.stepgate/challenge"),
         ("GET", "/.stepgate/pin"),
         ("POST", "/.stepgate/pin"),
@@ -67,6 +102,12 @@ async fn user_pages(gate: &Gate, req: &Req<'_>) -> Reply {
         ("POST", "/.stepgate/email/send"),
         ("GET", "/.stepgate/email/verify"),
         ("POST", "/.stepgate/email/verify"),
+        ("GET", "/.stepgate/account"),
+        ("POST", "/.stepgate/account/pin"),
+        ("POST", "/.stepgate/account/questions"),
+        ("POST", "/.stepgate/account/sessions/revoke"),
+        ("POST", "/.stepgate/account/revoke"),
+        ("POST", "/.stepgate/pin/skip"),
     ];
     if !PAGES.iter().any(|(_, path)| *path == req.path) && req.path != "/.stepgate/health" {
         return gate.pages.message(
@@ -92,6 +133,14 @@ async fn user_pages(gate: &Gate, req: &Req<'_>) -> Reply {
         ("POST", "/.stepgate/email/send") => email::send(gate, req, p).await,
         ("GET", "/.stepgate/email/verify") => email::code_page(gate, req, p).await,
         ("POST", "/.stepgate/email/verify") => email::verify(gate, req, p).await,
+        ("GET", "/.stepgate/account") => account::page(gate, req, p, None, None).await,
+        ("POST", "/.stepgate/account/pin") => account::change_pin(gate, req, p).await,
+        ("POST", "/.stepgate/account/questions") => account::set_questions(gate, req, p).await,
+        ("POST", "/.stepgate/account/sessions/revoke") => {
+            account::revoke_session(gate, req, p).await
+        }
+        ("POST", "/.stepgate/account/revoke") => account::revoke_all(gate, req, p).await,
+        ("POST", "/.stepgate/pin/skip") => account::skip(gate, req, p).await,
         _ => Reply::text(405, "method not allowed").add("Allow", "GET, POST".into()),
     }
 }
@@ -256,7 +305,7 @@ async fn pin_submit(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
             metrics::STEPUPS
                 .with_label_values(&["pin", "success"])
                 .inc();
-            stepup_success(gate, req, p, Factor::Pin, &return_to)
+            stepup_success(gate, req, p, Factor::Pin, &return_to).await
         }
         Err(FlowError::WrongPin { remaining }) => {
             metrics::STEPUPS
@@ -280,8 +329,10 @@ async fn pin_submit(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
     }
 }
 
-/// Issue the step-up token as a cookie and send the browser back.
-pub(crate) fn stepup_success(
+/// Issue the step-up token as a cookie and send the browser back. A PIN
+/// step-up also opens a device PIN session (when PIN login is on), unless
+/// this device has one.
+pub(crate) async fn stepup_success(
     gate: &Gate,
     req: &Req<'_>,
     p: &Principal,
@@ -294,10 +345,18 @@ pub(crate) fn stepup_success(
         .issue_stepup(p, factor, gate.stepup_now(&p.sub), ttl);
     let name = gate.stepup_cookie_name(req.tls);
     let secure = if req.tls { "; Secure" } else { "" };
-    Reply::redirect(return_to).add(
+    crate::lifecycle::remember_profile(gate, p).await;
+    let reply = Reply::redirect(return_to).add(
         "Set-Cookie",
         format!("{name}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={ttl}{secure}"),
-    )
+    );
+    if factor != Factor::Pin || !gate.settings.pin.login || p.pin_session.is_some() {
+        return reply;
+    }
+    match account::device_session_cookie(gate, req, p).await {
+        Some(c) => reply.add("Set-Cookie", c),
+        None => reply,
+    }
 }
 
 /// PIN enrollment needs a login younger than `pin.enroll_window`.
@@ -332,10 +391,11 @@ fn setup_form(
     error: Option<String>,
 ) -> Reply {
     let s = &gate.settings.pin;
+    let can_skip = s.offer_setup && !s.required;
     gate.pages.render(
         status,
         "pin_setup.html",
-        context! { csrf => gate.keys.csrf_token(p, clock::now()), return_to, error, min_length => s.min_length, max_length => s.max_length },
+        context! { csrf => gate.keys.csrf_token(p, clock::now()), return_to, error, min_length => s.min_length, max_length => s.max_length, can_skip },
     )
 }
 
@@ -363,10 +423,16 @@ async fn setup_submit(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
     )
     .await
     {
-        Ok(()) => Reply::redirect(&format!(
-            "/.stepgate/pin?return_to={}",
-            url_encode(&return_to)
-        )),
+        Ok(()) => {
+            gate.known_pins.insert(&p.sub);
+            crate::lifecycle::remember_profile(gate, p).await;
+            gate.notifier
+                .event("SetPIN", &p.sub, serde_json::json!({"Method": "setup"}));
+            Reply::redirect(&format!(
+                "/.stepgate/pin?return_to={}",
+                url_encode(&return_to)
+            ))
+        }
         Err(FlowError::PinMismatch) => setup_form(
             gate,
             400,
@@ -475,6 +541,25 @@ pub fn flow_page(gate: &Gate, e: FlowError, return_to: &str) -> Reply {
             Some((&format!("/.stepgate/email?return_to={}", url_encode(return_to)), "Send a new code")),
         ),
         FlowError::WrongCode { .. } => pages.message(401, "Not accepted", "The code was not accepted.", None),
+        FlowError::WrongCurrentPin { .. } => pages.message(401, "Not accepted", "The current PIN is not right.", None),
+        FlowError::AuthTokenInvalid | FlowError::AuthTokenExpired => pages.message(400, "Link not valid", "This PIN setup token is unknown, used or expired.", None),
+        FlowError::ResetUsed => pages.message(
+            400,
+            "This link was already used",
+            "Each reset link works once. Ask for a new one if you still need to reset your PIN.",
+            Some(("/.stepgate/pin/forgot", "Ask for a new link")),
+        ),
+        FlowError::ResetInvalid => pages.message(
+            400,
+            "This link is not valid",
+            "The reset link has expired or is not complete. Ask for a new one.",
+            Some(("/.stepgate/pin/forgot", "Ask for a new link")),
+        ),
+        FlowError::SessionInvalid | FlowError::SessionExpired => pages.message(401, "Please sign in", "This device's PIN session has ended. Sign in again.", None),
+        FlowError::WrongAnswers { .. } => pages.message(401, "Not accepted", "The answers were not right.", None),
+        FlowError::UnknownQuestion(_) => pages.message(400, "Unknown question", "That question is not offered here.", None),
+        FlowError::ResetUrlNotAllowed => pages.message(400, "Not allowed", "That reset address is not allowed.", None),
+        FlowError::Disabled(why) => pages.message(501, "Not available", why, None),
         FlowError::Internal => pages.message(
             500,
             "Something went wrong",

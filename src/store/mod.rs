@@ -143,6 +143,52 @@ pub mod keys {
     pub fn used_token(jti: &str) -> String {
         format!("used:{jti}")
     }
+    pub fn profile(sub: &str) -> String {
+        format!("{}:profile", user(sub))
+    }
+    /// Recovery lookups: `kind` is email, username or phone; `value` normalised.
+    pub fn index(kind: &str, value: &str) -> String {
+        format!("idx:{kind}:{}", &digest_b64(value.as_bytes())[..22])
+    }
+    pub fn pin_skip(sub: &str) -> String {
+        format!("{}:pin:skip", user(sub))
+    }
+    pub fn pin_sessions(sub: &str) -> String {
+        format!("{}:ps", user(sub))
+    }
+    pub fn pin_session(id: &str) -> String {
+        format!("ps:{id}")
+    }
+    pub fn reset_token(digest: &str) -> String {
+        format!("reset:{digest}")
+    }
+    pub fn reset_used(digest: &str) -> String {
+        format!("reset:{digest}:used")
+    }
+    pub fn reset_otp(sub: &str) -> String {
+        format!("{}:pinreset", user(sub))
+    }
+    pub fn reset_otp_tries(sub: &str) -> String {
+        format!("{}:pinreset:tries", user(sub))
+    }
+    pub fn answers(sub: &str) -> String {
+        format!("{}:sq", user(sub))
+    }
+    pub fn answer_failures(sub: &str) -> String {
+        format!("{}:sq:fail", user(sub))
+    }
+    pub fn ip_answer_failures(ip: &str) -> String {
+        format!("ip:{ip}:sq:fail")
+    }
+    pub fn pin_auth_token(digest: &str) -> String {
+        format!("pat:{digest}")
+    }
+    pub fn forgot_cooldown(ident: &str) -> String {
+        format!("forgot:{}:cool", &digest_b64(ident.as_bytes())[..22])
+    }
+    pub fn forgot_hourly(ident: &str) -> String {
+        format!("forgot:{}:hour", &digest_b64(ident.as_bytes())[..22])
+    }
 }
 
 /// Wraps a backend with the key prefix and the per-operation timeout.

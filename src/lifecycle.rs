@@ -1,0 +1,1096 @@
+//! A PIN's life after enrollment: change, forget and reset (by ResetToken,
+//! one-time code or security answers), PINAuthTokens for identity providers
+//! that make PINs mandatory, device PIN sessions and PIN login, and
+//! invalidation. Pages and the JSON API call these flows; they answer with
+//! data or a [`FlowError`], never with HTTP.
+//!
+//! Must never: reveal whether an account exists to a signed-out caller,
+//! accept a reset credential twice, evaluate more guesses (PINs, codes,
+//! answers) than their lockouts allow, or leave a revoked session usable on
+//! any gateway.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use crate::config::{ForgotMode, Question};
+use crate::gate::Gate;
+use crate::identity::{digest_b64, Principal};
+use crate::metrics;
+use crate::pin::{self, FlowError};
+use crate::profile::{self, Identifier, Profile};
+use crate::store::keys;
+use crate::tokens::{secret_token, token_digest};
+
+fn op(operation: &str, r: &Result<impl Sized, FlowError>) {
+    let outcome = match r {
+        Ok(_) => "success",
+        Err(FlowError::Locked { .. }) => "locked",
+        Err(FlowError::StoreUnavailable | FlowError::Internal) => "error",
+        Err(_) => "refused",
+    };
+    metrics::PIN_OPERATIONS
+        .with_label_values(&[operation, outcome])
+        .inc();
+}
+
+fn json_of<T: Serialize>(v: &T) -> Result<Vec<u8>, FlowError> {
+    serde_json::to_vec(v).map_err(|_| FlowError::Internal)
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(raw: &[u8]) -> Result<T, FlowError> {
+    serde_json::from_slice(raw).map_err(|_| FlowError::Internal)
+}
+
+/// After a successful step-up or enrollment: keep the recovery profile
+/// current. A failure here must not undo the step-up; it is logged.
+pub async fn remember_profile(gate: &Gate, p: &Principal) {
+    if p.pin_session.is_some() {
+        return; // stepgate's own session repeats a stored profile
+    }
+    if let Err(e) = profile::remember(&*gate.store, p).await {
+        tracing::warn!(target: "stepgate", user = %p.sub, error = ?e, "could not record the recovery profile");
+    }
+}
+
+// ---------- device PIN sessions ----------
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct PinSession {
+    pub id: String,
+    pub sub: String,
+    pub profile: Profile,
+    pub created: i64,
+    pub expires: i64,
+    /// Digest of the User-Agent the session was opened with.
+    ua: String,
+    /// For people: what device this is.
+    pub device: String,
+    /// The first-factor login the session was opened under.
+    pub login_time: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct SessionRef {
+    id: String,
+    expires: i64,
+}
+
+fn ua_digest(ua: &str) -> String {
+    digest_b64(ua.as_bytes())[..16].to_string()
+}
+
+fn device_label(ua: &str) -> String {
+    let t: String = ua.chars().filter(|c| !c.is_control()).take(120).collect();
+    if t.is_empty() {
+        "unknown device".into()
+    } else {
+        t
+    }
+}
+
+/// The revocation-map name of one PIN session.
+pub fn session_revocation_key(id: &str) -> String {
+    format!("ps:{id}")
+}
+
+/// Open a PIN session for this device; returns the secret token.
+pub async fn open_session(
+    gate: &Gate,
+    profile: Profile,
+    login_time: Option<i64>,
+    ua: &str,
+) -> Result<(String, PinSession), FlowError> {
+    let token = secret_token();
+    let now = crate::clock::now();
+    let ttl = gate.settings.pin.session_ttl;
+    let s = PinSession {
+        id: token_digest(&token),
+        sub: profile.sub.clone(),
+        created: gate.stepup_now(&profile.sub),
+        expires: now + ttl.as_secs() as i64,
+        ua: ua_digest(ua),
+        device: device_label(ua),
+        login_time,
+        profile,
+    };
+    // Kept a day past expiry, so an expired token is told apart (1246).
+    let keep = ttl + Duration::from_secs(86400);
+    gate.store
+        .put(&keys::pin_session(&s.id), &json_of(&s)?, Some(keep))
+        .await?;
+    let list_key = keys::pin_sessions(&s.sub);
+    let mut list: Vec<SessionRef> = match gate.store.get(&list_key).await? {
+        Some(raw) => serde_json::from_slice(&raw).unwrap_or_default(),
+        None => Vec::new(),
+    };
+    list.retain(|r| r.expires > now);
+    list.push(SessionRef {
+        id: s.id.clone(),
+        expires: s.expires,
+    });
+    gate.store
+        .put(&list_key, &json_of(&list)?, Some(keep))
+        .await?;
+    crate::audit::event("pin_session_opened", &s.sub, "", &s.id);
+    Ok((token, s))
+}
+
+/// The live session a token names.
+pub async fn load_session(gate: &Gate, token: &str) -> Result<PinSession, FlowError> {
+    if token.is_empty() || token.len() > 128 {
+        return Err(FlowError::SessionInvalid);
+    }
+    let raw = gate
+        .store
+        .get(&keys::pin_session(&token_digest(token)))
+        .await?
+        .ok_or(FlowError::SessionInvalid)?;
+    let s: PinSession = parse(&raw)?;
+    if gate
+        .revocations
+        .revoked_before(&s.sub)
+        .is_some_and(|t| s.created <= t)
+        || gate
+            .revocations
+            .revoked_before(&session_revocation_key(&s.id))
+            .is_some()
+    {
+        return Err(FlowError::SessionInvalid);
+    }
+    if crate::clock::now() >= s.expires {
+        return Err(FlowError::SessionExpired);
+    }
+    Ok(s)
+}
+
+/// The user's live PIN sessions, newest first.
+pub async fn sessions(gate: &Gate, sub: &str) -> Result<Vec<PinSession>, FlowError> {
+    let Some(raw) = gate.store.get(&keys::pin_sessions(sub)).await? else {
+        return Ok(Vec::new());
+    };
+    let list: Vec<SessionRef> = serde_json::from_slice(&raw).unwrap_or_default();
+    let now = crate::clock::now();
+    let cut = gate.revocations.revoked_before(sub);
+    let mut out = Vec::new();
+    for r in list.iter().filter(|r| r.expires > now) {
+        if let Some(raw) = gate.store.get(&keys::pin_session(&r.id)).await? {
+            let s: PinSession = parse(&raw)?;
+            if s.sub == sub && cut.is_none_or(|t| s.created > t) {
+                out.push(s);
+            }
+        }
+    }
+    out.sort_by(|a, b| b.created.cmp(&a.created));
+    Ok(out)
+}
+
+/// End one PIN session (and the stepgate sessions opened from it) on every
+/// gateway. `owner`: when given, only a session of that user is ended.
+pub async fn end_session(gate: &Gate, id: &str, owner: Option<&str>) -> Result<bool, FlowError> {
+    let Some(raw) = gate.store.get(&keys::pin_session(id)).await? else {
+        return Ok(false);
+    };
+    let s: PinSession = parse(&raw)?;
+    if owner.is_some_and(|o| o != s.sub) {
+        return Ok(false);
+    }
+    gate.store.delete(&keys::pin_session(id)).await?;
+    gate.revocations
+        .revoke(
+            &*gate.store,
+            &session_revocation_key(id),
+            crate::clock::now(),
+        )
+        .await?;
+    crate::audit::event("pin_session_ended", &s.sub, "", id);
+    gate.notifier
+        .event("SessionInvalidated", &s.sub, json!({"SessionId": id}));
+    Ok(true)
+}
+
+/// End every PIN session of `sub` except `keep`.
+pub async fn end_sessions(gate: &Gate, sub: &str, keep: Option<&str>) -> Result<usize, FlowError> {
+    let mut n = 0;
+    for s in sessions(gate, sub).await? {
+        if Some(s.id.as_str()) != keep && end_session(gate, &s.id, Some(sub)).await? {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// End every PIN session and step-up of `sub` on every gateway (the IdP calls
+/// this on a password change; the account page offers it).
+pub async fn invalidate_user(gate: &Gate, sub: &str, ip: &str) -> Result<(), FlowError> {
+    let r = async {
+        gate.revocations
+            .revoke(&*gate.store, sub, crate::clock::now())
+            .await?;
+        // Sessions are already dead by the revocation time; dropping the
+        // records keeps the account page tidy.
+        if let Some(raw) = gate.store.get(&keys::pin_sessions(sub)).await? {
+            let list: Vec<SessionRef> = serde_json::from_slice(&raw).unwrap_or_default();
+            for r in list {
+                gate.store.delete(&keys::pin_session(&r.id)).await?;
+            }
+            gate.store.delete(&keys::pin_sessions(sub)).await?;
+        }
+        crate::audit::event("invalidate", sub, ip, "PIN sessions and step-ups");
+        gate.notifier.event("StepDown", sub, json!({}));
+        Ok(())
+    }
+    .await;
+    op("invalidate", &r);
+    r
+}
+
+/// PIN login: the device's PIN session plus the PIN give a short-lived
+/// stepgate session that the gateway accepts as the first factor.
+pub async fn pin_login(
+    gate: &Gate,
+    token: &str,
+    entered: &str,
+    ua: &str,
+    ip: &str,
+) -> Result<(String, i64, PinSession), FlowError> {
+    let r = async {
+        if !gate.settings.pin.login {
+            return Err(FlowError::Disabled(
+                "PIN login is turned off on this gateway.",
+            ));
+        }
+        let s = load_session(gate, token).await?;
+        if !bool::from(s.ua.as_bytes().ct_eq(ua_digest(ua).as_bytes())) {
+            crate::audit::event("pin_session_other_device", &s.sub, ip, &s.id);
+            return Err(FlowError::SessionInvalid);
+        }
+        pin::verify(
+            &*gate.store,
+            &gate.hasher,
+            &gate.settings.lockout,
+            &s.sub,
+            ip,
+            entered,
+        )
+        .await?;
+        let (access, exp) = gate.keys.issue_session(
+            &s.profile,
+            &s.id,
+            s.login_time,
+            gate.stepup_now(&s.sub),
+            gate.settings.pin.login_ttl.as_secs() as i64,
+        );
+        crate::audit::event("pin_login", &s.sub, ip, &s.id);
+        Ok((access, exp, s))
+    }
+    .await;
+    op("login", &r);
+    r
+}
+
+// ---------- change ----------
+
+/// Change the PIN with the current one. Ends the user's other PIN sessions
+/// (`keep` is this device's).
+pub async fn change(
+    gate: &Gate,
+    p: &Principal,
+    ip: &str,
+    old: &str,
+    new: &str,
+    keep: Option<&str>,
+) -> Result<(), FlowError> {
+    let r = async {
+        pin::check_new_pin(new, &gate.settings.pin)?;
+        let record = pin::load_record(&*gate.store, &p.sub)
+            .await?
+            .ok_or(FlowError::NoPin)?;
+        let attempt = pin::reserve(&*gate.store, &gate.settings.lockout, &p.sub, ip).await?;
+        let ok = old.len() <= 64 && gate.hasher.verify(old.to_string(), record.phc).await?;
+        if !ok {
+            crate::audit::event("pin_change_failure", &p.sub, ip, "");
+            return Err(match attempt.failure(&p.sub, ip).await? {
+                FlowError::WrongPin { remaining } => FlowError::WrongCurrentPin { remaining },
+                other => other,
+            });
+        }
+        attempt.success().await?;
+        if old == new {
+            return Err(FlowError::PinRule(
+                "The new PIN must differ from the current one.".into(),
+            ));
+        }
+        pin::store_pin(&*gate.store, &gate.hasher, &p.sub, new).await?;
+        let keep = keep.or(p.pin_session.as_ref().map(|(id, _)| id.as_str()));
+        let ended = end_sessions(gate, &p.sub, keep).await?;
+        crate::audit::event(
+            "pin_changed",
+            &p.sub,
+            ip,
+            &format!("{ended} other PIN session(s) ended"),
+        );
+        gate.notifier
+            .event("ChangePIN", &p.sub, json!({"EndedSessions": ended}));
+        Ok(())
+    }
+    .await;
+    op("change", &r);
+    r
+}
+
+// ---------- forgot and reset ----------
+
+#[derive(Serialize, Deserialize)]
+struct ResetRecord {
+    sub: String,
+    exp: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ResetCode {
+    mac: String,
+    exp: i64,
+}
+
+/// Whether `url` may receive reset links: equal to an allowed URL, or under
+/// an allowed prefix that ends in `/`.
+pub fn reset_url_allowed(allowed: &[String], url: &str) -> bool {
+    let base = url.split(['?', '#']).next().unwrap_or("");
+    allowed
+        .iter()
+        .any(|a| base == a || (a.ends_with('/') && base.starts_with(a.as_str())))
+}
+
+fn reset_code(len: usize) -> String {
+    let mut rng = rand::rngs::OsRng;
+    (0..len)
+        .map(|_| char::from(b'0' + rng.gen_range(0..10u8)))
+        .collect()
+}
+
+/// What went out (for tests and the audit log, never to the caller).
+enum Outgoing {
+    Mail(crate::mail::Outgoing),
+    Sms { to: String, text: String },
+}
+
+/// Forgot PIN by email, username or phone. Answers the same whether or not
+/// the account exists; the message is delivered in the background.
+/// `origin`: this request's `scheme://host`, for links when `public_url` is
+/// not set.
+pub async fn forgot(
+    gate: &Gate,
+    id: &Identifier,
+    reset_url: Option<&str>,
+    origin: &str,
+    ip: &str,
+) -> Result<(), FlowError> {
+    let r = forgot_inner(gate, id, reset_url, origin, ip).await;
+    op("forgot", &r);
+    r
+}
+
+async fn forgot_inner(
+    gate: &Gate,
+    id: &Identifier,
+    reset_url: Option<&str>,
+    origin: &str,
+    ip: &str,
+) -> Result<(), FlowError> {
+    let phone = matches!(id, Identifier::Phone(_));
+    if phone && !gate.notifier.sms_configured() {
+        return Err(FlowError::Disabled(
+            "PIN recovery by SMS needs `sms.webhook_url` in the gateway config.",
+        ));
+    }
+    if !phone && gate.mailer.is_none() {
+        return Err(FlowError::NotConfigured);
+    }
+    if let Some(u) = reset_url {
+        if !reset_url_allowed(&gate.settings.pin.reset_urls, u) {
+            return Err(FlowError::ResetUrlNotAllowed);
+        }
+    }
+    // Rate limits per identifier, whether or not it names an account.
+    let limits = &gate.settings.email_otp;
+    let cool = keys::forgot_cooldown(&id.key());
+    if !gate
+        .store
+        .put_if_absent(&cool, b"1", limits.resend_cooldown)
+        .await?
+    {
+        return Err(FlowError::Cooldown {
+            retry_after: limits.resend_cooldown.as_secs() as i64,
+        });
+    }
+    let hour = keys::forgot_hourly(&id.key());
+    let n = gate.store.incr(&hour, Duration::from_secs(3600)).await?;
+    if n.value > limits.max_sends_per_hour as i64 {
+        return Err(FlowError::SendLimit {
+            until: n.expires_at_ms.div_ceil(1000) as i64,
+        });
+    }
+    let Some(prof) = profile::find(&*gate.store, id).await? else {
+        crate::audit::event(
+            "pin_forgot_unknown",
+            "",
+            ip,
+            id.key().split(':').next().unwrap_or(""),
+        );
+        return Ok(());
+    };
+    let s = &gate.settings.pin;
+    let now = crate::clock::now();
+    let exp = now + s.reset_ttl.as_secs() as i64;
+    let minutes = s.reset_ttl.as_secs().div_ceil(60);
+    let (outgoing, undo_key) = if let Identifier::Phone(to) = id {
+        let code = reset_code(limits.length);
+        store_reset_code(gate, &prof.sub, &code, exp).await?;
+        let text = gate.pages.sms_text(&code, minutes);
+        (
+            Outgoing::Sms {
+                to: to.clone(),
+                text,
+            },
+            keys::reset_otp(&prof.sub),
+        )
+    } else {
+        let asked = match id {
+            Identifier::Email(e) => Some(e.as_str()),
+            _ => None,
+        };
+        let Some(to) = prof.mail_to(asked) else {
+            crate::audit::event("pin_forgot_no_address", &prof.sub, ip, "");
+            return Ok(());
+        };
+        match s.forgot {
+            ForgotMode::Link => {
+                let token = secret_token();
+                let rec = ResetRecord {
+                    sub: prof.sub.clone(),
+                    exp,
+                };
+                let key = keys::reset_token(&token_digest(&token));
+                gate.store
+                    .put(&key, &json_of(&rec)?, Some(s.reset_ttl))
+                    .await?;
+                let base = match reset_url {
+                    Some(u) => u.to_string(),
+                    None => format!(
+                        "{}/.stepgate/pin/reset",
+                        gate.settings.public_url.as_deref().unwrap_or(origin)
+                    ),
+                };
+                let sep = if base.contains('?') { '&' } else { '?' };
+                let link = format!("{base}{sep}token={token}");
+                (
+                    Outgoing::Mail(gate.pages.reset_mail(&to, Some(&link), None, minutes)),
+                    key,
+                )
+            }
+            ForgotMode::Otp => {
+                let code = reset_code(limits.length);
+                store_reset_code(gate, &prof.sub, &code, exp).await?;
+                (
+                    Outgoing::Mail(gate.pages.reset_mail(&to, None, Some(&code), minutes)),
+                    keys::reset_otp(&prof.sub),
+                )
+            }
+        }
+    };
+    deliver(
+        gate,
+        outgoing,
+        prof.sub.clone(),
+        ip.to_string(),
+        undo_key,
+        cool,
+    );
+    Ok(())
+}
+
+async fn store_reset_code(gate: &Gate, sub: &str, code: &str, exp: i64) -> Result<(), FlowError> {
+    let rec = ResetCode {
+        mac: gate.keys.otp_mac(sub, "pin-reset", code),
+        exp,
+    };
+    gate.store.delete(&keys::reset_otp_tries(sub)).await?;
+    gate.store
+        .put(
+            &keys::reset_otp(sub),
+            &json_of(&rec)?,
+            Some(gate.settings.pin.reset_ttl),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Send in the background, so the answer takes as long whether or not the
+/// account exists. A failed send frees the cooldown and drops the credential,
+/// so the user can ask again at once.
+fn deliver(
+    gate: &Gate,
+    out: Outgoing,
+    sub: String,
+    ip: String,
+    undo_key: String,
+    cool_key: String,
+) {
+    let mailer = gate.mailer.clone();
+    let notifier = gate.notifier.clone();
+    let store = gate.store.clone();
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    rt.spawn(async move {
+        let (channel, result) = match out {
+            Outgoing::Mail(m) => {
+                let r = match &mailer {
+                    Some(mailer) => mailer.send(m).await.map_err(|e| e.to_string()),
+                    None => Err("no mailer".into()),
+                };
+                ("email", r)
+            }
+            Outgoing::Sms { to, text } => ("sms", notifier.sms(&to, &text).await),
+        };
+        match result {
+            Ok(()) => {
+                metrics::DELIVERIES.with_label_values(&[channel, "sent"]).inc();
+                crate::audit::event("pin_reset_sent", &sub, &ip, channel);
+            }
+            Err(e) => {
+                metrics::DELIVERIES
+                    .with_label_values(&[channel, "failed"])
+                    .inc();
+                crate::audit::event("pin_reset_send_failed", &sub, &ip, &e);
+                tracing::warn!(target: "stepgate", channel, error = %e, "sending the PIN reset message failed");
+                let _ = store.delete(&undo_key).await;
+                let _ = store.delete(&cool_key).await;
+            }
+        }
+    });
+}
+
+/// For the reset page: is this ResetToken usable (without using it)?
+pub async fn check_reset_token(gate: &Gate, token: &str) -> Result<(), FlowError> {
+    if token.is_empty() || token.len() > 128 {
+        return Err(FlowError::ResetInvalid);
+    }
+    let d = token_digest(token);
+    match gate.store.get(&keys::reset_token(&d)).await? {
+        Some(raw) => {
+            let rec: ResetRecord = parse(&raw)?;
+            if rec.exp <= crate::clock::now() {
+                return Err(FlowError::ResetInvalid);
+            }
+            Ok(())
+        }
+        None if gate.store.get(&keys::reset_used(&d)).await?.is_some() => Err(FlowError::ResetUsed),
+        None => Err(FlowError::ResetInvalid),
+    }
+}
+
+/// Reset the PIN with the ResetToken from a forgot-PIN link (single use).
+pub async fn reset_by_token(
+    gate: &Gate,
+    token: &str,
+    new: &str,
+    ip: &str,
+) -> Result<(), FlowError> {
+    let r = async {
+        pin::check_new_pin(new, &gate.settings.pin)?;
+        if token.is_empty() || token.len() > 128 {
+            return Err(FlowError::ResetInvalid);
+        }
+        let d = token_digest(token);
+        let Some(raw) = gate.store.take(&keys::reset_token(&d)).await? else {
+            return Err(if gate.store.get(&keys::reset_used(&d)).await?.is_some() {
+                FlowError::ResetUsed
+            } else {
+                FlowError::ResetInvalid
+            });
+        };
+        gate.store
+            .put(
+                &keys::reset_used(&d),
+                b"1",
+                Some(Duration::from_secs(86400)),
+            )
+            .await?;
+        let rec: ResetRecord = parse(&raw)?;
+        if rec.exp <= crate::clock::now() {
+            return Err(FlowError::ResetInvalid);
+        }
+        finish_reset(gate, &rec.sub, new, ip, "token").await
+    }
+    .await;
+    op("reset_token", &r);
+    r
+}
+
+/// Reset the PIN with the code a forgot-PIN request sent.
+pub async fn reset_by_otp(
+    gate: &Gate,
+    id: &Identifier,
+    code: &str,
+    new: &str,
+    ip: &str,
+) -> Result<(), FlowError> {
+    let r = async {
+        pin::check_new_pin(new, &gate.settings.pin)?;
+        let Some(prof) = profile::find(&*gate.store, id).await? else {
+            return Err(FlowError::NoCode);
+        };
+        let sub = prof.sub;
+        let key = keys::reset_otp(&sub);
+        let Some(raw) = gate.store.get(&key).await? else {
+            return Err(FlowError::NoCode);
+        };
+        let rec: ResetCode = parse(&raw)?;
+        let max = gate.settings.email_otp.max_tries as i64;
+        let tries = gate
+            .store
+            .incr(&keys::reset_otp_tries(&sub), gate.settings.pin.reset_ttl)
+            .await?;
+        if tries.value > max || rec.exp <= crate::clock::now() {
+            gate.store.delete(&key).await?;
+            return Err(FlowError::NoCode);
+        }
+        let mac = gate.keys.otp_mac(&sub, "pin-reset", code.trim());
+        if !bool::from(mac.as_bytes().ct_eq(rec.mac.as_bytes())) {
+            crate::audit::event("pin_reset_wrong_code", &sub, ip, "");
+            if tries.value >= max {
+                gate.store.delete(&key).await?;
+            }
+            return Err(FlowError::WrongCode {
+                remaining: (max - tries.value).max(0) as u32,
+            });
+        }
+        // Single use, even against a concurrent right guess elsewhere.
+        if gate.store.take(&key).await?.is_none() {
+            return Err(FlowError::NoCode);
+        }
+        finish_reset(gate, &sub, new, ip, "otp").await
+    }
+    .await;
+    op("reset_otp", &r);
+    r
+}
+
+fn normalize_answer(a: &str) -> String {
+    a.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+/// Reset the PIN with security answers. Every question the user answered
+/// must be answered right; failures count toward a lockout of their own.
+pub async fn reset_by_answers(
+    gate: &Gate,
+    id: &Identifier,
+    given: &BTreeMap<String, String>,
+    new: &str,
+    ip: &str,
+) -> Result<(), FlowError> {
+    let r = async {
+        pin::check_new_pin(new, &gate.settings.pin)?;
+        let prof = profile::find(&*gate.store, id).await?;
+        // Unknown accounts go through the same steps, lockout included.
+        let sub = match &prof {
+            Some(p) => p.sub.clone(),
+            None => format!("unknown:{}", id.key()),
+        };
+        let stored: BTreeMap<String, String> = match &prof {
+            Some(p) => match gate.store.get(&keys::answers(&p.sub)).await? {
+                Some(raw) => parse(&raw)?,
+                None => BTreeMap::new(),
+            },
+            None => BTreeMap::new(),
+        };
+        let attempt = pin::reserve_on(
+            &*gate.store,
+            &gate.settings.lockout,
+            keys::answer_failures(&sub),
+            keys::ip_answer_failures(ip),
+        )
+        .await?;
+        let mut ok = !stored.is_empty();
+        if stored.is_empty() {
+            // As long as a real check, so timing tells nothing.
+            let _ = gate.hasher.verify("x".into(), DECOY_PHC.to_string()).await;
+        }
+        for (qid, phc) in &stored {
+            let answer = given
+                .get(qid)
+                .map(|a| normalize_answer(a))
+                .unwrap_or_default();
+            if answer.is_empty()
+                || answer.len() > 256
+                || !gate.hasher.verify(answer, phc.clone()).await?
+            {
+                ok = false;
+                break;
+            }
+        }
+        if !ok {
+            crate::audit::event("pin_reset_wrong_answers", &sub, ip, "");
+            return Err(match attempt.failure(&sub, ip).await? {
+                FlowError::WrongPin { remaining } => FlowError::WrongAnswers { remaining },
+                other => other,
+            });
+        }
+        attempt.success().await?;
+        finish_reset(gate, &sub, new, ip, "security_answers").await
+    }
+    .await;
+    op("reset_answers", &r);
+    r
+}
+
+/// An Argon2id hash of nothing anyone can answer, for equal-time refusals.
+const DECOY_PHC: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c3RlcGdhdGVkZWNveQ$0dqB0xKz7kzNnRdzJ8zq1oF3mC0y3b0h2vN2wR7JzqY";
+
+async fn finish_reset(
+    gate: &Gate,
+    sub: &str,
+    new: &str,
+    ip: &str,
+    how: &str,
+) -> Result<(), FlowError> {
+    pin::store_pin(&*gate.store, &gate.hasher, sub, new).await?;
+    // Proven by the mailbox, phone or answers: the PIN lockout is lifted.
+    gate.store.delete(&keys::failures(sub)).await?;
+    gate.known_pins.insert(sub);
+    invalidate_user(gate, sub, ip).await?;
+    crate::audit::event("pin_reset", sub, ip, how);
+    gate.notifier.event("ResetPIN", sub, json!({"Method": how}));
+    Ok(())
+}
+
+// ---------- security questions ----------
+
+/// Set (or replace) the user's answers. Needs a recent first-factor login,
+/// like any new recovery credential.
+pub async fn set_answers(
+    gate: &Gate,
+    p: &Principal,
+    answers: &[(String, String)],
+    ip: &str,
+) -> Result<usize, FlowError> {
+    let r = async {
+        let qs = &gate.settings.security_questions;
+        if qs.is_empty() {
+            return Err(FlowError::Disabled(
+                "No security questions are configured on this gateway.",
+            ));
+        }
+        if answers.is_empty() {
+            return Err(FlowError::UnknownQuestion(String::new()));
+        }
+        let mut normalized = Vec::new();
+        for (qid, a) in answers {
+            if !qs.iter().any(|q| &q.id == qid) {
+                return Err(FlowError::UnknownQuestion(qid.clone()));
+            }
+            let a = normalize_answer(a);
+            if a.is_empty() || a.len() > 256 {
+                return Err(FlowError::PinRule(
+                    "Each answer needs 1 to 256 characters.".into(),
+                ));
+            }
+            normalized.push((qid.clone(), a));
+        }
+        let key = keys::answers(&p.sub);
+        let mut stored: BTreeMap<String, String> = match gate.store.get(&key).await? {
+            Some(raw) => parse(&raw)?,
+            None => BTreeMap::new(),
+        };
+        for (qid, a) in normalized {
+            stored.insert(qid, gate.hasher.hash(a).await?);
+        }
+        gate.store.put(&key, &json_of(&stored)?, None).await?;
+        remember_profile(gate, p).await;
+        crate::audit::event(
+            "security_answers_set",
+            &p.sub,
+            ip,
+            &stored.len().to_string(),
+        );
+        Ok(stored.len())
+    }
+    .await;
+    op("set_answers", &r);
+    r
+}
+
+/// The questions the user behind `id` answered; for an unknown account (or
+/// one without answers) a stable, secret-keyed choice of configured
+/// questions, so the answer tells nothing.
+pub async fn questions_for(gate: &Gate, id: &Identifier) -> Result<Vec<Question>, FlowError> {
+    let qs = &gate.settings.security_questions;
+    if qs.is_empty() {
+        return Err(FlowError::Disabled(
+            "No security questions are configured on this gateway.",
+        ));
+    }
+    if let Some(prof) = profile::find(&*gate.store, id).await? {
+        if let Some(raw) = gate.store.get(&keys::answers(&prof.sub)).await? {
+            let stored: BTreeMap<String, String> = parse(&raw)?;
+            let mine: Vec<Question> = qs
+                .iter()
+                .filter(|q| stored.contains_key(&q.id))
+                .cloned()
+                .collect();
+            if !mine.is_empty() {
+                return Ok(mine);
+            }
+        }
+    }
+    let seed = gate.keys.otp_mac("decoy", &id.key(), "");
+    let bytes = seed.as_bytes();
+    let want = qs.len().min(2);
+    let mut picked: Vec<usize> = Vec::new();
+    let mut i = 0;
+    while picked.len() < want {
+        let n = bytes[i % bytes.len()] as usize % qs.len();
+        if !picked.contains(&n) {
+            picked.push(n);
+        }
+        i += 1;
+        if i > 64 {
+            break;
+        }
+    }
+    picked.sort();
+    Ok(picked.into_iter().map(|n| qs[n].clone()).collect())
+}
+
+/// The questions a signed-in user has answered (account page).
+pub async fn answered(gate: &Gate, sub: &str) -> Result<Vec<String>, FlowError> {
+    Ok(match gate.store.get(&keys::answers(sub)).await? {
+        Some(raw) => parse::<BTreeMap<String, String>>(&raw)?
+            .into_keys()
+            .collect(),
+        None => Vec::new(),
+    })
+}
+
+// ---------- PINAuthToken and mandatory PINs ----------
+
+#[derive(Serialize, Deserialize)]
+struct AuthTokenRecord {
+    sub: String,
+    exp: i64,
+}
+
+/// A single-use, short-lived token that lets `uid` set a PIN.
+pub async fn issue_auth_token(gate: &Gate, uid: &str) -> Result<(String, i64), FlowError> {
+    let r = async {
+        let token = secret_token();
+        let ttl = gate.settings.pin.auth_token_ttl;
+        let exp = crate::clock::now() + ttl.as_secs() as i64;
+        let rec = AuthTokenRecord {
+            sub: uid.to_string(),
+            exp,
+        };
+        // Kept an hour past expiry, so an expired token is told apart (1240).
+        gate.store
+            .put(
+                &keys::pin_auth_token(&token_digest(&token)),
+                &json_of(&rec)?,
+                Some(ttl + Duration::from_secs(3600)),
+            )
+            .await?;
+        crate::audit::event("pin_auth_token_issued", uid, "", "");
+        Ok((token, exp))
+    }
+    .await;
+    op("auth_token", &r);
+    r
+}
+
+/// What setting a PIN with a PINAuthToken gives back.
+pub struct PinSet {
+    pub profile: Profile,
+    /// The device PIN session (when PIN login is on) and its expiry.
+    pub session: Option<(String, i64)>,
+    /// A stepgate session accepted as the first factor, and its expiry.
+    pub access: Option<(String, i64)>,
+}
+
+pub async fn set_by_auth_token(
+    gate: &Gate,
+    token: &str,
+    new: &str,
+    ua: &str,
+    ip: &str,
+) -> Result<PinSet, FlowError> {
+    let r = async {
+        if token.is_empty() || token.len() > 128 {
+            return Err(FlowError::AuthTokenInvalid);
+        }
+        let key = keys::pin_auth_token(&token_digest(token));
+        let raw = gate
+            .store
+            .get(&key)
+            .await?
+            .ok_or(FlowError::AuthTokenInvalid)?;
+        let rec: AuthTokenRecord = parse(&raw)?;
+        if rec.exp <= crate::clock::now() {
+            return Err(FlowError::AuthTokenExpired);
+        }
+        pin::check_new_pin(new, &gate.settings.pin)?;
+        if pin::load_record(&*gate.store, &rec.sub).await?.is_some() {
+            return Err(FlowError::PinAlreadySet);
+        }
+        if gate.store.take(&key).await?.is_none() {
+            return Err(FlowError::AuthTokenInvalid);
+        }
+        pin::store_pin(&*gate.store, &gate.hasher, &rec.sub, new).await?;
+        metrics::ENROLLMENTS.inc();
+        gate.known_pins.insert(&rec.sub);
+        crate::audit::event("pin_set", &rec.sub, ip, "pin auth token");
+        gate.notifier
+            .event("SetPIN", &rec.sub, json!({"Method": "pinauthtoken"}));
+        let profile = profile::load(&*gate.store, &rec.sub)
+            .await?
+            .unwrap_or(Profile {
+                sub: rec.sub.clone(),
+                ..Default::default()
+            });
+        let (session, access) = if gate.settings.pin.login {
+            let now = crate::clock::now();
+            let (t, s) = open_session(gate, profile.clone(), Some(now), ua).await?;
+            let access = gate.keys.issue_session(
+                &profile,
+                &s.id,
+                Some(now),
+                gate.stepup_now(&rec.sub),
+                gate.settings.pin.login_ttl.as_secs() as i64,
+            );
+            (Some((t, s.expires)), Some(access))
+        } else {
+            (None, None)
+        };
+        Ok(PinSet {
+            profile,
+            session,
+            access,
+        })
+    }
+    .await;
+    op("set_by_auth_token", &r);
+    r
+}
+
+/// Does this signed-in user still have to set up a PIN (`pin.required`) or
+/// be offered one (`pin.offer_setup`, unless skipped)? Answered from memory
+/// once known, so requests of users with a PIN cost no store call.
+pub async fn needs_setup(gate: &Gate, sub: &str) -> Result<bool, FlowError> {
+    if gate.known_pins.contains(sub) {
+        return Ok(false);
+    }
+    if pin::load_record(&*gate.store, sub).await?.is_some() {
+        gate.known_pins.insert(sub);
+        return Ok(false);
+    }
+    if !gate.settings.pin.required && gate.store.get(&keys::pin_skip(sub)).await?.is_some() {
+        gate.known_pins.insert(sub);
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// Remember that the user chose not to set up an optional PIN.
+pub async fn skip_setup(gate: &Gate, sub: &str, ip: &str) -> Result<(), FlowError> {
+    let r = async {
+        if gate.settings.pin.required {
+            return Err(FlowError::Disabled("A PIN is required on this site."));
+        }
+        gate.store.put(&keys::pin_skip(sub), b"1", None).await?;
+        gate.known_pins.insert(sub);
+        crate::audit::event("pin_setup_skipped", sub, ip, "");
+        Ok(())
+    }
+    .await;
+    op("skip", &r);
+    r
+}
+
+/// Subjects known to have a PIN (or to have skipped an optional one), per
+/// gateway snapshot; bounded.
+#[derive(Default)]
+pub struct KnownPins {
+    set: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl KnownPins {
+    const MAX: usize = 200_000;
+
+    pub fn contains(&self, sub: &str) -> bool {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(sub)
+    }
+
+    pub fn insert(&self, sub: &str) {
+        let mut s = self.set.lock().unwrap_or_else(|p| p.into_inner());
+        if s.len() >= Self::MAX {
+            s.clear();
+        }
+        s.insert(sub.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_urls_must_be_listed() {
+        let allowed = vec![
+            "https://app.example.com/reset".to_string(),
+            "https://id.example.com/pin/".to_string(),
+        ];
+        assert!(reset_url_allowed(&allowed, "https://app.example.com/reset"));
+        assert!(reset_url_allowed(
+            &allowed,
+            "https://app.example.com/reset?x=1"
+        ));
+        assert!(reset_url_allowed(
+            &allowed,
+            "https://id.example.com/pin/reset"
+        ));
+        assert!(!reset_url_allowed(
+            &allowed,
+            "https://app.example.com/reset2"
+        ));
+        assert!(!reset_url_allowed(
+            &allowed,
+            "https://app.example.com.evil.io/reset"
+        ));
+        assert!(!reset_url_allowed(&allowed, "https://id.example.com/pinx"));
+        assert!(!reset_url_allowed(&[], "https://app.example.com/reset"));
+    }
+
+    #[test]
+    fn answers_normalise_case_and_spaces() {
+        assert_eq!(
+            normalize_answer("  Saint   Mary's\tSchool "),
+            "saint mary's school"
+        );
+    }
+
+    #[test]
+    fn decoy_hash_is_a_valid_phc_string() {
+        assert!(argon2::password_hash::PasswordHash::new(DECOY_PHC).is_ok());
+    }
+}

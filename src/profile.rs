@@ -1,0 +1,257 @@
+//! What PIN recovery needs to know about a user when they are not signed in:
+//! the addresses, username and phone number their first-factor token named at
+//! enrollment or at their last step-up, indexed so that a forgot-PIN request
+//! by email, username or phone finds the account.
+//!
+//! Must never: tell a caller whether an account exists (callers answer the
+//! same either way), or keep an index entry pointing at a user who no longer
+//! has that value.
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::Principal;
+use crate::pin::FlowError;
+use crate::store::{keys, Store};
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct Profile {
+    pub sub: String,
+    /// Every address, primary first.
+    #[serde(default)]
+    pub emails: Vec<String>,
+    /// Addresses that may receive codes (the verified ones).
+    #[serde(default)]
+    pub otp_emails: Vec<String>,
+    pub username: Option<String>,
+    pub phone: Option<String>,
+}
+
+impl Profile {
+    pub fn of(p: &Principal) -> Profile {
+        Profile {
+            sub: p.sub.clone(),
+            emails: p.emails.clone(),
+            otp_emails: p.otp_emails.clone(),
+            username: p.username.clone(),
+            phone: p.phone.clone(),
+        }
+    }
+
+    /// Index entries this profile owns, as (kind, normalised value).
+    fn index_entries(&self) -> Vec<(&'static str, String)> {
+        let mut out: Vec<(&'static str, String)> = self
+            .otp_emails
+            .iter()
+            .map(|e| ("email", e.clone()))
+            .collect();
+        if let Some(u) = &self.username {
+            out.push(("username", u.to_lowercase()));
+        }
+        if let Some(p) = &self.phone {
+            out.push(("phone", p.clone()));
+        }
+        out
+    }
+
+    /// Where a recovery email goes: the address asked for when it is one of
+    /// the profile's verified ones, else the first verified address.
+    pub fn mail_to(&self, asked: Option<&str>) -> Option<String> {
+        match asked {
+            Some(a) if self.otp_emails.iter().any(|e| e == a) => Some(a.to_string()),
+            _ => self.otp_emails.first().cloned(),
+        }
+    }
+}
+
+/// How a signed-out user names their account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identifier {
+    Email(String),
+    UserName(String),
+    Phone(String),
+}
+
+impl Identifier {
+    /// Normalise what the user typed; None when it cannot be one.
+    pub fn parse(kind: &str, raw: &str) -> Option<Identifier> {
+        let t = raw.trim();
+        if t.is_empty() || t.len() > 256 {
+            return None;
+        }
+        match kind {
+            "email" => t
+                .contains('@')
+                .then(|| Identifier::Email(t.to_ascii_lowercase())),
+            "username" => Some(Identifier::UserName(t.to_lowercase())),
+            "phone" => normalize_phone(t).map(Identifier::Phone),
+            _ => None,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Identifier::Email(_) => "email",
+            Identifier::UserName(_) => "username",
+            Identifier::Phone(_) => "phone",
+        }
+    }
+
+    pub fn value(&self) -> &str {
+        match self {
+            Identifier::Email(v) | Identifier::UserName(v) | Identifier::Phone(v) => v,
+        }
+    }
+
+    /// A stable name for rate limits, the same whether or not the account
+    /// exists.
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.kind(), self.value())
+    }
+}
+
+/// `+1 (555) 010-2000` → `+15550102000`; None without 6 to 15 digits.
+pub fn normalize_phone(raw: &str) -> Option<String> {
+    let t = raw.trim();
+    let plus = t.starts_with('+');
+    let mut digits = String::new();
+    for c in t.chars() {
+        match c {
+            '0'..='9' => digits.push(c),
+            ' ' | '-' | '(' | ')' | '.' | '+' => {}
+            _ => return None,
+        }
+    }
+    if !(6..=15).contains(&digits.len()) {
+        return None;
+    }
+    Some(if plus { format!("+{digits}") } else { digits })
+}
+
+pub async fn load(store: &dyn Store, sub: &str) -> Result<Option<Profile>, FlowError> {
+    match store.get(&keys::profile(sub)).await? {
+        None => Ok(None),
+        Some(raw) => Ok(serde_json::from_slice(&raw).ok()),
+    }
+}
+
+/// Record what the first-factor token says about `p`, and keep the indexes
+/// in step. Costs one read when nothing changed.
+pub async fn remember(store: &dyn Store, p: &Principal) -> Result<(), FlowError> {
+    let new = Profile::of(p);
+    let old = load(store, &p.sub).await?;
+    if old.as_ref() == Some(&new) {
+        return Ok(());
+    }
+    let raw = serde_json::to_vec(&new).map_err(|_| FlowError::Internal)?;
+    store.put(&keys::profile(&p.sub), &raw, None).await?;
+    let fresh = new.index_entries();
+    for (kind, value) in &fresh {
+        store
+            .put(&keys::index(kind, value), p.sub.as_bytes(), None)
+            .await?;
+    }
+    if let Some(old) = old {
+        for (kind, value) in old.index_entries() {
+            if fresh.iter().any(|(k, v)| *k == kind && *v == value) {
+                continue;
+            }
+            let key = keys::index(kind, &value);
+            // Only drop the entry if it still names this user.
+            if store.get(&key).await?.as_deref() == Some(p.sub.as_bytes()) {
+                store.delete(&key).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The profile an identifier names, if any.
+pub async fn find(store: &dyn Store, id: &Identifier) -> Result<Option<Profile>, FlowError> {
+    let Some(sub) = store.get(&keys::index(id.kind(), id.value())).await? else {
+        return Ok(None);
+    };
+    let sub = String::from_utf8(sub).map_err(|_| FlowError::Internal)?;
+    let Some(prof) = load(store, &sub).await? else {
+        return Ok(None);
+    };
+    // The index may be stale if the profile changed on another gateway
+    // between the two reads; trust only a profile that still has the value.
+    let still = prof
+        .index_entries()
+        .iter()
+        .any(|(k, v)| *k == id.kind() && v == id.value());
+    Ok(still.then_some(prof))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    fn principal(sub: &str, email: &str, username: Option<&str>) -> Principal {
+        Principal {
+            sub: sub.into(),
+            otp_emails: vec![email.into()],
+            email: Some(email.into()),
+            emails: vec![email.into()],
+            session: "s".into(),
+            login_time: None,
+            expires: 0,
+            username: username.map(str::to_string),
+            phone: Some("+15550102000".into()),
+            pin_session: None,
+        }
+    }
+
+    #[test]
+    fn identifiers_normalise() {
+        assert_eq!(
+            Identifier::parse("email", " Ann@X.io "),
+            Some(Identifier::Email("ann@x.io".into()))
+        );
+        assert_eq!(Identifier::parse("email", "nope"), None);
+        assert_eq!(
+            Identifier::parse("phone", "+1 (555) 010-2000"),
+            Some(Identifier::Phone("+15550102000".into()))
+        );
+        assert_eq!(Identifier::parse("phone", "call me"), None);
+        assert_eq!(Identifier::parse("phone", "123"), None);
+        assert_eq!(
+            Identifier::parse("username", "Ann"),
+            Some(Identifier::UserName("ann".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn indexes_follow_profile_changes() {
+        let store = MemoryStore::default();
+        remember(&store, &principal("u1", "a@x.io", Some("Ann")))
+            .await
+            .unwrap();
+        let by_mail = Identifier::Email("a@x.io".into());
+        assert_eq!(find(&store, &by_mail).await.unwrap().unwrap().sub, "u1");
+        let by_name = Identifier::UserName("ann".into());
+        assert_eq!(find(&store, &by_name).await.unwrap().unwrap().sub, "u1");
+        let by_phone = Identifier::Phone("+15550102000".into());
+        assert_eq!(find(&store, &by_phone).await.unwrap().unwrap().sub, "u1");
+        // The address changes: the old one no longer finds the account.
+        remember(&store, &principal("u1", "b@x.io", Some("Ann")))
+            .await
+            .unwrap();
+        assert_eq!(find(&store, &by_mail).await.unwrap(), None);
+        assert_eq!(
+            find(&store, &Identifier::Email("b@x.io".into()))
+                .await
+                .unwrap()
+                .unwrap()
+                .sub,
+            "u1"
+        );
+        assert_eq!(
+            find(&store, &Identifier::Email("zz@x.io".into()))
+                .await
+                .unwrap(),
+            None
+        );
+    }
+}
