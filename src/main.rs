@@ -68,6 +68,12 @@ enum Cmd {
         /// Pretend the login happened this many seconds ago (`auth_time`).
         #[arg(long, default_value_t = 0)]
         login_age: i64,
+        /// Username claim (`first_factor.claims.username`), for PIN recovery.
+        #[arg(long)]
+        username: Option<String>,
+        /// Phone number claim (`first_factor.claims.phone`), for PIN recovery by SMS.
+        #[arg(long)]
+        phone: Option<String>,
     },
     /// Everything on one machine for a first look: gateway, embedded store, demo app.
     Demo {
@@ -205,9 +211,16 @@ fn run(cmd: Cmd) -> Result<(), ExitCode> {
             ttl,
             sid,
             login_age,
+            username,
+            phone,
         } => {
             let s = load(&config)?;
-            let token = mint(&s, &sub, &email, ttl, sid, login_age).map_err(fail)?;
+            let names = &s.first_factor.claims;
+            let extra: Vec<(String, String)> = [(&names.username, username), (&names.phone, phone)]
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| (k.clone(), v)))
+                .collect();
+            let token = mint(&s, &sub, &email, ttl, sid, login_age, &extra).map_err(fail)?;
             println!("{token}");
             Ok(())
         }
@@ -381,6 +394,7 @@ fn mint(
     ttl: i64,
     sid: Option<String>,
     login_age: i64,
+    extra: &[(String, String)],
 ) -> Result<String, String> {
     let config::KeySource::Secret(secret) = &s.first_factor.key else {
         return Err("`token` mints HS* tokens only; this config verifies first-factor tokens with a public key, so tokens must come from your identity provider".into());
@@ -396,6 +410,9 @@ fn mint(
     if let Some(first) = emails.first() {
         claims["email"] = first.clone().into();
         claims["emails"] = emails.to_vec().into();
+    }
+    for (k, v) in extra {
+        claims[k.as_str()] = v.clone().into();
     }
     if let Some(i) = &s.first_factor.issuer {
         claims["iss"] = i.clone().into();
@@ -445,6 +462,7 @@ fn demo(listen: &str, app: &str, dir: &Path) -> Result<(), ExitCode> {
         8 * 3600,
         None,
         0,
+        &[("preferred_username".to_string(), "demo".to_string())],
     )
     .map_err(fail)?;
     println!("stepgate demo");
