@@ -348,6 +348,12 @@ mod tests {
             min_length: 4,
             max_length: 12,
             enroll_window: Duration::from_secs(600),
+            login_ttl: Duration::from_secs(900),
+            offer_setup: false,
+            forgot: crate::config::ForgotMode::Link,
+            reset_ttl: Duration::from_secs(900),
+            reset_urls: Vec::new(),
+            auth_token_ttl: Duration::from_secs(300),
         }
     }
 
