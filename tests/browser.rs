@@ -13,7 +13,7 @@ mod webdriver;
 
 use common::*;
 use std::path::PathBuf;
-use webdriver::{Driver, Session};
+use webdriver::{Browser, Session};
 
 const POLICY: &str = r#"
 default: authenticated
@@ -29,34 +29,23 @@ rules:
 
 const PIN: &str = "2580";
 
-/// A gateway with the browser test policy, a chromedriver and a session.
-/// Field order is drop order: the browser goes first, then chromedriver,
-/// then the gateway and its upstream, then the temporary directory.
+/// A gateway with the browser test policy and a browser. Field order is
+/// drop order: the browser (session, then chromedriver) goes first, then the
+/// gateway and its upstream.
 struct Bench {
-    browser: Session,
-    _driver: Driver,
+    browser: Browser,
     g: Gateway,
-    _dir: tempfile::TempDir,
 }
 
 fn bench() -> Bench {
-    // Check for the browser before starting anything else, so a missing
-    // browser fails fast with the install hint.
-    let dir = tempfile::tempdir().unwrap();
-    let driver = Driver::start(dir.path());
-    let profile = dir.path().join("profile");
-    std::fs::create_dir_all(&profile).unwrap();
-    let browser = driver.session(&profile);
+    // Start the browser before anything else, so a missing browser fails
+    // fast with the install hint.
+    let browser = Browser::start();
     let g = Gateway::start_with(GatewayOptions {
         policy: POLICY.to_string(),
         ..Default::default()
     });
-    Bench {
-        browser,
-        _driver: driver,
-        g,
-        _dir: dir,
-    }
+    Bench { browser, g }
 }
 
 fn screenshot_dir() -> PathBuf {

@@ -18,7 +18,7 @@ mod webdriver;
 use common::*;
 use smtp::SmtpServer;
 use std::path::PathBuf;
-use webdriver::{Driver, Session};
+use webdriver::{Browser, Session};
 
 const POLICY: &str = r#"
 default: authenticated
@@ -35,36 +35,24 @@ rules:
 const A: &str = "alice@x.test";
 const B: &str = "bert@x.test";
 
-/// Field order is drop order: the browser first, then chromedriver, the
-/// gateway, the SMTP server, then the temporary directory.
+/// Field order is drop order: the browser (session, then chromedriver)
+/// first, then the gateway, then the SMTP server.
 struct Bench {
-    browser: Session,
-    _driver: Driver,
+    browser: Browser,
     g: Gateway,
     smtp: SmtpServer,
-    _dir: tempfile::TempDir,
 }
 
 fn bench() -> Bench {
     smtp::require_aiosmtpd();
-    let dir = tempfile::tempdir().unwrap();
-    let driver = Driver::start(dir.path());
-    let profile = dir.path().join("profile");
-    std::fs::create_dir_all(&profile).unwrap();
-    let browser = driver.session(&profile);
+    let browser = Browser::start();
     let smtp = SmtpServer::start();
     let g = Gateway::start_with(GatewayOptions {
         policy: POLICY.to_string(),
         extra_config: format!("pages:\n  title: \"Acme Intranet\"\n{}", smtp.mail_config()),
         ..Default::default()
     });
-    Bench {
-        browser,
-        _driver: driver,
-        g,
-        smtp,
-        _dir: dir,
-    }
+    Bench { browser, g, smtp }
 }
 
 fn screenshot(s: &Session, name: &str) {

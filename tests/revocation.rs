@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::redis::Redis;
 use common::*;
 
 const API: &str = "api-secret-for-tests-0123456789abcdef";
@@ -119,34 +119,13 @@ fn an_invalidation_survives_a_restart_of_the_gateway() {
     assert_eq!(admin(&g, &at, &su), 401);
 }
 
-fn redis_server() -> (Proc, u16) {
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap().keep();
-    let p = spawn(
-        Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null()),
-        dir.join("redis.log"),
-    );
-    wait_for_port(port, Duration::from_secs(10));
-    (p, port)
-}
-
 #[test]
 fn an_invalidation_on_one_gateway_holds_on_another_within_a_second() {
-    let (_redis, port) = redis_server();
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path(), &[]);
     let opts = || GatewayOptions {
         extra_config: format!("api:\n  secret: \"{API}\"\n"),
-        store: format!("  kind: redis\n  url: \"redis://127.0.0.1:{port}/0\"\n"),
+        store: format!("  kind: redis\n  url: \"{}\"\n", redis.url()),
         ..Default::default()
     };
     let a = Gateway::start_with(opts());

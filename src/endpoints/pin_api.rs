@@ -23,6 +23,18 @@ pub async fn route(
     route: &str,
     principal: Option<&Principal>,
 ) -> Option<Reply> {
+    const OURS: [&str; 7] = [
+        "/pin/",
+        "/securityquestion",
+        "/account/securityquestion",
+        "/manage/pinauthtoken",
+        "/login/pin",
+        "/session_token/invalidate",
+        "/pin/set/pinauthtoken",
+    ];
+    if !OURS.iter().any(|p| route.starts_with(p)) {
+        return None;
+    }
     let expected = super::api::ROUTES
         .iter()
         .find(|(_, path)| *path == route)

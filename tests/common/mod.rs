@@ -4,6 +4,8 @@
 //! request it received.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -239,6 +239,32 @@ impl Session {
         self.call(reqwest::Method::POST, path, Some(body))
     }
 
+    fn delete(&self, path: &str) -> Result<Value, WdError> {
+        self.call(reqwest::Method::DELETE, path, None)
+    }
+
+    /// The value of the cookie `name` visible to the current page (HttpOnly
+    /// cookies included), if there is one.
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        match self.get(&format!("/cookie/{name}")) {
+            Ok(v) => v["value"].as_str().map(str::to_string),
+            Err(e) if e.error == "no such cookie" => None,
+            Err(e) => panic!("get cookie {name}: {e:?}"),
+        }
+    }
+
+    /// Delete the cookie `name` of the current page's site.
+    pub fn delete_cookie(&self, name: &str) {
+        self.delete(&format!("/cookie/{name}"))
+            .unwrap_or_else(|e| panic!("delete cookie {name}: {e:?}"));
+    }
+
+    /// Delete every cookie of the current page's site (signing out).
+    pub fn delete_all_cookies(&self) {
+        self.delete("/cookie")
+            .unwrap_or_else(|e| panic!("delete all cookies: {e:?}"));
+    }
+
     /// Navigate and wait for the page load (redirects are followed).
     pub fn goto(&self, url: &str) {
         self.post("/url", json!({ "url": url }))
@@ -404,5 +430,40 @@ impl Session {
             let u = self.get("/url").ok()?.as_str()?.to_string();
             pred(&u).then_some(u)
         })
+    }
+}
+
+/// A headless Chromium session with a fresh profile, its chromedriver and
+/// the temporary directory both live in. Field order is drop order: the
+/// session goes first (closing Chromium), then chromedriver, then the
+/// directory. Derefs to the `Session`.
+pub struct Browser {
+    pub session: Session,
+    _driver: Driver,
+    _dir: tempfile::TempDir,
+}
+
+impl Browser {
+    /// Start chromedriver and open a session. Call it before starting
+    /// anything else, so a missing browser fails fast with the install hint.
+    pub fn start() -> Browser {
+        let dir = tempfile::tempdir().unwrap();
+        let driver = Driver::start(dir.path());
+        let profile = dir.path().join("profile");
+        std::fs::create_dir_all(&profile).unwrap();
+        let session = driver.session(&profile);
+        Browser {
+            session,
+            _driver: driver,
+            _dir: dir,
+        }
+    }
+}
+
+impl std::ops::Deref for Browser {
+    type Target = Session;
+
+    fn deref(&self) -> &Session {
+        &self.session
     }
 }
