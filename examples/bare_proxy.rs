@@ -23,6 +23,11 @@ use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::prelude::*;
 use pingora::server::configuration::{Opt, ServerConf};
 
+/// The same allocator as stepgate, so the floor differs from stepgate only
+/// by what stepgate does per request.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(about = "A Pingora proxy that only forwards (benchmark baseline)")]
 struct Args {

@@ -9,6 +9,12 @@ use stepgate::{clock, config, demo, identity, pages, policy, server, tokens, yam
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc: Pingora allocates per request (headers, buffers); glibc malloc
+/// was 13% of the proxy's profile under load, and mimalloc returns idle
+/// connections' memory better (benches/RESULTS.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "stepgate",

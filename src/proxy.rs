@@ -710,6 +710,9 @@ impl ProxyHttp for Proxy {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         metrics::REQUESTS.with_label_values(&[ctx.label]).inc();
+        if ctx.gate.as_ref().is_some_and(|g| !g.settings.log_access) {
+            return;
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let req = session.req_header();
         tracing::info!(

@@ -1015,6 +1015,39 @@ fn request_id_is_propagated_echoed_and_logged_in_one_json_access_line() {
     assert_eq!(l["rule"], "internal");
 }
 
+#[test]
+fn access_log_can_be_turned_off_while_audit_events_stay() {
+    // extra_config follows the harness's `log:` block, so this lands in it.
+    let g = Gateway::start_with(GatewayOptions {
+        extra_config: "  access: false\n".into(),
+        ..Default::default()
+    });
+    let c = client();
+    let r = c
+        .get(g.url("/public/x"))
+        .header("X-Request-Id", "quiet-1")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // An audited event after the request: a wrong PIN.
+    let at = g.token("quiet-user", &[]);
+    enroll_pin(&g, &c, &at, "2580");
+    let r = c
+        .put(g.url("/.stepgate/api/stepup/pin"))
+        .header("Authorization", format!("Bearer {at}"))
+        .json(&serde_json::json!({"PIN": "1111"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    wait_until(Duration::from_secs(3), || g.log().contains("pin_failure"))
+        .expect("the audit event is logged");
+    assert!(
+        access_lines(&g.log(), "quiet-1").is_empty(),
+        "no access line with log.access: false"
+    );
+    assert!(!g.log().contains("\"target\":\"access\""));
+}
+
 // ---------------------------------------------------------------------------
 // 10. Readiness and liveness
 // ---------------------------------------------------------------------------

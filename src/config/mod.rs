@@ -231,6 +231,8 @@ struct HeadersFile {
 struct LogFile {
     level: Option<String>,
     format: Option<String>,
+    /// One line per request (target `access`); audit events stay on.
+    access: Option<bool>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -528,6 +530,7 @@ pub struct Settings {
     pub headers: HeaderNames,
     pub log_level: String,
     pub log_json: bool,
+    pub log_access: bool,
     pub mail: Option<Mail>,
     pub email_otp: EmailOtp,
     /// Back ends authenticate with it on /.stepgate/api/stepup/validate.
@@ -830,6 +833,7 @@ impl Builder<'_> {
                 );
             }
         }
+        let log_access = f.log.access.unwrap_or(true);
         let log_level = f.log.level.unwrap_or_else(|| "info".into());
         let log_json = match f.log.format.as_deref() {
             None | Some("json") => true,
@@ -1053,6 +1057,7 @@ impl Builder<'_> {
             headers,
             log_level,
             log_json,
+            log_access,
             mail,
             email_otp,
             api_secret,
