@@ -160,10 +160,14 @@ impl Proxy {
         }
         match crate::lifecycle::needs_setup(gate, &p.sub).await {
             Ok(false) => None,
-            Ok(true) if html => Some(Reply::redirect(&format!(
-                "/.stepgate/pin/setup?return_to={}",
-                crate::web::url_encode(&return_to())
-            ))),
+            // An optional PIN is offered only while the login is fresh
+            // enough to set one up; it never locks anyone out of the app.
+            Ok(true) if html && (s.required || endpoints::login_is_fresh(gate, p)) => {
+                Some(Reply::redirect(&format!(
+                    "/.stepgate/pin/setup?return_to={}",
+                    crate::web::url_encode(&return_to())
+                )))
+            }
             Ok(true) if !s.required => None,
             Ok(true) => Some(
                 match crate::lifecycle::issue_auth_token(gate, &p.sub).await {

@@ -2,7 +2,8 @@
 //! exactly `stepgate::endpoints::api::ROUTES`, its references resolve, its
 //! error codes are the ones the code answers with, and every documented
 //! operation, called on a running gateway, answers with a documented status
-//! and a body that fits the documented schema (failures and successes).
+//! and a body that fits the documented schema (failures and successes,
+//! step-up and PIN lifecycle).
 
 mod common;
 #[path = "common/smtp.rs"]
@@ -200,12 +201,25 @@ fn documented_api_operations_are_exactly_the_routes() {
     for (m, p, op) in operations(&s) {
         let security = &op["security"];
         if p.starts_with(PREFIX) {
-            let scheme = if op["tags"] == json!(["back-channel"]) {
-                "apiSecret"
-            } else {
-                "accessToken"
-            };
-            assert_eq!(*security, json!([{ scheme: [] }]), "{m} {p} uses {scheme}");
+            let tags = op["tags"].as_array().expect("tags");
+            assert_eq!(tags.len(), 1, "{m} {p} has one tag");
+            match tags[0].as_str().unwrap() {
+                // Signed-out recovery: no credential at all.
+                "pin-recovery" => assert_eq!(*security, json!([]), "{m} {p} is public"),
+                // PIN sessions: a token in the query, as with LoginRadius.
+                "pin-session" => assert!(
+                    matches!(cred_of(&s, op.clone()), Cred::Query(_)),
+                    "{m} {p} takes a query token: {security}"
+                ),
+                tag => {
+                    let scheme = if tag == "back-channel" {
+                        "apiSecret"
+                    } else {
+                        "accessToken"
+                    };
+                    assert_eq!(*security, json!([{ scheme: [] }]), "{m} {p} uses {scheme}");
+                }
+            }
         } else {
             // The only other paths: the application's protected routes.
             assert!(!p.starts_with("/.stepgate"), "{p} is not an API route");
@@ -214,6 +228,31 @@ fn documented_api_operations_are_exactly_the_routes() {
                 "#/components/responses/InsufficientUserAuthentication"
             );
         }
+    }
+}
+
+/// How an API operation takes its credential, from its `security`.
+enum Cred {
+    /// `Authorization: Bearer` (access token or API secret).
+    Bearer,
+    /// An `apiKey` scheme in the query, by parameter name.
+    Query(String),
+    /// None: a signed-out operation.
+    Public,
+}
+
+fn cred_of(s: &Value, op: Value) -> Cred {
+    let Some(req) = op["security"].as_array().and_then(|a| a.first()) else {
+        return Cred::Public;
+    };
+    let name = req.as_object().unwrap().keys().next().expect("a scheme");
+    let scheme = &s["components"]["securitySchemes"][name];
+    match (scheme["type"].as_str(), scheme["in"].as_str()) {
+        (Some("http"), _) => Cred::Bearer,
+        (Some("apiKey"), Some("query")) => {
+            Cred::Query(scheme["name"].as_str().unwrap().to_string())
+        }
+        other => panic!("scheme {name}: {other:?}"),
     }
 }
 
@@ -350,6 +389,44 @@ struct Call<'a> {
     body: Option<Value>,
 }
 
+/// A call of an operation with its documented examples, the credential
+/// `cred` (when given) placed where the operation takes it.
+fn call_for<'a>(
+    s: &Value,
+    g: &Gateway,
+    method: &str,
+    path: &str,
+    op: &Value,
+    cred: Option<&str>,
+) -> Call<'a> {
+    let mut url = url_for(g, path, op, &s["paths"][path]);
+    let mut auth = None;
+    match (cred_of(s, op.clone()), cred) {
+        (Cred::Query(name), Some(v)) => {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            url = format!("{url}{sep}{name}={v}");
+        }
+        (_, v) => auth = v.map(str::to_string),
+    }
+    Call {
+        method: method.to_string(),
+        url,
+        auth,
+        step_up: None,
+        body: op
+            .pointer("/requestBody/content/application~1json/example")
+            .cloned(),
+    }
+}
+
+/// The documented operation `method` `path`.
+fn find(ops: &[(String, String, Value)], method: &str, path: &str) -> (String, String, Value) {
+    ops.iter()
+        .find(|(m, p, _)| m == method && p == path)
+        .unwrap_or_else(|| panic!("{method} {path} is documented"))
+        .clone()
+}
+
 fn send(c: &Client, call: &Call<'_>) -> Response {
     let mut rb = c.request(call.method.parse().unwrap(), &call.url);
     if let Some(a) = &call.auth {
@@ -388,27 +465,34 @@ fn every_documented_operation_is_served_and_answers_as_documented() {
     let c = client();
     let at = g.token("alice", &["--email", EMAIL]);
     let ops = operations(&s);
-    let call_for = |method: &str, path: &str, op: &Value, auth: Option<&str>| Call {
-        method: method.to_string(),
-        url: url_for(&g, path, op, &s["paths"][path]),
-        auth: auth.map(str::to_string),
-        step_up: None,
-        body: op
-            .pointer("/requestBody/content/application~1json/example")
-            .cloned(),
+    let call_for = |method: &str, path: &str, op: &Value, auth: Option<&str>| {
+        call_for(&s, &g, method, path, op, auth)
     };
     let secret_for = |op: &Value| -> String {
         if op["security"][0].get("apiSecret").is_some() {
             API_SECRET.to_string()
+        } else if matches!(cred_of(&s, op.clone()), Cred::Query(_)) {
+            // PIN session tokens and PINAuthTokens: the user has none yet.
+            "not-a-token-0123456789".to_string()
         } else {
             at.clone()
         }
     };
     // 1. Every operation without credentials, then with the documented
-    //    examples: answered, documented, fitting its schema.
+    //    examples: answered, documented, fitting its schema. Signed-out
+    //    operations are called once. (The mailbox must hold only the step-up
+    //    code afterwards: alice has no recovery profile yet, so the forgot
+    //    examples send nothing.)
     for (m, p, op) in &ops {
         let what = format!("{m} {p}");
-        let (st, _) = assert_documented(&s, &what, op, send(&c, &call_for(m, p, op, None)));
+        let (st, body) = assert_documented(&s, &what, op, send(&c, &call_for(m, p, op, None)));
+        if matches!(cred_of(&s, op.clone()), Cred::Public) && p.starts_with(PREFIX) {
+            assert!(
+                ![json!(906), json!(907)].contains(&body["ErrorCode"]),
+                "{what} is public: {body}"
+            );
+            continue;
+        }
         assert_eq!(st, 401, "{what} needs credentials");
         let secret = secret_for(op);
         let (_, body) =
@@ -421,12 +505,7 @@ fn every_documented_operation_is_served_and_answers_as_documented() {
     }
 
     // 2. The successes, in the order a client goes through them.
-    let find = |m: &str, route: &str| {
-        ops.iter()
-            .find(|(om, op_path, _)| om == m && op_path.as_str() == route)
-            .unwrap_or_else(|| panic!("{m} {route} is documented"))
-            .clone()
-    };
+    let find = |m: &str, route: &str| find(&ops, m, route);
     let run = |m: &str, route: &str, auth: &str, step_up: Option<&str>, body: Option<Value>| {
         let (m, p, op) = find(m, route);
         let mut call = call_for(&m, &p, &op, Some(auth));
@@ -499,4 +578,148 @@ fn every_documented_operation_is_served_and_answers_as_documented() {
     );
     assert_eq!(st, 200);
     assert!(tok["SecondFactorValidationToken"].is_string());
+}
+
+/// The reset link's token in the (last) message of `dir`.
+fn mailed_reset_token(dir: &std::path::Path, n: usize) -> String {
+    let m = smtp::wait_for_eml(n, || smtp::read_eml_dir(dir, false));
+    assert_eq!(m.len(), n, "{n} message(s) were mailed");
+    let text = m[n - 1].part("text/plain").expect("a text part").to_string();
+    let i = text.find("/.stepgate/pin/reset?token=").expect("a reset link")
+        + "/.stepgate/pin/reset?token=".len();
+    text[i..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect()
+}
+
+#[test]
+fn the_pin_lifecycle_answers_as_documented() {
+    let s = spec();
+    let g = Gateway::start_with(GatewayOptions {
+        policy: POLICY.to_string(),
+        extra_config: format!(
+            "api:\n  secret: \"{API_SECRET}\"\nmail:\n  from: \"stepgate@gateway.test\"\n  dir: mailbox\npin:\n  required: true\nsecurity_questions:\n  - {{ id: q1, question: \"What was the colour of your first bicycle?\" }}\n  - {{ id: q2, question: \"In which town was your first school?\" }}\n"
+        ),
+        ..Default::default()
+    });
+    let c = client();
+    let ops = operations(&s);
+    let mailbox = g.dir.path().join("mailbox");
+    let api = |r: &str| format!("{PREFIX}{r}");
+    // An operation with its examples, `cred` where it takes it, `body` or
+    // the example body, at `url` (path and query) or the example URL.
+    let call = |m: &str, route: &str, cred: Option<&str>, body: Option<Value>, url: Option<&str>| {
+        let (m, p, op) = find(&ops, m, route);
+        let mut call = call_for(&s, &g, &m, &p, &op, cred);
+        if body.is_some() {
+            call.body = body;
+        }
+        if let Some(u) = url {
+            call.url = g.url(u);
+        }
+        assert_documented(&s, &format!("{m} {p}"), &op, send(&c, &call))
+    };
+    let run = |m: &str, route: &str, cred: Option<&str>, body: Option<Value>| {
+        call(m, route, cred, body, None)
+    };
+    let code = |v: &Value| v["ErrorCode"].clone();
+    let bob = g.token(
+        "bob",
+        &["--email", "bob@example.com", "--username", "Bob"],
+    );
+
+    // 1. pin.required: an API client of a user without a PIN is refused with
+    //    1243 and a PINAuthToken, on any signed-in route.
+    let (st, refused) = call("GET", "/{protectedPath}", Some(&bob), None, Some("/home"));
+    assert_eq!((st, code(&refused)), (403, json!(1243)), "{refused}");
+    let pat = refused["PINAuthToken"].as_str().unwrap().to_string();
+
+    // 2. Set the PIN with it (single use): a device PIN session and a
+    //    stepgate session come back; the route opens.
+    let set_pin = json!({ "PIN": PIN });
+    let (st, set) = run("POST", &api("/pin/set/pinauthtoken"), Some(&pat), Some(set_pin.clone()));
+    assert_eq!(st, 200, "{set}");
+    assert_eq!(set["Profile"]["Uid"], "bob");
+    let session = set["session_token"].as_str().unwrap().to_string();
+    let (st, again) = run("POST", &api("/pin/set/pinauthtoken"), Some(&pat), Some(set_pin));
+    assert_eq!((st, code(&again)), (401, json!(1239)), "a PINAuthToken works once");
+    let (st, _) = call("GET", "/{protectedPath}", Some(&bob), None, Some("/home"));
+    assert_eq!(st, 200, "with a PIN the route opens");
+
+    // 3. PIN login: the session token and the PIN give a stepgate session
+    //    that is accepted as the first factor.
+    let (st, wrong) = run("POST", &api("/login/pin"), Some(&session), Some(json!({"PIN": "1397"})));
+    assert_eq!((st, code(&wrong)), (401, json!(1236)));
+    let (st, login) = run("POST", &api("/login/pin"), Some(&session), None);
+    assert_eq!(st, 200, "{login}");
+    let sgs = login["access_token"].as_str().unwrap().to_string();
+    assert!(sgs.starts_with("sgs."), "{sgs}");
+    let (st, trigger) = run("GET", &api("/stepup/trigger"), Some(&sgs), None);
+    assert_eq!((st, trigger["IsPINSet"].clone()), (200, json!(true)));
+
+    // 4. Invalidating the session ends it and the stepgate session.
+    let (st, v) = run("GET", &api("/session_token/invalidate"), Some(&session), None);
+    assert_eq!((st, v), (200, json!({"IsPosted": true})));
+    let (st, ended) = run("POST", &api("/login/pin"), Some(&session), None);
+    assert_eq!((st, code(&ended)), (401, json!(1245)));
+    let (st, _) = run("GET", &api("/stepup/trigger"), Some(&sgs), None);
+    assert_eq!(st, 401, "the stepgate session ended with its PIN session");
+    let (st, twice) = run("GET", &api("/session_token/invalidate"), Some(&session), None);
+    assert_eq!((st, code(&twice)), (401, json!(1245)));
+
+    // 5. Change the PIN with the access token.
+    let change = &api("/pin/change");
+    let (st, v) = run("PUT", change, Some(&bob), Some(json!({"OldPIN": "1397", "NewPIN": "1470"})));
+    assert_eq!((st, code(&v)), (401, json!(1241)));
+    let (st, v) = run("PUT", change, Some(&bob), Some(json!({"OldPIN": PIN, "NewPIN": PIN})));
+    assert_eq!((st, code(&v)), (400, json!(1248)), "the new PIN must differ");
+    let (st, v) = run("PUT", change, Some(&bob), Some(json!({"OldPIN": PIN, "NewPIN": "1470"})));
+    assert_eq!((st, v), (200, json!({"IsPosted": true})));
+
+    // 6. Security answers: set them (fresh login), list the questions, reset
+    //    the PIN with them. Unknown accounts get questions too.
+    let answers = &api("/account/securityquestion");
+    let (st, v) = run("PUT", answers, Some(&bob), Some(json!({"securityquestionanswer": [{"QuestionId": "q9", "Answer": "x"}]})));
+    assert_eq!((st, code(&v)), (400, json!(1258)));
+    let (st, v) = run("PUT", answers, Some(&bob), None);
+    assert_eq!((st, v), (200, json!({"IsPosted": true})));
+    let questions = &api("/securityquestion");
+    let (st, qs) = call("GET", questions, None, None, Some(&format!("{questions}?username=BOB")));
+    assert_eq!(
+        (st, qs),
+        (200, json!([{"QuestionId": "q1", "Question": "What was the colour of your first bicycle?"}]))
+    );
+    let (st, decoy) = call("GET", questions, None, None, Some(&format!("{questions}?username=nobody")));
+    assert_eq!(st, 200, "{decoy}");
+    assert_eq!(decoy.as_array().unwrap().len(), 2, "{decoy}");
+    let by_answers = &api("/pin/reset/securityanswer/username");
+    let (st, v) = run("PUT", by_answers, None, Some(json!({"PIN": "3692", "UserName": "BOB", "SecurityAnswer": {"q1": "green"}})));
+    assert_eq!((st, code(&v)), (401, json!(1257)));
+    let (st, v) = run("PUT", by_answers, None, Some(json!({"PIN": "3692", "UserName": "BOB", "SecurityAnswer": {"q1": "  BLUE "}})));
+    assert_eq!((st, v), (200, json!({"IsPosted": true})));
+
+    // 7. Forgot by email: the same answer for an unknown address; for bob, a
+    //    link whose ResetToken works once.
+    let forgot = &api("/pin/forgot/email");
+    let (st, v) = run("POST", forgot, None, Some(json!({"Email": "nobody@example.com"})));
+    assert_eq!((st, v), (200, json!({"IsPosted": true})));
+    let (st, v) = run("POST", forgot, None, Some(json!({"Email": "bob@example.com"})));
+    assert_eq!((st, v), (200, json!({"IsPosted": true})));
+    let (st, v) = run("POST", forgot, None, Some(json!({"Email": "bob@example.com"})));
+    assert_eq!((st, code(&v)), (429, json!(1179)), "cooldown");
+    let (st, v) = run("POST", forgot, None, Some(json!({"Email": "bob@example.com", "resetpinurl": "https://evil.example/steal"})));
+    assert_eq!((st, code(&v)), (400, json!(1259)));
+    let token = mailed_reset_token(&mailbox, 1);
+    let reset = &api("/pin/reset/token");
+    let (st, v) = run("PUT", reset, None, Some(json!({"PIN": "2580", "ResetToken": token})));
+    assert_eq!((st, v), (200, json!({"IsPosted": true})));
+    let (st, v) = run("PUT", reset, None, Some(json!({"PIN": "2580", "ResetToken": token})));
+    assert_eq!((st, code(&v)), (400, json!(1242)), "a ResetToken works once");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        smtp::read_eml_dir(&mailbox, false).len(),
+        1,
+        "nothing was sent for the unknown address"
+    );
 }

@@ -360,7 +360,7 @@ pub(crate) async fn stepup_success(
 }
 
 /// PIN enrollment needs a login younger than `pin.enroll_window`.
-pub(crate) fn login_is_fresh(gate: &Gate, p: &Principal) -> bool {
+pub fn login_is_fresh(gate: &Gate, p: &Principal) -> bool {
     let window = gate.settings.pin.enroll_window.as_secs() as i64;
     p.login_time.is_some_and(|t| clock::now() - t <= window)
 }

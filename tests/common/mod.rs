@@ -4,6 +4,7 @@
 //! request it received.
 #![allow(dead_code)]
 
+pub mod receiver;
 pub mod redis;
 
 use std::io::Write;

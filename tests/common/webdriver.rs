@@ -335,6 +335,14 @@ impl Session {
             .unwrap_or_else(|err| panic!("element text: {err:?}"))
     }
 
+    /// The attribute `name` of `e`, as written in the markup.
+    pub fn attribute(&self, e: &Element, name: &str) -> Option<String> {
+        self.get(&format!("/element/{}/attribute/{name}", e.0))
+            .unwrap_or_else(|err| panic!("element attribute {name}: {err:?}"))
+            .as_str()
+            .map(str::to_string)
+    }
+
     /// The text of the element matching `css`, if there is one now.
     pub fn text_of(&self, css: &str) -> Option<String> {
         let e = self.try_find(css).ok()?;
