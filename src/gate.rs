@@ -95,9 +95,18 @@ impl Gate {
     }
 
     /// Is this request header one stepgate owns (and so strips)?
+    /// Runs for every header of every request: compares without allocating.
     pub fn owns_header(&self, name: &str) -> bool {
-        let n = name.to_ascii_lowercase().replace('_', "-");
-        n.starts_with("x-stepgate-") || self.owned_headers.contains(&n)
+        fn same(a: &[u8], b: &[u8]) -> bool {
+            a.len() == b.len()
+                && a.iter().zip(b).all(|(x, y)| {
+                    let x = x.to_ascii_lowercase();
+                    (if x == b'_' { b'-' } else { x }) == *y
+                })
+        }
+        let n = name.as_bytes();
+        (n.len() >= 11 && same(&n[..11], b"x-stepgate-"))
+            || self.owned_headers.iter().any(|o| same(n, o.as_bytes()))
     }
 
     /// The device PIN session cookie.
