@@ -81,7 +81,7 @@ impl ServeHttp for Echo {
             (
                 "text/html; charset=utf-8",
                 format!(
-                    "<!doctype html><html><head><meta charset=utf-8><title>demo app</title></head><body><h1 id=\"app\">Demo app</h1><p>You reached <code id=\"path\">{} {}</code> as <b id=\"user\">{}</b>.</p><p>Try <a href=\"/\">/</a> (signed in), <a href=\"/admin\">/admin</a> (PIN, 5 minutes), <a href=\"/billing\">/billing</a> (PIN or an emailed code; mail lands in the demo's mailbox folder), <a href=\"/public\">/public</a>.</p><h2>Headers stepgate sent</h2><table>{rows}</table></body></html>",
+                    "<!doctype html><html><head><meta charset=utf-8><title>demo app</title></head><body><h1 id=\"app\">Demo app</h1><p>You reached <code id=\"path\">{} {}</code> as <b id=\"user\">{}</b>.</p><p>Try <a href=\"/\">/</a> (signed in), <a href=\"/admin\">/admin</a> (PIN, 5 minutes), <a href=\"/billing\">/billing</a> (PIN or an emailed code; mail lands in the demo's mailbox folder), <a href=\"/public\">/public</a>. Your PIN, security questions and devices: <a id=\"account\" href=\"/.stepgate/account\">security settings</a>.</p><h2>Headers stepgate sent</h2><table>{rows}</table></body></html>",
                     escape(req.method.as_str()),
                     escape(&path),
                     escape(user)

@@ -456,7 +456,7 @@ fn demo(listen: &str, app: &str, dir: &Path) -> Result<(), ExitCode> {
         std::fs::write(&policy, demo::DEMO_POLICY).map_err(|e| fail(e.to_string()))?;
     }
     let cfg = format!(
-        "# Written by `stepgate demo`; edit freely, it is kept between runs.\nlisten: \"{listen}\"\nupstream: \"http://{app}\"\npolicy: policy.yaml\nfirst_factor:\n  cookie: access_token\n  jwt:\n    algorithms: [HS256]\n    secret_file: first-factor.key\nsigning:\n  secret_file: signing.key\nstore:\n  kind: embedded\n  path: stepgate.redb\nmail:\n  from: \"stepgate-demo@example.com\"\n  dir: mailbox\nemail_otp:\n  mode: without_mfa\nlog:\n  format: text\n"
+        "# Written by `stepgate demo`; edit freely, it is kept between runs.\nlisten: \"{listen}\"\nupstream: \"http://{app}\"\npolicy: policy.yaml\nfirst_factor:\n  cookie: access_token\n  jwt:\n    algorithms: [HS256]\n    secret_file: first-factor.key\nsigning:\n  secret_file: signing.key\nstore:\n  kind: embedded\n  path: stepgate.redb\nmail:\n  from: \"stepgate-demo@example.com\"\n  dir: mailbox\nemail_otp:\n  mode: without_mfa\nsecurity_questions:\n  - {{ id: school, question: \"What was the name of your first school?\" }}\n  - {{ id: street, question: \"In which street did you grow up?\" }}\nlog:\n  format: text\n"
     );
     let cfg_path = dir.join("gateway.yaml");
     std::fs::write(&cfg_path, cfg).map_err(|e| fail(e.to_string()))?;
