@@ -584,8 +584,13 @@ fn every_documented_operation_is_served_and_answers_as_documented() {
 fn mailed_reset_token(dir: &std::path::Path, n: usize) -> String {
     let m = smtp::wait_for_eml(n, || smtp::read_eml_dir(dir, false));
     assert_eq!(m.len(), n, "{n} message(s) were mailed");
-    let text = m[n - 1].part("text/plain").expect("a text part").to_string();
-    let i = text.find("/.stepgate/pin/reset?token=").expect("a reset link")
+    let text = m[n - 1]
+        .part("text/plain")
+        .expect("a text part")
+        .to_string();
+    let i = text
+        .find("/.stepgate/pin/reset?token=")
+        .expect("a reset link")
         + "/.stepgate/pin/reset?token=".len();
     text[i..]
         .chars()
@@ -609,25 +614,23 @@ fn the_pin_lifecycle_answers_as_documented() {
     let api = |r: &str| format!("{PREFIX}{r}");
     // An operation with its examples, `cred` where it takes it, `body` or
     // the example body, at `url` (path and query) or the example URL.
-    let call = |m: &str, route: &str, cred: Option<&str>, body: Option<Value>, url: Option<&str>| {
-        let (m, p, op) = find(&ops, m, route);
-        let mut call = call_for(&s, &g, &m, &p, &op, cred);
-        if body.is_some() {
-            call.body = body;
-        }
-        if let Some(u) = url {
-            call.url = g.url(u);
-        }
-        assert_documented(&s, &format!("{m} {p}"), &op, send(&c, &call))
-    };
+    let call =
+        |m: &str, route: &str, cred: Option<&str>, body: Option<Value>, url: Option<&str>| {
+            let (m, p, op) = find(&ops, m, route);
+            let mut call = call_for(&s, &g, &m, &p, &op, cred);
+            if body.is_some() {
+                call.body = body;
+            }
+            if let Some(u) = url {
+                call.url = g.url(u);
+            }
+            assert_documented(&s, &format!("{m} {p}"), &op, send(&c, &call))
+        };
     let run = |m: &str, route: &str, cred: Option<&str>, body: Option<Value>| {
         call(m, route, cred, body, None)
     };
     let code = |v: &Value| v["ErrorCode"].clone();
-    let bob = g.token(
-        "bob",
-        &["--email", "bob@example.com", "--username", "Bob"],
-    );
+    let bob = g.token("bob", &["--email", "bob@example.com", "--username", "Bob"]);
 
     // 1. pin.required: an API client of a user without a PIN is refused with
     //    1243 and a PINAuthToken, on any signed-in route.
@@ -638,18 +641,37 @@ fn the_pin_lifecycle_answers_as_documented() {
     // 2. Set the PIN with it (single use): a device PIN session and a
     //    stepgate session come back; the route opens.
     let set_pin = json!({ "PIN": PIN });
-    let (st, set) = run("POST", &api("/pin/set/pinauthtoken"), Some(&pat), Some(set_pin.clone()));
+    let (st, set) = run(
+        "POST",
+        &api("/pin/set/pinauthtoken"),
+        Some(&pat),
+        Some(set_pin.clone()),
+    );
     assert_eq!(st, 200, "{set}");
     assert_eq!(set["Profile"]["Uid"], "bob");
     let session = set["session_token"].as_str().unwrap().to_string();
-    let (st, again) = run("POST", &api("/pin/set/pinauthtoken"), Some(&pat), Some(set_pin));
-    assert_eq!((st, code(&again)), (401, json!(1239)), "a PINAuthToken works once");
+    let (st, again) = run(
+        "POST",
+        &api("/pin/set/pinauthtoken"),
+        Some(&pat),
+        Some(set_pin),
+    );
+    assert_eq!(
+        (st, code(&again)),
+        (401, json!(1239)),
+        "a PINAuthToken works once"
+    );
     let (st, _) = call("GET", "/{protectedPath}", Some(&bob), None, Some("/home"));
     assert_eq!(st, 200, "with a PIN the route opens");
 
     // 3. PIN login: the session token and the PIN give a stepgate session
     //    that is accepted as the first factor.
-    let (st, wrong) = run("POST", &api("/login/pin"), Some(&session), Some(json!({"PIN": "1397"})));
+    let (st, wrong) = run(
+        "POST",
+        &api("/login/pin"),
+        Some(&session),
+        Some(json!({"PIN": "1397"})),
+    );
     assert_eq!((st, code(&wrong)), (401, json!(1236)));
     let (st, login) = run("POST", &api("/login/pin"), Some(&session), None);
     assert_eq!(st, 200, "{login}");
@@ -659,63 +681,156 @@ fn the_pin_lifecycle_answers_as_documented() {
     assert_eq!((st, trigger["IsPINSet"].clone()), (200, json!(true)));
 
     // 4. Invalidating the session ends it and the stepgate session.
-    let (st, v) = run("GET", &api("/session_token/invalidate"), Some(&session), None);
+    let (st, v) = run(
+        "GET",
+        &api("/session_token/invalidate"),
+        Some(&session),
+        None,
+    );
     assert_eq!((st, v), (200, json!({"IsPosted": true})));
     let (st, ended) = run("POST", &api("/login/pin"), Some(&session), None);
     assert_eq!((st, code(&ended)), (401, json!(1245)));
     let (st, _) = run("GET", &api("/stepup/trigger"), Some(&sgs), None);
     assert_eq!(st, 401, "the stepgate session ended with its PIN session");
-    let (st, twice) = run("GET", &api("/session_token/invalidate"), Some(&session), None);
+    let (st, twice) = run(
+        "GET",
+        &api("/session_token/invalidate"),
+        Some(&session),
+        None,
+    );
     assert_eq!((st, code(&twice)), (401, json!(1245)));
 
     // 5. Change the PIN with the access token.
     let change = &api("/pin/change");
-    let (st, v) = run("PUT", change, Some(&bob), Some(json!({"OldPIN": "1397", "NewPIN": "1470"})));
+    let (st, v) = run(
+        "PUT",
+        change,
+        Some(&bob),
+        Some(json!({"OldPIN": "1397", "NewPIN": "1470"})),
+    );
     assert_eq!((st, code(&v)), (401, json!(1241)));
-    let (st, v) = run("PUT", change, Some(&bob), Some(json!({"OldPIN": PIN, "NewPIN": PIN})));
-    assert_eq!((st, code(&v)), (400, json!(1248)), "the new PIN must differ");
-    let (st, v) = run("PUT", change, Some(&bob), Some(json!({"OldPIN": PIN, "NewPIN": "1470"})));
+    let (st, v) = run(
+        "PUT",
+        change,
+        Some(&bob),
+        Some(json!({"OldPIN": PIN, "NewPIN": PIN})),
+    );
+    assert_eq!(
+        (st, code(&v)),
+        (400, json!(1248)),
+        "the new PIN must differ"
+    );
+    let (st, v) = run(
+        "PUT",
+        change,
+        Some(&bob),
+        Some(json!({"OldPIN": PIN, "NewPIN": "1470"})),
+    );
     assert_eq!((st, v), (200, json!({"IsPosted": true})));
 
     // 6. Security answers: set them (fresh login), list the questions, reset
     //    the PIN with them. Unknown accounts get questions too.
     let answers = &api("/account/securityquestion");
-    let (st, v) = run("PUT", answers, Some(&bob), Some(json!({"securityquestionanswer": [{"QuestionId": "q9", "Answer": "x"}]})));
+    let (st, v) = run(
+        "PUT",
+        answers,
+        Some(&bob),
+        Some(json!({"securityquestionanswer": [{"QuestionId": "q9", "Answer": "x"}]})),
+    );
     assert_eq!((st, code(&v)), (400, json!(1258)));
     let (st, v) = run("PUT", answers, Some(&bob), None);
     assert_eq!((st, v), (200, json!({"IsPosted": true})));
     let questions = &api("/securityquestion");
-    let (st, qs) = call("GET", questions, None, None, Some(&format!("{questions}?username=BOB")));
+    let (st, qs) = call(
+        "GET",
+        questions,
+        None,
+        None,
+        Some(&format!("{questions}?username=BOB")),
+    );
     assert_eq!(
         (st, qs),
-        (200, json!([{"QuestionId": "q1", "Question": "What was the colour of your first bicycle?"}]))
+        (
+            200,
+            json!([{"QuestionId": "q1", "Question": "What was the colour of your first bicycle?"}])
+        )
     );
-    let (st, decoy) = call("GET", questions, None, None, Some(&format!("{questions}?username=nobody")));
+    let (st, decoy) = call(
+        "GET",
+        questions,
+        None,
+        None,
+        Some(&format!("{questions}?username=nobody")),
+    );
     assert_eq!(st, 200, "{decoy}");
     assert_eq!(decoy.as_array().unwrap().len(), 2, "{decoy}");
     let by_answers = &api("/pin/reset/securityanswer/username");
-    let (st, v) = run("PUT", by_answers, None, Some(json!({"PIN": "3692", "UserName": "BOB", "SecurityAnswer": {"q1": "green"}})));
+    let (st, v) = run(
+        "PUT",
+        by_answers,
+        None,
+        Some(json!({"PIN": "3692", "UserName": "BOB", "SecurityAnswer": {"q1": "green"}})),
+    );
     assert_eq!((st, code(&v)), (401, json!(1257)));
-    let (st, v) = run("PUT", by_answers, None, Some(json!({"PIN": "3692", "UserName": "BOB", "SecurityAnswer": {"q1": "  BLUE "}})));
+    let (st, v) = run(
+        "PUT",
+        by_answers,
+        None,
+        Some(json!({"PIN": "3692", "UserName": "BOB", "SecurityAnswer": {"q1": "  BLUE "}})),
+    );
     assert_eq!((st, v), (200, json!({"IsPosted": true})));
 
     // 7. Forgot by email: the same answer for an unknown address; for bob, a
     //    link whose ResetToken works once.
     let forgot = &api("/pin/forgot/email");
-    let (st, v) = run("POST", forgot, None, Some(json!({"Email": "nobody@example.com"})));
+    let (st, v) = run(
+        "POST",
+        forgot,
+        None,
+        Some(json!({"Email": "nobody@example.com"})),
+    );
     assert_eq!((st, v), (200, json!({"IsPosted": true})));
-    let (st, v) = run("POST", forgot, None, Some(json!({"Email": "bob@example.com"})));
+    let (st, v) = run(
+        "POST",
+        forgot,
+        None,
+        Some(json!({"Email": "bob@example.com"})),
+    );
     assert_eq!((st, v), (200, json!({"IsPosted": true})));
-    let (st, v) = run("POST", forgot, None, Some(json!({"Email": "bob@example.com"})));
+    let (st, v) = run(
+        "POST",
+        forgot,
+        None,
+        Some(json!({"Email": "bob@example.com"})),
+    );
     assert_eq!((st, code(&v)), (429, json!(1179)), "cooldown");
-    let (st, v) = run("POST", forgot, None, Some(json!({"Email": "bob@example.com", "resetpinurl": "https://evil.example/steal"})));
+    let (st, v) = run(
+        "POST",
+        forgot,
+        None,
+        Some(json!({"Email": "bob@example.com", "resetpinurl": "https://evil.example/steal"})),
+    );
     assert_eq!((st, code(&v)), (400, json!(1259)));
     let token = mailed_reset_token(&mailbox, 1);
     let reset = &api("/pin/reset/token");
-    let (st, v) = run("PUT", reset, None, Some(json!({"PIN": "2580", "ResetToken": token})));
+    let (st, v) = run(
+        "PUT",
+        reset,
+        None,
+        Some(json!({"PIN": "2580", "ResetToken": token})),
+    );
     assert_eq!((st, v), (200, json!({"IsPosted": true})));
-    let (st, v) = run("PUT", reset, None, Some(json!({"PIN": "2580", "ResetToken": token})));
-    assert_eq!((st, code(&v)), (400, json!(1242)), "a ResetToken works once");
+    let (st, v) = run(
+        "PUT",
+        reset,
+        None,
+        Some(json!({"PIN": "2580", "ResetToken": token})),
+    );
+    assert_eq!(
+        (st, code(&v)),
+        (400, json!(1242)),
+        "a ResetToken works once"
+    );
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(
         smtp::read_eml_dir(&mailbox, false).len(),
