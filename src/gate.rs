@@ -266,6 +266,7 @@ impl Shared {
                 || n.leeway != p.leeway,
         );
         keep("pin.login", settings.pin.login != o.pin.login);
+        keep("first_factor.claims", n.claims != p.claims);
         // Restart-only settings keep their running values.
         settings.pin.login = o.pin.login;
         settings.listen = o.listen.clone();

@@ -185,7 +185,7 @@ pub async fn sessions(gate: &Gate, sub: &str) -> Result<Vec<PinSession>, FlowErr
             }
         }
     }
-    out.sort_by(|a, b| b.created.cmp(&a.created));
+    out.sort_by_key(|s| std::cmp::Reverse(s.created));
     Ok(out)
 }
 
@@ -355,6 +355,17 @@ struct ResetRecord {
 struct ResetCode {
     mac: String,
     exp: i64,
+    /// `sms` or `email`: a code is redeemed only with an identifier of the
+    /// channel it went to.
+    #[serde(default)]
+    channel: String,
+}
+
+fn channel_of(id: &Identifier) -> &'static str {
+    match id {
+        Identifier::Phone(_) => "sms",
+        _ => "email",
+    }
 }
 
 /// Whether `url` may receive reset links: equal to an allowed URL, or under
@@ -411,7 +422,7 @@ async fn forgot_inner(
     if !phone && gate.mailer.is_none() {
         return Err(FlowError::NotConfigured);
     }
-    if let Some(u) = reset_url {
+    if let Some(u) = reset_url.filter(|_| !phone) {
         if !reset_url_allowed(&gate.settings.pin.reset_urls, u) {
             return Err(FlowError::ResetUrlNotAllowed);
         }
@@ -450,7 +461,7 @@ async fn forgot_inner(
     let minutes = s.reset_ttl.as_secs().div_ceil(60);
     let (outgoing, undo_key) = if let Identifier::Phone(to) = id {
         let code = reset_code(limits.length);
-        store_reset_code(gate, &prof.sub, &code, exp).await?;
+        store_reset_code(gate, &prof.sub, &code, exp, "sms").await?;
         let text = gate.pages.sms_text(&code, minutes);
         (
             Outgoing::Sms {
@@ -495,7 +506,7 @@ async fn forgot_inner(
             }
             ForgotMode::Otp => {
                 let code = reset_code(limits.length);
-                store_reset_code(gate, &prof.sub, &code, exp).await?;
+                store_reset_code(gate, &prof.sub, &code, exp, "email").await?;
                 (
                     Outgoing::Mail(gate.pages.reset_mail(&to, None, Some(&code), minutes)),
                     keys::reset_otp(&prof.sub),
@@ -503,21 +514,21 @@ async fn forgot_inner(
             }
         }
     };
-    deliver(
-        gate,
-        outgoing,
-        prof.sub.clone(),
-        ip.to_string(),
-        undo_key,
-        cool,
-    );
+    deliver(gate, outgoing, prof.sub.clone(), ip.to_string(), undo_key);
     Ok(())
 }
 
-async fn store_reset_code(gate: &Gate, sub: &str, code: &str, exp: i64) -> Result<(), FlowError> {
+async fn store_reset_code(
+    gate: &Gate,
+    sub: &str,
+    code: &str,
+    exp: i64,
+    channel: &str,
+) -> Result<(), FlowError> {
     let rec = ResetCode {
         mac: gate.keys.otp_mac(sub, "pin-reset", code),
         exp,
+        channel: channel.to_string(),
     };
     gate.store.delete(&keys::reset_otp_tries(sub)).await?;
     gate.store
@@ -531,16 +542,10 @@ async fn store_reset_code(gate: &Gate, sub: &str, code: &str, exp: i64) -> Resul
 }
 
 /// Send in the background, so the answer takes as long whether or not the
-/// account exists. A failed send frees the cooldown and drops the credential,
-/// so the user can ask again at once.
-fn deliver(
-    gate: &Gate,
-    out: Outgoing,
-    sub: String,
-    ip: String,
-    undo_key: String,
-    cool_key: String,
-) {
+/// account exists. A failed send drops the credential it carried; the
+/// cooldown stays, as it does for requests about unknown accounts, so the
+/// answers to a retry tell nothing either.
+fn deliver(gate: &Gate, out: Outgoing, sub: String, ip: String, undo_key: String) {
     let mailer = gate.mailer.clone();
     let notifier = gate.notifier.clone();
     let store = gate.store.clone();
@@ -570,7 +575,6 @@ fn deliver(
                 crate::audit::event("pin_reset_send_failed", &sub, &ip, &e);
                 tracing::warn!(target: "stepgate", channel, error = %e, "sending the PIN reset message failed");
                 let _ = store.delete(&undo_key).await;
-                let _ = store.delete(&cool_key).await;
             }
         }
     });
@@ -633,7 +637,10 @@ pub async fn reset_by_token(
     r
 }
 
-/// Reset the PIN with the code a forgot-PIN request sent.
+/// Reset the PIN with the code a forgot-PIN request sent. Every refusal
+/// looks the same (no account, no code, wrong code, used up), so answers
+/// never tell whether an account exists; guesses are limited per code and
+/// per client address.
 pub async fn reset_by_otp(
     gate: &Gate,
     id: &Identifier,
@@ -643,38 +650,50 @@ pub async fn reset_by_otp(
 ) -> Result<(), FlowError> {
     let r = async {
         pin::check_new_pin(new, &gate.settings.pin)?;
-        let Some(prof) = profile::find(&*gate.store, id).await? else {
-            return Err(FlowError::NoCode);
+        let prof = profile::find(&*gate.store, id).await?;
+        let sub = match &prof {
+            Some(p) => p.sub.clone(),
+            None => format!("unknown:{}", id.key()),
         };
-        let sub = prof.sub;
+        let attempt = pin::reserve_on(
+            &*gate.store,
+            &gate.settings.lockout,
+            keys::reset_otp_failures(&sub),
+            keys::ip_reset_failures(ip),
+        )
+        .await?;
+        let refused = FlowError::ResetCodeRefused;
         let key = keys::reset_otp(&sub);
-        let Some(raw) = gate.store.get(&key).await? else {
-            return Err(FlowError::NoCode);
+        let rec: Option<ResetCode> = match gate.store.get(&key).await? {
+            Some(raw) => Some(parse(&raw)?),
+            None => None,
         };
-        let rec: ResetCode = parse(&raw)?;
         let max = gate.settings.email_otp.max_tries as i64;
-        let tries = gate
-            .store
-            .incr(&keys::reset_otp_tries(&sub), gate.settings.pin.reset_ttl)
-            .await?;
-        if tries.value > max || rec.exp <= crate::clock::now() {
-            gate.store.delete(&key).await?;
-            return Err(FlowError::NoCode);
-        }
-        let mac = gate.keys.otp_mac(&sub, "pin-reset", code.trim());
-        if !bool::from(mac.as_bytes().ct_eq(rec.mac.as_bytes())) {
-            crate::audit::event("pin_reset_wrong_code", &sub, ip, "");
-            if tries.value >= max {
-                gate.store.delete(&key).await?;
+        let ok = match &rec {
+            Some(rec) if rec.exp > crate::clock::now() && rec.channel == channel_of(id) => {
+                let tries = gate
+                    .store
+                    .incr(&keys::reset_otp_tries(&sub), gate.settings.pin.reset_ttl)
+                    .await?;
+                let mac = gate.keys.otp_mac(&sub, "pin-reset", code.trim());
+                let right = bool::from(mac.as_bytes().ct_eq(rec.mac.as_bytes()));
+                if !right && tries.value >= max {
+                    // Burned: a new forgot request sends a new code.
+                    gate.store.delete(&key).await?;
+                }
+                right && tries.value <= max
             }
-            return Err(FlowError::WrongCode {
-                remaining: (max - tries.value).max(0) as u32,
+            _ => false,
+        };
+        // Single use, even against a concurrent right guess elsewhere.
+        if !ok || gate.store.take(&key).await?.is_none() {
+            crate::audit::event("pin_reset_wrong_code", &sub, ip, "");
+            return Err(match attempt.failure(&sub, ip).await? {
+                FlowError::Locked { until } => FlowError::Locked { until },
+                _ => refused,
             });
         }
-        // Single use, even against a concurrent right guess elsewhere.
-        if gate.store.take(&key).await?.is_none() {
-            return Err(FlowError::NoCode);
-        }
+        attempt.success().await?;
         finish_reset(gate, &sub, new, ip, "otp").await
     }
     .await;
@@ -792,7 +811,7 @@ pub async fn set_answers(
             ));
         }
         if answers.is_empty() {
-            return Err(FlowError::UnknownQuestion(String::new()));
+            return Err(FlowError::BadAnswer("Give at least one answer.".into()));
         }
         let mut normalized = Vec::new();
         for (qid, a) in answers {
@@ -801,7 +820,7 @@ pub async fn set_answers(
             }
             let a = normalize_answer(a);
             if a.is_empty() || a.len() > 256 {
-                return Err(FlowError::PinRule(
+                return Err(FlowError::BadAnswer(
                     "Each answer needs 1 to 256 characters.".into(),
                 ));
             }
@@ -830,46 +849,18 @@ pub async fn set_answers(
     r
 }
 
-/// The questions the user behind `id` answered; for an unknown account (or
-/// one without answers) a stable, secret-keyed choice of configured
-/// questions, so the answer tells nothing.
-pub async fn questions_for(gate: &Gate, id: &Identifier) -> Result<Vec<Question>, FlowError> {
+/// The questions to answer for a reset: every configured one, whoever asks,
+/// so the list never tells whether (or how) an account exists. A reset
+/// needs right answers to every question the user answered; answers to
+/// other questions are ignored.
+pub fn questions_for(gate: &Gate, _id: &Identifier) -> Result<Vec<Question>, FlowError> {
     let qs = &gate.settings.security_questions;
     if qs.is_empty() {
         return Err(FlowError::Disabled(
             "No security questions are configured on this gateway.",
         ));
     }
-    if let Some(prof) = profile::find(&*gate.store, id).await? {
-        if let Some(raw) = gate.store.get(&keys::answers(&prof.sub)).await? {
-            let stored: BTreeMap<String, String> = parse(&raw)?;
-            let mine: Vec<Question> = qs
-                .iter()
-                .filter(|q| stored.contains_key(&q.id))
-                .cloned()
-                .collect();
-            if !mine.is_empty() {
-                return Ok(mine);
-            }
-        }
-    }
-    let seed = gate.keys.otp_mac("decoy", &id.key(), "");
-    let bytes = seed.as_bytes();
-    let want = qs.len().min(2);
-    let mut picked: Vec<usize> = Vec::new();
-    let mut i = 0;
-    while picked.len() < want {
-        let n = bytes[i % bytes.len()] as usize % qs.len();
-        if !picked.contains(&n) {
-            picked.push(n);
-        }
-        i += 1;
-        if i > 64 {
-            break;
-        }
-    }
-    picked.sort();
-    Ok(picked.into_iter().map(|n| qs[n].clone()).collect())
+    Ok(qs.clone())
 }
 
 /// The questions a signed-in user has answered (account page).
@@ -966,12 +957,14 @@ pub async fn set_by_auth_token(
                 ..Default::default()
             });
         let (session, access) = if gate.settings.pin.login {
-            let now = crate::clock::now();
-            let (t, s) = open_session(gate, profile.clone(), Some(now), ua).await?;
+            // A PINAuthToken is not a first-factor login: sessions from it
+            // are never "fresh" (no new recovery credentials without a
+            // step-up).
+            let (t, s) = open_session(gate, profile.clone(), None, ua).await?;
             let access = gate.keys.issue_session(
                 &profile,
                 &s.id,
-                Some(now),
+                None,
                 gate.stepup_now(&rec.sub),
                 gate.settings.pin.login_ttl.as_secs() as i64,
             );

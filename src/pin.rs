@@ -131,6 +131,11 @@ pub enum FlowError {
     ResetUrlNotAllowed,
     /// A feature this gateway's config turns off; the text says which.
     Disabled(&'static str),
+    /// A security answer that cannot be stored; the text says why.
+    BadAnswer(String),
+    /// A reset code refused: wrong, used, expired or no such account (one
+    /// answer for all, so it tells nothing about accounts).
+    ResetCodeRefused,
 }
 
 impl From<StoreError> for FlowError {

@@ -945,7 +945,7 @@ impl Builder<'_> {
             .map(|p| self.path(&p))
             .unwrap_or_else(|| std::env::temp_dir().join(format!("stepgate-{tag}.pid")));
 
-        let sms = f.sms.and_then(|s| {
+        let sms = f.sms.map(|s| {
             if !(s.webhook_url.starts_with("http://") || s.webhook_url.starts_with("https://")) {
                 self.err(
                     "sms.webhook_url",
@@ -964,11 +964,11 @@ impl Builder<'_> {
                     None
                 }
             };
-            Some(Sms {
+            Sms {
                 webhook_url: s.webhook_url,
                 timeout: s.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(5)),
                 secret,
-            })
+            }
         });
         let mut security_questions: Vec<Question> = Vec::new();
         for (i, q) in f.security_questions.into_iter().enumerate() {

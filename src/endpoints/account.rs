@@ -173,7 +173,9 @@ pub(super) async fn set_questions(gate: &Gate, req: &Req<'_>, p: &Principal) -> 
     }
     match lifecycle::set_answers(gate, p, &answers, req.client_ip).await {
         Ok(_) => Reply::redirect("/.stepgate/account?done=questions"),
-        Err(FlowError::PinRule(msg)) => page(gate, req, p, Some(msg), Some(400)).await,
+        Err(FlowError::PinRule(msg) | FlowError::BadAnswer(msg)) => {
+            page(gate, req, p, Some(msg), Some(400)).await
+        }
         Err(e) => flow_page(gate, e, "/.stepgate/account"),
     }
 }
@@ -299,7 +301,7 @@ fn forgot_form(gate: &Gate, req: &Req<'_>, error: Option<&str>, status: u16) -> 
     let r = gate.pages.render(
         status,
         "pin_forgot.html",
-        context! { csrf => gate.keys.anon_csrf(&n, clock::now()), error, sent => false },
+        context! { csrf => gate.keys.anon_csrf(&n, clock::now()), error, sent => false, link_mode => gate.settings.pin.forgot == crate::config::ForgotMode::Link },
     );
     with_nonce(r, set)
 }
@@ -444,14 +446,39 @@ async fn login_submit(gate: &Gate, req: &Req<'_>) -> Reply {
     match lifecycle::pin_login(gate, &token, entered, req.user_agent, req.client_ip).await {
         Ok((access, exp, _)) => {
             let max_age = (exp - clock::now()).max(1);
-            Reply::redirect(&return_to).add(
+            let reply = Reply::redirect(&return_to).add(
                 "Set-Cookie",
                 format!(
                     "{}={access}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{}",
                     gate.login_cookie(req.tls),
                     secure(req)
                 ),
-            )
+            );
+            // The PIN was just entered: that is a PIN step-up for the new
+            // session too, so a PIN-protected return_to does not ask again.
+            match gate.authenticate(&access, clock::now()) {
+                Ok(p) => {
+                    crate::metrics::STEPUPS
+                        .with_label_values(&["pin", "success"])
+                        .inc();
+                    let ttl = gate.stepup_ttl();
+                    let (su, _) = gate.keys.issue_stepup(
+                        &p,
+                        crate::policy::Factor::Pin,
+                        gate.stepup_now(&p.sub),
+                        ttl,
+                    );
+                    reply.add(
+                        "Set-Cookie",
+                        format!(
+                            "{}={su}; Path=/; HttpOnly; SameSite=Strict; Max-Age={ttl}{}",
+                            gate.stepup_cookie_name(req.tls),
+                            secure(req)
+                        ),
+                    )
+                }
+                Err(_) => reply,
+            }
         }
         Err(FlowError::WrongPin { remaining }) => {
             let msg = format!(

@@ -100,6 +100,8 @@ pub fn flow_error(e: FlowError) -> Reply {
         FlowError::UnknownQuestion(q) => error(400, 1258, "Unknown security question", &format!("`{q}` is not one of the configured questions (GET /.stepgate/api/securityquestion lists them).")),
         FlowError::ResetUrlNotAllowed => error(400, 1259, "The reset URL is not allowed", "`resetpinurl` must be listed in `pin.reset_urls`."),
         FlowError::Disabled(why) => error(501, 1233, "Not enabled on this gateway", why),
+        FlowError::BadAnswer(why) => error(400, 1260, "The answer is not valid", &why),
+        FlowError::ResetCodeRefused => error(401, 1253, "The OTP is invalid", "The code is wrong, used or expired; check it, or ask for a new one."),
     }
 }
 

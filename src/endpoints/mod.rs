@@ -56,11 +56,11 @@ pub(crate) fn recovery_change_allowed(gate: &Gate, req: &Req<'_>, p: &Principal)
     let window = gate.settings.pin.enroll_window.as_secs() as i64;
     req.stepup_token.as_deref().is_some_and(|t| {
         gate.keys.verify_stepup(t, p, now).is_ok_and(|c| {
-            now - c.auth_time <= window
-                && !gate
-                    .revocations
-                    .revoked_before(&p.sub)
-                    .is_some_and(|r| c.iat <= r)
+            let revoked = gate
+                .revocations
+                .revoked_before(&p.sub)
+                .is_some_and(|r| c.iat <= r);
+            now - c.auth_time <= window && !revoked
         })
     })
 }
@@ -560,6 +560,8 @@ pub fn flow_page(gate: &Gate, e: FlowError, return_to: &str) -> Reply {
         FlowError::UnknownQuestion(_) => pages.message(400, "Unknown question", "That question is not offered here.", None),
         FlowError::ResetUrlNotAllowed => pages.message(400, "Not allowed", "That reset address is not allowed.", None),
         FlowError::Disabled(why) => pages.message(501, "Not available", why, None),
+        FlowError::BadAnswer(why) => pages.message(400, "Answer not accepted", &why, None),
+        FlowError::ResetCodeRefused => pages.message(401, "Not accepted", "The code is wrong, used or expired.", None),
         FlowError::Internal => pages.message(
             500,
             "Something went wrong",

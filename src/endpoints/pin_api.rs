@@ -96,7 +96,7 @@ fn identifier_field(m: &Map<String, Value>, kind: &str) -> Result<Identifier, Re
 fn profile_json(p: &Profile) -> Value {
     json!({
         "Uid": p.sub,
-        "Email": p.emails.iter().map(|e| json!({"Type": "Primary", "Value": e})).collect::<Vec<_>>(),
+        "Email": p.emails.iter().enumerate().map(|(i, e)| json!({"Type": if i == 0 { "Primary" } else { "Secondary" }, "Value": e})).collect::<Vec<_>>(),
         "UserName": p.username,
         "PhoneId": p.phone,
     })
@@ -205,9 +205,7 @@ async fn questions(gate: &crate::gate::Gate, req: &Req<'_>) -> Answer {
             &format!("`{}` is not a valid {}.", id.1, id.0),
         )
     })?;
-    let qs = lifecycle::questions_for(gate, &id)
-        .await
-        .map_err(flow_error)?;
+    let qs = lifecycle::questions_for(gate, &id).map_err(flow_error)?;
     Ok(Reply::json(
         200,
         &Value::Array(

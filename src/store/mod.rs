@@ -171,6 +171,12 @@ pub mod keys {
     pub fn reset_otp_tries(sub: &str) -> String {
         format!("{}:pinreset:tries", user(sub))
     }
+    pub fn reset_otp_failures(sub: &str) -> String {
+        format!("{}:pinreset:fail", user(sub))
+    }
+    pub fn ip_reset_failures(ip: &str) -> String {
+        format!("ip:{ip}:pinreset:fail")
+    }
     pub fn answers(sub: &str) -> String {
         format!("{}:sq", user(sub))
     }
