@@ -11,7 +11,9 @@
 //! working; a reset link mailed through A works once, on B; the
 //! security-answer lockout counts guesses on both gateways together; and with
 //! Redis stopped, forgot, reset and change fail closed with 503 (1254) while
-//! public routes keep flowing.
+//! public routes keep flowing. Races, with requests to A and B released at
+//! the same moment: one PINAuthToken, one reset link, and two PINAuthTokens
+//! of one user, each spent once, with the losers told why.
 //!
 //! The tests in this file run one at a time (a lock), so that the one timed
 //! bound is not measured while this file's other gateways hash PINs on the
