@@ -752,7 +752,10 @@ fn the_pin_lifecycle_answers_as_documented() {
         (st, qs),
         (
             200,
-            json!([{"QuestionId": "q1", "Question": "What was the colour of your first bicycle?"}])
+            json!([
+                {"QuestionId": "q1", "Question": "What was the colour of your first bicycle?"},
+                {"QuestionId": "q2", "Question": "In which town was your first school?"}
+            ])
         )
     );
     let (st, decoy) = call(
