@@ -612,20 +612,24 @@ pub async fn reset_by_token(
             return Err(FlowError::ResetInvalid);
         }
         let d = token_digest(token);
-        let Some(raw) = gate.store.take(&keys::reset_token(&d)).await? else {
-            return Err(if gate.store.get(&keys::reset_used(&d)).await?.is_some() {
+        let used = keys::reset_used(&d);
+        let Some(raw) = gate.store.get(&keys::reset_token(&d)).await? else {
+            return Err(if gate.store.get(&used).await?.is_some() {
                 FlowError::ResetUsed
             } else {
                 FlowError::ResetInvalid
             });
         };
-        gate.store
-            .put(
-                &keys::reset_used(&d),
-                b"1",
-                Some(Duration::from_secs(86400)),
-            )
-            .await?;
+        // The single-use gate: whoever marks the token used first wins; the
+        // mark exists before the record goes, so every loser reads 1242.
+        if !gate
+            .store
+            .put_if_absent(&used, b"1", Duration::from_secs(86400))
+            .await?
+        {
+            return Err(FlowError::ResetUsed);
+        }
+        gate.store.delete(&keys::reset_token(&d)).await?;
         let rec: ResetRecord = parse(&raw)?;
         if rec.exp <= crate::clock::now() {
             return Err(FlowError::ResetInvalid);
@@ -944,7 +948,7 @@ pub async fn set_by_auth_token(
         if gate.store.take(&key).await?.is_none() {
             return Err(FlowError::AuthTokenInvalid);
         }
-        pin::store_pin(&*gate.store, &gate.hasher, &rec.sub, new).await?;
+        pin::create_pin(&*gate.store, &gate.hasher, &rec.sub, new).await?;
         metrics::ENROLLMENTS.inc();
         gate.known_pins.insert(&rec.sub);
         crate::audit::event("pin_set", &rec.sub, ip, "pin auth token");

@@ -316,6 +316,33 @@ pub async fn store_pin(
     Ok(())
 }
 
+/// Store a first PIN: refused with `PinAlreadySet` when one exists, also
+/// when several first PINs race on any number of gateways (a short lock in
+/// the store spans the check, the hash and the write).
+pub async fn create_pin(
+    store: &dyn Store,
+    hasher: &Arc<Hasher>,
+    sub: &str,
+    pin: &str,
+) -> Result<(), FlowError> {
+    let lock = format!("{}:setting", keys::pin(sub));
+    if !store
+        .put_if_absent(&lock, b"1", std::time::Duration::from_secs(30))
+        .await?
+    {
+        return Err(FlowError::PinAlreadySet);
+    }
+    let r = async {
+        if load_record(store, sub).await?.is_some() {
+            return Err(FlowError::PinAlreadySet);
+        }
+        store_pin(store, hasher, sub, pin).await
+    }
+    .await;
+    let _ = store.delete(&lock).await;
+    r
+}
+
 /// Enroll a first PIN. The caller has checked the login's freshness.
 pub async fn enroll(
     store: &dyn Store,
@@ -330,10 +357,7 @@ pub async fn enroll(
         return Err(FlowError::PinMismatch);
     }
     check_new_pin(pin, settings)?;
-    if load_record(store, sub).await?.is_some() {
-        return Err(FlowError::PinAlreadySet);
-    }
-    store_pin(store, hasher, sub, pin).await?;
+    create_pin(store, hasher, sub, pin).await?;
     metrics::ENROLLMENTS.inc();
     crate::audit::event("pin_set", sub, ip, "");
     Ok(())
