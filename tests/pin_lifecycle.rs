@@ -341,6 +341,31 @@ fn forgot_email(g: &Gateway, c: &Client, email: &str, reset_url: Option<&str>) -
     post_json(g, c, "/pin/forgot/email", body)
 }
 
+/// Wait (generously: 30 s) until `n` messages reached the SMTP server;
+/// on timeout, show what the gateway logged about sending.
+fn wait_for_mail(g: &Gateway, smtp: &SmtpServer, n: usize) -> Vec<Eml> {
+    let start = Instant::now();
+    loop {
+        let m = smtp.messages();
+        if m.len() >= n {
+            return m;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let log = g.log();
+            let sending: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("pin_reset") || l.contains("forgot") || l.contains("mail"))
+                .collect();
+            panic!(
+                "expected {n} message(s), found {} after 30 s; the gateway logged:\n{}",
+                m.len(),
+                sending.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The ResetToken in a link-mode mail: what follows `<base>?token=` (or
 /// `&token=`) in the text part, after checking the HTML part has the link.
 fn reset_token_in(mail: &Eml, base: &str) -> String {
@@ -759,7 +784,7 @@ fn forgot_by_email_sends_a_single_use_reset_link() {
 
     // Signed out: no access token at all; the address case does not matter.
     assert_posted(forgot_email(&g, &c, "A@X.io", None));
-    let mails = smtp.wait_for_messages(1);
+    let mails = wait_for_mail(&g, &smtp, 1);
     assert_eq!(mails.len(), 1);
     assert!(
         mails[0].header("To").unwrap_or_default().contains(EMAIL),
@@ -828,7 +853,7 @@ fn forgot_for_an_unknown_account_answers_the_same_and_sends_nothing() {
     let bob = g.token("bob", &["--email", "b@x.io", "--login-age", "0"]);
     enroll_pin(&g, &c, &bob, PIN);
     assert_posted(forgot_email(&g, &c, "b@x.io", None));
-    let mails = smtp.wait_for_messages(1);
+    let mails = wait_for_mail(&g, &smtp, 1);
     std::thread::sleep(Duration::from_secs(1));
     let mails_later = smtp.messages();
     assert_eq!(
@@ -916,7 +941,7 @@ fn forgot_mail_goes_to_the_address_asked_for_with_links_on_the_public_url() {
 
     // The second address, asked for: the mail goes there.
     assert_posted(forgot_email(&g, &c, "ann.work@x.io", None));
-    let mails = smtp.wait_for_messages(1);
+    let mails = wait_for_mail(&g, &smtp, 1);
     let to = mails[0].header("To").unwrap_or_default().to_string();
     assert!(to.contains("ann.work@x.io") && !to.contains(EMAIL), "{to}");
     // Links are built on public_url, not on the request's origin.
@@ -930,7 +955,7 @@ fn forgot_mail_goes_to_the_address_asked_for_with_links_on_the_public_url() {
         "/pin/forgot/username",
         json!({ "UserName": USERNAME }),
     ));
-    let mails = smtp.wait_for_messages(2);
+    let mails = wait_for_mail(&g, &smtp, 2);
     let to = mails[1].header("To").unwrap_or_default().to_string();
     assert!(to.contains(EMAIL) && !to.contains("ann.work"), "{to}");
 
@@ -955,7 +980,7 @@ fn forgot_requests_share_the_email_otp_hourly_cap_per_identifier() {
     enroll_pin(&g, &c, &at, PIN);
     for n in 1..=2 {
         assert_posted(forgot_email(&g, &c, EMAIL, None));
-        smtp.wait_for_messages(n);
+        wait_for_mail(&g, &smtp, n);
         // Past the one-second cooldown.
         std::thread::sleep(Duration::from_millis(1500));
     }
@@ -971,7 +996,7 @@ fn forgot_requests_share_the_email_otp_hourly_cap_per_identifier() {
         "/pin/forgot/username",
         json!({ "UserName": USERNAME }),
     ));
-    smtp.wait_for_messages(3);
+    wait_for_mail(&g, &smtp, 3);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(smtp.messages().len(), 3);
 }
@@ -1003,7 +1028,7 @@ fn forgot_reset_links_go_to_an_allowed_resetpinurl() {
         EMAIL,
         Some("https://app.example.com/reset"),
     ));
-    let mails = smtp.wait_for_messages(1);
+    let mails = wait_for_mail(&g, &smtp, 1);
     let token = reset_token_in(&mails[0], "https://app.example.com/reset");
     assert!(
         !mails[0].all_text().contains("/.stepgate/pin/reset"),
@@ -1018,7 +1043,7 @@ fn forgot_reset_links_go_to_an_allowed_resetpinurl() {
         json!({ "UserName": USERNAME, "resetpinurl": "https://id.example.com/pin/reset?lang=en" }),
     );
     assert_posted(r);
-    let mails = smtp.wait_for_messages(2);
+    let mails = wait_for_mail(&g, &smtp, 2);
     let token2 = reset_token_in(&mails[1], "https://id.example.com/pin/reset?lang=en");
     assert_ne!(token, token2);
 
@@ -1057,7 +1082,7 @@ fn forgot_by_username_in_code_mode_resets_with_the_mailed_code() {
         "/pin/forgot/username",
         json!({ "UserName": "ANN" }),
     ));
-    let mails = smtp.wait_for_messages(1);
+    let mails = wait_for_mail(&g, &smtp, 1);
     assert!(mails[0].header("To").unwrap_or_default().contains(EMAIL));
     assert!(
         !mails[0].all_text().contains("token="),
@@ -1083,7 +1108,7 @@ fn forgot_by_username_in_code_mode_resets_with_the_mailed_code() {
     let (h, _) = assert_error(by_username("000000"), 429, 1198);
     assert!(h.contains_key("retry-after"));
     assert_posted(forgot_email(&g, &c, EMAIL, None));
-    let mails = smtp.wait_for_messages(2);
+    let mails = wait_for_mail(&g, &smtp, 2);
     let code = code_in(&mails[1]);
     assert_error(reset("email", "Email", EMAIL, &code), 429, 1198);
     assert_pin_works(&g, &c, &at, NEW_PIN);
@@ -1302,7 +1327,7 @@ fn reset_credentials_are_single_use_under_concurrency() {
     let at = ann(&g);
     enroll_pin(&g, &c, &at, PIN);
     assert_posted(forgot_email(&g, &c, EMAIL, None));
-    let mails = smtp.wait_for_messages(1);
+    let mails = wait_for_mail(&g, &smtp, 1);
     let token = reset_token_in(&mails[0], &g.url("/.stepgate/pin/reset"));
 
     // A weak PIN does not use the token up.
@@ -1388,7 +1413,7 @@ fn a_pin_reset_lifts_the_users_pin_lockout() {
     assert_error(stepup(&g, &c, &at, PIN), 429, 1198);
 
     assert_posted(forgot_email(&g, &c, EMAIL, None));
-    let code = code_in(&smtp.wait_for_messages(1)[0]);
+    let code = code_in(&wait_for_mail(&g, &smtp, 1)[0]);
     // A weak PIN uses no try.
     let reset = |pin: &str| {
         put_json(
@@ -2085,7 +2110,7 @@ fn lifecycle_steps_are_audited_without_secrets() {
     assert_posted(set_answers(&g, &c, &at, &[("q2", "Ultramarine")]));
     assert_posted(forgot_email(&g, &c, "nobody@x.io", None));
     assert_posted(forgot_email(&g, &c, EMAIL, None));
-    let mails = smtp.wait_for_messages(1);
+    let mails = wait_for_mail(&g, &smtp, 1);
     let token = reset_token_in(&mails[0], &g.url("/.stepgate/pin/reset"));
     assert_posted(reset_by_token(&g, &c, &token, "4826"));
 
