@@ -12,6 +12,7 @@ pub mod endpoints;
 pub mod gate;
 pub mod identity;
 pub mod lifecycle;
+pub mod logwriter;
 pub mod mail;
 pub mod metrics;
 pub mod notify;

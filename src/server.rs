@@ -19,22 +19,13 @@ pub struct Extra {
     pub upgrade: bool,
 }
 
-/// Keeps the logging thread alive for the life of the process.
-static LOG_GUARD: std::sync::OnceLock<tracing_appender::non_blocking::WorkerGuard> =
-    std::sync::OnceLock::new();
-
 pub fn init_logging(level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("{level},pingora_core=warn,pingora_proxy=warn"))
     });
-    // Lines are written by a logging thread, so a slow or blocked stderr
-    // never stalls a proxy worker; `lossy(false)`: under pressure workers
-    // wait rather than drop audit lines.
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(64 * 1024)
-        .finish(std::io::stderr());
-    let _ = LOG_GUARD.set(guard);
+    // Access lines are written in batches, everything else at once
+    // (src/logwriter.rs).
+    let writer = crate::logwriter::LogWriter::start();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
