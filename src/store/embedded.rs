@@ -38,6 +38,9 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 
 type Tx<'a> = redb::Table<'a, &'static str, &'static [u8]>;
 
+/// The embedded store's page cache: tens of thousands of users' records.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 impl EmbeddedStore {
     pub fn open(path: &Path) -> Result<EmbeddedStore, String> {
         if let Some(dir) = path.parent() {
@@ -46,7 +49,11 @@ impl EmbeddedStore {
                     .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
             }
         }
-        let db = Database::create(path)
+        // redb's page cache defaults to a 1 GiB ceiling; stepgate's records
+        // are small and few, and the cache is resident memory.
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
             .map_err(|e| format!("cannot open the embedded store {}: {e}", path.display()))?;
         let tx = db.begin_write().map_err(|e| e.to_string())?;
         tx.open_table(KV).map_err(|e| e.to_string())?;
