@@ -1,6 +1,7 @@
 //! stepgate: step-up authentication (PIN, email OTP) as a reverse proxy in
 //! front of unmodified web apps. This file is the command line only.
-#![forbid(unsafe_code)]
+// One audited exception: the allocator call in `release_memory` below.
+#![deny(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,17 @@ use clap::{Parser, Subcommand};
 /// connections' memory better (benches/RESULTS.md).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// After each PIN hash, on the hashing thread: return freed memory (the 19 MiB
+/// Argon2 block) to the OS now. mimalloc purges freed memory lazily, on the
+/// thread's next allocations, which an idle hashing thread never makes
+/// (measured: +19 MiB resident after one PIN check without this).
+#[allow(unsafe_code)]
+fn release_memory() {
+    // SAFETY: mi_collect takes no pointers and may be called on any thread
+    // at any time; `force` only makes it purge without waiting.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
 
 #[derive(Parser)]
 #[command(
@@ -153,6 +165,7 @@ fn load(config: &Path) -> Result<config::Settings, ExitCode> {
 }
 
 fn main() -> ExitCode {
+    let _ = stepgate::pin::RELEASE_MEMORY.set(release_memory);
     let cli = Cli::parse();
     match run(cli.cmd) {
         Ok(()) => ExitCode::SUCCESS,

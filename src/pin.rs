@@ -17,6 +17,17 @@ use crate::config::{Lockout, PinSettings};
 use crate::metrics;
 use crate::store::{keys, Store, StoreError};
 
+/// Called on the hashing thread after each Argon2 run, to give its memory
+/// block (19 MiB) back to the OS; the binary sets it for its allocator
+/// (an idle hashing thread's heap would otherwise keep the block).
+pub static RELEASE_MEMORY: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+fn release_memory() {
+    if let Some(f) = RELEASE_MEMORY.get() {
+        f();
+    }
+}
+
 /// Runs Argon2 on tokio's blocking pool, at most one job per core at once,
 /// so PIN checks never stall proxying and a storm of them queues instead of
 /// exhausting memory (each hash uses ~19 MiB).
@@ -42,10 +53,13 @@ impl Hasher {
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
             let salt = SaltString::generate(&mut rand::rngs::OsRng);
-            me.argon
+            let r = me
+                .argon
                 .hash_password(secret.as_bytes(), &salt)
                 .map(|h| h.to_string())
-                .map_err(|_| FlowError::Internal)
+                .map_err(|_| FlowError::Internal);
+            release_memory();
+            r
         })
         .await
         .map_err(|_| FlowError::Internal)?
@@ -60,7 +74,9 @@ impl Hasher {
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
             let parsed = PasswordHash::new(&phc).map_err(|_| FlowError::Internal)?;
-            Ok(me.argon.verify_password(secret.as_bytes(), &parsed).is_ok())
+            let ok = me.argon.verify_password(secret.as_bytes(), &parsed).is_ok();
+            release_memory();
+            Ok(ok)
         })
         .await
         .map_err(|_| FlowError::Internal)?
