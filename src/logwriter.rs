@@ -15,6 +15,67 @@ use std::time::Duration;
 
 use tracing_subscriber::fmt::MakeWriter;
 
+/// The writer of JSON access lines (set when the log format is JSON).
+static ACCESS: std::sync::OnceLock<LogWriter> = std::sync::OnceLock::new();
+
+/// One access line as JSON, the same fields and shape as tracing's JSON
+/// events, formatted here without tracing's per-field machinery (it cost
+/// several µs per request). Returns false when JSON access lines are not
+/// set up (text format): the caller logs through tracing instead.
+pub fn access_json(fields: &[(&str, Field<'_>)]) -> bool {
+    let Some(w) = ACCESS.get() else {
+        return false;
+    };
+    let mut line = String::with_capacity(320);
+    line.push_str("{\"timestamp\":\"");
+    let now = time::OffsetDateTime::now_utc();
+    let _ = now
+        .format(&time::format_description::well_known::Rfc3339)
+        .map(|t| line.push_str(&t));
+    line.push_str("\",\"level\":\"INFO\"");
+    for (k, v) in fields {
+        line.push_str(",\"");
+        line.push_str(k);
+        line.push_str("\":");
+        match v {
+            Field::Str(s) => push_json_str(&mut line, s),
+            Field::Int(n) => line.push_str(&n.to_string()),
+            Field::Float(f) if f.is_finite() => line.push_str(&format!("{f:.3}")),
+            Field::Float(_) => line.push('0'),
+        }
+    }
+    line.push_str(",\"target\":\"access\"}\n");
+    let _ = w
+        .out
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .write_all(line.as_bytes());
+    true
+}
+
+/// A value of an access-line field.
+pub enum Field<'a> {
+    Str(&'a str),
+    Int(i64),
+    Float(f64),
+}
+
+fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
 #[derive(Clone)]
 pub struct LogWriter {
     out: Arc<Mutex<BufWriter<Stderr>>>,
@@ -37,6 +98,11 @@ impl LogWriter {
                 let _ = out.lock().unwrap_or_else(|p| p.into_inner()).flush();
             });
         w
+    }
+
+    /// Also write JSON access lines directly ([`access_json`]).
+    pub fn serve_access_lines(&self) {
+        let _ = ACCESS.set(self.clone());
     }
 }
 
@@ -78,5 +144,19 @@ impl<'a> MakeWriter<'a> for LogWriter {
             out: self.out.lock().unwrap_or_else(|p| p.into_inner()),
             through: meta.target() != "access",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_are_escaped() {
+        let mut s = String::new();
+        push_json_str(&mut s, "a\"b\\c\nd\u{1}é");
+        assert_eq!(s, r#""a\"b\\c\nd\u0001é""#);
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v, "a\"b\\c\nd\u{1}é");
     }
 }

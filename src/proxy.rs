@@ -719,6 +719,28 @@ impl ProxyHttp for Proxy {
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let req = session.req_header();
+        let latency_ms = ctx
+            .started
+            .map(|s| s.elapsed().as_secs_f64() * 1000.0)
+            .unwrap_or(0.0);
+        let user = ctx.principal.as_ref().map(|p| p.sub.as_str()).unwrap_or("");
+        if tracing::enabled!(target: "access", tracing::Level::INFO) {
+            use crate::logwriter::{access_json, Field};
+            if access_json(&[
+                ("request_id", Field::Str(&ctx.request_id)),
+                ("method", Field::Str(req.method.as_str())),
+                ("host", Field::Str(&ctx.host)),
+                ("path", Field::Str(req.uri.path())),
+                ("status", Field::Int(status as i64)),
+                ("decision", Field::Str(ctx.label)),
+                ("rule", Field::Str(&ctx.rule)),
+                ("user", Field::Str(user)),
+                ("ip", Field::Str(&ctx.client_ip)),
+                ("latency_ms", Field::Float(latency_ms)),
+            ]) {
+                return;
+            }
+        }
         tracing::info!(
             target: "access",
             request_id = %ctx.request_id,
@@ -728,9 +750,9 @@ impl ProxyHttp for Proxy {
             status,
             decision = ctx.label,
             rule = %ctx.rule,
-            user = ctx.principal.as_ref().map(|p| p.sub.as_str()).unwrap_or(""),
+            user,
             ip = %ctx.client_ip,
-            latency_ms = ctx.started.map(|s| s.elapsed().as_secs_f64() * 1000.0).unwrap_or(0.0),
+            latency_ms,
         );
     }
 }

@@ -26,6 +26,9 @@ pub fn init_logging(level: &str, json: bool) {
     // Access lines are written in batches, everything else at once
     // (src/logwriter.rs).
     let writer = crate::logwriter::LogWriter::start();
+    if json {
+        writer.serve_access_lines();
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
