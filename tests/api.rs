@@ -9,20 +9,16 @@
 //! test command, `scripts/test.sh`, installs them.
 
 mod common;
-#[path = "common/smtp.rs"]
-mod smtp;
 
+use common::api::*;
+use common::smtp::{smtp_mail_config, SmtpServer};
 use common::*;
-use smtp::{smtp_mail_config, SmtpServer};
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use reqwest::blocking::{Client, RequestBuilder, Response};
+use reqwest::blocking::{Client, Response};
 use serde_json::{json, Value};
 
 const PIN: &str = "2580";
 const WRONG_PIN: &str = "1397";
-const API_SECRET: &str = "test-api-secret-0123456789abcdef0123456789";
 /// The user's addresses, as the identity provider puts them in the token.
 const A: &str = "alice@x.test";
 const B: &str = "alice.work@x.test";
@@ -48,13 +44,6 @@ rules:
 // Helpers
 // ---------------------------------------------------------------------------
 
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
 /// A gateway with this file's policy and `extra` top-level config.
 fn gateway(extra: &str) -> Gateway {
     Gateway::start_with(GatewayOptions {
@@ -64,66 +53,8 @@ fn gateway(extra: &str) -> Gateway {
     })
 }
 
-fn api_secret_config() -> String {
-    format!("api:\n  secret: \"{API_SECRET}\"\n")
-}
-
-fn api(g: &Gateway, route: &str) -> String {
-    g.url(&format!("/.stepgate/api{route}"))
-}
-
 fn alice(g: &Gateway) -> String {
     g.token("alice", &["--email", A, "--email", B])
-}
-
-fn bearer(rb: RequestBuilder, at: &str) -> RequestBuilder {
-    rb.header("Authorization", format!("Bearer {at}"))
-}
-
-fn header(r: &Response, name: &str) -> String {
-    r.headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default()
-}
-
-/// An API error: this status, a JSON body `{ErrorCode, Message, Description}`
-/// with this code. Returns the response headers and body for more checks.
-fn assert_error(r: Response, status: u16, code: u64) -> (reqwest::header::HeaderMap, Value) {
-    let got = r.status().as_u16();
-    let headers = r.headers().clone();
-    let text = r.text().unwrap();
-    assert_eq!(got, status, "HTTP status for ErrorCode {code}: {text}");
-    assert!(
-        headers["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("application/json"),
-        "errors are JSON: {headers:?}"
-    );
-    let body: Value = serde_json::from_str(&text).expect("a JSON error body");
-    assert_eq!(body["ErrorCode"], code, "ErrorCode in {body}");
-    for f in ["Message", "Description"] {
-        assert!(
-            body[f].as_str().is_some_and(|s| !s.is_empty()),
-            "{f} is a non-empty string in {body}"
-        );
-    }
-    (headers, body)
-}
-
-fn assert_ok_json(r: Response) -> Value {
-    let status = r.status();
-    let text = r.text().unwrap();
-    assert_eq!(status, 200, "{text}");
-    serde_json::from_str(&text).expect("a JSON body")
-}
-
-fn put_pin(g: &Gateway, c: &Client, at: &str, pin: &str) -> Response {
-    bearer(c.put(api(g, "/stepup/pin")), at)
-        .json(&json!({ "PIN": pin }))
-        .send()
-        .unwrap()
 }
 
 /// `{SecondFactorValidationToken, ExpireIn}`: the token, after checking that
@@ -148,38 +79,6 @@ fn token_of(r: Response) -> String {
 /// A PIN step-up through the API; the user must have a PIN.
 fn pin_token(g: &Gateway, c: &Client, at: &str) -> String {
     token_of(put_pin(g, c, at, PIN))
-}
-
-/// A protected request from an API client, with the step-up token if any.
-fn protected(
-    g: &Gateway,
-    c: &Client,
-    method: reqwest::Method,
-    path: &str,
-    at: &str,
-    su: Option<&str>,
-) -> Response {
-    let mut rb = bearer(c.request(method, g.url(path)), at).header("Accept", "application/json");
-    if let Some(su) = su {
-        rb = rb.header("X-Stepgate-Token", su);
-    }
-    rb.send().unwrap()
-}
-
-/// The request reached the demo upstream; its echo.
-fn forwarded(r: Response, path: &str) -> Value {
-    let echo = assert_ok_json(r);
-    assert_eq!(echo["path"], path, "the upstream saw the request");
-    echo
-}
-
-fn echoed(echo: &Value, name: &str) -> Option<String> {
-    echo["headers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h[0] == name)
-        .map(|h| h[1].as_str().unwrap().to_string())
 }
 
 /// The RFC 9470 challenge an API client gets; returns the JSON body.

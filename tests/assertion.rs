@@ -13,7 +13,6 @@ use common::*;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
@@ -26,13 +25,6 @@ const INSTALL_HINT: &str = "the assertion tests need `python3` with PyJWT and `c
      (`python3 -m pip install pyjwt cryptography`); run the README's test command, \
      `scripts/test.sh` (it runs `scripts/install-deps.sh test`, which installs them), \
      then run the tests again";
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
 
 fn require_pyjwt() {
     match Command::new("python3")

@@ -4,10 +4,11 @@
 //! single-use and max_age rules, and the audit log.
 
 mod common;
+use common::api::api_get;
 use common::*;
 
 use std::sync::Barrier;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
@@ -20,13 +21,6 @@ const LOGIN_URL: &str = "https://idp.test/login?r={return_to}";
 // ---------------------------------------------------------------------------
 // Local helpers
 // ---------------------------------------------------------------------------
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
 
 fn opts_with_extra(extra_config: &str) -> GatewayOptions {
     GatewayOptions {
@@ -83,21 +77,6 @@ fn tamper_payload(jwt: &str, edit: impl FnOnce(&mut serde_json::Value)) -> Strin
         B64.encode(serde_json::to_vec(&claims).unwrap()),
         parts[2]
     )
-}
-
-fn header(r: &Response, name: &str) -> String {
-    r.headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default()
-}
-
-fn get_html(c: &Client, url: &str, cookie: &str) -> Response {
-    c.get(url)
-        .header("Cookie", cookie)
-        .header("Accept", "text/html")
-        .send()
-        .unwrap()
 }
 
 /// The CSRF token of the enrollment form (login must be fresh, no PIN yet).
@@ -171,15 +150,6 @@ fn browser_get(g: &Gateway, c: &Client, path: &str, at: &str, su: &str) -> Respo
         &g.url(path),
         &format!("access_token={at}; stepgate_su={su}"),
     )
-}
-
-/// API request (no Accept: text/html) with Bearer access token and X-Stepgate-Token.
-fn api_get(g: &Gateway, c: &Client, path: &str, at: &str, su: &str) -> Response {
-    c.get(g.url(path))
-        .header("Authorization", format!("Bearer {at}"))
-        .header("X-Stepgate-Token", su)
-        .send()
-        .unwrap()
 }
 
 /// The request reached the demo upstream, which echoes it: as JSON to API

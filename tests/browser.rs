@@ -8,60 +8,17 @@
 //! README's test command installs them.
 
 mod common;
-#[path = "common/webdriver.rs"]
-mod webdriver;
 
+use common::browser::{
+    demo_policy, screenshot_dir, submit_pin, upstream_header, Bench, ADMIN_PIN_RULE,
+};
 use common::*;
-use std::path::PathBuf;
-use webdriver::{Browser, Session};
-
-const POLICY: &str = r#"
-default: authenticated
-rules:
-  - name: demo-login
-    match: { path: "/demo/login" }
-    require: none
-  - name: admin
-    match: { path: "/admin/**" }
-    require: step_up
-    step_up: { methods: [pin], max_age: 5m }
-"#;
 
 const PIN: &str = "2580";
 
-/// A gateway with the browser test policy and a browser. Field order is
-/// drop order: the browser (session, then chromedriver) goes first, then the
-/// gateway and its upstream.
-struct Bench {
-    browser: Browser,
-    g: Gateway,
-}
-
+/// A browser and a gateway with the demo login link and the `admin` rule.
 fn bench() -> Bench {
-    // Start the browser before anything else, so a missing browser fails
-    // fast with the install hint.
-    let browser = Browser::start();
-    let g = Gateway::start_with(GatewayOptions {
-        policy: POLICY.to_string(),
-        ..Default::default()
-    });
-    Bench { browser, g }
-}
-
-fn screenshot_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
-    let dir = target.join("browser-screenshots");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// The path (and query) of a URL on the gateway.
-fn path_of(g: &Gateway, url: &str) -> String {
-    url.strip_prefix(&g.url(""))
-        .unwrap_or_else(|| panic!("{url} is not on the gateway {}", g.url("")))
-        .to_string()
+    Bench::start(&demo_policy(ADMIN_PIN_RULE), "", false)
 }
 
 /// Sign in with the demo login link and check the demo app greets `sub`.
@@ -116,17 +73,6 @@ fn enroll(b: &Bench, shots: Option<&str>) {
     );
 }
 
-/// Type `pin` into the PIN page and submit; returns once the old page is
-/// gone (the browser may still be loading the answer).
-fn submit_pin(s: &Session, pin: &str) {
-    let field = s.find("#pin");
-    s.send_keys(&field, pin);
-    s.click(&s.find("#submit"));
-    s.wait_for("the PIN form to be submitted", || {
-        s.is_stale(&field).then_some(())
-    });
-}
-
 #[test]
 fn browser_enrolls_a_pin_and_passes_the_pin_challenge() {
     let b = bench();
@@ -143,11 +89,7 @@ fn browser_enrolls_a_pin_and_passes_the_pin_challenge() {
     assert_eq!(s.response_status(), Some(200));
     assert_eq!(s.text(&s.find("#user")), "alice");
     assert_eq!(s.text(&s.find("#path")), "GET /admin/x");
-    let header = |name: &str| {
-        s.try_find_by("xpath", &format!("//tr[th='{name}']/td"))
-            .ok()
-            .map(|e| s.text(&e))
-    };
+    let header = |name: &str| upstream_header(s, name);
     assert_eq!(
         header("x-stepgate-amr").as_deref(),
         Some("pin"),

@@ -10,23 +10,13 @@
 //! never a skip: the README's test command, `scripts/test.sh`, installs them.
 
 mod common;
-#[path = "common/smtp.rs"]
-mod smtp;
-#[path = "common/webdriver.rs"]
-mod webdriver;
 
+use common::browser::{demo_policy, screenshot_as, submit_field, upstream_header, Bench};
+use common::webdriver::Session;
 use common::*;
-use smtp::SmtpServer;
-use std::path::PathBuf;
-use webdriver::{Browser, Session};
 
-const POLICY: &str = r#"
-default: authenticated
-rules:
-  - name: demo-login
-    match: { path: "/demo/login" }
-    require: none
-  - name: reports
+/// The rule `reports`: `/reports/**` needs an email-OTP step-up.
+const REPORTS_RULE: &str = r#"  - name: reports
     match: { path: "/reports/**" }
     require: step_up
     step_up: { methods: [email_otp], max_age: 5m }
@@ -35,49 +25,15 @@ rules:
 const A: &str = "alice@x.test";
 const B: &str = "bert@x.test";
 
-/// Field order is drop order: the browser (session, then chromedriver)
-/// first, then the gateway, then the SMTP server.
-struct Bench {
-    browser: Browser,
-    g: Gateway,
-    smtp: SmtpServer,
-}
-
+/// A browser, a real SMTP server and a gateway with the demo login link,
+/// the `reports` rule and the site title, mailing through the server.
 fn bench() -> Bench {
-    smtp::require_aiosmtpd();
-    let browser = Browser::start();
-    let smtp = SmtpServer::start();
-    let g = Gateway::start_with(GatewayOptions {
-        policy: POLICY.to_string(),
-        extra_config: format!("pages:\n  title: \"Acme Intranet\"\n{}", smtp.mail_config()),
-        ..Default::default()
-    });
-    Bench { browser, g, smtp }
+    let policy = demo_policy(REPORTS_RULE);
+    Bench::start(&policy, "pages:\n  title: \"Acme Intranet\"\n", true)
 }
 
 fn screenshot(s: &Session, name: &str) {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
-    let dir = target.join("browser-screenshots");
-    std::fs::create_dir_all(&dir).unwrap();
-    s.save_screenshot(&dir.join(format!("email-{name}.png")));
-}
-
-fn path_of(g: &Gateway, url: &str) -> String {
-    url.strip_prefix(&g.url(""))
-        .unwrap_or_else(|| panic!("{url} is not on the gateway {}", g.url("")))
-        .to_string()
-}
-
-/// Type `code` into the code page and submit; returns once the page is gone.
-fn submit_code(s: &Session, code: &str) {
-    let field = s.find("#otp");
-    s.send_keys(&field, code);
-    s.click(&s.find("#submit"));
-    s.wait_for("the code form to be submitted", || {
-        s.is_stale(&field).then_some(())
-    });
+    screenshot_as(s, &format!("email-{name}"));
 }
 
 #[test]
@@ -142,7 +98,7 @@ fn browser_completes_the_email_step_up_with_the_code_from_the_mailbox() {
     screenshot(s, "2-code");
 
     // The mail, read from the maildir: to the chosen address.
-    let mails = b.smtp.wait_for_messages(1);
+    let mails = b.smtp().wait_for_messages(1);
     assert_eq!(mails.len(), 1);
     assert_eq!(mails[0].header("X-RcptTo"), Some(B));
     let code = mails[0].code();
@@ -152,7 +108,7 @@ fn browser_completes_the_email_step_up_with_the_code_from_the_mailbox() {
         .chars()
         .map(|c| char::from(b'0' + ((c as u8 - b'0' + 1) % 10)))
         .collect();
-    submit_code(s, &wrong);
+    submit_field(s, "#otp", &wrong);
     let error = s.wait_for("the wrong-code message", || {
         s.text_of("#error").filter(|t| t.contains("left"))
     });
@@ -164,16 +120,12 @@ fn browser_completes_the_email_step_up_with_the_code_from_the_mailbox() {
     screenshot(s, "3-wrong-code");
 
     // The right code: back on the page asked for, stepped up by email.
-    submit_code(s, &code);
+    submit_field(s, "#otp", &code);
     s.wait_for_url("/reports/q3", |u| path_of(&b.g, u) == "/reports/q3");
     s.find("#app");
     assert_eq!(s.response_status(), Some(200));
     assert_eq!(s.text(&s.find("#path")), "GET /reports/q3");
-    let header = |name: &str| {
-        s.try_find_by("xpath", &format!("//tr[th='{name}']/td"))
-            .ok()
-            .map(|e| s.text(&e))
-    };
+    let header = |name: &str| upstream_header(s, name);
     assert_eq!(
         header("x-stepgate-amr").as_deref(),
         Some("otp"),
@@ -193,5 +145,5 @@ fn browser_completes_the_email_step_up_with_the_code_from_the_mailbox() {
     s.goto(&b.g.url("/reports/q4"));
     s.wait_for_url("/reports/q4", |u| path_of(&b.g, u) == "/reports/q4");
     assert_eq!(s.text(&s.find("#path")), "GET /reports/q4");
-    assert_eq!(b.smtp.messages().len(), 1, "no second code was needed");
+    assert_eq!(b.smtp().messages().len(), 1, "no second code was needed");
 }

@@ -11,72 +11,32 @@
 //! never a skip: the README's test command, `scripts/test.sh`, installs them.
 
 mod common;
-#[path = "common/smtp.rs"]
-mod smtp;
-#[path = "common/webdriver.rs"]
-mod webdriver;
 
+use common::browser::{
+    demo_policy, screenshot_as, submit_pin, upstream_header, Bench, ADMIN_PIN_RULE,
+};
+use common::webdriver::Session;
 use common::*;
-use smtp::SmtpServer;
-use std::path::PathBuf;
-use webdriver::{Browser, Session};
-
-const POLICY: &str = r#"
-default: authenticated
-rules:
-  - name: demo-login
-    match: { path: "/demo/login" }
-    require: none
-  - name: admin
-    match: { path: "/admin/**" }
-    require: step_up
-    step_up: { methods: [pin], max_age: 5m }
-"#;
 
 const PIN: &str = "2580";
 const NEW_PIN: &str = "7391";
 const WRONG_PIN: &str = "9731";
 const THIRD_PIN: &str = "4826";
 
-/// Field order is drop order: the browser (session, then chromedriver)
-/// first, then the gateway, then the SMTP server when there is one.
-struct Bench {
-    browser: Browser,
-    g: Gateway,
-    smtp: Option<SmtpServer>,
-}
-
-/// A browser and a gateway with `extra` config (and `mail:` pointing at a
-/// real SMTP server when `mail`).
+/// A browser and a gateway with the demo login link and the `admin` rule,
+/// the site title and `extra` config (and `mail:` pointing at a real SMTP
+/// server when `mail`).
 fn bench(extra: &str, mail: bool) -> Bench {
-    if mail {
-        smtp::require_aiosmtpd();
-    }
-    let browser = Browser::start();
-    let smtp = mail.then(SmtpServer::start);
-    let mail_config = smtp.as_ref().map(|m| m.mail_config()).unwrap_or_default();
-    let g = Gateway::start_with(GatewayOptions {
-        policy: POLICY.to_string(),
-        extra_config: format!("pages:\n  title: \"Acme Intranet\"\n{mail_config}{extra}"),
-        ..Default::default()
-    });
-    Bench { browser, g, smtp }
+    let policy = demo_policy(ADMIN_PIN_RULE);
+    Bench::start(
+        &policy,
+        &format!("pages:\n  title: \"Acme Intranet\"\n{extra}"),
+        mail,
+    )
 }
 
 fn screenshot(s: &Session, name: &str) {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
-    let dir = target.join("browser-screenshots");
-    std::fs::create_dir_all(&dir).unwrap();
-    s.save_screenshot(&dir.join(format!("lifecycle-{name}.png")));
-}
-
-/// The path (and query) of a URL on the gateway.
-fn path_of(g: &Gateway, url: &str) -> String {
-    url.strip_prefix(&g.url(""))
-        .unwrap_or_else(|| panic!("{url} is not on the gateway {}", g.url("")))
-        .to_string()
+    screenshot_as(s, &format!("lifecycle-{name}"));
 }
 
 fn email_of(sub: &str) -> String {
@@ -143,17 +103,6 @@ fn enroll(b: &Bench) {
     s.find("#pin");
 }
 
-/// Type `pin` into the `#pin` field of the current page and submit; returns
-/// once the old page is gone.
-fn submit_pin(s: &Session, pin: &str) {
-    let field = s.find("#pin");
-    s.send_keys(&field, pin);
-    s.click(&s.find("#submit"));
-    s.wait_for("the PIN form to be submitted", || {
-        s.is_stale(&field).then_some(())
-    });
-}
-
 /// Fill the fields `(css, text)` of the current page, click `button` and
 /// return once the page was replaced.
 fn submit_form(s: &Session, fields: &[(&str, &str)], button: &str) {
@@ -177,13 +126,6 @@ fn wrong_pin_is_refused(s: &Session, pin: &str) {
     assert!(error.contains("not right"), "error: {error}");
     assert_eq!(s.response_status(), Some(401), "a wrong PIN answers 401");
     s.find("#pin");
-}
-
-/// A request header the demo upstream received, from its HTML page.
-fn upstream_header(s: &Session, name: &str) -> Option<String> {
-    s.try_find_by("xpath", &format!("//tr[th='{name}']/td"))
-        .ok()
-        .map(|e| s.text(&e))
 }
 
 /// Wait for the upstream page of `path` and check it served `sub`.

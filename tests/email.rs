@@ -11,13 +11,12 @@
 //! test command, `scripts/test.sh`, installs them.
 
 mod common;
-#[path = "common/smtp.rs"]
-mod smtp;
 
+use common::metrics::{metric, metrics_config};
+use common::smtp::{Handler, SmtpServer};
 use common::*;
-use smtp::{Handler, SmtpServer};
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use reqwest::blocking::{Client, Response};
 
@@ -50,13 +49,6 @@ const PIN: &str = "2580";
 // Helpers
 // ---------------------------------------------------------------------------
 
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
 /// A gateway with the email policy, a site title and `extra` config.
 fn gateway(extra: &str) -> Gateway {
     Gateway::start_with(GatewayOptions {
@@ -64,27 +56,6 @@ fn gateway(extra: &str) -> Gateway {
         extra_config: format!("pages:\n  title: \"{SITE}\"\n{extra}"),
         ..Default::default()
     })
-}
-
-/// `metrics:` config on a fresh port; returns (yaml, port).
-fn metrics_config() -> (String, u16) {
-    let port = free_port();
-    (format!("metrics:\n  listen: \"127.0.0.1:{port}\"\n"), port)
-}
-
-/// A metric's value (0 when not exported yet). `series` includes labels.
-fn metric(port: u16, series: &str) -> f64 {
-    wait_for_port(port, Duration::from_secs(15));
-    let text = client()
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0.0)
 }
 
 /// What a response said, read once.
@@ -223,27 +194,15 @@ fn urlencode(s: &str) -> String {
     out
 }
 
-fn echoed_header(echo: &serde_json::Value, name: &str) -> Option<String> {
-    echo["headers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h[0] == name)
-        .map(|h| h[1].as_str().unwrap().to_string())
-}
-
 /// Assert the upstream saw an email-OTP step-up by `sub` under `rule`.
 fn assert_otp_upstream(echo: &serde_json::Value, sub: &str, rule: &str) {
     assert_eq!(
-        echoed_header(echo, "x-stepgate-amr").as_deref(),
+        echoed(echo, "x-stepgate-amr").as_deref(),
         Some("otp"),
         "the upstream got X-Stepgate-Amr: otp; echo: {echo}"
     );
-    assert_eq!(echoed_header(echo, "x-stepgate-user").as_deref(), Some(sub));
-    assert_eq!(
-        echoed_header(echo, "x-stepgate-rule").as_deref(),
-        Some(rule)
-    );
+    assert_eq!(echoed(echo, "x-stepgate-user").as_deref(), Some(sub));
+    assert_eq!(echoed(echo, "x-stepgate-rule").as_deref(), Some(rule));
 }
 
 /// A wrong code of the same length as `code`.

@@ -6,8 +6,6 @@
 //! step-up and PIN lifecycle).
 
 mod common;
-#[path = "common/smtp.rs"]
-mod smtp;
 
 use common::*;
 

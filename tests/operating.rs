@@ -8,6 +8,7 @@
 //! upstream over loopback sockets.
 
 mod common;
+use common::metrics::{metric, metrics_config};
 use common::*;
 
 use std::path::{Path, PathBuf};
@@ -113,20 +114,6 @@ fn access_lines(text: &str, request_id: &str) -> Vec<serde_json::Value> {
         .into_iter()
         .filter(|v| v["target"] == "access" && v["request_id"] == request_id)
         .collect()
-}
-
-/// A metric's value from the Prometheus endpoint (0 when not yet exported).
-fn metric(port: u16, series: &str) -> f64 {
-    let text = client()
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0.0)
 }
 
 /// A load of concurrent GETs: `threads` threads, each with its own client,
@@ -289,15 +276,6 @@ fn post_pin(c: &Client, base: &str, at: &str, pin: &str) -> Response {
         .unwrap()
 }
 
-fn echoed_header(echo: &serde_json::Value, name: &str) -> Option<String> {
-    echo["headers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h[0] == name)
-        .map(|h| h[1].as_str().unwrap().to_string())
-}
-
 // ---------------------------------------------------------------------------
 // 1. Hot reload under load
 // ---------------------------------------------------------------------------
@@ -379,11 +357,8 @@ fn policy_with_syntax_error() -> String {
 
 #[test]
 fn broken_policy_is_refused_logged_with_position_and_counted_then_a_fix_applies() {
-    let mport = free_port();
-    let g = Gateway::start_with(opts(
-        &toggle_policy("none"),
-        &format!("metrics:\n  listen: \"127.0.0.1:{mport}\"\n"),
-    ));
+    let (metrics, mport) = metrics_config();
+    let g = Gateway::start_with(opts(&toggle_policy("none"), &metrics));
     wait_for_port(mport, Duration::from_secs(10));
     let c = client();
     let errors = r#"stepgate_reloads_total{result="error"}"#;
@@ -682,10 +657,7 @@ fn tls_listener_speaks_http2_and_http1() {
         assert_eq!(r.version(), version);
         let echo: serde_json::Value = r.json().unwrap();
         assert_eq!(echo["path"], "/public/x");
-        assert_eq!(
-            echoed_header(&echo, "x-forwarded-proto").as_deref(),
-            Some("https")
-        );
+        assert_eq!(echoed(&echo, "x-forwarded-proto").as_deref(), Some("https"));
     }
     // Plain HTTP on the TLS port is not served.
     if let Ok(r) = client().get(g.url("/public/x")).send() {
@@ -738,16 +710,10 @@ fn pin_step_up_over_tls_sets_a_secure_host_prefixed_cookie_that_opens_the_route(
         .unwrap();
     assert_eq!(r.status(), 200);
     let echo: serde_json::Value = r.json().unwrap();
-    assert_eq!(
-        echoed_header(&echo, "x-stepgate-amr").as_deref(),
-        Some("pin")
-    );
-    assert_eq!(
-        echoed_header(&echo, "x-stepgate-rule").as_deref(),
-        Some("admin")
-    );
+    assert_eq!(echoed(&echo, "x-stepgate-amr").as_deref(), Some("pin"));
+    assert_eq!(echoed(&echo, "x-stepgate-rule").as_deref(), Some("admin"));
     assert!(
-        !echoed_header(&echo, "cookie")
+        !echoed(&echo, "cookie")
             .unwrap_or_default()
             .contains("stepgate_su"),
         "the step-up cookie is not forwarded"
@@ -971,10 +937,7 @@ fn request_id_is_propagated_echoed_and_logged_in_one_json_access_line() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-request-id"], "test-123");
     let echo: serde_json::Value = r.json().unwrap();
-    assert_eq!(
-        echoed_header(&echo, "x-request-id").as_deref(),
-        Some("test-123")
-    );
+    assert_eq!(echoed(&echo, "x-request-id").as_deref(), Some("test-123"));
     wait_until(Duration::from_secs(3), || {
         !access_lines(&g.log(), "test-123").is_empty()
     })
@@ -997,7 +960,7 @@ fn request_id_is_propagated_echoed_and_logged_in_one_json_access_line() {
     let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
     assert!(!id.is_empty());
     let echo: serde_json::Value = r.json().unwrap();
-    assert_eq!(echoed_header(&echo, "x-request-id").as_deref(), Some(&*id));
+    assert_eq!(echoed(&echo, "x-request-id").as_deref(), Some(&*id));
     // On a reply stepgate makes itself (deny), too.
     let r = c.get(g.url("/internal/x")).send().unwrap();
     assert_eq!(r.status(), 403);

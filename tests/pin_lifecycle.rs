@@ -13,25 +13,24 @@
 //! test command, `scripts/test.sh`, installs them.
 
 mod common;
-#[path = "common/smtp.rs"]
-mod smtp;
 
+use common::api::*;
+use common::metrics::{metric_sum, metrics_config, wait_for_metric_sum};
 use common::receiver::{Mode, Receiver, Recorded};
+use common::smtp::{digits_after, Eml, SmtpServer};
 use common::*;
-use smtp::{digits_after, Eml, SmtpServer};
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
-use reqwest::blocking::{Client, RequestBuilder, Response};
+use reqwest::blocking::{Client, Response};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
 const PIN: &str = "2580";
 const NEW_PIN: &str = "3691";
 const WRONG_PIN: &str = "1397";
-const API_SECRET: &str = "test-api-secret-0123456789abcdef0123456789";
 const WEBHOOK_SECRET: &str = "test-webhook-secret-0123456789abcdef-0123456789";
 const SMS_SECRET: &str = "sms-gateway-secret-42";
 
@@ -54,27 +53,12 @@ const QUESTIONS: &str = r#"security_questions:
 // Helpers
 // ---------------------------------------------------------------------------
 
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
 /// A gateway with the default policy, the API secret and `extra` config.
 fn gateway(extra: &str) -> Gateway {
     Gateway::start_with(GatewayOptions {
-        extra_config: format!("api:\n  secret: \"{API_SECRET}\"\n{extra}"),
+        extra_config: format!("{}{extra}", api_secret_config()),
         ..Default::default()
     })
-}
-
-fn api(g: &Gateway, route: &str) -> String {
-    g.url(&format!("/.stepgate/api{route}"))
-}
-
-fn bearer(rb: RequestBuilder, t: &str) -> RequestBuilder {
-    rb.header("Authorization", format!("Bearer {t}"))
 }
 
 /// Ann's first-factor token, logged in just now.
@@ -111,67 +95,15 @@ fn ann_stale(g: &Gateway) -> String {
     )
 }
 
-fn header(r: &Response, name: &str) -> String {
-    r.headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default()
-}
-
-/// An API error: this status and a JSON `{ErrorCode, Message, Description}`
-/// with this code. Returns the headers and the body for more checks.
-fn assert_error(r: Response, status: u16, code: u64) -> (reqwest::header::HeaderMap, Value) {
-    let got = r.status().as_u16();
-    let headers = r.headers().clone();
-    let text = r.text().unwrap();
-    assert_eq!(got, status, "HTTP status for ErrorCode {code}: {text}");
-    assert!(
-        headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json")),
-        "errors are JSON: {headers:?}"
-    );
-    let body: Value = serde_json::from_str(&text).expect("a JSON error body");
-    assert_eq!(body["ErrorCode"], code, "ErrorCode in {body}");
-    for f in ["Message", "Description"] {
-        assert!(
-            body[f].as_str().is_some_and(|s| !s.is_empty()),
-            "{f} is a non-empty string in {body}"
-        );
-    }
-    (headers, body)
-}
-
-fn assert_ok_json(r: Response) -> Value {
-    let status = r.status();
-    let text = r.text().unwrap();
-    assert_eq!(status, 200, "{text}");
-    serde_json::from_str(&text).expect("a JSON body")
-}
-
-/// `200 {"IsPosted": true}` and nothing else.
-fn assert_posted(r: Response) {
-    assert_eq!(assert_ok_json(r), json!({"IsPosted": true}));
-}
-
 fn rfc3339(s: &str) -> i64 {
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|e| panic!("{s:?} is RFC 3339: {e}"))
         .unix_timestamp()
 }
 
-/// PUT /stepup/pin: a PIN step-up through the API.
-fn stepup(g: &Gateway, c: &Client, at: &str, pin: &str) -> Response {
-    bearer(c.put(api(g, "/stepup/pin")), at)
-        .json(&json!({ "PIN": pin }))
-        .send()
-        .unwrap()
-}
-
 /// `pin` is the user's PIN: the step-up gives a token, which is returned.
 fn assert_pin_works(g: &Gateway, c: &Client, at: &str, pin: &str) -> String {
-    let body = assert_ok_json(stepup(g, c, at, pin));
+    let body = assert_ok_json(put_pin(g, c, at, pin));
     body["SecondFactorValidationToken"]
         .as_str()
         .expect("SecondFactorValidationToken")
@@ -180,38 +112,7 @@ fn assert_pin_works(g: &Gateway, c: &Client, at: &str, pin: &str) -> String {
 
 /// `pin` is not the user's PIN: 401 1236.
 fn assert_pin_refused(g: &Gateway, c: &Client, at: &str, pin: &str) {
-    assert_error(stepup(g, c, at, pin), 401, 1236);
-}
-
-fn change(g: &Gateway, c: &Client, at: &str, old: &str, new: &str) -> Response {
-    bearer(c.put(api(g, "/pin/change")), at)
-        .json(&json!({ "OldPIN": old, "NewPIN": new }))
-        .send()
-        .unwrap()
-}
-
-/// A request from an API client (JSON, access token in Authorization).
-fn get_as(g: &Gateway, c: &Client, path: &str, at: &str) -> Response {
-    bearer(c.get(g.url(path)), at)
-        .header("Accept", "application/json")
-        .send()
-        .unwrap()
-}
-
-/// The request reached the demo upstream; its echo.
-fn forwarded(r: Response, path: &str) -> Value {
-    let echo = assert_ok_json(r);
-    assert_eq!(echo["path"], path, "the upstream saw the request: {echo}");
-    echo
-}
-
-fn echoed(echo: &Value, name: &str) -> Option<String> {
-    echo["headers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h[0] == name)
-        .map(|h| h[1].as_str().unwrap().to_string())
+    assert_error(put_pin(g, c, at, pin), 401, 1236);
 }
 
 /// The access token was refused by the proxy (401, `invalid_token`).
@@ -221,14 +122,6 @@ fn assert_unauthenticated(r: Response) {
     assert_eq!(status, 401, "refused: {text}");
     let body: Value = serde_json::from_str(&text).expect("JSON");
     assert_eq!(body["error"], "invalid_token", "{body}");
-}
-
-fn post_json(g: &Gateway, c: &Client, route: &str, body: Value) -> Response {
-    c.post(api(g, route)).json(&body).send().unwrap()
-}
-
-fn put_json(g: &Gateway, c: &Client, route: &str, body: Value) -> Response {
-    c.put(api(g, route)).json(&body).send().unwrap()
 }
 
 /// POST /manage/pinauthtoken with the API secret: the PINAuthToken.
@@ -249,15 +142,6 @@ fn pin_auth_token(g: &Gateway, c: &Client, uid: &str) -> String {
         .filter(|t| !t.is_empty())
         .expect("PINAuthToken")
         .to_string()
-}
-
-fn set_by_auth_token(g: &Gateway, c: &Client, token: &str, pin: &str, ua: &str) -> Response {
-    c.post(api(g, "/pin/set/pinauthtoken"))
-        .query(&[("pinauthtoken", token)])
-        .header("User-Agent", ua)
-        .json(&json!({ "PIN": pin }))
-        .send()
-        .unwrap()
 }
 
 /// Set Ann's PIN with a PINAuthToken from device `ua`; returns the device
@@ -281,15 +165,6 @@ fn set_pin_for_device(g: &Gateway, c: &Client, pin: &str, ua: &str) -> (String, 
     (session, access)
 }
 
-fn login_pin(g: &Gateway, c: &Client, session: &str, pin: &str, ua: &str) -> Response {
-    c.post(api(g, "/login/pin"))
-        .query(&[("session_token", session)])
-        .header("User-Agent", ua)
-        .json(&json!({ "PIN": pin }))
-        .send()
-        .unwrap()
-}
-
 /// A PIN login that works; returns the `sgs.` access token.
 fn pin_login_ok(g: &Gateway, c: &Client, session: &str, pin: &str, ua: &str) -> String {
     let body = assert_ok_json(login_pin(g, c, session, pin, ua));
@@ -302,43 +177,6 @@ fn pin_login_ok(g: &Gateway, c: &Client, session: &str, pin: &str, ua: &str) -> 
         "login_ttl is 15 minutes: expires {exp}"
     );
     t.to_string()
-}
-
-/// A PIN step-up on the HTML page from device `ua`, which opens a device
-/// PIN session; returns the `stepgate_ps` cookie value.
-fn browser_pin_session(g: &Gateway, c: &Client, at: &str, pin: &str, ua: &str) -> String {
-    let cookie = format!("access_token={at}");
-    let page = c
-        .get(g.url("/.stepgate/pin?return_to=/admin/x"))
-        .header("Cookie", &cookie)
-        .header("Accept", "text/html")
-        .header("User-Agent", ua)
-        .send()
-        .unwrap();
-    assert_eq!(page.status(), 200, "the PIN form is offered");
-    let csrf = csrf_of(&page.text().unwrap());
-    let r = c
-        .post(g.url("/.stepgate/pin"))
-        .header("Cookie", &cookie)
-        .header("Accept", "text/html")
-        .header("User-Agent", ua)
-        .form(&[
-            ("pin", pin),
-            ("csrf", csrf.as_str()),
-            ("return_to", "/admin/x"),
-        ])
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 303, "the PIN step-up succeeds");
-    set_cookie(&r, "stepgate_ps").expect("a device PIN session cookie")
-}
-
-fn forgot_email(g: &Gateway, c: &Client, email: &str, reset_url: Option<&str>) -> Response {
-    let mut body = json!({ "Email": email });
-    if let Some(u) = reset_url {
-        body["resetpinurl"] = json!(u);
-    }
-    post_json(g, c, "/pin/forgot/email", body)
 }
 
 /// Wait (generously: 30 s) until `n` messages reached the SMTP server;
@@ -403,15 +241,6 @@ fn wrong(code: &str) -> String {
     format!("{}{}", &code[..code.len() - 1], (last + 1) % 10)
 }
 
-fn reset_by_token(g: &Gateway, c: &Client, token: &str, pin: &str) -> Response {
-    put_json(
-        g,
-        c,
-        "/pin/reset/token",
-        json!({ "PIN": pin, "ResetToken": token }),
-    )
-}
-
 /// The six digits after `code: ` in an SMS text.
 fn code_in_sms(message: &str) -> String {
     let code = digits_after(message, "code:")
@@ -458,60 +287,6 @@ fn reset_by_answers(g: &Gateway, c: &Client, kind: &str, id: Value, answers: Val
     let mut body = json!({ "PIN": NEW_PIN, "SecurityAnswer": answers });
     body[field] = id;
     put_json(g, c, &format!("/pin/reset/securityanswer/{kind}"), body)
-}
-
-/// `metrics:` config on a fresh port; returns (yaml, port).
-fn metrics_config() -> (String, u16) {
-    let port = free_port();
-    (format!("metrics:\n  listen: \"127.0.0.1:{port}\"\n"), port)
-}
-
-/// A metric's value (0 when not exported yet): the series named `name`
-/// whose labels include every pair in `labels`.
-fn metric(port: u16, name: &str, labels: &[(&str, &str)]) -> f64 {
-    wait_for_port(port, Duration::from_secs(15));
-    let text = client()
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    let mut total = 0.0;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let (n, ls) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        if n != name {
-            continue;
-        }
-        let have: Vec<&str> = ls.split(',').map(str::trim).collect();
-        if labels
-            .iter()
-            .all(|(k, v)| have.contains(&format!("{k}=\"{v}\"").as_str()))
-        {
-            total += value.trim().parse::<f64>().unwrap();
-        }
-    }
-    total
-}
-
-/// Wait (generously) until the metric reaches `at_least`; return its value.
-fn wait_for_metric(port: u16, name: &str, labels: &[(&str, &str)], at_least: f64) -> f64 {
-    let start = Instant::now();
-    loop {
-        let v = metric(port, name, labels);
-        if v >= at_least {
-            return v;
-        }
-        if start.elapsed() > Duration::from_secs(20) {
-            panic!("{name}{labels:?} is {v}, expected at least {at_least} after 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Audit events of this kind in the gateway log.
@@ -610,7 +385,7 @@ fn change_pin_with_the_right_old_pin_replaces_it() {
     enroll_pin(&g, &c, &at, PIN);
     assert_pin_works(&g, &c, &at, PIN);
 
-    assert_posted(change(&g, &c, &at, PIN, NEW_PIN));
+    assert_posted(change_pin(&g, &c, &at, PIN, NEW_PIN));
 
     assert_pin_works(&g, &c, &at, NEW_PIN);
     assert_pin_refused(&g, &c, &at, PIN);
@@ -634,13 +409,13 @@ fn change_pin_with_a_wrong_old_pin_is_1241_and_counts_toward_the_pin_lockout() {
     enroll_pin(&g, &c, &at, PIN);
 
     // One wrong step-up, then wrong current PINs: one shared counter.
-    let (_, b) = assert_error(stepup(&g, &c, &at, WRONG_PIN), 401, 1236);
+    let (_, b) = assert_error(put_pin(&g, &c, &at, WRONG_PIN), 401, 1236);
     assert!(b["Description"]
         .as_str()
         .unwrap()
         .starts_with("4 attempt(s) left"));
     for left in (1..=3).rev() {
-        let (_, b) = assert_error(change(&g, &c, &at, WRONG_PIN, NEW_PIN), 401, 1241);
+        let (_, b) = assert_error(change_pin(&g, &c, &at, WRONG_PIN, NEW_PIN), 401, 1241);
         let d = b["Description"].as_str().unwrap();
         assert!(
             d.starts_with(&format!("{left} attempt(s) left")),
@@ -648,17 +423,18 @@ fn change_pin_with_a_wrong_old_pin_is_1241_and_counts_toward_the_pin_lockout() {
         );
     }
     // The fifth failure locks.
-    let (h, b) = assert_error(change(&g, &c, &at, WRONG_PIN, NEW_PIN), 429, 1198);
+    let (h, b) = assert_error(change_pin(&g, &c, &at, WRONG_PIN, NEW_PIN), 429, 1198);
     assert!(h.contains_key("retry-after"), "{h:?}");
     assert!(rfc3339(b["LockedUntil"].as_str().expect("LockedUntil")) > now());
     // Locked: the right current PIN changes nothing, and step-ups are locked too.
-    assert_error(change(&g, &c, &at, PIN, NEW_PIN), 429, 1198);
-    assert_error(stepup(&g, &c, &at, PIN), 429, 1198);
-    assert_error(stepup(&g, &c, &at, NEW_PIN), 429, 1198);
+    assert_error(change_pin(&g, &c, &at, PIN, NEW_PIN), 429, 1198);
+    assert_error(put_pin(&g, &c, &at, PIN), 429, 1198);
+    assert_error(put_pin(&g, &c, &at, NEW_PIN), 429, 1198);
 
     // Counted by outcome.
     let ops = "stepgate_pin_operations_total";
-    let changes = |outcome| metric(mport, ops, &[("operation", "change"), ("outcome", outcome)]);
+    let changes =
+        |outcome| metric_sum(mport, ops, &[("operation", "change"), ("outcome", outcome)]);
     assert_eq!(changes("refused"), 3.0);
     assert_eq!(changes("locked"), 2.0);
     assert_eq!(changes("success"), 0.0);
@@ -672,10 +448,10 @@ fn change_pin_refuses_weak_pins_missing_tokens_and_users_without_a_pin() {
     enroll_pin(&g, &c, &at, PIN);
 
     for weak in ["1111", "1234", "9876", "1212", "12a4", "12"] {
-        assert_error(change(&g, &c, &at, PIN, weak), 400, 1248);
+        assert_error(change_pin(&g, &c, &at, PIN, weak), 400, 1248);
     }
     // The same PIN again is not a change.
-    assert_error(change(&g, &c, &at, PIN, PIN), 400, 1248);
+    assert_error(change_pin(&g, &c, &at, PIN, PIN), 400, 1248);
     assert_pin_works(&g, &c, &at, PIN);
 
     // No access token, a bad one, or only the cookie (the API reads
@@ -706,7 +482,7 @@ fn change_pin_refuses_weak_pins_missing_tokens_and_users_without_a_pin() {
 
     // A user without a PIN: 403 1235.
     let bob = g.token("bob", &["--email", "b@x.io"]);
-    assert_error(change(&g, &c, &bob, PIN, NEW_PIN), 403, 1235);
+    assert_error(change_pin(&g, &c, &bob, PIN, NEW_PIN), 403, 1235);
 }
 
 #[test]
@@ -1234,7 +1010,7 @@ fn a_failing_sms_gateway_is_not_revealed_and_is_counted() {
     let failed = [("channel", "sms"), ("outcome", "failed")];
     let sent = [("channel", "sms"), ("outcome", "sent")];
     let name = "stepgate_recovery_messages_total";
-    let failed_before = metric(mport, name, &failed);
+    let failed_before = metric_sum(mport, name, &failed);
 
     let forgot = |phone: &str| post_json(&g, &c, "/pin/forgot/otp", json!({ "Phone": phone }));
     // The caller cannot tell the send failed (no account enumeration).
@@ -1243,7 +1019,7 @@ fn a_failing_sms_gateway_is_not_revealed_and_is_counted() {
     assert_posted(forgot("+15550109999"));
     let got = sms.wait_for(1, Duration::from_secs(20));
     let first_code = code_in_sms(got[0].json()["message"].as_str().unwrap());
-    wait_for_metric(mport, name, &failed, failed_before + 1.0);
+    wait_for_metric_sum(mport, name, &failed, failed_before + 1.0);
     let events = wait_for_audit(&g, "pin_reset_send_failed", 1);
     assert_eq!(events[0]["user"], SUB);
     assert!(
@@ -1283,7 +1059,7 @@ fn a_failing_sms_gateway_is_not_revealed_and_is_counted() {
     assert_posted(forgot(PHONE));
     let got = sms.wait_for(2, Duration::from_secs(20));
     let code = code_in_sms(got[1].json()["message"].as_str().unwrap());
-    wait_for_metric(mport, name, &sent, 1.0);
+    wait_for_metric_sum(mport, name, &sent, 1.0);
     assert_posted(put_json(
         &g,
         &c,
@@ -1291,7 +1067,7 @@ fn a_failing_sms_gateway_is_not_revealed_and_is_counted() {
         json!({ "PIN": NEW_PIN, "Phone": PHONE, "OTP": code }),
     ));
     assert_pin_works(&g, &c, &at, NEW_PIN);
-    assert_eq!(metric(mport, name, &failed), failed_before + 1.0);
+    assert_eq!(metric_sum(mport, name, &failed), failed_before + 1.0);
 }
 
 #[test]
@@ -1306,11 +1082,11 @@ fn a_refused_reset_mail_is_not_revealed_and_is_counted() {
     let name = "stepgate_recovery_messages_total";
 
     assert_posted(forgot_email(&g, &c, EMAIL, None));
-    wait_for_metric(mport, name, &failed, 1.0);
+    wait_for_metric_sum(mport, name, &failed, 1.0);
     let e = wait_for_audit(&g, "pin_reset_send_failed", 1);
     assert_eq!(e[0]["user"], SUB);
     assert_eq!(
-        metric(mport, name, &[("channel", "email"), ("outcome", "sent")]),
+        metric_sum(mport, name, &[("channel", "email"), ("outcome", "sent")]),
         0.0
     );
     // The cooldown (30 s) stays, as it does for unknown names.
@@ -1409,8 +1185,8 @@ fn a_pin_reset_lifts_the_users_pin_lockout() {
     for _ in 0..4 {
         assert_pin_refused(&g, &c, &at, WRONG_PIN);
     }
-    assert_error(stepup(&g, &c, &at, WRONG_PIN), 429, 1198);
-    assert_error(stepup(&g, &c, &at, PIN), 429, 1198);
+    assert_error(put_pin(&g, &c, &at, WRONG_PIN), 429, 1198);
+    assert_error(put_pin(&g, &c, &at, PIN), 429, 1198);
 
     assert_posted(forgot_email(&g, &c, EMAIL, None));
     let code = code_in(&wait_for_mail(&g, &smtp, 1)[0]);
@@ -1446,7 +1222,7 @@ fn an_sms_gateway_that_never_answers_times_out_in_the_background() {
         json!({ "Phone": PHONE }),
     ));
     sms.wait_for(1, Duration::from_secs(20));
-    wait_for_metric(mport, "stepgate_recovery_messages_total", &failed, 1.0);
+    wait_for_metric_sum(mport, "stepgate_recovery_messages_total", &failed, 1.0);
     let events = wait_for_audit(&g, "pin_reset_send_failed", 1);
     assert!(
         events[0]["detail"]
@@ -1838,13 +1614,7 @@ fn manage_account_invalidate_ends_pin_sessions_stepgate_sessions_and_step_ups() 
     let (session, _) = set_pin_for_device(&g, &c, PIN, "device-A");
     let sgs = pin_login_ok(&g, &c, &session, PIN, "device-A");
     let su = assert_pin_works(&g, &c, &at, PIN);
-    let admin = |su: &str| {
-        bearer(c.get(g.url("/admin/x")), &at)
-            .header("Accept", "application/json")
-            .header("X-Stepgate-Token", su)
-            .send()
-            .unwrap()
-    };
+    let admin = |su: &str| protected(&g, &c, reqwest::Method::GET, "/admin/x", &at, Some(su));
     forwarded(admin(&su), "/admin/x");
     forwarded(get_as(&g, &c, APP, &sgs), APP);
 
@@ -1918,7 +1688,7 @@ fn lifecycle_events_are_posted_to_the_webhook_signed_with_hmac_sha256() {
     // SetPIN (PINAuthToken), opening a PIN session.
     let (session, _) = set_pin_for_device(&g, &c, PIN, "device-A");
     // ChangePIN with the first-factor token ends that session: SessionInvalidated.
-    assert_posted(change(&g, &c, &at, PIN, NEW_PIN));
+    assert_posted(change_pin(&g, &c, &at, PIN, NEW_PIN));
     assert_error(login_pin(&g, &c, &session, NEW_PIN, "device-A"), 401, 1245);
     // ResetPIN (security answers), which steps the user down: StepDown.
     assert_posted(set_answers(&g, &c, &at, &[("q1", "Lisbon")]));
@@ -2041,7 +1811,7 @@ fn webhook_deliveries_are_retried_with_the_same_id_and_counted() {
     // Refused every time: three attempts, then counted as failed.
     invalidate();
     let got = hook.wait_for(3, Duration::from_secs(30));
-    wait_for_metric(
+    wait_for_metric_sum(
         mport,
         "stepgate_webhooks_total",
         &[("outcome", "failed")],
@@ -2058,7 +1828,7 @@ fn webhook_deliveries_are_retried_with_the_same_id_and_counted() {
         assert!(signature_valid(WEBHOOK_SECRET.as_bytes(), sig, &r.body));
     }
     assert_eq!(
-        metric(
+        metric_sum(
             mport,
             "stepgate_webhooks_total",
             &[("outcome", "delivered")]
@@ -2070,7 +1840,7 @@ fn webhook_deliveries_are_retried_with_the_same_id_and_counted() {
     hook.set_mode_for(Mode::Status(500), 1);
     invalidate();
     let got = hook.wait_for(5, Duration::from_secs(30));
-    wait_for_metric(
+    wait_for_metric_sum(
         mport,
         "stepgate_webhooks_total",
         &[("outcome", "delivered")],
@@ -2088,7 +1858,7 @@ fn webhook_deliveries_are_retried_with_the_same_id_and_counted() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(hook.requests().len(), 5, "no attempt after a delivery");
     assert_eq!(
-        metric(mport, "stepgate_webhooks_total", &[("outcome", "failed")]),
+        metric_sum(mport, "stepgate_webhooks_total", &[("outcome", "failed")]),
         1.0
     );
 }
@@ -2106,7 +1876,7 @@ fn lifecycle_steps_are_audited_without_secrets() {
 
     let (session, _) = set_pin_for_device(&g, &c, PIN, "device-A");
     pin_login_ok(&g, &c, &session, PIN, "device-A");
-    assert_posted(change(&g, &c, &at, PIN, NEW_PIN));
+    assert_posted(change_pin(&g, &c, &at, PIN, NEW_PIN));
     assert_posted(set_answers(&g, &c, &at, &[("q2", "Ultramarine")]));
     assert_posted(forgot_email(&g, &c, "nobody@x.io", None));
     assert_posted(forgot_email(&g, &c, EMAIL, None));

@@ -20,17 +20,16 @@
 //! same two cores.
 
 mod common;
-#[path = "common/smtp.rs"]
-mod smtp;
 
-use common::redis::Redis;
+use common::api::{api, api_config, api_get, assert_forwarded_as};
+use common::redis::RedisPair;
 use common::*;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use reqwest::blocking::{Client, RequestBuilder, Response};
+use reqwest::blocking::{RequestBuilder, Response};
 use serde_json::{json, Value};
 
 const API: &str = "pin-lifecycle-api-secret-0123456789abcdef";
@@ -57,44 +56,31 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-struct Pair {
-    a: Gateway,
-    b: Gateway,
-    redis: Redis,
-    /// Where both gateways write outgoing mail (`mail.dir`).
-    mailbox: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
 /// Redis, then A and B on it. The per-IP lockout is out of the way (all test
 /// traffic comes from 127.0.0.1), so the per-user limit (5) is what counts.
 /// The store timeout is 1 s, as in tests/redis.rs, for a loaded machine.
-fn pair() -> Pair {
-    let dir = tempfile::tempdir().unwrap();
-    let redis = Redis::start(dir.path(), &[]);
-    let mailbox = dir.path().join("mailbox");
-    let opts = || {
-        GatewayOptions {
-        store: format!("  kind: redis\n  url: \"{}\"\n  timeout: 1s\n", redis.url()),
-        extra_config: format!(
-            "api:\n  secret: \"{API}\"\n\
+fn pair() -> RedisPair {
+    RedisPair::start(|dir, store| {
+        let extra_config = format!(
+            "{}\
              lockout:\n  max_failures: 5\n  ip_max_failures: 1000\n\
              mail:\n  from: \"stepgate@gateway.test\"\n  dir: \"{}\"\n\
              security_questions:\n  - {{ id: q1, question: \"Name of your first pet?\" }}\n  - {{ id: q2, question: \"City you were born in?\" }}\n",
-            mailbox.display()
-        ),
-        ..Default::default()
-    }
-    };
-    let a = Gateway::start_with(opts());
-    let b = Gateway::start_with(opts());
-    Pair {
-        a,
-        b,
-        redis,
-        mailbox,
-        _dir: dir,
-    }
+            api_config(API),
+            mailbox(dir).display()
+        );
+        GatewayOptions {
+            store: format!("{store}  timeout: 1s\n"),
+            extra_config,
+            ..Default::default()
+        }
+    })
+}
+
+/// Where both gateways write outgoing mail (`mail.dir`), in the pair's
+/// directory `dir`.
+fn mailbox(dir: &Path) -> PathBuf {
+    dir.join("mailbox")
 }
 
 // ---------------------------------------------------------------------------
@@ -132,23 +118,23 @@ impl Answer {
     }
 }
 
-fn send(rb: RequestBuilder) -> Answer {
-    let r = rb.send().expect("the gateway answers");
+/// The answer to `r`, read once.
+fn answer(r: Response) -> Answer {
     let status = r.status().as_u16();
     let text = r.text().unwrap_or_default();
     let body = serde_json::from_str(&text).unwrap_or(Value::Null);
     Answer { status, body, text }
 }
 
-fn api_url(g: &Gateway, route: &str) -> String {
-    g.url(&format!("/.stepgate/api{route}"))
+fn send(rb: RequestBuilder) -> Answer {
+    answer(rb.send().expect("the gateway answers"))
 }
 
 /// POST /manage/pinauthtoken with the API secret.
 fn issue_auth_token(g: &Gateway, uid: &str) -> String {
     let r = send(
         client()
-            .post(api_url(g, "/manage/pinauthtoken"))
+            .post(api(g, "/manage/pinauthtoken"))
             .bearer_auth(API)
             .json(&json!({ "Uid": uid })),
     );
@@ -159,24 +145,12 @@ fn issue_auth_token(g: &Gateway, uid: &str) -> String {
 
 /// POST /pin/set/pinauthtoken?pinauthtoken=… {"PIN"} from device `ua`.
 fn set_by_auth_token(g: &Gateway, token: &str, pin: &str, ua: &str) -> Answer {
-    send(
-        client()
-            .post(api_url(g, "/pin/set/pinauthtoken"))
-            .query(&[("pinauthtoken", token)])
-            .header("User-Agent", ua)
-            .json(&json!({ "PIN": pin })),
-    )
+    answer(common::api::set_by_auth_token(g, &client(), token, pin, ua))
 }
 
 /// POST /login/pin?session_token=… {"PIN"} from device `ua`.
 fn pin_login(g: &Gateway, session_token: &str, pin: &str, ua: &str) -> Answer {
-    send(
-        client()
-            .post(api_url(g, "/login/pin"))
-            .query(&[("session_token", session_token)])
-            .header("User-Agent", ua)
-            .json(&json!({ "PIN": pin })),
-    )
+    answer(common::api::login_pin(g, &client(), session_token, pin, ua))
 }
 
 /// PIN login that must succeed; the `sgs.` access token.
@@ -208,7 +182,7 @@ fn pin_by_auth_token(issuer: &Gateway, setter: &Gateway, uid: &str, ua: &str) ->
 fn invalidate_session(g: &Gateway, session_token: &str) -> Answer {
     send(
         client()
-            .get(api_url(g, "/session_token/invalidate"))
+            .get(api(g, "/session_token/invalidate"))
             .query(&[("session_token", session_token)]),
     )
 }
@@ -217,7 +191,7 @@ fn invalidate_session(g: &Gateway, session_token: &str) -> Answer {
 fn invalidate_account(g: &Gateway, uid: &str) -> Answer {
     send(
         client()
-            .post(api_url(g, &format!("/manage/account/{uid}/invalidate")))
+            .post(api(g, &format!("/manage/account/{uid}/invalidate")))
             .bearer_auth(API),
     )
 }
@@ -229,13 +203,9 @@ fn step_up(g: &Gateway, at: &str, pin: &str) -> String {
     r.str("SecondFactorValidationToken")
 }
 
+/// PUT /stepup/pin with a first-factor token.
 fn stepup_pin(g: &Gateway, at: &str, pin: &str) -> Answer {
-    send(
-        client()
-            .put(api_url(g, "/stepup/pin"))
-            .bearer_auth(at)
-            .json(&json!({ "PIN": pin })),
-    )
+    answer(common::api::put_pin(g, &client(), at, pin))
 }
 
 /// An authenticated (not step-up) route with `Authorization: Bearer`.
@@ -249,32 +219,7 @@ fn app(g: &Gateway, bearer: &str) -> Response {
 
 /// A step-up route with the access token and `X-Stepgate-Token`.
 fn admin(g: &Gateway, at: &str, su: &str) -> Response {
-    client()
-        .get(g.url("/admin/x"))
-        .bearer_auth(at)
-        .header("X-Stepgate-Token", su)
-        .send()
-        .unwrap()
-}
-
-/// The demo upstream answered 200 for `path` and saw `X-Stepgate-User: user`.
-fn assert_forwarded(r: Response, path: &str, user: &str, what: &str) {
-    let status = r.status().as_u16();
-    let text = r.text().unwrap_or_default();
-    assert_eq!(status, 200, "{what}: forwarded upstream; got {text}");
-    let echo: Value = serde_json::from_str(&text).expect("the upstream's JSON echo");
-    assert_eq!(echo["path"], path, "{what}: the upstream saw the request");
-    let seen = echo["headers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h[0] == "x-stepgate-user")
-        .map(|h| h[1].as_str().unwrap().to_string());
-    assert_eq!(
-        seen.as_deref(),
-        Some(user),
-        "{what}: X-Stepgate-User upstream"
-    );
+    api_get(g, &client(), "/admin/x", at, su)
 }
 
 fn status(r: Response) -> u16 {
@@ -339,69 +284,26 @@ fn eventually(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// The CSRF token of the PIN form on `g`, for the holder of `at`.
-fn pin_form_csrf(g: &Gateway, c: &Client, at: &str, ua: &str) -> String {
-    let r = c
-        .get(g.url("/.stepgate/pin?return_to=/admin/x"))
-        .header("Cookie", format!("access_token={at}"))
-        .header("Accept", "text/html")
-        .header("User-Agent", ua)
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200, "the PIN form is offered");
-    csrf_of(&r.text().unwrap())
-}
-
-/// A browser PIN step-up on `g` from device `ua`; the device PIN session
-/// token it opens (cookie `stepgate_ps`).
-fn browser_pin_session(g: &Gateway, at: &str, pin: &str, ua: &str) -> String {
-    let c = client();
-    let csrf = pin_form_csrf(g, &c, at, ua);
-    let r = c
-        .post(g.url("/.stepgate/pin"))
-        .header("Cookie", format!("access_token={at}"))
-        .header("Accept", "text/html")
-        .header("User-Agent", ua)
-        .form(&[("pin", pin), ("csrf", &csrf), ("return_to", "/admin/x")])
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 303, "the right PIN is accepted");
-    set_cookie(&r, "stepgate_ps").expect("a device PIN session cookie after a PIN step-up")
-}
-
 /// POST /pin/forgot/email.
 fn forgot_email(g: &Gateway, email: &str) -> Answer {
-    send(
-        client()
-            .post(api_url(g, "/pin/forgot/email"))
-            .json(&json!({ "Email": email })),
-    )
+    answer(common::api::forgot_email(g, &client(), email, None))
 }
 
 /// PUT /pin/reset/token.
 fn reset_by_token(g: &Gateway, token: &str, pin: &str) -> Answer {
-    send(
-        client()
-            .put(api_url(g, "/pin/reset/token"))
-            .json(&json!({ "PIN": pin, "ResetToken": token })),
-    )
+    answer(common::api::reset_by_token(g, &client(), token, pin))
 }
 
 /// PUT /pin/change with `Authorization: Bearer at`.
 fn change_pin(g: &Gateway, at: &str, old: &str, new: &str) -> Answer {
-    send(
-        client()
-            .put(api_url(g, "/pin/change"))
-            .bearer_auth(at)
-            .json(&json!({ "OldPIN": old, "NewPIN": new })),
-    )
+    answer(common::api::change_pin(g, &client(), at, old, new))
 }
 
 /// PUT /pin/reset/securityanswer/email.
 fn reset_by_answers(g: &Gateway, email: &str, answers: Value, pin: &str) -> Answer {
     send(
         client()
-            .put(api_url(g, "/pin/reset/securityanswer/email"))
+            .put(api(g, "/pin/reset/securityanswer/email"))
             .json(&json!({ "PIN": pin, "Email": email, "SecurityAnswer": answers })),
     )
 }
@@ -460,7 +362,7 @@ fn a_pin_auth_token_issued_on_a_sets_the_pin_on_b_exactly_once() {
     // The PIN set on B is the user's PIN on A too (one store).
     let at = p.a.token(uid, &[]);
     let su = step_up(&p.a, &at, PIN);
-    assert_forwarded(admin(&p.b, &at, &su), "/admin/x", uid, "A's step-up on B");
+    assert_forwarded_as(admin(&p.b, &at, &su), "/admin/x", uid, "A's step-up on B");
     stepup_pin(&p.a, &at, OTHER_PIN).expect(401, Some(1236), "the refused second PIN was not set");
     // A new token for the same user cannot replace the PIN.
     let fresh = issue_auth_token(&p.b, uid);
@@ -565,16 +467,16 @@ fn a_pin_session_opened_on_a_logs_in_on_b_and_its_session_works_on_both() {
     pin_login(&p.b, &session, WRONG_PIN, UA_PHONE).expect(401, Some(1236), "a wrong PIN");
     let sgs = login_ok(&p.b, &session, PIN, UA_PHONE, uid);
 
-    assert_forwarded(
+    assert_forwarded_as(
         app(&p.b, &sgs),
         "/app/x",
         uid,
         "B, the gateway that logged in",
     );
-    assert_forwarded(app(&p.a, &sgs), "/app/x", uid, "A, the other gateway");
+    assert_forwarded_as(app(&p.a, &sgs), "/app/x", uid, "A, the other gateway");
     // And a second login on A, from the same session, works too.
     let sgs_a = login_ok(&p.a, &session, PIN, UA_PHONE, uid);
-    assert_forwarded(app(&p.b, &sgs_a), "/app/x", uid, "A's login on B");
+    assert_forwarded_as(app(&p.b, &sgs_a), "/app/x", uid, "A's login on B");
 }
 
 // ---------------------------------------------------------------------------
@@ -588,8 +490,8 @@ fn invalidating_a_session_token_on_a_refuses_its_session_on_b_within_a_second() 
     let uid = "carla";
     let (session, first_access) = pin_by_auth_token(&p.a, &p.a, uid, UA_PHONE);
     let sgs = login_ok(&p.b, &session, PIN, UA_PHONE, uid);
-    assert_forwarded(app(&p.b, &sgs), "/app/x", uid, "B before the invalidation");
-    assert_forwarded(app(&p.a, &sgs), "/app/x", uid, "A before the invalidation");
+    assert_forwarded_as(app(&p.b, &sgs), "/app/x", uid, "B before the invalidation");
+    assert_forwarded_as(app(&p.a, &sgs), "/app/x", uid, "A before the invalidation");
     assert_eq!(status(app(&p.b, &first_access)), 200);
 
     let r = invalidate_session(&p.a, &session);
@@ -625,8 +527,8 @@ fn invalidating_an_account_on_b_ends_its_step_ups_and_sessions_on_a_within_a_sec
     let sgs = login_ok(&p.a, &session, PIN, UA_PHONE, uid);
     let at = p.a.token(uid, &[]);
     let su = step_up(&p.a, &at, PIN);
-    assert_forwarded(admin(&p.a, &at, &su), "/admin/x", uid, "the step-up on A");
-    assert_forwarded(app(&p.a, &sgs), "/app/x", uid, "the sgs. token on A");
+    assert_forwarded_as(admin(&p.a, &at, &su), "/admin/x", uid, "the step-up on A");
+    assert_forwarded_as(app(&p.a, &sgs), "/app/x", uid, "the sgs. token on A");
     // Another user is not affected.
     let other = "olga";
     pin_by_auth_token(&p.b, &p.b, other, UA_LAPTOP);
@@ -653,7 +555,7 @@ fn invalidating_an_account_on_b_ends_its_step_ups_and_sessions_on_a_within_a_sec
     assert_eq!(status(admin(&p.b, &at, &su)), 401, "B refuses the step-up");
     assert_eq!(status(app(&p.b, &sgs)), 401, "B refuses the sgs. token");
     pin_login(&p.a, &session, PIN, UA_PHONE).expect(401, Some(1245), "the PIN session ended");
-    assert_forwarded(
+    assert_forwarded_as(
         admin(&p.a, &other_at, &other_su),
         "/admin/x",
         other,
@@ -661,7 +563,7 @@ fn invalidating_an_account_on_b_ends_its_step_ups_and_sessions_on_a_within_a_sec
     );
     // A new step-up right away counts.
     let fresh = step_up(&p.a, &at, PIN);
-    assert_forwarded(admin(&p.b, &at, &fresh), "/admin/x", uid, "a new step-up");
+    assert_forwarded_as(admin(&p.b, &at, &fresh), "/admin/x", uid, "a new step-up");
 }
 
 // ---------------------------------------------------------------------------
@@ -678,7 +580,7 @@ fn changing_the_pin_on_a_ends_the_other_pin_session_on_b_and_keeps_the_current_o
     let phone_sgs = login_ok(&p.a, &phone, PIN, UA_PHONE, uid);
     // The laptop's PIN session, opened by a browser PIN step-up on B.
     let at = p.b.token(uid, &[]);
-    let laptop = browser_pin_session(&p.b, &at, PIN, UA_LAPTOP);
+    let laptop = browser_pin_session(&p.b, &client(), &at, PIN, UA_LAPTOP);
     assert_ne!(laptop, phone);
     let laptop_sgs = login_ok(&p.b, &laptop, PIN, UA_LAPTOP, uid);
     assert_eq!(status(app(&p.b, &laptop_sgs)), 200);
@@ -695,13 +597,13 @@ fn changing_the_pin_on_a_ends_the_other_pin_session_on_b_and_keeps_the_current_o
     );
     pin_login(&p.b, &phone, PIN, UA_PHONE).expect(401, Some(1236), "the old PIN");
     let again = login_ok(&p.b, &phone, NEW_PIN, UA_PHONE, uid);
-    assert_forwarded(
+    assert_forwarded_as(
         app(&p.b, &again),
         "/app/x",
         uid,
         "a new login from the kept session",
     );
-    assert_forwarded(
+    assert_forwarded_as(
         app(&p.b, &phone_sgs),
         "/app/x",
         uid,
@@ -728,7 +630,7 @@ fn a_reset_link_created_on_a_works_once_on_b() {
     let at = p.a.token(uid, &["--email", email]);
     enroll_pin(&p.a, &client(), &at, PIN); // records the recovery profile
                                            // A device PIN session opened on A, signed in on B: a reset ends it.
-    let session = browser_pin_session(&p.a, &at, PIN, UA_LAPTOP);
+    let session = browser_pin_session(&p.a, &client(), &at, PIN, UA_LAPTOP);
     let sgs = login_ok(&p.b, &session, PIN, UA_LAPTOP, uid);
     assert_eq!(status(app(&p.a, &sgs)), 200);
 
@@ -737,7 +639,7 @@ fn a_reset_link_created_on_a_works_once_on_b() {
     assert_eq!(r.body["IsPosted"], true, "{}", r.text);
     // The per-address cooldown is shared: B does not send a second message.
     forgot_email(&p.b, email).expect(429, Some(1179), "forgot again at once, on B");
-    let (token, origin) = reset_link_token(&p.mailbox, email);
+    let (token, origin) = reset_link_token(&mailbox(p.dir.path()), email);
     assert_eq!(origin, format!("http://127.0.0.1:{}", p.a.port), "A's link");
 
     let r = reset_by_token(&p.b, &token, NEW_PIN);
@@ -762,7 +664,7 @@ fn a_reset_link_created_on_a_works_once_on_b() {
     );
     // The new PIN is the one on both gateways.
     let su = step_up(&p.a, &at, NEW_PIN);
-    assert_forwarded(admin(&p.b, &at, &su), "/admin/x", uid, "the reset PIN");
+    assert_forwarded_as(admin(&p.b, &at, &su), "/admin/x", uid, "the reset PIN");
     stepup_pin(&p.b, &at, PIN).expect(401, Some(1236), "the old PIN");
     stepup_pin(&p.b, &at, OTHER_PIN).expect(401, Some(1236), "the refused second reset");
 }
@@ -784,7 +686,7 @@ fn a_reset_token_spent_on_a_and_b_at_once_resets_once() {
         let at = p.a.token(&uid, &["--email", &email]);
         enroll_pin(&p.a, &client(), &at, PIN);
         forgot_email(&p.b, &email).expect(200, None, "forgot PIN on B");
-        let (token, _) = reset_link_token(&p.mailbox, &email);
+        let (token, _) = reset_link_token(&mailbox(p.dir.path()), &email);
         let answers = at_once([
             &|| reset_by_token(&p.a, &token, pins[0]),
             &|| reset_by_token(&p.b, &token, pins[1]),
@@ -835,7 +737,7 @@ fn the_security_answer_lockout_counts_wrong_answers_on_both_gateways() {
     enroll_pin(&p.a, &client(), &at, PIN);
     let r = send(
         client()
-            .put(api_url(&p.b, "/account/securityquestion"))
+            .put(api(&p.b, "/account/securityquestion"))
             .bearer_auth(&at)
             .json(&json!({ "securityquestionanswer": [
                 { "QuestionId": "q1", "Answer": "Rex the Dog" },
@@ -844,7 +746,7 @@ fn the_security_answer_lockout_counts_wrong_answers_on_both_gateways() {
     r.expect(200, None, "answers set on B");
     let r = send(
         client()
-            .get(api_url(&p.a, "/securityquestion"))
+            .get(api(&p.a, "/securityquestion"))
             .query(&[("email", email)]),
     );
     r.expect(200, None, "the questions, on A");
@@ -902,7 +804,7 @@ fn with_redis_stopped_forgot_reset_and_change_fail_closed_and_public_routes_flow
     let at = p.a.token(uid, &["--email", email]);
     enroll_pin(&p.a, &client(), &at, PIN);
     forgot_email(&p.a, email).expect(200, None, "forgot PIN while Redis is up");
-    let (token, _) = reset_link_token(&p.mailbox, email);
+    let (token, _) = reset_link_token(&mailbox(p.dir.path()), email);
     assert_eq!(
         status(client().get(p.a.url("/public/x")).send().unwrap()),
         200
@@ -934,7 +836,7 @@ fn with_redis_stopped_forgot_reset_and_change_fail_closed_and_public_routes_flow
         let r = client().get(g.url("/public/x")).send().unwrap();
         assert_forwarded_public(r, name);
         // An authenticated route needs no store either.
-        assert_forwarded(app(g, &at), "/app/x", uid, name);
+        assert_forwarded_as(app(g, &at), "/app/x", uid, name);
     }
 }
 

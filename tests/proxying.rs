@@ -4,6 +4,7 @@
 //! keep-alive and metrics. Every test runs the real `stepgate serve` binary.
 
 mod common;
+use common::metrics::{metrics_config, scrape, series_value};
 use common::*;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -1213,21 +1214,6 @@ fn reqwest_reuses_one_connection_for_several_requests() {
 
 // ---------- 7. metrics ----------
 
-fn metric_value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series))
-        .and_then(|rest| rest.trim().parse().ok())
-}
-
-fn scrape(port: u16) -> String {
-    client()
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap()
-}
-
 /// Scrape until `ok` holds (the access-log phase counts a request just
 /// after its response is sent), at most 10 seconds.
 fn scrape_until(port: u16, ok: impl Fn(&str) -> bool) -> String {
@@ -1242,9 +1228,9 @@ fn scrape_until(port: u16, ok: impl Fn(&str) -> bool) -> String {
 }
 
 fn metrics_gateway() -> (Gateway, u16) {
-    let mport = free_port();
+    let (metrics, mport) = metrics_config();
     let g = Gateway::start_with(GatewayOptions {
-        extra_config: format!("metrics:\n  listen: \"127.0.0.1:{mport}\"\n"),
+        extra_config: metrics,
         ..Default::default()
     });
     wait_for_port(mport, Duration::from_secs(15));
@@ -1302,10 +1288,10 @@ fn metrics_count_requests_by_decision_and_challenges() {
     ];
     let text = scrape_until(mport, |t| {
         want.iter()
-            .all(|(s, v)| metric_value(t, s).is_some_and(|x| x >= *v))
+            .all(|(s, v)| series_value(t, s).is_some_and(|x| x >= *v))
     });
     for (series, min) in want {
-        let v = metric_value(&text, series);
+        let v = series_value(&text, series);
         assert!(
             v.is_some_and(|x| x >= min),
             "{series} = {v:?}, want >= {min}\n{text}"
@@ -1365,10 +1351,10 @@ fn metrics_record_pin_verifications_and_stepped_up_requests() {
     ];
     let text = scrape_until(mport, |t| {
         want.iter()
-            .all(|(s, v)| metric_value(t, s).is_some_and(|x| x >= *v))
+            .all(|(s, v)| series_value(t, s).is_some_and(|x| x >= *v))
     });
     for (series, min) in want {
-        let v = metric_value(&text, series);
+        let v = series_value(&text, series);
         assert!(
             v.is_some_and(|x| x >= min),
             "{series} = {v:?} after a successful PIN step-up, want >= {min}"

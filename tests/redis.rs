@@ -9,7 +9,9 @@
 //! still reaches every gateway after Redis was killed and restarted.
 
 mod common;
-use common::redis::Redis;
+use common::api::{api_get, api_secret_config, assert_forwarded_as, API_SECRET};
+use common::metrics::{metrics_config, try_metric};
+use common::redis::{redis_store, Redis, RedisPair};
 use common::*;
 
 use std::collections::BTreeMap;
@@ -111,24 +113,29 @@ fn start_cluster(dir: &Path) -> Vec<Redis> {
 // Gateways and flows
 // ---------------------------------------------------------------------------
 
-fn store_single(url: &str, more: &str) -> String {
-    format!("  kind: redis\n  url: \"{url}\"\n{more}")
-}
-
-/// A gateway whose per-IP lockout is out of the way (all test traffic comes
-/// from 127.0.0.1), so the per-user limit (5) is what is measured. The store
-/// timeout is 1 s rather than the default 250 ms: on a loaded two-core
-/// machine a cluster node has been seen to take longer than 250 ms to
-/// answer, and none of these tests is about the exact bound.
-fn gateway(mut store: String, extra: &str) -> Gateway {
+/// Options for a gateway whose per-IP lockout is out of the way (all test
+/// traffic comes from 127.0.0.1), so the per-user limit (5) is what is
+/// measured. The store timeout is 1 s rather than the default 250 ms: on a
+/// loaded two-core machine a cluster node has been seen to take longer than
+/// 250 ms to answer, and none of these tests is about the exact bound.
+fn options(mut store: String, extra: &str) -> GatewayOptions {
     if !store.contains("  timeout:") && !store.contains("kind: embedded") {
         store.push_str("  timeout: 1s\n");
     }
-    Gateway::start_with(GatewayOptions {
+    GatewayOptions {
         store,
         extra_config: format!("lockout:\n  ip_max_failures: 1000\n{extra}"),
         ..Default::default()
-    })
+    }
+}
+
+fn gateway(store: String, extra: &str) -> Gateway {
+    Gateway::start_with(options(store, extra))
+}
+
+/// Two such gateways, A and B, on `redis` (whose directory is `dir`).
+fn pair(dir: tempfile::TempDir, redis: Redis, extra: &str) -> RedisPair {
+    RedisPair::on(dir, redis, |_, store| options(store, extra))
 }
 
 fn wait_until(within: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
@@ -140,14 +147,6 @@ fn wait_until(within: Duration, what: &str, mut f: impl FnMut() -> bool) -> Dura
         assert!(start.elapsed() < within, "not within {within:?}: {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn get_html(c: &Client, url: &str, cookie: &str) -> Response {
-    c.get(url)
-        .header("Cookie", cookie)
-        .header("Accept", "text/html")
-        .send()
-        .unwrap()
 }
 
 fn setup_csrf(g: &Gateway, c: &Client, at: &str) -> String {
@@ -226,28 +225,6 @@ fn step_up(g: &Gateway, c: &Client, at: &str, pin: &str) -> String {
     set_cookie(&r, "stepgate_su").expect("step-up cookie")
 }
 
-/// API request with the access token and the step-up token.
-fn api_get(g: &Gateway, c: &Client, path: &str, at: &str, su: &str) -> Response {
-    c.get(g.url(path))
-        .header("Authorization", format!("Bearer {at}"))
-        .header("X-Stepgate-Token", su)
-        .send()
-        .unwrap()
-}
-
-fn assert_forwarded(r: Response, path: &str, user: &str) {
-    assert_eq!(r.status(), 200, "forwarded upstream");
-    let echo: serde_json::Value = r.json().expect("the upstream's JSON echo");
-    assert_eq!(echo["path"], path, "the upstream saw the request");
-    let seen = echo["headers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h[0] == "x-stepgate-user")
-        .map(|h| h[1].as_str().unwrap().to_string());
-    assert_eq!(seen.as_deref(), Some(user), "X-Stepgate-User upstream");
-}
-
 /// Audit events of kind `event` for `user` in the gateway's JSON log.
 fn events(g: &Gateway, event: &str, user: &str) -> usize {
     g.log()
@@ -255,19 +232,6 @@ fn events(g: &Gateway, event: &str, user: &str) -> usize {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["event"] == event && v["user"] == user)
         .count()
-}
-
-/// A metric's value from the Prometheus endpoint (None when not exported).
-fn metric(port: u16, series: &str) -> Option<f64> {
-    let text = client()
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .ok()?
-        .text()
-        .ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-        .map(|v| v.trim().parse().unwrap())
 }
 
 /// The gateway's log lines about the store (for failure messages).
@@ -324,18 +288,20 @@ fn concurrent_wrong_pins(gws: [&Gateway; 2], at: &str, n: usize) -> [Vec<u16>; 2
 fn two_gateways_on_one_redis_share_pins_tokens_and_one_lockout() {
     let dir = tempfile::tempdir().unwrap();
     let redis = Redis::start(dir.path(), &[]);
-    let a = gateway(store_single(&redis.url(), ""), "");
-    let b = gateway(store_single(&redis.url(), ""), "");
+    let p = pair(dir, redis, "");
+    let (a, b) = (&p.a, &p.b);
     let c = client();
 
     // Enrolled through A, verified on B; B's token opens A's protected route.
     let at = a.token("alice", &[]);
-    enroll(&a, &c, &at, PIN);
-    let su_b = step_up(&b, &c, &at, PIN);
-    assert_forwarded(api_get(&a, &c, "/admin/x", &at, &su_b), "/admin/x", "alice");
+    enroll(a, &c, &at, PIN);
+    let su_b = step_up(b, &c, &at, PIN);
+    let r = api_get(a, &c, "/admin/x", &at, &su_b);
+    assert_forwarded_as(r, "/admin/x", "alice", "B's step-up on A");
     // And the other way round.
-    let su_a = step_up(&a, &c, &at, PIN);
-    assert_forwarded(api_get(&b, &c, "/admin/x", &at, &su_a), "/admin/x", "alice");
+    let su_a = step_up(a, &c, &at, PIN);
+    let r = api_get(b, &c, "/admin/x", &at, &su_a);
+    assert_forwarded_as(r, "/admin/x", "alice", "A's step-up on B");
     // B cannot enroll alice a second time: it sees A's record.
     let r = get_html(
         &c,
@@ -350,9 +316,9 @@ fn two_gateways_on_one_redis_share_pins_tokens_and_one_lockout() {
 
     // Wrong PINs sent to A and B at once add up to one lockout at 5.
     let victim = a.token("victim", &[]);
-    enroll(&b, &c, &victim, PIN);
+    enroll(b, &c, &victim, PIN);
     const N: usize = 12;
-    let [sa, sb] = concurrent_wrong_pins([&a, &b], &victim, N);
+    let [sa, sb] = concurrent_wrong_pins([a, b], &victim, N);
     let all: Vec<u16> = sa.iter().chain(&sb).copied().collect();
     let wrong = all.iter().filter(|s| **s == 401).count();
     let locked = all.iter().filter(|s| **s == 429).count();
@@ -365,30 +331,30 @@ fn two_gateways_on_one_redis_share_pins_tokens_and_one_lockout() {
     let mut failures = (0, 0);
     let _ = wait_until(Duration::from_secs(20), "5 pin_failure events", || {
         failures = (
-            events(&a, "pin_failure", "victim"),
-            events(&b, "pin_failure", "victim"),
+            events(a, "pin_failure", "victim"),
+            events(b, "pin_failure", "victim"),
         );
         failures.0 + failures.1 >= 5
     });
     std::thread::sleep(Duration::from_millis(300));
     failures = (
-        events(&a, "pin_failure", "victim"),
-        events(&b, "pin_failure", "victim"),
+        events(a, "pin_failure", "victim"),
+        events(b, "pin_failure", "victim"),
     );
     assert_eq!(
         failures.0 + failures.1,
         5,
         "pin_failure events on A + B: {failures:?}"
     );
-    let lockouts = events(&a, "lockout", "victim") + events(&b, "lockout", "victim");
+    let lockouts = events(a, "lockout", "victim") + events(b, "lockout", "victim");
     assert_eq!(lockouts, 1, "one lockout event across both gateways");
     // Both gateways refuse even the right PIN now.
-    for g in [&a, &b] {
+    for g in [a, b] {
         let csrf = pin_csrf(g, &c, &victim);
         assert_eq!(post_pin(g, &c, &victim, &csrf, PIN).status(), 429);
     }
     // alice is not affected.
-    step_up(&b, &c, &at, PIN);
+    step_up(b, &c, &at, PIN);
     eprintln!("lockout across gateways: A answered {sa:?}, B answered {sb:?}; pin_failure events A={} B={}", failures.0, failures.1);
 }
 
@@ -400,7 +366,7 @@ fn two_gateways_on_one_redis_share_pins_tokens_and_one_lockout() {
 fn requests_with_a_valid_step_up_token_send_no_command_to_redis() {
     let dir = tempfile::tempdir().unwrap();
     let redis = Redis::start(dir.path(), &[]);
-    let g = gateway(store_single(&redis.url(), ""), "");
+    let g = gateway(redis_store(&redis.url(), ""), "");
     let c = client();
     let at = g.token("alice", &[]);
     enroll(&g, &c, &at, PIN);
@@ -418,7 +384,8 @@ fn requests_with_a_valid_step_up_token_send_no_command_to_redis() {
     );
 
     // Warm the connection to the upstream, then count.
-    assert_forwarded(api_get(&g, &c, "/admin/x", &at, &su), "/admin/x", "alice");
+    let warm = api_get(&g, &c, "/admin/x", &at, &su);
+    assert_forwarded_as(warm, "/admin/x", "alice", "the warm-up request");
     let before = redis.command_calls();
     for i in 0..200 {
         let path = format!("/admin/page-{i}");
@@ -445,18 +412,15 @@ fn requests_with_a_valid_step_up_token_send_no_command_to_redis() {
 fn killed_redis_fails_closed_then_heals_without_losing_data() {
     let dir = tempfile::tempdir().unwrap();
     let mut redis = Redis::start_durable(dir.path());
-    let mport = free_port();
-    let g = gateway(
-        store_single(&redis.url(), ""),
-        &format!("metrics:\n  listen: \"127.0.0.1:{mport}\"\n"),
-    );
+    let (metrics, mport) = metrics_config();
+    let g = gateway(redis_store(&redis.url(), ""), &metrics);
     let c = client();
     let at = g.token("alice", &[]);
     enroll(&g, &c, &at, PIN);
     let csrf = pin_csrf(&g, &c, &at);
     let su = step_up(&g, &c, &at, PIN);
     wait_until(Duration::from_secs(10), "stepgate_store_up 1", || {
-        metric(mport, "stepgate_store_up") == Some(1.0)
+        try_metric(mport, "stepgate_store_up") == Some(1.0)
     });
     assert_eq!(status(&c, &g.url("/.stepgate/ready")), 200);
 
@@ -501,11 +465,16 @@ fn killed_redis_fails_closed_then_heals_without_losing_data() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 200, "authenticated route");
-    assert_forwarded(api_get(&g, &c, "/admin/x", &at, &su), "/admin/x", "alice");
+    assert_forwarded_as(
+        api_get(&g, &c, "/admin/x", &at, &su),
+        "/admin/x",
+        "alice",
+        "a step-up made before the outage",
+    );
     assert_eq!(status(&c, &g.url("/.stepgate/health")), 200);
     assert_eq!(status(&c, &g.url("/.stepgate/ready")), 503);
     let down = wait_until(Duration::from_secs(15), "stepgate_store_up 0", || {
-        metric(mport, "stepgate_store_up") == Some(0.0)
+        try_metric(mport, "stepgate_store_up") == Some(0.0)
     });
     wait_until(Duration::from_secs(5), "the outage is logged", || {
         g.log().contains("the store does not answer")
@@ -524,10 +493,15 @@ fn killed_redis_fails_closed_then_heals_without_losing_data() {
         },
     );
     let su2 = step_up(&g, &c, &at, PIN);
-    assert_forwarded(api_get(&g, &c, "/admin/x", &at, &su2), "/admin/x", "alice");
+    assert_forwarded_as(
+        api_get(&g, &c, "/admin/x", &at, &su2),
+        "/admin/x",
+        "alice",
+        "a step-up after Redis is back",
+    );
     assert_eq!(status(&c, &g.url("/.stepgate/ready")), 200);
     wait_until(Duration::from_secs(10), "stepgate_store_up 1 again", || {
-        metric(mport, "stepgate_store_up") == Some(1.0)
+        try_metric(mport, "stepgate_store_up") == Some(1.0)
     });
     let up_again = restarted.elapsed();
     assert!(
@@ -566,7 +540,8 @@ fn three_master_cluster_serves_as_the_store() {
         let at = g.token(u, &[]);
         enroll(&g, &c, &at, PIN);
         let su = step_up(&g, &c, &at, PIN);
-        assert_forwarded(api_get(&g, &c, "/admin/x", &at, &su), "/admin/x", u);
+        let r = api_get(&g, &c, "/admin/x", &at, &su);
+        assert_forwarded_as(r, "/admin/x", u, "a step-up on the cluster");
         tokens.push(at);
     }
     // PIN records spread over the masters.
@@ -628,8 +603,8 @@ fn three_master_cluster_serves_as_the_store() {
 fn gateways_with_different_key_prefixes_do_not_see_each_other() {
     let dir = tempfile::tempdir().unwrap();
     let redis = Redis::start(dir.path(), &[]);
-    let a = gateway(store_single(&redis.url(), "  key_prefix: \"app-a:\"\n"), "");
-    let b = gateway(store_single(&redis.url(), "  key_prefix: \"app-b:\"\n"), "");
+    let a = gateway(redis_store(&redis.url(), "  key_prefix: \"app-a:\"\n"), "");
+    let b = gateway(redis_store(&redis.url(), "  key_prefix: \"app-b:\"\n"), "");
     let c = client();
     let at = a.token("alice", &[]);
     enroll(&a, &c, &at, PIN);
@@ -690,11 +665,7 @@ fn store_migrate_moves_pins_from_embedded_to_redis() {
     let text = std::fs::read_to_string(&g.config).unwrap();
     assert!(text.contains(&embedded));
     let to = g.config.with_file_name("gateway-redis.yaml");
-    std::fs::write(
-        &to,
-        text.replace(&embedded, &store_single(&redis.url(), "")),
-    )
-    .unwrap();
+    std::fs::write(&to, text.replace(&embedded, &redis_store(&redis.url(), ""))).unwrap();
     let out = Command::new(BIN)
         .args(["store", "migrate", "--from"])
         .arg(&g.config)
@@ -729,7 +700,8 @@ fn store_migrate_moves_pins_from_embedded_to_redis() {
     for u in users {
         let at = g.token(u, &[]);
         let su = step_up(&g, &c, &at, PIN);
-        assert_forwarded(api_get(&g, &c, "/admin/x", &at, &su), "/admin/x", u);
+        let r = api_get(&g, &c, "/admin/x", &at, &su);
+        assert_forwarded_as(r, "/admin/x", u, "a step-up with the migrated PIN");
     }
     eprintln!("migrate said: {}", stdout.trim());
 }
@@ -747,7 +719,7 @@ fn redis_password_from_a_file_and_a_wrong_one_fails_closed() {
     let bad_pw = dir.path().join("wrong-password");
     std::fs::write(&bad_pw, "not-the-password\n").unwrap();
     let pw_store = |f: &Path| {
-        store_single(
+        redis_store(
             &redis.url(),
             &format!("  password_file: \"{}\"\n", f.display()),
         )
@@ -758,10 +730,11 @@ fn redis_password_from_a_file_and_a_wrong_one_fails_closed() {
     let at = good.token("alice", &[]);
     enroll(&good, &c, &at, PIN);
     let su = step_up(&good, &c, &at, PIN);
-    assert_forwarded(
+    assert_forwarded_as(
         api_get(&good, &c, "/admin/x", &at, &su),
         "/admin/x",
         "alice",
+        "a step-up with the right password",
     );
     assert_eq!(status(&c, &good.url("/.stepgate/ready")), 200);
     assert!(
@@ -832,7 +805,7 @@ fn a_refused_redis_password_is_named_in_the_store_outage_log() {
     let bad_pw = dir.path().join("wrong-password");
     std::fs::write(&bad_pw, "not-the-password\n").unwrap();
     let g = gateway(
-        store_single(
+        redis_store(
             &redis.url(),
             // The default timeout, as ops would run it.
             &format!(
@@ -875,26 +848,24 @@ fn a_refused_redis_password_is_named_in_the_store_outage_log() {
 
 #[test]
 fn a_step_down_after_redis_restarts_reaches_the_other_gateway() {
-    const API: &str = "test-api-secret-0123456789abcdef0123456789";
     let dir = tempfile::tempdir().unwrap();
-    let mut redis = Redis::start_durable(dir.path());
-    let api = format!("api:\n  secret: \"{API}\"\n");
-    let a = gateway(store_single(&redis.url(), ""), &api);
-    let b = gateway(store_single(&redis.url(), ""), &api);
+    let redis = Redis::start_durable(dir.path());
+    let mut p = pair(dir, redis, &api_secret_config());
+    let (a, b) = (&p.a, &p.b);
     let c = client();
     let at = a.token("alice", &[]);
-    enroll(&a, &c, &at, PIN);
-    let su = step_up(&a, &c, &at, PIN);
-    assert_eq!(api_get(&b, &c, "/admin/x", &at, &su).status(), 200);
+    enroll(a, &c, &at, PIN);
+    let su = step_up(a, &c, &at, PIN);
+    assert_eq!(api_get(b, &c, "/admin/x", &at, &su).status(), 200);
 
-    redis.kill();
-    for g in [&a, &b] {
+    p.redis.kill();
+    for g in [a, b] {
         wait_until(Duration::from_secs(15), "the outage is noticed", || {
             g.log().contains("the store does not answer")
         });
     }
-    redis.restart();
-    for g in [&a, &b] {
+    p.redis.restart();
+    for g in [a, b] {
         wait_until(Duration::from_secs(30), "ready again", || {
             status(&c, &g.url("/.stepgate/ready")) == 200
         });
@@ -902,7 +873,7 @@ fn a_step_down_after_redis_restarts_reaches_the_other_gateway() {
     // Invalidate on A (retried while A's store connection heals).
     let invalidate = || {
         c.post(a.url("/.stepgate/api/manage/account/alice/invalidate"))
-            .bearer_auth(API)
+            .bearer_auth(API_SECRET)
             .send()
             .unwrap()
             .status()
@@ -911,12 +882,12 @@ fn a_step_down_after_redis_restarts_reaches_the_other_gateway() {
     wait_until(Duration::from_secs(30), "A invalidates alice", || {
         invalidate() == 200
     });
-    assert_eq!(api_get(&a, &c, "/admin/x", &at, &su).status(), 401);
+    assert_eq!(api_get(a, &c, "/admin/x", &at, &su).status(), 401);
     // B hears of it: its subscription came back with Redis.
     let took = wait_until(
         Duration::from_secs(10),
         "B refuses the step-up A invalidated after Redis came back",
-        || api_get(&b, &c, "/admin/x", &at, &su).status() == 401,
+        || api_get(b, &c, "/admin/x", &at, &su).status() == 401,
     );
     eprintln!("step-down reached B {took:?} after A answered");
 }

@@ -6,7 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::redis::Redis;
+use common::api::{api_config, api_get};
+use common::redis::RedisPair;
 use common::*;
 
 const API: &str = "api-secret-for-tests-0123456789abcdef";
@@ -37,14 +38,7 @@ fn pin_step_up(g: &Gateway, at: &str) -> (String, String) {
 }
 
 fn admin(g: &Gateway, at: &str, su: &str) -> u16 {
-    client()
-        .get(g.url("/admin/x"))
-        .bearer_auth(at)
-        .header("X-Stepgate-Token", su)
-        .send()
-        .unwrap()
-        .status()
-        .as_u16()
+    api_get(g, &client(), "/admin/x", at, su).status().as_u16()
 }
 
 fn invalidate(g: &Gateway, uid: &str, secret: &str) -> reqwest::blocking::Response {
@@ -58,7 +52,7 @@ fn invalidate(g: &Gateway, uid: &str, secret: &str) -> reqwest::blocking::Respon
 #[test]
 fn invalidation_ends_the_users_step_ups_and_a_new_one_works_at_once() {
     let g = Gateway::start_with(GatewayOptions {
-        extra_config: format!("api:\n  secret: \"{API}\"\n"),
+        extra_config: api_config(API),
         ..Default::default()
     });
     let (at, su) = step_up(&g, "alice");
@@ -73,12 +67,7 @@ fn invalidation_ends_the_users_step_ups_and_a_new_one_works_at_once() {
     let r = invalidate(&g, "alice", API);
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<serde_json::Value>().unwrap()["IsPosted"], true);
-    let r = client()
-        .get(g.url("/admin/x"))
-        .bearer_auth(&at)
-        .header("X-Stepgate-Token", &su)
-        .send()
-        .unwrap();
+    let r = api_get(&g, &client(), "/admin/x", &at, &su);
     assert_eq!(r.status(), 401);
     assert!(r.headers()["www-authenticate"]
         .to_str()
@@ -108,7 +97,7 @@ fn invalidation_ends_the_users_step_ups_and_a_new_one_works_at_once() {
 #[test]
 fn an_invalidation_survives_a_restart_of_the_gateway() {
     let mut g = Gateway::start_with(GatewayOptions {
-        extra_config: format!("api:\n  secret: \"{API}\"\n"),
+        extra_config: api_config(API),
         store: "  kind: embedded\n  path: store.redb\n".into(),
         ..Default::default()
     });
@@ -121,22 +110,19 @@ fn an_invalidation_survives_a_restart_of_the_gateway() {
 
 #[test]
 fn an_invalidation_on_one_gateway_holds_on_another_within_a_second() {
-    let dir = tempfile::tempdir().unwrap();
-    let redis = Redis::start(dir.path(), &[]);
-    let opts = || GatewayOptions {
-        extra_config: format!("api:\n  secret: \"{API}\"\n"),
-        store: format!("  kind: redis\n  url: \"{}\"\n", redis.url()),
+    let p = RedisPair::start(|_, store| GatewayOptions {
+        extra_config: api_config(API),
+        store,
         ..Default::default()
-    };
-    let a = Gateway::start_with(opts());
-    let b = Gateway::start_with(opts());
-    let (at, su) = step_up(&a, "dave");
-    assert_eq!(admin(&b, &at, &su), 200, "B accepts A's step-up");
-    assert_eq!(invalidate(&a, "dave", API).status(), 200);
+    });
+    let (a, b) = (&p.a, &p.b);
+    let (at, su) = step_up(a, "dave");
+    assert_eq!(admin(b, &at, &su), 200, "B accepts A's step-up");
+    assert_eq!(invalidate(a, "dave", API).status(), 200);
     let start = Instant::now();
     let mut status = 200;
     while start.elapsed() < Duration::from_secs(1) {
-        status = admin(&b, &at, &su);
+        status = admin(b, &at, &su);
         if status == 401 {
             break;
         }
@@ -147,6 +133,6 @@ fn an_invalidation_on_one_gateway_holds_on_another_within_a_second() {
         "B refused the revoked step-up within one second"
     );
     // A gateway started later learns it from the store.
-    let c = Gateway::start_with(opts());
+    let c = p.another();
     assert_eq!(admin(&c, &at, &su), 401);
 }

@@ -4,14 +4,19 @@
 //! request it received.
 #![allow(dead_code)]
 
+pub mod api;
+pub mod browser;
+pub mod metrics;
 pub mod receiver;
 pub mod redis;
+pub mod smtp;
+pub mod webdriver;
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_stepgate");
 pub const FIRST_FACTOR_SECRET: &str = "test-first-factor-secret-0123456789abcdef";
@@ -107,6 +112,7 @@ rules:
     require: deny
 "#;
 
+#[derive(Clone)]
 pub struct GatewayOptions {
     pub policy: String,
     /// Extra top-level YAML appended to the config.
@@ -212,6 +218,14 @@ impl Gateway {
     }
 }
 
+/// The current Unix time, in seconds.
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
 /// An HTTP client that does not follow redirects and keeps no cookies.
 pub fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
@@ -219,6 +233,44 @@ pub fn client() -> reqwest::blocking::Client {
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap()
+}
+
+/// A GET as a browser: `Accept: text/html` and this `Cookie` header.
+pub fn get_html(
+    c: &reqwest::blocking::Client,
+    url: &str,
+    cookie: &str,
+) -> reqwest::blocking::Response {
+    c.get(url)
+        .header("Cookie", cookie)
+        .header("Accept", "text/html")
+        .send()
+        .unwrap()
+}
+
+/// A response header as text ("" when absent).
+pub fn header(r: &reqwest::blocking::Response, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// A request header the demo upstream received, from its JSON echo.
+pub fn echoed(echo: &serde_json::Value, name: &str) -> Option<String> {
+    echo["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h[0] == name)
+        .map(|h| h[1].as_str().unwrap().to_string())
+}
+
+/// The path (and query) of a URL on the gateway.
+pub fn path_of(g: &Gateway, url: &str) -> String {
+    url.strip_prefix(&g.url(""))
+        .unwrap_or_else(|| panic!("{url} is not on the gateway {}", g.url("")))
+        .to_string()
 }
 
 /// Pull `name="csrf" value="…"` out of a page.
@@ -245,26 +297,67 @@ pub fn set_cookie(resp: &reqwest::blocking::Response, name: &str) -> Option<Stri
 /// Enroll `pin` for the holder of access token `at` through the HTML setup
 /// form (the login must be fresh and no PIN set yet).
 pub fn enroll_pin(g: &Gateway, c: &reqwest::blocking::Client, at: &str, pin: &str) {
-    let cookie = format!("access_token={at}");
-    let page = c
-        .get(g.url("/.stepgate/pin/setup?return_to=/admin/x"))
-        .header("Cookie", &cookie)
-        .header("Accept", "text/html")
-        .send()
-        .unwrap();
-    assert_eq!(page.status(), 200, "the enrollment form is offered");
-    let csrf = csrf_of(&page.text().unwrap());
-    let r = c
-        .post(g.url("/.stepgate/pin/setup"))
-        .header("Cookie", &cookie)
-        .header("Accept", "text/html")
-        .form(&[
-            ("pin", pin),
-            ("pin_confirm", pin),
-            ("csrf", csrf.as_str()),
-            ("return_to", "/admin/x"),
-        ])
-        .send()
-        .unwrap();
+    let r = post_pin_form(
+        g,
+        c,
+        at,
+        None,
+        "/.stepgate/pin/setup",
+        "the enrollment form is offered",
+        &[("pin", pin), ("pin_confirm", pin)],
+    );
     assert_eq!(r.status(), 303, "enrollment succeeds");
+}
+
+/// A PIN step-up on the HTML page from device `ua` (the User-Agent), which
+/// opens a device PIN session; returns the `stepgate_ps` cookie value.
+pub fn browser_pin_session(
+    g: &Gateway,
+    c: &reqwest::blocking::Client,
+    at: &str,
+    pin: &str,
+    ua: &str,
+) -> String {
+    let r = post_pin_form(
+        g,
+        c,
+        at,
+        Some(ua),
+        "/.stepgate/pin",
+        "the PIN form is offered",
+        &[("pin", pin)],
+    );
+    assert_eq!(r.status(), 303, "the PIN step-up succeeds");
+    set_cookie(&r, "stepgate_ps").expect("a device PIN session cookie")
+}
+
+/// As a browser of the holder of access token `at` (with User-Agent `ua`,
+/// when given): open the HTML form at `path` for `return_to=/admin/x`, which
+/// must be offered (`offered` says what), then post `fields`, its CSRF token
+/// and the `return_to` to `path`; the answer to the post.
+fn post_pin_form(
+    g: &Gateway,
+    c: &reqwest::blocking::Client,
+    at: &str,
+    ua: Option<&str>,
+    path: &str,
+    offered: &str,
+    fields: &[(&str, &str)],
+) -> reqwest::blocking::Response {
+    let cookie = format!("access_token={at}");
+    let as_browser = |rb: reqwest::blocking::RequestBuilder| {
+        let rb = rb.header("Cookie", &cookie).header("Accept", "text/html");
+        match ua {
+            Some(ua) => rb.header("User-Agent", ua),
+            None => rb,
+        }
+    };
+    let page = as_browser(c.get(g.url(&format!("{path}?return_to=/admin/x"))))
+        .send()
+        .unwrap();
+    assert_eq!(page.status(), 200, "{offered}");
+    let csrf = csrf_of(&page.text().unwrap());
+    let mut form = fields.to_vec();
+    form.extend([("csrf", csrf.as_str()), ("return_to", "/admin/x")]);
+    as_browser(c.post(g.url(path))).form(&form).send().unwrap()
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::free_port;
+use super::{free_port, Gateway, GatewayOptions};
 
 /// Fail (not skip) when Redis is missing: the suite's one command installs it.
 pub fn require_redis() {
@@ -183,5 +183,59 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// The `store:` block for the single Redis at `url`, with `more` lines
+/// (two-space indented, e.g. `  timeout: 1s\n`).
+pub fn redis_store(url: &str, more: &str) -> String {
+    format!("  kind: redis\n  url: \"{url}\"\n{more}")
+}
+
+/// Two gateways, A and B, on one Redis, started with the same options but
+/// their ports. Field order is drop order: the gateways go first, then
+/// Redis, then the temporary directory.
+pub struct RedisPair {
+    pub a: Gateway,
+    pub b: Gateway,
+    pub redis: Redis,
+    /// What A and B were started with, to start more gateways like them.
+    pub options: GatewayOptions,
+    /// Redis's directory, also for files the gateways share.
+    pub dir: tempfile::TempDir,
+}
+
+impl RedisPair {
+    /// A plain Redis (no persistence) in a new temporary directory, then A
+    /// and B on it; see `on`.
+    pub fn start(options: impl FnOnce(&Path, String) -> GatewayOptions) -> RedisPair {
+        let dir = tempfile::tempdir().unwrap();
+        let redis = Redis::start(dir.path(), &[]);
+        RedisPair::on(dir, redis, options)
+    }
+
+    /// A and B on `redis`, whose directory is `dir`: `options` gets the
+    /// directory and the `store:` block for this Redis (`redis_store`), and
+    /// gives the options both gateways start with.
+    pub fn on(
+        dir: tempfile::TempDir,
+        redis: Redis,
+        options: impl FnOnce(&Path, String) -> GatewayOptions,
+    ) -> RedisPair {
+        let options = options(dir.path(), redis_store(&redis.url(), ""));
+        let a = Gateway::start_with(options.clone());
+        let b = Gateway::start_with(options.clone());
+        RedisPair {
+            a,
+            b,
+            redis,
+            options,
+            dir,
+        }
+    }
+
+    /// One more gateway like A and B.
+    pub fn another(&self) -> Gateway {
+        Gateway::start_with(self.options.clone())
     }
 }

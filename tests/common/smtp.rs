@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
+use super::free_port;
+
 const INSTALL_HINT: &str = "the email tests need `python3` with the `aiosmtpd` module (a real \
      SMTP server); run the README's test command, `scripts/test.sh` (it runs \
      `scripts/install-deps.sh test`, which installs both), then run the tests again";
@@ -65,14 +67,6 @@ impl Drop for SmtpServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl SmtpServer {
