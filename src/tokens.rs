@@ -118,7 +118,13 @@ pub struct Keys {
     otp: Vec<u8>,
     session_enc: EncodingKey,
     session_dec: DecodingKey,
+    /// Step-up tokens whose signature was checked, so a session's repeated
+    /// requests skip base64 + HMAC + JSON (~3.5 µs); expiry and binding are
+    /// still checked on every request.
+    verified: std::sync::Mutex<std::collections::HashMap<String, StepUpClaims>>,
 }
+
+const VERIFIED_MAX: usize = 20_000;
 
 /// The binding hash of a first-factor session.
 pub fn session_hash(p: &Principal) -> String {
@@ -142,6 +148,7 @@ impl Keys {
             otp: derive(signing, "email-otp"),
             session_enc: EncodingKey::from_secret(&ses),
             session_dec: DecodingKey::from_secret(&ses),
+            verified: Default::default(),
         }
     }
 
@@ -287,15 +294,39 @@ impl Keys {
         if token.len() > 2048 {
             return Err(StepUpTokenError::Malformed);
         }
-        let data = decode::<StepUpClaims>(token, &self.stepup_dec, &self.stepup_validation)
-            .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::InvalidSignature => StepUpTokenError::BadSignature,
-                _ => StepUpTokenError::Malformed,
-            })?;
-        let c = data.claims;
-        if c.typ != STEPUP_TYP {
-            return Err(StepUpTokenError::Malformed);
-        }
+        let cached = self
+            .verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+            .cloned();
+        let c = match cached {
+            Some(c) => c,
+            None => {
+                let c = decode::<StepUpClaims>(token, &self.stepup_dec, &self.stepup_validation)
+                    .map_err(|e| match e.kind() {
+                        jsonwebtoken::errors::ErrorKind::InvalidSignature => {
+                            StepUpTokenError::BadSignature
+                        }
+                        _ => StepUpTokenError::Malformed,
+                    })?
+                    .claims;
+                if c.typ != STEPUP_TYP {
+                    return Err(StepUpTokenError::Malformed);
+                }
+                if now < c.exp {
+                    let mut m = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+                    if m.len() >= VERIFIED_MAX {
+                        m.retain(|_, v| v.exp > now);
+                        if m.len() >= VERIFIED_MAX {
+                            m.clear();
+                        }
+                    }
+                    m.insert(token.to_string(), c.clone());
+                }
+                c
+            }
+        };
         if now >= c.exp {
             return Err(StepUpTokenError::Expired);
         }
