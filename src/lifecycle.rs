@@ -38,6 +38,16 @@ fn op(operation: &str, r: &Result<impl Sized, FlowError>) {
         .inc();
 }
 
+/// Run a flow and count its outcome under `operation`.
+async fn counted<T>(
+    operation: &str,
+    flow: impl std::future::Future<Output = Result<T, FlowError>>,
+) -> Result<T, FlowError> {
+    let r = flow.await;
+    op(operation, &r);
+    r
+}
+
 fn json_of<T: Serialize>(v: &T) -> Result<Vec<u8>, FlowError> {
     serde_json::to_vec(v).map_err(|_| FlowError::Internal)
 }
@@ -227,7 +237,7 @@ pub async fn end_sessions(gate: &Gate, sub: &str, keep: Option<&str>) -> Result<
 /// End every PIN session and step-up of `sub` on every gateway (the IdP calls
 /// this on a password change; the account page offers it).
 pub async fn invalidate_user(gate: &Gate, sub: &str, ip: &str) -> Result<(), FlowError> {
-    let r = async {
+    counted("invalidate", async {
         gate.revocations
             .revoke(&*gate.store, sub, crate::clock::now())
             .await?;
@@ -243,10 +253,8 @@ pub async fn invalidate_user(gate: &Gate, sub: &str, ip: &str) -> Result<(), Flo
         crate::audit::event("invalidate", sub, ip, "PIN sessions and step-ups");
         gate.notifier.event("StepDown", sub, json!({}));
         Ok(())
-    }
-    .await;
-    op("invalidate", &r);
-    r
+    })
+    .await
 }
 
 /// PIN login: the device's PIN session plus the PIN give a short-lived
@@ -258,7 +266,7 @@ pub async fn pin_login(
     ua: &str,
     ip: &str,
 ) -> Result<(String, i64, PinSession), FlowError> {
-    let r = async {
+    counted("login", async {
         if !gate.settings.pin.login {
             return Err(FlowError::Disabled(
                 "PIN login is turned off on this gateway.",
@@ -287,10 +295,8 @@ pub async fn pin_login(
         );
         crate::audit::event("pin_login", &s.sub, ip, &s.id);
         Ok((access, exp, s))
-    }
-    .await;
-    op("login", &r);
-    r
+    })
+    .await
 }
 
 // ---------- change ----------
@@ -305,7 +311,7 @@ pub async fn change(
     new: &str,
     keep: Option<&str>,
 ) -> Result<(), FlowError> {
-    let r = async {
+    counted("change", async {
         pin::check_new_pin(new, &gate.settings.pin)?;
         let record = pin::load_record(&*gate.store, &p.sub)
             .await?
@@ -337,10 +343,8 @@ pub async fn change(
         gate.notifier
             .event("ChangePIN", &p.sub, json!({"EndedSessions": ended}));
         Ok(())
-    }
-    .await;
-    op("change", &r);
-    r
+    })
+    .await
 }
 
 // ---------- forgot and reset ----------
@@ -401,9 +405,7 @@ pub async fn forgot(
     origin: &str,
     ip: &str,
 ) -> Result<(), FlowError> {
-    let r = forgot_inner(gate, id, reset_url, origin, ip).await;
-    op("forgot", &r);
-    r
+    counted("forgot", forgot_inner(gate, id, reset_url, origin, ip)).await
 }
 
 async fn forgot_inner(
@@ -606,7 +608,7 @@ pub async fn reset_by_token(
     new: &str,
     ip: &str,
 ) -> Result<(), FlowError> {
-    let r = async {
+    counted("reset_token", async {
         pin::check_new_pin(new, &gate.settings.pin)?;
         if token.is_empty() || token.len() > 128 {
             return Err(FlowError::ResetInvalid);
@@ -635,10 +637,8 @@ pub async fn reset_by_token(
             return Err(FlowError::ResetInvalid);
         }
         finish_reset(gate, &rec.sub, new, ip, "token").await
-    }
-    .await;
-    op("reset_token", &r);
-    r
+    })
+    .await
 }
 
 /// Reset the PIN with the code a forgot-PIN request sent. Every refusal
@@ -652,7 +652,7 @@ pub async fn reset_by_otp(
     new: &str,
     ip: &str,
 ) -> Result<(), FlowError> {
-    let r = async {
+    counted("reset_otp", async {
         pin::check_new_pin(new, &gate.settings.pin)?;
         let prof = profile::find(&*gate.store, id).await?;
         let sub = match &prof {
@@ -699,10 +699,8 @@ pub async fn reset_by_otp(
         }
         attempt.success().await?;
         finish_reset(gate, &sub, new, ip, "otp").await
-    }
-    .await;
-    op("reset_otp", &r);
-    r
+    })
+    .await
 }
 
 fn normalize_answer(a: &str) -> String {
@@ -721,7 +719,7 @@ pub async fn reset_by_answers(
     new: &str,
     ip: &str,
 ) -> Result<(), FlowError> {
-    let r = async {
+    counted("reset_answers", async {
         pin::check_new_pin(new, &gate.settings.pin)?;
         let prof = profile::find(&*gate.store, id).await?;
         // Unknown accounts go through the same steps, lockout included.
@@ -770,10 +768,8 @@ pub async fn reset_by_answers(
         }
         attempt.success().await?;
         finish_reset(gate, &sub, new, ip, "security_answers").await
-    }
-    .await;
-    op("reset_answers", &r);
-    r
+    })
+    .await
 }
 
 /// An Argon2id hash of nothing anyone can answer, for equal-time refusals.
@@ -807,7 +803,7 @@ pub async fn set_answers(
     answers: &[(String, String)],
     ip: &str,
 ) -> Result<usize, FlowError> {
-    let r = async {
+    counted("set_answers", async {
         let qs = &gate.settings.security_questions;
         if qs.is_empty() {
             return Err(FlowError::Disabled(
@@ -847,10 +843,8 @@ pub async fn set_answers(
             &stored.len().to_string(),
         );
         Ok(stored.len())
-    }
-    .await;
-    op("set_answers", &r);
-    r
+    })
+    .await
 }
 
 /// The questions to answer for a reset: every configured one, whoever asks,
@@ -887,7 +881,7 @@ struct AuthTokenRecord {
 
 /// A single-use, short-lived token that lets `uid` set a PIN.
 pub async fn issue_auth_token(gate: &Gate, uid: &str) -> Result<(String, i64), FlowError> {
-    let r = async {
+    counted("auth_token", async {
         let token = secret_token();
         let ttl = gate.settings.pin.auth_token_ttl;
         let exp = crate::clock::now() + ttl.as_secs() as i64;
@@ -905,10 +899,8 @@ pub async fn issue_auth_token(gate: &Gate, uid: &str) -> Result<(String, i64), F
             .await?;
         crate::audit::event("pin_auth_token_issued", uid, "", "");
         Ok((token, exp))
-    }
-    .await;
-    op("auth_token", &r);
-    r
+    })
+    .await
 }
 
 /// What setting a PIN with a PINAuthToken gives back.
@@ -927,7 +919,7 @@ pub async fn set_by_auth_token(
     ua: &str,
     ip: &str,
 ) -> Result<PinSet, FlowError> {
-    let r = async {
+    counted("set_by_auth_token", async {
         if token.is_empty() || token.len() > 128 {
             return Err(FlowError::AuthTokenInvalid);
         }
@@ -981,10 +973,8 @@ pub async fn set_by_auth_token(
             session,
             access,
         })
-    }
-    .await;
-    op("set_by_auth_token", &r);
-    r
+    })
+    .await
 }
 
 /// Does this signed-in user still have to set up a PIN (`pin.required`) or
@@ -1007,7 +997,7 @@ pub async fn needs_setup(gate: &Gate, sub: &str) -> Result<bool, FlowError> {
 
 /// Remember that the user chose not to set up an optional PIN.
 pub async fn skip_setup(gate: &Gate, sub: &str, ip: &str) -> Result<(), FlowError> {
-    let r = async {
+    counted("skip", async {
         if gate.settings.pin.required {
             return Err(FlowError::Disabled("A PIN is required on this site."));
         }
@@ -1015,10 +1005,8 @@ pub async fn skip_setup(gate: &Gate, sub: &str, ip: &str) -> Result<(), FlowErro
         gate.known_pins.insert(sub);
         crate::audit::event("pin_setup_skipped", sub, ip, "");
         Ok(())
-    }
-    .await;
-    op("skip", &r);
-    r
+    })
+    .await
 }
 
 /// Subjects known to have a PIN (or to have skipped an optional one), per
