@@ -37,6 +37,9 @@ pub struct Gate {
     pub notifier: Arc<crate::notify::Notifier>,
     /// Users known to have a PIN (for `pin.required` / `pin.offer_setup`).
     pub known_pins: crate::lifecycle::KnownPins,
+    /// PINAuthTokens handed out with 1243 answers, by user, so a client that
+    /// retries does not mint (and store) a new one per request.
+    pub required_pin_tokens: std::sync::Mutex<std::collections::HashMap<String, (String, i64)>>,
 }
 
 impl Gate {
@@ -90,6 +93,7 @@ impl Gate {
             owned_headers,
             notifier,
             known_pins: Default::default(),
+            required_pin_tokens: Default::default(),
             settings,
         })
     }
@@ -302,6 +306,7 @@ impl Shared {
                 settings.sms.clone(),
             )?),
             known_pins: Default::default(),
+            required_pin_tokens: Default::default(),
             settings,
         };
         self.current.store(Arc::new(gate));

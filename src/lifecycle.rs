@@ -977,6 +977,37 @@ pub async fn set_by_auth_token(
     .await
 }
 
+/// The PINAuthToken for a 1243 answer: the one handed to this user in the
+/// last minute, if any (a retrying client costs no store write), else a new
+/// one.
+pub async fn required_pin_token(gate: &Gate, sub: &str) -> Result<(String, i64), FlowError> {
+    let now = crate::clock::now();
+    let fresh_from = now + gate.settings.pin.auth_token_ttl.as_secs() as i64 - 60;
+    if let Some((t, exp)) = gate
+        .required_pin_tokens
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(sub)
+        .filter(|(_, exp)| *exp >= fresh_from)
+        .cloned()
+    {
+        return Ok((t, exp));
+    }
+    let (t, exp) = issue_auth_token(gate, sub).await?;
+    let mut m = gate
+        .required_pin_tokens
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if m.len() >= 10_000 {
+        m.retain(|_, (_, e)| *e >= fresh_from);
+        if m.len() >= 10_000 {
+            m.clear();
+        }
+    }
+    m.insert(sub.to_string(), (t.clone(), exp));
+    Ok((t, exp))
+}
+
 /// Does this signed-in user still have to set up a PIN (`pin.required`) or
 /// be offered one (`pin.offer_setup`, unless skipped)? Answered from memory
 /// once known, so requests of users with a PIN cost no store call.

@@ -170,7 +170,7 @@ impl Proxy {
             }
             Ok(true) if !s.required => None,
             Ok(true) => Some(
-                match crate::lifecycle::issue_auth_token(gate, &p.sub).await {
+                match crate::lifecycle::required_pin_token(gate, &p.sub).await {
                     Ok((token, exp)) => Reply::json(
                         403,
                         &serde_json::json!({
