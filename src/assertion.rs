@@ -165,13 +165,13 @@ impl Signer {
         }
         let token = self.sign_fresh(c, now);
         if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() >= CACHE_MAX {
-                cache.retain(|_, (_, iat)| now - *iat < REUSE);
-                if cache.len() >= CACHE_MAX {
-                    cache.clear();
-                }
-            }
-            cache.insert(key, (token.clone(), now));
+            crate::bounded::insert(
+                &mut cache,
+                CACHE_MAX,
+                key,
+                (token.clone(), now),
+                |_, (_, iat)| now - *iat < REUSE,
+            );
         }
         token
     }

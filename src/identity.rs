@@ -315,13 +315,13 @@ impl Verifier {
         }
         let p = self.verify_uncached(token, now)?;
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= VERIFIED_CACHE_MAX {
-            cache.retain(|_, (_, at)| now - *at < VERIFIED_CACHE_SECS);
-            if cache.len() >= VERIFIED_CACHE_MAX {
-                cache.clear();
-            }
-        }
-        cache.insert(token.to_string(), (p.clone(), now));
+        crate::bounded::insert(
+            &mut cache,
+            VERIFIED_CACHE_MAX,
+            token.to_string(),
+            (p.clone(), now),
+            |_, (_, at)| now - *at < VERIFIED_CACHE_SECS,
+        );
         Ok(p)
     }
 

@@ -4,6 +4,7 @@
 
 pub mod assertion;
 pub mod audit;
+pub mod bounded;
 pub mod clock;
 pub mod config;
 pub mod decision;

@@ -994,17 +994,16 @@ pub async fn required_pin_token(gate: &Gate, sub: &str) -> Result<(String, i64),
         return Ok((t, exp));
     }
     let (t, exp) = issue_auth_token(gate, sub).await?;
-    let mut m = gate
-        .required_pin_tokens
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    if m.len() >= 10_000 {
-        m.retain(|_, (_, e)| *e >= fresh_from);
-        if m.len() >= 10_000 {
-            m.clear();
-        }
-    }
-    m.insert(sub.to_string(), (t.clone(), exp));
+    crate::bounded::insert(
+        &mut gate
+            .required_pin_tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()),
+        10_000,
+        sub.to_string(),
+        (t.clone(), exp),
+        |_, (_, e)| *e >= fresh_from,
+    );
     Ok((t, exp))
 }
 

@@ -315,14 +315,13 @@ impl Keys {
                     return Err(StepUpTokenError::Malformed);
                 }
                 if now < c.exp {
-                    let mut m = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-                    if m.len() >= VERIFIED_MAX {
-                        m.retain(|_, v| v.exp > now);
-                        if m.len() >= VERIFIED_MAX {
-                            m.clear();
-                        }
-                    }
-                    m.insert(token.to_string(), c.clone());
+                    crate::bounded::insert(
+                        &mut self.verified.lock().unwrap_or_else(|p| p.into_inner()),
+                        VERIFIED_MAX,
+                        token.to_string(),
+                        c.clone(),
+                        |_, v| v.exp > now,
+                    );
                 }
                 c
             }
