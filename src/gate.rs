@@ -44,54 +44,30 @@ pub struct Gate {
 
 impl Gate {
     pub fn build(settings: Settings) -> Result<Gate, String> {
-        let policy = Policy::load(&settings.policy_path).map_err(|d| {
-            d.iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        })?;
+        let r = Rebuilt::from(&settings)?;
         let keys = Arc::new(Keys::new(&settings.signing));
         let mut verifier = Verifier::new(&settings.first_factor)?;
         if settings.pin.login {
             verifier = verifier.with_sessions(keys.clone());
         }
-        let notifier = Arc::new(crate::notify::Notifier::new(
-            settings.webhook.clone(),
-            settings.sms.clone(),
-        )?);
         let store = crate::store::open(&settings.store)?;
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
-        let pages = Pages::new(settings.templates_dir.clone(), &settings.site_title)?;
-        let mailer = settings.mail.as_ref().map(crate::mail::build).transpose()?;
-        let a = &settings.assertion;
-        let assertion = Arc::new(crate::assertion::Signer::new(
-            &a.key_file,
-            a.previous_key_file.as_deref(),
-            a.issuer.clone(),
-            a.audience.clone(),
-        )?);
-        let owned_headers = settings
-            .headers
-            .all()
-            .iter()
-            .map(|h| h.to_ascii_lowercase().replace('_', "-"))
-            .collect();
         Ok(Gate {
-            policy,
+            policy: r.policy,
             verifier: Arc::new(verifier),
             keys,
             store,
             // PIN hashing never takes every core from the proxy's workers
             // (pass-through p99 during a wrong-PIN storm: 3.6x -> 2.0x idle).
             hasher: Arc::new(Hasher::new(cores.saturating_sub(settings.threads).max(1))),
-            pages,
-            mailer,
-            assertion,
+            pages: r.pages,
+            mailer: r.mailer,
+            assertion: r.assertion,
             revocations: Arc::default(),
-            owned_headers,
-            notifier,
+            owned_headers: r.owned_headers,
+            notifier: r.notifier,
             known_pins: Default::default(),
             required_pin_tokens: Default::default(),
             settings,
@@ -215,23 +191,8 @@ impl Shared {
     /// the result. On any error nothing changes and the error says
     /// `FILE:LINE:COL: …` for each problem.
     pub fn reload(&self) -> Result<Reloaded, String> {
-        let join = |d: Vec<crate::yamlspan::Diagnostic>| {
-            d.iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        };
         let mut settings = crate::config::load(&self.config_path).map_err(join)?;
-        let policy = Policy::load(&settings.policy_path).map_err(join)?;
-        let pages = Pages::new(settings.templates_dir.clone(), &settings.site_title)?;
-        let mailer = settings.mail.as_ref().map(crate::mail::build).transpose()?;
-        let a = &settings.assertion;
-        let assertion = Arc::new(crate::assertion::Signer::new(
-            &a.key_file,
-            a.previous_key_file.as_deref(),
-            a.issuer.clone(),
-            a.audience.clone(),
-        )?);
+        let r = Rebuilt::from(&settings)?;
         let old = self.load();
         let o = &old.settings;
         let mut needs_restart = Vec::new();
@@ -285,26 +246,22 @@ impl Shared {
             login_url: n.login_url.clone(),
             ..p.clone()
         };
-        let owned_headers = owned(&settings);
-        let rules = policy.rules.len();
+        let rules = r.policy.rules.len();
         if let (Some(certs), Some(t)) = (&self.certs, &settings.tls) {
             certs.reload(t)?;
         }
         let gate = Gate {
-            policy,
+            policy: r.policy,
             verifier: old.verifier.clone(),
             keys: old.keys.clone(),
             store: old.store.clone(),
             hasher: old.hasher.clone(),
-            pages,
-            mailer,
-            assertion,
+            pages: r.pages,
+            mailer: r.mailer,
+            assertion: r.assertion,
             revocations: old.revocations.clone(),
-            owned_headers,
-            notifier: Arc::new(crate::notify::Notifier::new(
-                settings.webhook.clone(),
-                settings.sms.clone(),
-            )?),
+            owned_headers: r.owned_headers,
+            notifier: r.notifier,
             known_pins: Default::default(),
             required_pin_tokens: Default::default(),
             settings,
@@ -317,11 +274,47 @@ impl Shared {
     }
 }
 
-fn owned(settings: &Settings) -> Vec<String> {
-    settings
-        .headers
-        .all()
-        .iter()
-        .map(|h| h.to_ascii_lowercase().replace('_', "-"))
-        .collect()
+fn join(d: Vec<crate::yamlspan::Diagnostic>) -> String {
+    d.iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// What every snapshot builds from its settings, at start and on each
+/// reload (the long-lived parts, such as the store, are built once).
+struct Rebuilt {
+    policy: Policy,
+    pages: Pages,
+    mailer: Option<Arc<dyn crate::mail::Mailer>>,
+    assertion: Arc<crate::assertion::Signer>,
+    notifier: Arc<crate::notify::Notifier>,
+    owned_headers: Vec<String>,
+}
+
+impl Rebuilt {
+    fn from(settings: &Settings) -> Result<Rebuilt, String> {
+        let a = &settings.assertion;
+        Ok(Rebuilt {
+            policy: Policy::load(&settings.policy_path).map_err(join)?,
+            pages: Pages::new(settings.templates_dir.clone(), &settings.site_title)?,
+            mailer: settings.mail.as_ref().map(crate::mail::build).transpose()?,
+            assertion: Arc::new(crate::assertion::Signer::new(
+                &a.key_file,
+                a.previous_key_file.as_deref(),
+                a.issuer.clone(),
+                a.audience.clone(),
+            )?),
+            notifier: Arc::new(crate::notify::Notifier::new(
+                settings.webhook.clone(),
+                settings.sms.clone(),
+            )?),
+            owned_headers: settings
+                .headers
+                .all()
+                .iter()
+                .map(|h| h.to_ascii_lowercase().replace('_', "-"))
+                .collect(),
+        })
+    }
 }
