@@ -267,32 +267,12 @@ async fn stepup_pin(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
         Ok(s) => s,
         Err(r) => return r,
     };
-    match pin::verify(
-        &*gate.store,
-        &gate.hasher,
-        &gate.settings.lockout,
-        &p.sub,
-        req.client_ip,
-        entered,
-    )
-    .await
-    {
+    match super::check_stepup_pin(gate, p, req.client_ip, entered).await {
         Ok(()) => {
-            metrics::STEPUPS
-                .with_label_values(&["pin", "success"])
-                .inc();
             crate::lifecycle::remember_profile(gate, p).await;
             token_reply(gate, p, Factor::Pin)
         }
-        Err(e) => {
-            let outcome = match e {
-                FlowError::WrongPin { .. } => "failure",
-                FlowError::Locked { .. } => "locked",
-                _ => "error",
-            };
-            metrics::STEPUPS.with_label_values(&["pin", outcome]).inc();
-            flow_error(e)
-        }
+        Err(e) => flow_error(e),
     }
 }
 

@@ -290,43 +290,44 @@ async fn pin_submit(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
     };
     let return_to = safe_return_to(field(&form, "return_to"));
     let entered = field(&form, "pin").unwrap_or("");
-    let s = &gate.settings;
-    match pin::verify(
-        &*gate.store,
-        &gate.hasher,
-        &s.lockout,
-        &p.sub,
-        req.client_ip,
-        entered,
-    )
-    .await
-    {
-        Ok(()) => {
-            metrics::STEPUPS
-                .with_label_values(&["pin", "success"])
-                .inc();
-            stepup_success(gate, req, p, Factor::Pin, &return_to).await
-        }
+    match check_stepup_pin(gate, p, req.client_ip, entered).await {
+        Ok(()) => stepup_success(gate, req, p, Factor::Pin, &return_to).await,
         Err(FlowError::WrongPin { remaining }) => {
-            metrics::STEPUPS
-                .with_label_values(&["pin", "failure"])
-                .inc();
             let msg = format!(
                 "That PIN is not right. {remaining} {} left before a lockout.",
                 if remaining == 1 { "try" } else { "tries" }
             );
             pin_form(gate, 401, p, &return_to, Some(msg))
         }
-        Err(e) => {
-            let outcome = if matches!(e, FlowError::Locked { .. }) {
-                "locked"
-            } else {
-                "error"
-            };
-            metrics::STEPUPS.with_label_values(&["pin", outcome]).inc();
-            flow_page(gate, e, &return_to)
-        }
+        Err(e) => flow_page(gate, e, &return_to),
     }
+}
+
+/// A PIN step-up check under the lockout, counted in
+/// `stepgate_stepups_total{factor="pin"}` by outcome (pages and API).
+pub(crate) async fn check_stepup_pin(
+    gate: &Gate,
+    p: &Principal,
+    ip: &str,
+    entered: &str,
+) -> Result<(), FlowError> {
+    let r = pin::verify(
+        &*gate.store,
+        &gate.hasher,
+        &gate.settings.lockout,
+        &p.sub,
+        ip,
+        entered,
+    )
+    .await;
+    let outcome = match &r {
+        Ok(()) => "success",
+        Err(FlowError::WrongPin { .. }) => "failure",
+        Err(FlowError::Locked { .. }) => "locked",
+        Err(_) => "error",
+    };
+    metrics::STEPUPS.with_label_values(&["pin", outcome]).inc();
+    r
 }
 
 /// Issue the step-up token as a cookie and send the browser back. A PIN
