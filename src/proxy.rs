@@ -290,8 +290,7 @@ impl ProxyHttp for Proxy {
             },
             None => access_token,
         };
-        let has_pin_session =
-            gate.settings.pin.login && cookie(cookies(), gate.pin_session_cookie(tls)).is_some();
+
         let stepup_token = header(req, "x-stepgate-token")
             .map(str::to_string)
             .or_else(|| {
@@ -498,8 +497,21 @@ impl ProxyHttp for Proxy {
                     refresh_jwks_soon(&gate_arc, now);
                 }
                 let origin = origin(session, tls, &ctx.host);
-                // A device with a PIN session only needs the PIN.
-                let pin_login = (html && has_pin_session).then(|| {
+                // A device with a PIN session only needs the PIN (looked
+                // up here, not on every request).
+                let has_pin_session = html
+                    && gate.settings.pin.login
+                    && cookie(
+                        session
+                            .req_header()
+                            .headers
+                            .get_all("cookie")
+                            .iter()
+                            .map(|v| v.as_bytes()),
+                        gate.pin_session_cookie(tls),
+                    )
+                    .is_some();
+                let pin_login = has_pin_session.then(|| {
                     format!(
                         "/.stepgate/pin/login?return_to={}",
                         crate::web::url_encode(&return_to())
