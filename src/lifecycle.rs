@@ -209,25 +209,33 @@ pub async fn end_session(gate: &Gate, id: &str, owner: Option<&str>) -> Result<b
     if owner.is_some_and(|o| o != s.sub) {
         return Ok(false);
     }
-    gate.store.delete(&keys::pin_session(id)).await?;
+    end(gate, &s).await?;
+    Ok(true)
+}
+
+/// End a loaded PIN session: drop it and revoke it on every gateway.
+async fn end(gate: &Gate, s: &PinSession) -> Result<(), FlowError> {
+    gate.store.delete(&keys::pin_session(&s.id)).await?;
     gate.revocations
         .revoke(
             &*gate.store,
-            &session_revocation_key(id),
+            &session_revocation_key(&s.id),
             crate::clock::now(),
         )
         .await?;
-    crate::audit::event("pin_session_ended", &s.sub, "", id);
+    crate::audit::event("pin_session_ended", &s.sub, "", &s.id);
     gate.notifier
-        .event("SessionInvalidated", &s.sub, json!({"SessionId": id}));
-    Ok(true)
+        .event("SessionInvalidated", &s.sub, json!({"SessionId": s.id}));
+    Ok(())
 }
 
 /// End every PIN session of `sub` except `keep`.
 pub async fn end_sessions(gate: &Gate, sub: &str, keep: Option<&str>) -> Result<usize, FlowError> {
     let mut n = 0;
+    // `sessions` read and checked each record already.
     for s in sessions(gate, sub).await? {
-        if Some(s.id.as_str()) != keep && end_session(gate, &s.id, Some(sub)).await? {
+        if Some(s.id.as_str()) != keep {
+            end(gate, &s).await?;
             n += 1;
         }
     }
