@@ -23,6 +23,7 @@ pub mod pin;
 pub mod policy;
 pub mod profile;
 pub mod proxy;
+pub mod request;
 pub mod revoke;
 pub mod server;
 pub mod store;

@@ -201,6 +201,9 @@ fn run(cmd: Cmd) -> Result<(), ExitCode> {
             })?;
             identity::Verifier::new(&s.first_factor).map_err(fail)?;
             pages::Pages::new(s.templates_dir.clone(), &s.site_title).map_err(fail)?;
+            for w in policy::lint::encoding_warnings(&p) {
+                println!("{w}");
+            }
             println!(
                 "{}: ok ({} rules from {} policy file(s), default: {})",
                 config.display(),

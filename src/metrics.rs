@@ -11,6 +11,14 @@ use prometheus::{
 pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!("stepgate_requests_total", "Requests by decision (public, authenticated, stepped_up, challenge, unauthenticated, deny, reserved, bad_request, store_unavailable)", &["decision"]).unwrap()
 });
+pub static REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "stepgate_refused_requests_total",
+        "Requests refused with 400 before any rule because they cannot be read one way only, by reason",
+        &["reason"]
+    )
+    .unwrap()
+});
 pub static CHALLENGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "stepgate_challenges_total",
@@ -30,7 +38,7 @@ pub static STEPUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static LOCKOUTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "stepgate_lockouts_total",
-        "Lockouts started, by scope (user, ip)",
+        "Lockouts started, by scope (user, ip; suspended: a PIN suspended after too many failures in a row)",
         &["scope"]
     )
     .unwrap()
@@ -128,6 +136,7 @@ pub static WEBHOOKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub fn init() {
     LazyLock::force(&REQUESTS);
     LazyLock::force(&CHALLENGES);
+    LazyLock::force(&REFUSED);
     LazyLock::force(&STEPUPS);
     LazyLock::force(&LOCKOUTS);
     LazyLock::force(&UPSTREAM_ERRORS);

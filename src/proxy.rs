@@ -18,10 +18,15 @@ use crate::endpoints::{self, login_redirect, MAX_FORM};
 use crate::gate::{Gate, Shared};
 use crate::identity::Principal;
 use crate::metrics;
-use crate::policy::{normalize_path, StepUp};
+use crate::policy::StepUp;
+use crate::request::{self, CanonicalRequest, Refusal};
 use crate::store::keys;
 use crate::tokens::StepUpClaims;
 use crate::web::{cookie, safe_return_to, url_encode, wants_html, Reply};
+
+/// How long the body of a request to stepgate's own endpoints may take to
+/// arrive (they are at most 16 KiB).
+const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct Proxy {
     pub shared: Arc<Shared>,
@@ -36,9 +41,11 @@ pub struct Ctx {
     rule: String,
     principal: Option<Principal>,
     step_up: Option<StepUpClaims>,
-    forward_path: Option<String>,
+    /// The request as parsed once at the edge; everything after uses it.
+    canon: Option<CanonicalRequest>,
     client_ip: String,
     peer_trusted: bool,
+    /// Host name for logs and upstream choice (empty until parsed).
     host: String,
     started: Option<Instant>,
 }
@@ -82,36 +89,85 @@ fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     req.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Host without port, lowercase: from `Host`, else the URI's authority (h2).
-/// The authority of an absolute-form target wins over `Host` (RFC 9112
-/// §3.2.2); HTTP/1.1 without any host is refused (None).
-fn request_host(req: &RequestHeader) -> Option<String> {
-    let raw = req.raw_path();
-    let absolute = if raw.starts_with(b"http://") || raw.starts_with(b"https://") {
-        std::str::from_utf8(raw)
-            .ok()
-            .and_then(|t| t.parse::<http::Uri>().ok())
-            .and_then(|u| u.authority().map(|a| a.as_str().to_string()))
+/// Parse the request once (RFC 9112 target forms, one valid host, the path
+/// decoded and re-encoded one way), then make the session's request say
+/// exactly that: the canonical target and Host are what the upstream gets.
+fn canonicalize(gate: &Gate, session: &mut Session) -> Result<CanonicalRequest, Refusal> {
+    let req = session.req_header();
+    let http2 = req.version == http::Version::HTTP_2;
+    let raw = request::Raw {
+        method: req.method.as_str(),
+        target: req.raw_path(),
+        authority: if http2 {
+            req.uri.authority().map(|a| a.as_str().as_bytes())
+        } else {
+            None
+        },
+        hosts: req
+            .headers
+            .get_all("host")
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect(),
+        http10: req.version < http::Version::HTTP_11,
+    };
+    let canon = CanonicalRequest::parse(&raw, gate.settings.default_host.as_ref())?;
+    let target = if gate.settings.upstreams.raw_path {
+        // The client's own bytes, only when they read exactly as the path
+        // that is matched (no parameters, no doubled slashes).
+        let raw = req.raw_path();
+        let path = &raw[..raw.iter().position(|&b| b == b'?').unwrap_or(raw.len())];
+        if !path.starts_with(b"/") || !request::raw_is_faithful(path, &canon.path) {
+            return Err(Refusal::NotFaithful);
+        }
+        raw.to_vec()
     } else {
-        None
+        canon.forward_target().into_bytes()
     };
-    let raw = match absolute
-        .or_else(|| req.uri.authority().map(|a| a.as_str().to_string()))
-        .or_else(|| header(req, "host").map(str::to_string))
-    {
-        Some(h) => h,
-        None if req.version == http::Version::HTTP_11 => return None,
-        None => String::new(),
-    };
-    let raw = raw.rsplit('@').next().unwrap_or("");
-    let h = if raw.starts_with('[') {
-        raw.split_inclusive(']').next().unwrap_or("")
-    } else {
-        raw.split(':').next().unwrap_or("")
-    };
-    // `app.example.com.` is the same host as `app.example.com`.
-    Some(h.trim_end_matches('.').to_ascii_lowercase())
+    let req = session.req_header_mut();
+    if !canon.asterisk {
+        req.set_raw_path(&target).map_err(|_| Refusal::BadQuery)?;
+    }
+    req.insert_header("Host", canon.host.authority())
+        .map_err(|_| Refusal::BadHost)?;
+    Ok(canon)
 }
+
+/// A 400 for a request that cannot be read one way only, saying why.
+fn refusal_reply(gate: &Gate, why: Refusal, html: bool) -> Reply {
+    metrics::REFUSED.with_label_values(&[why.code()]).inc();
+    if html {
+        gate.pages.message(
+            400,
+            "Bad request",
+            &format!("This address cannot be served safely: {why}."),
+            None,
+        )
+    } else {
+        Reply::json(
+            400,
+            &serde_json::json!({"error": "invalid_request", "error_description": why.describe(), "reason": why.code()}),
+        )
+    }
+}
+
+/// Headers that make an app route, or act on, another request than the one
+/// decided (IIS/Symfony `X-Original-URL`, method overrides), or that claim
+/// a client address: removed unless a trusted proxy sent them. Compared in
+/// the `-` spelling, since CGI/WSGI servers read `_` as `-`.
+const REROUTING: [&str; 5] = [
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+const CLIENT_CLAIMS: [&str; 4] = [
+    "x-real-ip",
+    "forwarded",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+];
 
 /// The client's address: the socket peer, or, when the peer is a trusted
 /// proxy, the right-most X-Forwarded-For entry that is not one.
@@ -169,21 +225,8 @@ impl Proxy {
                 )))
             }
             Ok(true) if !s.required => None,
-            Ok(true) => Some(
-                match crate::lifecycle::required_pin_token(gate, &p.sub).await {
-                    Ok((token, exp)) => Reply::json(
-                        403,
-                        &serde_json::json!({
-                            "ErrorCode": 1243,
-                            "Message": "A PIN is required",
-                            "Description": "Set a PIN with POST /.stepgate/api/pin/set/pinauthtoken?pinauthtoken=<PINAuthToken>.",
-                            "PINAuthToken": token,
-                            "ExpireIn": endpoints::api::rfc3339(exp),
-                        }),
-                    ),
-                    Err(e) => endpoints::api::flow_error(e),
-                },
-            ),
+            // 1243, with a PINAuthToken only while the login is fresh.
+            Ok(true) => Some(endpoints::api::pin_required(gate, p).await),
             Err(_) if s.required => Some(unavailable(gate, html)),
             Err(_) => None,
         }
@@ -247,6 +290,7 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        crate::server::head_read();
         if crate::server::DRAINING.load(std::sync::atomic::Ordering::Relaxed) {
             session.set_keepalive(None);
         }
@@ -300,51 +344,62 @@ impl ProxyHttp for Proxy {
                 )
             });
         (ctx.client_ip, ctx.peer_trusted) = client_ip(gate, peer, req);
-        let host = request_host(req);
-        let valid_target = req.raw_path_is_utf8();
-        ctx.host = host.clone().unwrap_or_default();
-        let owned: Vec<String> = req
+        let trusted = ctx.peer_trusted;
+        let stripped: Vec<String> = req
             .headers
             .keys()
             .map(|k| k.as_str())
-            .filter(|k| gate.owns_header(k))
+            .filter(|k| {
+                let k = k.replace('_', "-");
+                gate.owns_header(&k)
+                    || REROUTING.contains(&k.as_str())
+                    || (!trusted && CLIENT_CLAIMS.contains(&k.as_str()))
+            })
             .map(str::to_string)
             .collect();
+        let html = wants_html(header(req, "accept"));
         let req = session.req_header_mut();
-        for name in owned {
+        for name in stripped {
             req.remove_header(&name);
         }
-        let req = session.req_header();
-        let method = req.method.as_str().to_string();
-        let raw_path = req.uri.path().to_string();
-        let query = req.uri.query().map(str::to_string);
-        let html = wants_html(header(req, "accept"));
 
-        let normalized = match (&host, valid_target) {
-            (None, _) => Err("an HTTP/1.1 request without Host".to_string()),
-            (_, false) => Err("a request target that is not UTF-8".to_string()),
-            _ => normalize_path(&raw_path).map_err(|e| format!("{e:?}")),
-        };
-        let (match_path, forward_path) = match normalized {
-            Ok(p) => p,
-            Err(e) => {
+        // The one parse of the request; what it says is what is forwarded.
+        let canon = match canonicalize(gate, session) {
+            Ok(c) => c,
+            Err(why) => {
                 ctx.label = "bad_request";
-                send(
-                    session,
-                    gate.pages.message(
-                        400,
-                        "Bad request",
-                        &format!("This address cannot be served safely ({e})."),
-                        None,
-                    ),
-                )
-                .await?;
+                tracing::info!(target: "stepgate", reason = why.code(), ip = %ctx.client_ip, "request refused before any rule: {why}");
+                send(session, refusal_reply(gate, why, html)).await?;
                 return Ok(true);
             }
         };
+        ctx.host = canon.host.name().to_string();
+        if canon.asterisk {
+            // `OPTIONS *` asks about the server, not a resource: answered here.
+            ctx.label = "reserved";
+            send(
+                session,
+                Reply::text(204, "").add(
+                    "Allow",
+                    "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS".into(),
+                ),
+            )
+            .await?;
+            return Ok(true);
+        }
+        let method = canon.method.clone();
+        let match_path = canon.path.matched().to_string();
+        let query = canon.query.clone();
+        let wire_path = canon.path.wire().to_string();
+        ctx.canon = Some(canon);
 
         // 2. stepgate's own paths.
-        if match_path == "/.stepgate" || match_path.starts_with("/.stepgate/") {
+        // Case-insensitively: a case-insensitive app must never receive a
+        // `/.STEPGATE/api/…` body meant for stepgate.
+        let lower = match_path.get(..10).map(str::to_ascii_lowercase);
+        if lower.as_deref() == Some("/.stepgate")
+            && matches!(match_path.as_bytes().get(10), None | Some(b'/'))
+        {
             ctx.label = "reserved";
             let declared = header(session.req_header(), "content-length")
                 .and_then(|v| v.parse::<usize>().ok())
@@ -354,10 +409,43 @@ impl ProxyHttp for Proxy {
                 send(session, too_large(gate, &match_path)).await?;
                 return Ok(true);
             }
-            while let Some(chunk) = session.read_request_body().await? {
-                body.extend_from_slice(&chunk);
-                if body.len() > MAX_FORM {
+            // A body trickled a byte at a time must not hold the
+            // connection: the whole of it within BODY_DEADLINE.
+            let read = tokio::time::timeout(BODY_DEADLINE, async {
+                while let Some(chunk) = session.read_request_body().await? {
+                    body.extend_from_slice(&chunk);
+                    if body.len() > MAX_FORM {
+                        return Ok(false);
+                    }
+                }
+                Ok::<bool, Box<Error>>(true)
+            })
+            .await;
+            match read {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => {
                     send(session, too_large(gate, &match_path)).await?;
+                    return Ok(true);
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    session.set_keepalive(None);
+                    let reply = if match_path.starts_with("/.stepgate/api/") {
+                        crate::endpoints::api::error(
+                            408,
+                            901,
+                            "Request timeout",
+                            "The request body did not arrive in time.",
+                        )
+                    } else {
+                        gate.pages.message(
+                            408,
+                            "Too slow",
+                            "The form did not arrive in time; send it again.",
+                            None,
+                        )
+                    };
+                    send(session, reply).await?;
                     return Ok(true);
                 }
             }
@@ -417,7 +505,7 @@ impl ProxyHttp for Proxy {
         ctx.label = decision.label();
         // Only answers that send the user somewhere need it: built lazily,
         // off the forwarding path.
-        let return_to = || return_to_of(&raw_path, query.as_deref());
+        let return_to = || return_to_of(&wire_path, query.as_deref());
         let reply = match decision {
             Decision::Forward {
                 rule,
@@ -467,12 +555,6 @@ impl ProxyHttp for Proxy {
                 }
                 ctx.principal = principal;
                 ctx.step_up = step_up;
-                if forward_path != raw_path {
-                    ctx.forward_path = Some(match &query {
-                        Some(q) => format!("{forward_path}?{q}"),
-                        None => forward_path,
-                    });
-                }
                 return Ok(false);
             }
             Decision::Deny { rule } => {
@@ -572,12 +654,13 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         let gate = ctx.gate.clone().unwrap_or_else(|| self.shared.load());
         let h = &gate.settings.headers;
+        // Every forwarded request says which rule let it through.
+        up.insert_header(h.rule.clone(), ctx.rule.as_str())?;
         if let Some(p) = &ctx.principal {
             up.insert_header(h.user.clone(), p.sub.as_str())?;
             if let Some(e) = &p.email {
                 up.insert_header(h.email.clone(), e.as_str())?;
             }
-            up.insert_header(h.rule.clone(), ctx.rule.as_str())?;
         }
         if let Some(s) = &ctx.step_up {
             if let Some(amr) = s.amr.first() {
@@ -609,11 +692,28 @@ impl ProxyHttp for Proxy {
         if !(ctx.peer_trusted && up.headers.contains_key("x-forwarded-proto")) {
             up.insert_header("X-Forwarded-Proto", proto)?;
         }
+        // The host is the canonical one (the request's Host was rewritten
+        // to it); a trusted proxy's own X-Forwarded-Host is kept.
+        let authority = ctx
+            .canon
+            .as_ref()
+            .map(|c| c.host.authority())
+            .unwrap_or_default();
         if !(ctx.peer_trusted && up.headers.contains_key("x-forwarded-host")) {
-            if let Some(host) = header(session.req_header(), "host").map(str::to_string) {
-                up.insert_header("X-Forwarded-Host", host)?;
-            }
+            up.insert_header("X-Forwarded-Host", authority.as_str())?;
         }
+        // RFC 7239, stepgate's own hop appended to a trusted proxy's.
+        let node = match ctx.client_ip.parse::<IpAddr>() {
+            Ok(IpAddr::V6(ip)) => format!("\"[{ip}]\""),
+            Ok(ip) => ip.to_string(),
+            Err(_) => "unknown".to_string(),
+        };
+        let hop = format!("for={node};host=\"{authority}\";proto={proto}");
+        let forwarded = match (ctx.peer_trusted, header(up, "forwarded")) {
+            (true, Some(prev)) => format!("{prev}, {hop}"),
+            _ => hop,
+        };
+        up.insert_header("Forwarded", forwarded)?;
         // The step-up token is stepgate's; the app never needs to see it.
         strip_cookies(
             up,
@@ -628,11 +728,6 @@ impl ProxyHttp for Proxy {
                 "__Host-stepgate_pre",
             ],
         );
-        if let Some(p) = &ctx.forward_path {
-            if let Ok(uri) = p.parse::<http::Uri>() {
-                up.set_uri(uri);
-            }
-        }
         // The signed assertion, over what the upstream actually receives.
         if let Some(p) = &ctx.principal {
             let su = ctx.step_up.as_ref();
@@ -742,7 +837,10 @@ impl ProxyHttp for Proxy {
                 ("request_id", Field::Str(&ctx.request_id)),
                 ("method", Field::Str(req.method.as_str())),
                 ("host", Field::Str(&ctx.host)),
-                ("path", Field::Str(req.uri.path())),
+                (
+                    "path",
+                    Field::Str(ctx.canon.as_ref().map_or("", |c| c.path.wire())),
+                ),
                 ("status", Field::Int(status as i64)),
                 ("decision", Field::Str(ctx.label)),
                 ("rule", Field::Str(&ctx.rule)),
@@ -758,7 +856,7 @@ impl ProxyHttp for Proxy {
             request_id = %ctx.request_id,
             method = %req.method,
             host = %ctx.host,
-            path = %req.uri.path(),
+            path = ctx.canon.as_ref().map_or("", |c| c.path.wire()),
             status,
             decision = ctx.label,
             rule = %ctx.rule,

@@ -99,10 +99,16 @@ pub fn run(config_path: &Path, settings: Settings, extra: Extra) -> Result<(), S
     watch_draining(server.watch_execution_phase());
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service(
-        &server.configuration,
-        Proxy {
-            shared: shared.clone(),
+    let mut proxy = pingora::services::listening::Service::new(
+        "stepgate".to_string(),
+        HeadDeadline {
+            inner: Arc::new(pingora::proxy::http_proxy(
+                &server.configuration,
+                Proxy {
+                    shared: shared.clone(),
+                },
+            )),
+            within: HEAD_DEADLINE,
         },
     );
     for addr in &gate.settings.listen {
@@ -247,4 +253,66 @@ pub fn run_upstream(listen: &str, cookie: &str) -> Result<(), String> {
     echo.add_tcp(listen);
     server.add_service(echo);
     server.run_forever();
+}
+
+/// How long a connection may take, from the end of its previous request (or
+/// its opening) to the end of its next request head. Pingora only bounds
+/// each read (60 s), so a head trickled a byte at a time would hold its
+/// buffer (up to 1 MiB) forever; this bounds it as a whole.
+pub const HEAD_DEADLINE: Duration = Duration::from_secs(60);
+
+tokio::task_local! {
+    /// Set by the proxy's first phase: the head of this request is in.
+    static HEAD_READ: Arc<std::sync::atomic::AtomicBool>;
+}
+
+/// Called by the proxy once a request head has been parsed, so that the
+/// head deadline no longer applies to this request.
+pub fn head_read() {
+    let _ = HEAD_READ.try_with(|h| h.store(true, std::sync::atomic::Ordering::Relaxed));
+}
+
+/// The HTTP/1 service with a deadline on request heads: a connection whose
+/// next head is not complete within `within` is closed.
+struct HeadDeadline<A> {
+    inner: Arc<A>,
+    within: Duration,
+}
+
+#[async_trait::async_trait]
+impl<A: pingora::apps::ServerApp + Send + Sync + 'static> pingora::apps::ServerApp
+    for HeadDeadline<A>
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: pingora::protocols::Stream,
+        shutdown: &pingora::server::ShutdownWatch,
+    ) -> Option<pingora::protocols::Stream> {
+        // HTTP/2 multiplexes requests on tasks of their own; its streams
+        // have their own flow control and idle timeout.
+        if matches!(
+            stream.selected_alpn_proto(),
+            Some(pingora::protocols::ALPN::H2)
+        ) {
+            return self.inner.process_new(stream, shutdown).await;
+        }
+        let read = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let serve = HEAD_READ.scope(read.clone(), self.inner.process_new(stream, shutdown));
+        tokio::pin!(serve);
+        tokio::select! {
+            done = &mut serve => done,
+            _ = tokio::time::sleep(self.within) => {
+                if read.load(std::sync::atomic::Ordering::Relaxed) {
+                    serve.await
+                } else {
+                    crate::metrics::REFUSED.with_label_values(&["head_timeout"]).inc();
+                    None
+                }
+            }
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
 }

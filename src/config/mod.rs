@@ -29,7 +29,18 @@ enum OneOrMany {
 #[serde(untagged)]
 enum UpstreamFile {
     One(String),
+    Full(UpstreamFull),
     PerHost(BTreeMap<String, String>),
+}
+
+/// `upstream: { url: …, hosts: { … }, forward_path: canonical | raw }`.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct UpstreamFull {
+    url: Option<String>,
+    #[serde(default)]
+    hosts: BTreeMap<String, String>,
+    forward_path: Option<String>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -40,6 +51,8 @@ struct FileConfig {
     threads: Option<usize>,
     upstream: Option<UpstreamFile>,
     public_url: Option<String>,
+    /// The host of requests that name none (HTTP/1.0 without Host).
+    default_host: Option<String>,
     #[serde(default)]
     trusted_proxies: Vec<String>,
     policy: Option<String>,
@@ -191,6 +204,7 @@ struct PinFile {
     #[serde(default)]
     reset_urls: Vec<String>,
     auth_token_ttl: Option<Dur>,
+    forgot_ip_limit: Option<u32>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -200,6 +214,8 @@ struct LockoutFile {
     window: Option<Dur>,
     duration: Option<Dur>,
     ip_max_failures: Option<u32>,
+    max_duration: Option<Dur>,
+    max_consecutive: Option<u32>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -348,6 +364,9 @@ pub struct Upstreams {
     pub by_host: BTreeMap<String, Upstream>,
     /// The `*` entry, or the single upstream.
     pub fallback: Option<Upstream>,
+    /// `forward_path: raw`: send the client's own path bytes, when they read
+    /// exactly as the canonical path (else the request is refused).
+    pub raw_path: bool,
 }
 
 impl Upstreams {
@@ -448,6 +467,9 @@ pub struct PinSettings {
     pub reset_urls: Vec<String>,
     /// Lifetime of a PINAuthToken.
     pub auth_token_ttl: Duration,
+    /// Forgot-PIN requests one client address may make in an hour (email,
+    /// username and phone together), on top of the per-identifier limits.
+    pub forgot_ip_limit: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -474,8 +496,17 @@ pub struct Question {
 pub struct Lockout {
     pub max_failures: u32,
     pub window: Duration,
+    /// The first lock; each lock that follows another without a success
+    /// lasts twice as long, up to `max_duration`.
     pub duration: Duration,
+    /// Failures from one client IP (all users) in the window that lock the
+    /// IP for `duration`; far above `max_failures`, so one user's typos do
+    /// not lock out everyone behind the same NAT.
     pub ip_max_failures: u32,
+    pub max_duration: Duration,
+    /// Failures in a row without a success that suspend the PIN until a
+    /// reset or an admin unlock.
+    pub max_consecutive: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -516,6 +547,8 @@ pub struct Settings {
     pub threads: usize,
     pub upstreams: Upstreams,
     pub public_url: Option<String>,
+    /// Stands in for a missing Host (HTTP/1.0 only); else such requests get 400.
+    pub default_host: Option<crate::request::Host>,
     pub trusted_proxies: Vec<IpNet>,
     pub policy_path: PathBuf,
     pub first_factor: FirstFactor,
@@ -650,6 +683,19 @@ impl Builder<'_> {
                 );
             }
         }
+        let default_host = match f.default_host.as_deref() {
+            None => None,
+            Some(h) => match crate::request::Host::parse(h.as_bytes()) {
+                Ok(h) => Some(h),
+                Err(_) => {
+                    self.err(
+                        "default_host",
+                        format!("`{h}` is not a host name such as app.example.com (an optional :port is allowed)"),
+                    );
+                    None
+                }
+            },
+        };
         let mut trusted_proxies = Vec::new();
         for (i, p) in f.trusted_proxies.iter().enumerate() {
             let parsed = p
@@ -750,7 +796,11 @@ impl Builder<'_> {
                 .auth_token_ttl
                 .map(|d| d.0)
                 .unwrap_or(Duration::from_secs(300)),
+            forgot_ip_limit: f.pin.forgot_ip_limit.unwrap_or(10),
         };
+        if pin.forgot_ip_limit == 0 {
+            self.err("pin.forgot_ip_limit", "must be at least 1");
+        }
         for (i, u) in pin.reset_urls.iter().enumerate() {
             if !(u.starts_with("https://") || u.starts_with("http://")) || u.contains('?') {
                 self.err(
@@ -787,13 +837,40 @@ impl Builder<'_> {
                 .duration
                 .map(|d| d.0)
                 .unwrap_or(Duration::from_secs(900)),
-            ip_max_failures: f.lockout.ip_max_failures.unwrap_or(5),
+            ip_max_failures: f.lockout.ip_max_failures.unwrap_or(100),
+            max_duration: f
+                .lockout
+                .max_duration
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(86400)),
+            max_consecutive: f.lockout.max_consecutive.unwrap_or(20),
         };
         if lockout.max_failures == 0 || lockout.ip_max_failures == 0 {
             self.err("lockout", "failure limits must be at least 1");
         }
         if lockout.window < Duration::from_secs(1) || lockout.duration < Duration::from_secs(1) {
             self.err("lockout", "`window` and `duration` must be at least 1s");
+        }
+        if lockout.ip_max_failures < lockout.max_failures {
+            self.err(
+                "lockout.ip_max_failures",
+                format!(
+                    "`ip_max_failures` ({}) is below `max_failures` ({}): one user's typos would lock out everyone behind the same address (an office NAT, a VPN); make it far higher (default 100)",
+                    lockout.ip_max_failures, lockout.max_failures
+                ),
+            );
+        }
+        if lockout.max_duration < lockout.duration {
+            self.err(
+                "lockout.max_duration",
+                "`max_duration` caps the growing locks; it must be at least `duration`",
+            );
+        }
+        if lockout.max_consecutive == 0 || lockout.max_consecutive > 100 {
+            self.err(
+                "lockout.max_consecutive",
+                "`max_consecutive` must be 1 to 100 (NIST SP 800-63B: at most 100 failures in a row per account)",
+            );
         }
         let single_use_window = f
             .step_up
@@ -1043,6 +1120,7 @@ impl Builder<'_> {
             threads,
             upstreams,
             public_url,
+            default_host,
             trusted_proxies,
             policy_path,
             first_factor,
@@ -1191,7 +1269,29 @@ impl Builder<'_> {
             Some(UpstreamFile::One(url)) => Some(Upstreams {
                 by_host: BTreeMap::new(),
                 fallback: Some(self.upstream("upstream", &url)?),
+                raw_path: false,
             }),
+            Some(UpstreamFile::Full(full)) => {
+                let raw_path = match full.forward_path.as_deref() {
+                    None | Some("canonical") => false,
+                    Some("raw") => true,
+                    Some(other) => {
+                        self.err("upstream.forward_path", format!("`{other}` is not a forward_path; use canonical (the default: the path as matched, encoded one way) or raw (the client's bytes, only when they read the same)"));
+                        false
+                    }
+                };
+                let mut map = full.hosts;
+                if let Some(u) = full.url {
+                    map.insert("*".into(), u);
+                }
+                if map.is_empty() {
+                    self.err("upstream", "give `upstream.url` (or `upstream.hosts`)");
+                    return None;
+                }
+                let mut u = self.upstreams(Some(UpstreamFile::PerHost(map)))?;
+                u.raw_path = raw_path;
+                Some(u)
+            }
             Some(UpstreamFile::PerHost(map)) => {
                 let mut by_host = BTreeMap::new();
                 let mut fallback = None;
@@ -1205,7 +1305,11 @@ impl Builder<'_> {
                         None => ok = false,
                     }
                 }
-                ok.then_some(Upstreams { by_host, fallback })
+                ok.then_some(Upstreams {
+                    by_host,
+                    fallback,
+                    raw_path: false,
+                })
             }
         }
     }
@@ -1266,7 +1370,24 @@ impl Builder<'_> {
                 self.base,
                 "first_factor.jwt",
             ) {
-                Ok(Some(s)) => KeySource::Secret(s),
+                Ok(Some(s)) => {
+                    // RFC 7518 §3.2: an HMAC key at least as long as the hash.
+                    // One captured token lets anyone brute-force a short key
+                    // offline and then mint any user.
+                    let need = algorithms
+                        .iter()
+                        .map(|a| match a {
+                            jsonwebtoken::Algorithm::HS384 => 48,
+                            jsonwebtoken::Algorithm::HS512 => 64,
+                            _ => 32,
+                        })
+                        .max()
+                        .unwrap_or(32);
+                    if s.expose().len() < need {
+                        self.err("first_factor.jwt", format!("the first-factor secret is {} bytes; {} needs at least {need} (RFC 7518 §3.2), or anyone holding one token can find it offline and sign in as anyone. Use the identity provider's full key", s.expose().len(), names.join("/")));
+                    }
+                    KeySource::Secret(s)
+                }
                 Ok(None) => return None,
                 Err(e) => {
                     self.err("first_factor.jwt", e);
@@ -1417,6 +1538,9 @@ mod tests {
         assert_eq!(s.listen, vec!["127.0.0.1:8080"]);
         assert_eq!(s.lockout.max_failures, 5);
         assert_eq!(s.lockout.duration, Duration::from_secs(900));
+        assert_eq!(s.lockout.ip_max_failures, 100);
+        assert_eq!(s.lockout.max_duration, Duration::from_secs(86400));
+        assert_eq!(s.lockout.max_consecutive, 20);
         assert_eq!(s.first_factor.cookie, "access_token");
         assert_eq!(s.store.timeout, Duration::from_millis(250));
         assert!(matches!(s.store.kind, StoreKind::Embedded { .. }));

@@ -129,10 +129,10 @@ const SENSITIVE: &[&str] = &[
 ];
 
 pub fn lint(p: &Policy) -> Vec<Warning> {
-    let mut out = Vec::new();
+    let mut out = encoding_warnings(p);
     let norm = |s: &str| {
         if p.case_insensitive {
-            s.to_ascii_lowercase()
+            s.to_lowercase()
         } else {
             s.to_string()
         }
@@ -206,9 +206,80 @@ pub fn lint(p: &Policy) -> Vec<Warning> {
     out
 }
 
+/// Rules whose paths hold characters that travel percent-encoded, or that
+/// servers read in more than one way. stepgate decodes every escape before
+/// matching, so the rule itself matches; what can stay ambiguous is how the
+/// app reads the same bytes. `stepgate check` and `policy lint` show these.
+pub fn encoding_warnings(p: &Policy) -> Vec<Warning> {
+    let mut out = Vec::new();
+    for r in &p.rules {
+        let warn = |message: String| Warning {
+            file: r.file.clone(),
+            line: r.line,
+            col: r.col,
+            message,
+        };
+        let non_ascii: String = r.path.chars().filter(|c| !c.is_ascii()).collect();
+        if !non_ascii.is_empty() {
+            let sample = r.path.chars().find(|c| !c.is_ascii()).unwrap_or('?');
+            let mut buf = [0u8; 4];
+            let wire: String = sample
+                .encode_utf8(&mut buf)
+                .bytes()
+                .map(|b| format!("%{b:02X}"))
+                .collect();
+            out.push(warn(format!(
+                "rule `{}`: path `{}` has non-ASCII characters; browsers send them as UTF-8 escapes (`{sample}` as `{wire}`), which stepgate decodes before matching, but an app that normalizes Unicode (NFC/NFD) or reads escapes as Latin-1 can serve the same page under other spellings that this rule does not cover; prefer an ASCII path or add those spellings",
+                r.name, r.path
+            )));
+        }
+        let encoded: String = r
+            .path
+            .chars()
+            .filter(|c| {
+                c.is_ascii() && !c.is_ascii_alphanumeric() && !"-._~!$&'()*,=:@/?".contains(*c)
+            })
+            .collect();
+        if !encoded.is_empty() {
+            out.push(warn(format!(
+                "rule `{}`: path `{}` has `{encoded}`, which clients send percent-encoded; stepgate matches the decoded form, but an app that routes on undecoded bytes sees another path",
+                r.name, r.path
+            )));
+        }
+        if r.path.contains('+') {
+            out.push(warn(format!(
+                "rule `{}`: path `{}` has `+`, which some apps read as a space in paths; stepgate treats it as `+`",
+                r.name, r.path
+            )));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rules_that_need_encoding_on_the_wire_are_pointed_out() {
+        let w = warnings("rules:\n  - { name: cafe, match: { path: \"/café/**\" }, require: deny }\n  - { name: plus, match: { path: \"/a+b\" }, require: deny }\n  - { name: brackets, match: { path: \"/x[1]\" }, require: deny }\n  - { name: plain, match: { path: \"/api/users:export\" }, require: deny }\n");
+        assert!(
+            w.iter()
+                .any(|s| s.contains("rule `cafe`") && s.contains("%C3%A9")),
+            "{w:?}"
+        );
+        assert!(
+            w.iter()
+                .any(|s| s.contains("rule `plus`") && s.contains("space")),
+            "{w:?}"
+        );
+        assert!(
+            w.iter()
+                .any(|s| s.contains("rule `brackets`") && s.contains("`[]`")),
+            "{w:?}"
+        );
+        assert!(!w.iter().any(|s| s.contains("rule `plain`")), "{w:?}");
+    }
 
     fn warnings(text: &str) -> Vec<String> {
         let p = Policy::from_sources(&[("p.yaml".into(), text.into())]).unwrap();

@@ -150,8 +150,14 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// HEAD is GET without a body to every framework (Flask, Express,
+    /// servlets answer it from the GET handler), so a GET rule covers it.
     fn allows_method(&self, method: &str) -> bool {
-        self.methods.is_empty() || self.methods.iter().any(|m| m == method)
+        self.methods.is_empty()
+            || self
+                .methods
+                .iter()
+                .any(|m| m == method || (method == "HEAD" && m == "GET"))
     }
 }
 
@@ -164,7 +170,27 @@ pub struct Policy {
     /// Where `default` was set, for messages.
     pub default_origin: Option<String>,
     pub sources: Vec<PathBuf>,
+    /// Rules as written.
     index: matcher::Index,
+    /// Rules in lower case, when `case_insensitive`.
+    folded: Option<matcher::Index>,
+    /// No rule has an upper-case letter: a lower-case path gives the same
+    /// answer from both indexes.
+    rules_lower: bool,
+}
+
+impl Require {
+    /// How much a requirement demands, to pick the stricter of two readings
+    /// of one request: deny > step-up (the shorter `max_age` first) >
+    /// authenticated > none.
+    fn strength(&self) -> (u8, std::cmp::Reverse<Duration>) {
+        match self {
+            Require::None => (0, std::cmp::Reverse(Duration::MAX)),
+            Require::Authenticated => (1, std::cmp::Reverse(Duration::MAX)),
+            Require::StepUp(s) => (2, std::cmp::Reverse(s.max_age)),
+            Require::Deny => (3, std::cmp::Reverse(Duration::ZERO)),
+        }
+    }
 }
 
 /// The outcome of a lookup: a rule, or the policy's default.
@@ -291,16 +317,16 @@ impl Policy {
         if !diags.is_empty() {
             return Err(diags);
         }
-        let case_insensitive = case_insensitive.map(|(c, _)| c).unwrap_or(false);
+        let case_insensitive = case_insensitive.map(|(c, _)| c).unwrap_or(true);
         let mut index = matcher::Index::default();
+        let mut folded = case_insensitive.then(matcher::Index::default);
         for (i, r) in rules.iter().enumerate() {
-            let path = if case_insensitive {
-                r.path.to_ascii_lowercase()
-            } else {
-                r.path.clone()
-            };
-            index.insert(r.host.as_deref(), &path, i as u32);
+            index.insert(r.host.as_deref(), &r.path, i as u32);
+            if let Some(f) = &mut folded {
+                f.insert(r.host.as_deref(), &r.path.to_lowercase(), i as u32);
+            }
         }
+        let rules_lower = rules.iter().all(|r| r.path.to_lowercase() == r.path);
         let (default, default_origin) = match default {
             Some((r, at)) => (r, Some(at)),
             None => (Require::Authenticated, None),
@@ -312,22 +338,40 @@ impl Policy {
             default_origin,
             sources: Vec::new(),
             index,
+            folded,
+            rules_lower,
         })
     }
 
     /// Which rule applies. `host` without port, any case; `path` already
-    /// normalized by [`normalize_path`]; `method` upper case.
+    /// canonical ([`normalize_path`]); `method` upper case.
+    ///
+    /// With `case_insensitive` (the default) the path is read both as sent
+    /// and in lower case, and the stricter answer wins: a case-insensitive
+    /// router (Express, ASP.NET, IIS) serves `/ADMIN` from `/admin`, a
+    /// case-sensitive one does not, and stepgate cannot know which is behind
+    /// it, so neither reading can open what the other protects.
     pub fn lookup(&self, host: &str, method: &str, path: &str) -> Match<'_> {
         let host = host.to_ascii_lowercase();
-        let lowered;
-        let path = if self.case_insensitive {
-            lowered = path.to_ascii_lowercase();
-            lowered.as_str()
-        } else {
-            path
+        let exact = self.find(&self.index, &host, method, path);
+        let Some(folded) = &self.folded else {
+            return exact;
         };
+        let lower = path.to_lowercase();
+        if self.rules_lower && lower == path {
+            return exact;
+        }
+        let other = self.find(folded, &host, method, &lower);
+        if other.require.strength() > exact.require.strength() {
+            other
+        } else {
+            exact
+        }
+    }
+
+    fn find(&self, index: &matcher::Index, host: &str, method: &str, path: &str) -> Match<'_> {
         let segs = matcher::segments(path);
-        let found = self.index.lookup(&host, &segs, &|r| {
+        let found = index.lookup(host, &segs, &|r| {
             self.rules[r as usize].allows_method(method)
         });
         match found {
@@ -601,79 +645,15 @@ fn validate_path_pattern(p: &str) -> Result<(), String> {
 }
 
 /// Why a request path was refused before matching.
-#[derive(Debug, PartialEq, Eq)]
-pub enum BadPath {
-    /// `%2F`, `%5C`, a backslash or NUL: different servers disagree on them.
-    AmbiguousEncoding,
-    /// `.` or `..` segments: browsers never send them, servers resolve them
-    /// differently; refusing is the only interpretation-free answer.
-    DotSegment,
-    NotAbsolute,
-}
+pub type BadPath = crate::request::Refusal;
 
-/// Normalize a request path for matching, and say what stepgate forwards.
-///
-/// Returns `(match_path, forward_path)`: percent-encoded unreserved characters
-/// are decoded (`%61dmin` is `admin`) and `//` collapsed in both; in
-/// `match_path` `;parameters` are also dropped from each segment (Java
-/// servers ignore them, so `/admin;x` is `/admin` there), which can only make
-/// a rule match more, never less. Anything that servers interpret differently
-/// (`..`, encoded slashes, backslashes, NUL) is refused.
+/// Canonicalize a request path (`/…`, no query) the way the gateway does:
+/// returns `(match_path, forward_path)`. One implementation for the proxy,
+/// `explain`, `policy test` and the challenge pages:
+/// [`crate::request::CanonicalPath`].
 pub fn normalize_path(raw: &str) -> Result<(String, String), BadPath> {
-    if !raw.starts_with('/') {
-        return Err(BadPath::NotAbsolute);
-    }
-    let bytes = raw.as_bytes();
-    // Built as bytes: raw UTF-8 in the path passes through unchanged.
-    let mut out: Vec<u8> = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b == b'%' {
-            let hex = |c: u8| (c as char).to_digit(16);
-            let (h, l) = match (bytes.get(i + 1), bytes.get(i + 2)) {
-                (Some(&h), Some(&l)) => (hex(h), hex(l)),
-                _ => (None, None),
-            };
-            let (Some(h), Some(l)) = (h, l) else {
-                return Err(BadPath::AmbiguousEncoding);
-            };
-            let v = (h * 16 + l) as u8;
-            if v == b'/' || v == b'\\' || v == 0 || v == b'%' {
-                return Err(BadPath::AmbiguousEncoding);
-            }
-            if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
-                out.push(v);
-            } else {
-                out.extend_from_slice(format!("%{v:02X}").as_bytes());
-            }
-            i += 3;
-            continue;
-        }
-        if b == b'\\' || b < 0x20 || b == 0x7f {
-            return Err(BadPath::AmbiguousEncoding);
-        }
-        if b == b'/' && out.last() == Some(&b'/') {
-            i += 1;
-            continue;
-        }
-        out.push(b);
-        i += 1;
-    }
-    let forward = String::from_utf8(out).map_err(|_| BadPath::AmbiguousEncoding)?;
-    let mut matched = String::with_capacity(forward.len());
-    for seg in forward.split('/').skip(1) {
-        let bare = seg.split(';').next().unwrap_or("");
-        if bare == "." || bare == ".." {
-            return Err(BadPath::DotSegment);
-        }
-        matched.push('/');
-        matched.push_str(bare);
-    }
-    if matched.is_empty() {
-        matched.push('/');
-    }
-    Ok((matched, forward))
+    let p = crate::request::CanonicalPath::parse(raw.as_bytes())?;
+    Ok((p.matched().to_string(), p.wire().to_string()))
 }
 
 #[cfg(test)]
@@ -784,18 +764,15 @@ rules:
     }
 
     #[test]
-    fn normalization_decodes_unreserved_and_refuses_ambiguity() {
+    fn normalization_decodes_every_escape_and_refuses_ambiguity() {
         assert_eq!(
             normalize_path("/%61dmin//x").unwrap(),
             ("/admin/x".into(), "/admin/x".into())
         );
+        // What is matched is what is forwarded: the parameter goes.
         assert_eq!(
-            normalize_path("/admin;jsessionid=1/x").unwrap().0,
-            "/admin/x"
-        );
-        assert_eq!(
-            normalize_path("/admin;jsessionid=1/x").unwrap().1,
-            "/admin;jsessionid=1/x"
+            normalize_path("/admin;jsessionid=1/x").unwrap(),
+            ("/admin/x".into(), "/admin/x".into())
         );
         assert_eq!(normalize_path("/a%20b").unwrap().1, "/a%20b");
         assert_eq!(normalize_path("/a/../admin"), Err(BadPath::DotSegment));
@@ -810,7 +787,7 @@ rules:
         assert_eq!(normalize_path("/").unwrap().0, "/");
         assert_eq!(
             normalize_path("/caf\u{e9}/x").unwrap(),
-            ("/caf\u{e9}/x".into(), "/caf\u{e9}/x".into())
+            ("/caf\u{e9}/x".into(), "/caf%C3%A9/x".into())
         );
     }
 
@@ -818,8 +795,33 @@ rules:
     fn case_insensitive_policies_match_any_case() {
         let p = policy("case_insensitive: true\nrules:\n  - { name: a, match: { path: \"/Admin/**\" }, require: deny }\n").unwrap();
         assert_eq!(p.lookup("h", "GET", "/ADMIN/x").rule_name(), "a");
-        let p = policy("rules:\n  - { name: a, match: { path: \"/admin/**\" }, require: deny }\n")
+        let p = policy("case_insensitive: false\nrules:\n  - { name: a, match: { path: \"/admin/**\" }, require: deny }\n")
             .unwrap();
         assert_eq!(p.lookup("h", "GET", "/ADMIN/x").rule_name(), "default");
+    }
+
+    #[test]
+    fn by_default_the_stricter_of_exact_and_folded_case_wins() {
+        let p = policy("rules:\n  - { name: admin, match: { path: \"/admin/**\" }, require: step_up }\n  - { name: pub, match: { path: \"/Public/**\" }, require: none }\n").unwrap();
+        // A case-insensitive app serves /ADMIN from /admin: protected.
+        assert_eq!(p.lookup("h", "GET", "/ADMIN/x").rule_name(), "admin");
+        // A case-sensitive app serves /public as something else than
+        // /Public: the public rule does not open it.
+        assert_eq!(p.lookup("h", "GET", "/public/x").rule_name(), "default");
+        assert_eq!(p.lookup("h", "GET", "/Public/x").rule_name(), "pub");
+        let p =
+            policy("rules:\n  - { name: cafe, match: { path: \"/café/**\" }, require: deny }\n")
+                .unwrap();
+        assert_eq!(p.lookup("h", "GET", "/CAFÉ/x").rule_name(), "cafe");
+    }
+
+    #[test]
+    fn head_is_covered_by_get_rules() {
+        let p = policy(
+            "rules:\n  - { name: r, match: { path: \"/x\", methods: [GET] }, require: deny }\n",
+        )
+        .unwrap();
+        assert_eq!(p.lookup("h", "HEAD", "/x").rule_name(), "r");
+        assert_eq!(p.lookup("h", "POST", "/x").rule_name(), "default");
     }
 }
