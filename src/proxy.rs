@@ -24,10 +24,6 @@ use crate::store::keys;
 use crate::tokens::StepUpClaims;
 use crate::web::{cookie, safe_return_to, url_encode, wants_html, Reply};
 
-/// How long the body of a request to stepgate's own endpoints may take to
-/// arrive (they are at most 16 KiB).
-const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
-
 pub struct Proxy {
     pub shared: Arc<Shared>,
 }
@@ -410,8 +406,8 @@ impl ProxyHttp for Proxy {
                 return Ok(true);
             }
             // A body trickled a byte at a time must not hold the
-            // connection: the whole of it within BODY_DEADLINE.
-            let read = tokio::time::timeout(BODY_DEADLINE, async {
+            // connection: the whole of it within `timeouts.reserved_body`.
+            let read = tokio::time::timeout(gate.settings.reserved_body_timeout, async {
                 while let Some(chunk) = session.read_request_body().await? {
                     body.extend_from_slice(&chunk);
                     if body.len() > MAX_FORM {

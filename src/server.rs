@@ -108,7 +108,7 @@ pub fn run(config_path: &Path, settings: Settings, extra: Extra) -> Result<(), S
                     shared: shared.clone(),
                 },
             )),
-            within: HEAD_DEADLINE,
+            within: gate.settings.head_timeout,
         },
     );
     for addr in &gate.settings.listen {
@@ -255,12 +255,6 @@ pub fn run_upstream(listen: &str, cookie: &str) -> Result<(), String> {
     server.run_forever();
 }
 
-/// How long a connection may take, from the end of its previous request (or
-/// its opening) to the end of its next request head. Pingora only bounds
-/// each read (60 s), so a head trickled a byte at a time would hold its
-/// buffer (up to 1 MiB) forever; this bounds it as a whole.
-pub const HEAD_DEADLINE: Duration = Duration::from_secs(60);
-
 tokio::task_local! {
     /// Set by the proxy's first phase: the head of this request is in.
     static HEAD_READ: Arc<std::sync::atomic::AtomicBool>;
@@ -273,7 +267,9 @@ pub fn head_read() {
 }
 
 /// The HTTP/1 service with a deadline on request heads: a connection whose
-/// next head is not complete within `within` is closed.
+/// next head is not complete within `within` (`timeouts.request_head`) of
+/// becoming idle is closed. Pingora only bounds each read (60 s), so a head
+/// trickled a byte at a time would hold its buffer (up to 1 MiB) forever.
 struct HeadDeadline<A> {
     inner: Arc<A>,
     within: Duration,

@@ -296,10 +296,13 @@ fn none_route_forwards_no_identity_headers_even_with_a_token() {
     );
     for n in names(&echo) {
         assert!(
-            !n.starts_with("x-stepgate") && !n.starts_with("x_stepgate"),
+            n == "x-stepgate-rule"
+                || (!n.starts_with("x-stepgate") && !n.starts_with("x_stepgate")),
             "identity header `{n}` reached the upstream on a `none` route: {echo}"
         );
     }
+    // The rule header is stepgate's own, never the client's.
+    assert_eq!(values(&echo, "x-stepgate-rule"), vec!["public".to_string()]);
 }
 
 #[test]
@@ -1072,19 +1075,22 @@ fn absolute_form_target_does_not_skip_host_scoped_rules() {
 }
 
 #[test]
-fn raw_non_ascii_path_bytes_are_not_rewritten() {
+fn raw_and_encoded_non_ascii_paths_reach_the_upstream_encoded_one_way() {
     let g = Gateway::start();
-    let r = raw(
-        g.port,
-        "GET /public/caf\u{e9} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".as_bytes(),
-    );
-    // Either refused, or forwarded with the very bytes the client sent.
-    if r.status != 400 {
-        assert_eq!(r.status, 200, "{r:?}");
+    for target in [
+        "/public/caf\u{e9}",
+        "/public/caf%c3%a9",
+        "/public/caf%C3%A9",
+    ] {
+        let r = raw(
+            g.port,
+            format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{target}: {r:?}");
         let echo: Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(
-            echo["path"], "/public/caf\u{e9}",
-            "the upstream received a different path than the client sent"
+            echo["path"], "/public/caf%C3%A9",
+            "{target}: the upstream must receive the canonical path, encoded one way"
         );
     }
 }
@@ -1360,4 +1366,163 @@ fn metrics_record_pin_verifications_and_stepped_up_requests() {
             "{series} = {v:?} after a successful PIN step-up, want >= {min}"
         );
     }
+}
+
+// ---------- 7. one canonical request (issue 12) ----------
+
+#[test]
+fn client_claims_and_rerouting_headers_never_reach_the_app() {
+    let g = Gateway::start();
+    let r = raw_get(
+        g.port,
+        "/public/x",
+        &[
+            ("Forwarded", "for=1.2.3.4;host=billing.example.com"),
+            ("X-Real-IP", "1.2.3.4"),
+            ("X-Original-URL", "/admin/x"),
+            ("X_Original_URL", "/admin/x"),
+            ("X-Rewrite-URL", "/admin/x"),
+            ("X-HTTP-Method-Override", "DELETE"),
+            ("X-HTTP-Method", "DELETE"),
+            ("X-Method-Override", "DELETE"),
+            ("X-Forwarded-Host", "billing.example.com"),
+            ("X-Forwarded-Proto", "https"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo: Value = serde_json::from_slice(&r.body).unwrap();
+    for n in [
+        "x-real-ip",
+        "x-original-url",
+        "x_original_url",
+        "x-rewrite-url",
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    ] {
+        assert!(
+            !names(&echo).contains(&n.to_string()),
+            "{n} reached the app: {echo}"
+        );
+    }
+    let authority = format!("127.0.0.1:{}", g.port);
+    assert_eq!(values(&echo, "x-forwarded-host"), vec![authority.clone()]);
+    assert_eq!(values(&echo, "x-forwarded-proto"), vec!["http".to_string()]);
+    assert_eq!(
+        values(&echo, "forwarded"),
+        vec![format!("for=127.0.0.1;host=\"{authority}\";proto=http")]
+    );
+}
+
+#[test]
+fn the_absolute_form_authority_is_the_host_the_app_receives() {
+    // (A Host that differs from the authority is refused by Pingora itself.)
+    let g = Gateway::start();
+    let r = raw(
+        g.port,
+        b"GET http://Public.Example.COM./public/%78 HTTP/1.1\r\nHost: Public.Example.COM.\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        values(&echo, "host"),
+        vec!["public.example.com".to_string()]
+    );
+    assert_eq!(echo["path"], "/public/x");
+}
+
+#[test]
+fn refused_requests_say_why_as_a_page_or_json() {
+    let g = Gateway::start();
+    let r = raw(
+        g.port,
+        b"GET admin HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 400);
+    let body: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(body["error"], "invalid_request");
+    assert_eq!(body["reason"], "target_form");
+    let r = raw(
+        g.port,
+        b"GET /a/%2e%2e/admin HTTP/1.1\r\nHost: x\r\nAccept: text/html\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains(".."), "{}", r.text());
+    let r = raw(
+        g.port,
+        b"GET /public/x HTTP/1.1\r\nHost: billing.example.com/x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = raw(
+        g.port,
+        b"GET /public/x HTTP/1.0\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 400, "HTTP/1.0 without Host and no default_host");
+    let r = raw(
+        g.port,
+        b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 204);
+    assert!(r.header("allow").is_some());
+}
+
+#[test]
+fn default_host_stands_in_for_http10_without_host() {
+    let g = Gateway::start_with(GatewayOptions {
+        extra_config: "default_host: \"app.example.com\"\n".into(),
+        ..Default::default()
+    });
+    let r = raw(g.port, b"GET /public/x HTTP/1.0\r\n\r\n");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(values(&echo, "host"), vec!["app.example.com".to_string()]);
+}
+
+#[test]
+fn a_trickled_request_head_is_closed_at_its_deadline() {
+    let g = Gateway::start_with(GatewayOptions {
+        extra_config: "timeouts: { request_head: 2s, reserved_body: 2s }\n".into(),
+        ..Default::default()
+    });
+    let (mut s, mut r) = connect(g.port);
+    s.write_all(b"GET /public/x HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    // A header line every 300 ms: each read is quick, the head never ends.
+    while started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(300));
+        if s.write_all(b"X-Slow: 1\r\n").is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 1];
+        s.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+        if let Ok(0) = r.get_mut().read(&mut buf) {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a head trickled for 30 s was still being read");
+    // The gateway still serves everyone else.
+    assert_eq!(raw_get(g.port, "/public/x", &[]).status, 200);
+
+    // A body to stepgate's own API trickled a byte at a time gets 408.
+    let (mut s, mut r) = connect(g.port);
+    s.write_all(b"PUT /.stepgate/api/stepup/pin HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{").unwrap();
+    let t = std::thread::spawn(move || {
+        for _ in 0..100 {
+            std::thread::sleep(Duration::from_millis(300));
+            if s.write_all(b" ").is_err() {
+                break;
+            }
+        }
+    });
+    r.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let resp = read_response(&mut r, false);
+    assert_eq!(resp.status, 408, "{}", resp.text());
+    drop(r);
+    let _ = t.join();
 }

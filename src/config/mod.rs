@@ -73,6 +73,8 @@ struct FileConfig {
     headers: HeadersFile,
     #[serde(default)]
     log: LogFile,
+    #[serde(default)]
+    timeouts: TimeoutsFile,
     mail: Option<MailFile>,
     api: Option<SecretFile>,
     #[serde(default)]
@@ -240,6 +242,16 @@ struct HeadersFile {
     auth_time: Option<String>,
     rule: Option<String>,
     assertion: Option<String>,
+}
+
+/// Deadlines on slow clients.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct TimeoutsFile {
+    /// From an idle connection to the end of its next request head.
+    request_head: Option<Dur>,
+    /// For the body of a request to stepgate's own endpoints.
+    reserved_body: Option<Dur>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -564,6 +576,11 @@ pub struct Settings {
     pub log_level: String,
     pub log_json: bool,
     pub log_access: bool,
+    /// `timeouts.request_head` (60s): a connection's next request head must
+    /// be complete this long after it became idle, or it is closed.
+    pub head_timeout: Duration,
+    /// `timeouts.reserved_body` (10s).
+    pub reserved_body_timeout: Duration,
     pub mail: Option<Mail>,
     pub email_otp: EmailOtp,
     /// Back ends authenticate with it on /.stepgate/api/stepup/validate.
@@ -911,6 +928,17 @@ impl Builder<'_> {
             }
         }
         let log_access = f.log.access.unwrap_or(true);
+        let head_timeout = f
+            .timeouts
+            .request_head
+            .map_or(Duration::from_secs(60), |d| d.0);
+        let reserved_body_timeout = f
+            .timeouts
+            .reserved_body
+            .map_or(Duration::from_secs(10), |d| d.0);
+        if head_timeout < Duration::from_secs(1) || reserved_body_timeout < Duration::from_secs(1) {
+            self.err("timeouts", "timeouts must be at least 1s");
+        }
         let log_level = f.log.level.unwrap_or_else(|| "info".into());
         let log_json = match f.log.format.as_deref() {
             None | Some("json") => true,
@@ -1136,6 +1164,8 @@ impl Builder<'_> {
             log_level,
             log_json,
             log_access,
+            head_timeout,
+            reserved_body_timeout,
             mail,
             email_otp,
             api_secret,
