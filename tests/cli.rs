@@ -155,6 +155,36 @@ fn check_accepts_a_valid_config() {
 }
 
 #[test]
+fn check_warns_about_rule_paths_that_travel_encoded_and_still_passes() {
+    let s = Setup::new(
+        "rules:\n  - name: cafe\n    match: { path: \"/café/**\" }\n    require: deny\n",
+    );
+    let out = s.run(&["check"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let d = diags(&stdout);
+    let w = d
+        .iter()
+        .find(|d| d.message.starts_with("warning: rule `cafe`"))
+        .unwrap_or_else(|| panic!("no warning for the non-ASCII rule: {stdout}"));
+    assert_eq!((w.line, w.col), (2, 5), "{w:?}");
+    assert!(w.message.contains("%C3%A9"), "{w:?}");
+}
+
+#[test]
+fn check_refuses_a_short_hs256_first_factor_secret() {
+    let s = Setup::new(POLICY);
+    let cfg = std::fs::read_to_string(s.config()).unwrap();
+    let short = cfg.replace(FIRST_FACTOR_SECRET, "12345");
+    assert_ne!(short, cfg, "the setup names the first-factor secret");
+    std::fs::write(s.config(), short).unwrap();
+    let out = s.run(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("RFC 7518"), "{stderr}");
+}
+
+#[test]
 fn check_accepts_a_policy_directory() {
     let s = Setup::new(POLICY);
     let pdir = s.dir.path().join("policies");
