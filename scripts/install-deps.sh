@@ -18,6 +18,11 @@ if [ "$what" = test ] || [ "$what" = bench ]; then
   command -v chromedriver >/dev/null || need+=(chromium-driver)
   command -v openssl >/dev/null || need+=(openssl)
   command -v python3 >/dev/null || need+=(python3 python3-pip)
+  # Upstreams that disagree, for the differential suite (tests/differential.rs).
+  command -v nginx >/dev/null || need+=(nginx-light)
+  command -v node >/dev/null || need+=(nodejs)
+  command -v java >/dev/null || need+=(default-jre-headless)
+  ls /usr/share/java/tomcat10-catalina.jar >/dev/null 2>&1 || need+=(libtomcat10-java)
 fi
 if [ "$what" = bench ]; then
   command -v wrk >/dev/null || need+=(wrk)
@@ -39,4 +44,9 @@ fi
 if [ "$what" = test ] && ! python3 -c "import jwt, cryptography" 2>/dev/null; then
   echo "install-deps: installing pyjwt and cryptography"
   python3 -m pip install -q pyjwt cryptography 2>/dev/null || python3 -m pip install -q --break-system-packages pyjwt cryptography
+fi
+# Werkzeug/Flask, one of the differential suite's upstreams (tests/fixtures/diff/flask_app.py).
+if [ "$what" = test ] && ! python3 -c "import flask" 2>/dev/null; then
+  echo "install-deps: installing flask"
+  python3 -m pip install -q flask 2>/dev/null || python3 -m pip install -q --break-system-packages flask
 fi

@@ -146,13 +146,40 @@ impl Gateway {
     pub fn start_with(o: GatewayOptions) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let (up, upstream_port) = upstream(dir.path());
+        Gateway::start_configured(
+            dir,
+            &format!("http://127.0.0.1:{upstream_port}"),
+            Some(up),
+            o,
+        )
+    }
+
+    /// A gateway in front of an upstream the caller runs at `upstream_url`
+    /// (e.g. `http://127.0.0.1:PORT`) instead of the demo upstream; the
+    /// caller keeps that server alive for as long as the gateway is used.
+    pub fn start_in_front_of(upstream_url: &str, o: GatewayOptions) -> Gateway {
+        Gateway::start_configured(tempfile::tempdir().unwrap(), upstream_url, None, o)
+    }
+
+    fn start_configured(
+        dir: tempfile::TempDir,
+        upstream_url: &str,
+        up: Option<Proc>,
+        o: GatewayOptions,
+    ) -> Gateway {
+        let upstream_port = upstream_url
+            .trim_end_matches('/')
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
         let port = free_port();
         std::fs::write(dir.path().join("policy.yaml"), &o.policy).unwrap();
         let config = dir.path().join("gateway.yaml");
         let mut f = std::fs::File::create(&config).unwrap();
         write!(
             f,
-            "listen: \"127.0.0.1:{port}\"\nthreads: 2\nupstream: \"http://127.0.0.1:{upstream_port}\"\npolicy: policy.yaml\nfirst_factor:\n{}  cookie: access_token\n  jwt:\n{}signing:\n  secret: \"{SIGNING_SECRET}\"\nstore:\n{}log:\n  format: json\n{}",
+            "listen: \"127.0.0.1:{port}\"\nthreads: 2\nupstream: \"{upstream_url}\"\npolicy: policy.yaml\nfirst_factor:\n{}  cookie: access_token\n  jwt:\n{}signing:\n  secret: \"{SIGNING_SECRET}\"\nstore:\n{}log:\n  format: json\n{}",
             o.first_factor_extra,
             o.jwt.unwrap_or_else(|| format!("    algorithms: [HS256]\n    secret: \"{FIRST_FACTOR_SECRET}\"\n")),
             o.store,
@@ -166,7 +193,7 @@ impl Gateway {
             upstream_port,
             config,
             proc: None,
-            upstream: Some(up),
+            upstream: up,
         };
         g.launch();
         g
