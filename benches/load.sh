@@ -2,9 +2,11 @@
 # Load benchmark: stepgate side by side with a bare Pingora proxy, nginx
 # proxy_pass and nginx auth_request, in one run on this machine (ratios, not
 # absolute numbers). Also: RSS with 1,000 idle keep-alive connections, and
-# pass-through p99 while Argon2 PIN checks are kept in flight.
+# pass-through p99 while Argon2 PIN checks are kept in flight, and throughput
+# and latency while the policy is reloaded every 0.6 s.
 #
 #   benches/load.sh            # writes benches/RESULTS.md
+#   SCENARIOS=reload benches/load.sh   # only the reload-under-load section
 #
 # Knobs (environment): ROUNDS=3 DURATION=10 (seconds per wrk run) CONNS=50
 # WRK_THREADS=1 WORKERS=1 (threads / worker processes of every proxy)
@@ -16,6 +18,11 @@
 # for other processes to use < QUIET_PCT % of the machine; the share is recorded
 # either way) NICE=-15 (priority of
 # everything the benchmark starts, when run as root) OUT=benches/RESULTS.md
+# SCENARIOS="proxies idle storm reload profile" (which parts run; the report
+# rewrites only the sections of the parts that ran) RELOAD_ROUNDS=2
+# RELOAD_DURATION=10 RELOAD_CONNS=16 RELOAD_EVERY=0.6 (seconds between policy
+# rewrites + SIGHUP) SG_BIN= (the stepgate binary to measure, e.g. an older
+# build for a before/after; default: the release build of this tree)
 # Only loopback; everything started here is stopped on exit.
 set -euo pipefail
 
@@ -38,6 +45,12 @@ QUIET_PCT="${QUIET_PCT:-25}"
 QUIET_MAX="${QUIET_MAX:-0}"
 NICE="${NICE:--15}"
 OUT="${OUT:-$ROOT/benches/RESULTS.md}"
+SCENARIOS="${SCENARIOS:-proxies idle storm reload profile}"
+RELOAD_ROUNDS="${RELOAD_ROUNDS:-2}"
+RELOAD_DURATION="${RELOAD_DURATION:-10}"
+RELOAD_CONNS="${RELOAD_CONNS:-16}"
+RELOAD_EVERY="${RELOAD_EVERY:-0.6}"
+has() { case " $SCENARIOS " in *" $1 "*) return 0 ;; esac; return 1; }
 
 log() { printf '[load] %s\n' "$*" >&2; }
 
@@ -66,8 +79,9 @@ if [ -n "${LOAD_SH_INNER:-}" ]; then
   echo "$NICE" >"/proc/$$/autogroup"
   log "running in $(cat "/proc/$$/autogroup")"
 fi
-SG="$ROOT/target/release/stepgate"
-BARE="$ROOT/target/release/examples/bare_proxy"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+SG="${SG_BIN:-$TARGET_DIR/release/stepgate}"
+BARE="$TARGET_DIR/release/examples/bare_proxy"
 
 W="$(mktemp -d /tmp/stepgate-load.XXXXXX)"
 mkdir -p "$W/tmp"
@@ -85,9 +99,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-read -r P_UP P_AUTH P_PASS P_AREQ P_BARE P_SG P_SGM P_SGQ P_SGQM < <(python3 - <<'EOF'
+read -r P_UP P_AUTH P_PASS P_AREQ P_BARE P_SG P_SGM P_SGQ P_SGQM P_SGR P_SGRM < <(python3 - <<'EOF'
 import socket
-ss = [socket.socket() for _ in range(9)]
+ss = [socket.socket() for _ in range(11)]
 for s in ss: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in ss])
 for s in ss: s.close()
@@ -99,7 +113,7 @@ wait_port() {
     if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
     sleep 0.05
   done
-  log "nothing listens on 127.0.0.1:$1"; return 1
+  log "nothing listens on 127.0.0.1:$1"; tail -n 3 "$W"/*.log >&2; return 1
 }
 start() { # start NAME CMD...: run in background, log to $W/NAME.log, remember the pid
   local name="$1"; shift
@@ -173,12 +187,12 @@ rules:
     require: step_up
     step_up: { methods: [pin], max_age: 1h }
 EOF
-sg_conf() { # sg_conf NAME PORT METRICS_PORT
+sg_conf() { # sg_conf NAME PORT METRICS_PORT [POLICY_FILE]
   cat >"$W/$1.yaml" <<EOF
 listen: "127.0.0.1:$2"
 threads: $WORKERS
 upstream: "http://127.0.0.1:$P_UP"
-policy: policy.yaml
+policy: ${4:-policy.yaml}
 first_factor:
   cookie: access_token
   jwt:
@@ -192,6 +206,9 @@ store:
 metrics:
   listen: "127.0.0.1:$3"
 lockout: { max_failures: 1000000, ip_max_failures: 1000000 }
+# A key file per gateway: gateways starting together would race to create one.
+assertion:
+  key_file: $1-assertion-key.pem
 log:
   format: json
 upgrade_sock: $W/$1.sock
@@ -204,8 +221,16 @@ if [ "$QUIET_ROW" = 1 ]; then
   sg_conf sgq "$P_SGQ" "$P_SGQM"
   start sgq env RUST_LOG=warn "${PRELOAD_ENV[@]}" "$SG" serve --config "$W/sgq.yaml"
 fi
+# The reload scenario's gateway: the same config with a policy file of its own,
+# so its reloads touch no other gateway.
+if has reload; then
+  cp "$W/policy.yaml" "$W/policy-sgr.yaml"
+  sg_conf sgr "$P_SGR" "$P_SGRM" policy-sgr.yaml
+  start sgr "${PRELOAD_ENV[@]}" "$SG" serve --config "$W/sgr.yaml"
+fi
 for p in "$P_UP" "$P_AUTH" "$P_PASS" "$P_AREQ" "$P_BARE" "$P_SG"; do wait_port "$p"; done
 [ "$QUIET_ROW" = 1 ] && wait_port "$P_SGQ"
+has reload && wait_port "$P_SGR"
 
 # --- a first-factor token, a PIN, a step-up token (as a browser would get them) ---
 AT="$("$SG" token --config "$W/sg.yaml" --sub bench --email bench@example.com --ttl 7200)"
@@ -265,6 +290,9 @@ status_kb() { # status_kb PID FIELD: the largest FIELD (VmRSS/VmHWM) in the proc
 metric() { # metric PORT DECISION
   curl -sf "http://127.0.0.1:$1/metrics" | awk -v d="stepgate_requests_total{decision=\"$2\"}" '$1==d {print $2; f=1} END {if (!f) print 0}'
 }
+reloads_metric() { # reloads_metric PORT RESULT: stepgate_reloads_total{result=RESULT}
+  curl -sf "http://127.0.0.1:$1/metrics" | awk -v d="stepgate_reloads_total{result=\"$2\"}" '$1==d {print $2; f=1} END {if (!f) print 0}'
+}
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /m$/) {sub(/m$/,"",v); v*=60000} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; printf "%.3f\n", v}'; }
 
 # Machine-wide CPU ticks: "busy total" (all CPUs, from /proc/stat; busy leaves out
@@ -294,41 +322,51 @@ wait_quiet() {
   echo "$bg"
 }
 
-# run_wrk NAME PORT PATH PID SECONDS TSV: one wrk run, one line appended to TSV
+# run_wrk NAME PORT PATH PID SECONDS TSV [CONNS]: one wrk run, one line appended
+# to TSV. wrk counts a response slower than 2 s (--timeout) as a timeout and
+# leaves it out of the latency figures.
 run_wrk() {
-  local name="$1" port="$2" path="$3" pid="$4" secs="$5" tsv="$6" out c0 c1 a0 a1 bg o0 o1 sb0 st0 sb1 st1
+  local name="$1" port="$2" path="$3" pid="$4" secs="$5" tsv="$6" conns="${7:-$CONNS}" out c0 c1 a0 a1 bg o0 o1 sb0 st0 sb1 st1
   out="$W/wrk-$name.txt"
   if [ -n "${NO_WAIT:-}" ]; then bg="$(background_pct 1)"; else bg="$(wait_quiet)"; fi
   c0="$(cpu_ticks "$pid")"; a0="$(cpu_ticks "$PID_nginx_auth")"
   o0="$(our_ticks)"; read -r sb0 st0 <<<"$(sys_ticks)"
-  wrk -t"$WRK_THREADS" -c"$CONNS" -d"${secs}s" --latency -H "Cookie: $COOKIE" "http://127.0.0.1:$port$path" >"$out" 2>&1
+  wrk -t"$WRK_THREADS" -c"$conns" -d"${secs}s" --timeout 2s --latency -H "Cookie: $COOKIE" "http://127.0.0.1:$port$path" >"$out" 2>&1
   c1="$(cpu_ticks "$pid")"; a1="$(cpu_ticks "$PID_nginx_auth")"
   o1="$(our_ticks)"; read -r sb1 st1 <<<"$(sys_ticks)"
   local foreign=$(( ((sb1 - sb0) - (o1 - o0)) * 100 / (st1 - st0 > 0 ? st1 - st0 : 1) ))
   [ "$foreign" -lt 0 ] && foreign=0
-  local rps p50 p99 reqs non2xx sockerr
+  local rps p50 p99 reqs non2xx sockerr maxl timeouts
   rps="$(awk '/^Requests\/sec:/ {print $2}' "$out")"
   p50="$(awk '$1=="50%" {print $2}' "$out" | to_ms)"
   p99="$(awk '$1=="99%" {print $2}' "$out" | to_ms)"
   reqs="$(awk '/requests in/ {print $1}' "$out")"
   non2xx="$(awk '/Non-2xx/ {print $NF}' "$out")"
   sockerr="$(awk '/Socket errors/ {print}' "$out" | tr -s ' ' | tr ' ' '_')"
+  maxl="$(awk '$1=="Latency" {print $4}' "$out" | to_ms)"
+  timeouts="$(awk '/Socket errors/ {print $NF}' "$out")"
   read -r u0 s0 <<<"$c0"; read -r u1 s1 <<<"$c1"
   read -r au0 as0 <<<"$a0"; read -r au1 as1 <<<"$a1"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rps" "$p50" "$p99" "$reqs" \
-    $((u1 - u0)) $((s1 - s0)) $(((au1 - au0) + (as1 - as0))) "${non2xx:-0}" "${sockerr:--}" "$bg" "$foreign" >>"$tsv"
-  log "$(printf '%-16s %9s rps  p50 %7s ms  p99 %7s ms  non2xx %s  other load %s%% before, %s%% during' "$name" "$rps" "$p50" "$p99" "${non2xx:-0}" "$bg" "$foreign")"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rps" "$p50" "$p99" "$reqs" \
+    $((u1 - u0)) $((s1 - s0)) $(((au1 - au0) + (as1 - as0))) "${non2xx:-0}" "${sockerr:--}" "$bg" "$foreign" \
+    "${maxl:-0}" "${timeouts:-0}" >>"$tsv"
+  log "$(printf '%-16s %9s rps  p50 %7s ms  p99 %7s ms  max %7s ms  non2xx %s  timeouts %s  other load %s%% before, %s%% during' "$name" "$rps" "$p50" "$p99" "${maxl:-0}" "${non2xx:-0}" "${timeouts:-0}" "$bg" "$foreign")"
 }
 
 log "ports: upstream $P_UP auth $P_AUTH nginx $P_PASS/$P_AREQ bare $P_BARE stepgate $P_SG (quiet $P_SGQ)"
 LOAD0="$(cut -d' ' -f1-3 /proc/loadavg)"
 log "warm-up (2 s each)"
-for t in "${TARGETS[@]}"; do
+WARM=("${TARGETS[@]}")
+has proxies || WARM=("sg_public|$P_SG|/public/x|$PID_sg")
+for t in "${WARM[@]}"; do
   IFS='|' read -r name port path pid <<<"$t"
   wrk -t1 -c"$CONNS" -d2s -H "Cookie: $COOKIE" "http://127.0.0.1:$port$path" >/dev/null 2>&1
 done
 
 TSV="$W/runs.tsv"; : >"$TSV"
+HWM="$W/hwm.tsv"; : >"$HWM"
+m_step0=0 m_chal0=0 m_pub0=0 m_step1=0 m_chal1=0 m_pub1=0
+if has proxies; then
 m_step0="$(metric "$P_SGM" stepped_up)"; m_chal0="$(metric "$P_SGM" challenge)"; m_pub0="$(metric "$P_SGM" public)"
 for r in $(seq "$ROUNDS"); do
   log "round $r/$ROUNDS (${DURATION}s per target, $CONNS connections, $WRK_THREADS wrk thread)"
@@ -344,11 +382,11 @@ done
 m_step1="$(metric "$P_SGM" stepped_up)"; m_chal1="$(metric "$P_SGM" challenge)"; m_pub1="$(metric "$P_SGM" public)"
 check_targets
 
-HWM="$W/hwm.tsv"; : >"$HWM"
 for t in "${TARGETS[@]}"; do
   IFS='|' read -r name port path pid <<<"$t"
   printf '%s\t%s\n' "$name" "$(status_kb "$pid" VmHWM)" >>"$HWM"
 done
+fi
 
 # --- RSS with idle keep-alive connections ---
 IDLE="$W/idle.tsv"; : >"$IDLE"
@@ -365,11 +403,15 @@ idle_check() { # idle_check NAME PORT PID
   log "$1: VmRSS ${before} kB before, ${during} kB with $IDLE_CONNS idle connections ($(head -1 "$W/idle-$1.log"))"
   kill "$ic" 2>/dev/null || true; wait "$ic" 2>/dev/null || true
 }
-idle_check stepgate "$P_SG" "$PID_sg"
-idle_check bare "$P_BARE" "$PID_bare"
+if has idle; then
+  idle_check stepgate "$P_SG" "$PID_sg"
+  idle_check bare "$P_BARE" "$PID_bare"
+fi
 
 # --- pass-through p99 while Argon2 PIN checks are in flight ---
 STSV="$W/storm.tsv"; : >"$STSV"
+: >"$W/storm-all.log"
+if has storm; then
 PCSRF="$(curl -sf -H "Cookie: access_token=$AT" -H 'Accept: text/html' "$SGURL/.stepgate/pin?return_to=/admin/x" | csrf_of)"
 [ -n "$PCSRF" ] || { log "no csrf on the PIN page"; exit 1; }
 for r in $(seq "$STORM_ROUNDS"); do
@@ -385,10 +427,53 @@ for r in $(seq "$STORM_ROUNDS"); do
   log "$(cat "$W/storm-$r.log")"
   cat "$W/storm-$r.log" >>"$W/storm-all.log"
 done
+fi
+
+# --- throughput and latency while the policy is reloaded ---
+# wrk on the public route of a gateway of its own (RELOAD_CONNS connections),
+# alternately without reloads and while a loop replaces the policy file (a
+# sibling renamed over it, as deploy tools do) and sends SIGHUP every
+# RELOAD_EVERY s. Every rewrite adds a differently named rule, so each reload
+# builds and swaps in a new snapshot.
+RTSV="$W/reload.tsv"; : >"$RTSV"
+RCOUNTS="$W/reload-counts.tsv"; : >"$RCOUNTS"
+reload_loop() { # reload_loop STOPFILE: until STOPFILE exists
+  local i=0
+  while [ ! -e "$1" ]; do
+    i=$((i + 1))
+    { cat "$W/policy.yaml"
+      printf '  - name: pushed-%s\n    match: { path: "/pushed/%s/**" }\n    require: deny\n' "$i" "$i"
+    } >"$W/policy-sgr.yaml.next"
+    mv -f "$W/policy-sgr.yaml.next" "$W/policy-sgr.yaml"
+    kill -HUP "$PID_sgr"
+    sleep "$RELOAD_EVERY"
+  done
+  echo "$i" >"$1.count"
+}
+if has reload; then
+  for r in $(seq "$RELOAD_ROUNDS"); do
+    log "reload round $r/$RELOAD_ROUNDS (${RELOAD_DURATION}s each, $RELOAD_CONNS connections)"
+    run_wrk reload_none "$P_SGR" /public/x "$PID_sgr" "$RELOAD_DURATION" "$RTSV" "$RELOAD_CONNS"
+    ok0="$(reloads_metric "$P_SGRM" ok)"; err0="$(reloads_metric "$P_SGRM" error)"
+    stop="$W/reload-stop-$r"
+    reload_loop "$stop" &
+    rl=$!; PIDS+=("$rl")
+    NO_WAIT=1 run_wrk reload_hup "$P_SGR" /public/x "$PID_sgr" "$RELOAD_DURATION" "$RTSV" "$RELOAD_CONNS"
+    touch "$stop"; wait "$rl" || true
+    sleep 1  # the last SIGHUP's reload
+    ok1="$(reloads_metric "$P_SGRM" ok)"; err1="$(reloads_metric "$P_SGRM" error)"
+    printf '%s\t%s\t%s\t%s\n' "$r" "$(cat "$stop.count")" $((ok1 - ok0)) $((err1 - err0)) >>"$RCOUNTS"
+    log "reload round $r: $(cat "$stop.count") policy rewrites + SIGHUP, $((ok1 - ok0)) reloads applied, $((err1 - err0)) refused"
+  done
+  # How long each reload took to build and swap (the gateway logs it).
+  grep -o '"took_ms":[0-9.]*' "$W/sgr.log" | cut -d: -f2 >"$W/reload-took.txt" || true
+  code="$(curl -s -o /dev/null -w '%{http_code}' -H "Cookie: $COOKIE" "http://127.0.0.1:$P_SGR/pushed/1/x")"
+  [ "$code" = 403 ] || { log "the reloaded policy did not apply: /pushed/1/x answered $code, not 403"; exit 1; }
+fi
 
 # --- profiles (perf, cpu-clock sampling) of the bare proxy and the step-up route ---
 PROF="$W/profiles"; mkdir -p "$PROF"
-if [ "$PROFILE" = 1 ] && command -v perf >/dev/null; then
+if has profile && [ "$PROFILE" = 1 ] && command -v perf >/dev/null; then
   for t in "bare|$P_BARE|/admin/x|$PID_bare" "sg_stepup|$P_SG|/admin/x|$PID_sg"; do
     IFS='|' read -r name port path pid <<<"$t"
     log "profiling $name"
@@ -405,7 +490,10 @@ fi
 # --- report ---
 python3 benches/report.py --runs "$TSV" --hwm "$HWM" --idle "$IDLE" --storm "$STSV" \
   --storm-log "$W/storm-all.log" --profiles "$PROF" --out "$OUT" \
-  --meta "rounds=$ROUNDS" "duration=$DURATION" "conns=$CONNS" "wrk_threads=$WRK_THREADS" \
+  --reload "$RTSV" --reload-counts "$RCOUNTS" --reload-took "$W/reload-took.txt" \
+  --meta "scenarios=$SCENARIOS" "reload_rounds=$RELOAD_ROUNDS" "reload_duration=$RELOAD_DURATION" \
+  "reload_conns=$RELOAD_CONNS" "reload_every=$RELOAD_EVERY" "sg_bin=${SG_BIN:-}" \
+  "rounds=$ROUNDS" "duration=$DURATION" "conns=$CONNS" "wrk_threads=$WRK_THREADS" \
   "workers=$WORKERS" "idle_conns=$IDLE_CONNS" "storm=$STORM" "storm_rounds=$STORM_ROUNDS" \
   "storm_duration=$STORM_DURATION" "load_before=$LOAD0" "quiet_pct=$QUIET_PCT" "quiet_max=$QUIET_MAX" "nice=$NICE" "alloc_preload=$ALLOC_PRELOAD" \
   "stepped_up=$((m_step1 - m_step0))" "challenges=$((m_chal1 - m_chal0))" "public=$((m_pub1 - m_pub0))"

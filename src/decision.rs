@@ -117,9 +117,10 @@ pub fn decide<'p>(
     )
 }
 
-/// [`decide`], with `revoked_before(sub)`: step-ups of that user made at or
-/// before this Unix time no longer count (an invalidation: step-down). The
-/// lookup is in memory; the decision stays free of I/O.
+/// [`decide`], with `revoked_before(sub)`: step-ups of that user issued at
+/// or before this Unix time in **milliseconds** no longer count (an
+/// invalidation: step-down, exact whatever the clock's second). The lookup
+/// is in memory; the decision stays free of I/O.
 pub fn decide_with<'p>(
     facts: &Facts<'_>,
     policy: &'p Policy,
@@ -181,7 +182,7 @@ pub fn decide_with<'p>(
         Ok(c) => c,
         Err(e) => return need(principal, StepUpReason::Invalid(e)),
     };
-    if revoked_before(&principal.sub).is_some_and(|t| claims.iat <= t) {
+    if revoked_before(&principal.sub).is_some_and(|t| claims.issued_ms() <= t) {
         return need(principal, StepUpReason::Revoked);
     }
     match claims.factor() {
@@ -213,13 +214,14 @@ pub fn decide_with<'p>(
 }
 
 /// Whether `p` is a stepgate PIN-login session that was invalidated: its
-/// PIN session ended, or all of the user's sessions were ended after it
-/// was issued. Other first factors are the identity provider's to revoke.
+/// PIN session ended, or all of the user's sessions were ended at or after
+/// the millisecond it was issued. Other first factors are the identity
+/// provider's to revoke.
 pub fn session_revoked(p: &Principal, revoked_before: &dyn Fn(&str) -> Option<i64>) -> bool {
-    let Some((id, iat)) = &p.pin_session else {
+    let Some((id, issued_ms)) = &p.pin_session else {
         return false;
     };
-    revoked_before(&p.sub).is_some_and(|t| *iat <= t)
+    revoked_before(&p.sub).is_some_and(|t| *issued_ms <= t)
         || revoked_before(&crate::lifecycle::session_revocation_key(id)).is_some()
 }
 
@@ -409,9 +411,9 @@ rules:
         let (p, v, k) = setup();
         let at = access("alice");
         let principal = v.verify(&at, 1000).unwrap();
-        let (su, _) = k.issue_stepup(&principal, Factor::Pin, 1000, 3600);
+        let (su, _) = k.issue_stepup_ms(&principal, Factor::Pin, 1_000_000, 3600);
         let f = facts("/admin/x", Some(&at), Some(&su));
-        let revoked = |sub: &str| (sub == "alice").then_some(1000);
+        let revoked = |sub: &str| (sub == "alice").then_some(1_000_000);
         assert!(matches!(
             decide_with(&f, &p, &v, &k, 120, 1001, &revoked),
             Decision::StepUp {
@@ -419,11 +421,68 @@ rules:
                 ..
             }
         ));
-        let earlier = |_: &str| Some(999);
+        let earlier = |_: &str| Some(999_999);
         assert_eq!(
             decide_with(&f, &p, &v, &k, 120, 1001, &earlier).label(),
             "stepped_up"
         );
+    }
+
+    /// Two invalidations in one second with a step-up between them: the
+    /// step-up counts after the first and is refused after the second.
+    #[test]
+    fn a_step_up_between_two_invalidations_in_one_second_ends_with_the_second() {
+        let (p, v, k) = setup();
+        let at = access("alice");
+        let principal = v.verify(&at, 1000).unwrap();
+        let first = 1_000_100;
+        let (su, _) = k.issue_stepup_ms(&principal, Factor::Pin, 1_000_400, 3600);
+        let second = 1_000_700;
+        let f = facts("/admin/x", Some(&at), Some(&su));
+        let after_first = |_: &str| Some(first);
+        assert_eq!(
+            decide_with(&f, &p, &v, &k, 120, 1000, &after_first).label(),
+            "stepped_up"
+        );
+        let after_second = |_: &str| Some(second);
+        assert!(matches!(
+            decide_with(&f, &p, &v, &k, 120, 1000, &after_second),
+            Decision::StepUp {
+                reason: StepUpReason::Revoked,
+                ..
+            }
+        ));
+        // At the same millisecond: issued "at or before" is refused.
+        let same = |_: &str| Some(1_000_400);
+        assert!(matches!(
+            decide_with(&f, &p, &v, &k, 120, 1000, &same),
+            Decision::StepUp {
+                reason: StepUpReason::Revoked,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn pin_login_sessions_end_at_an_invalidation_in_their_own_second() {
+        let mut s = Principal {
+            sub: "alice".into(),
+            otp_emails: vec![],
+            email: None,
+            emails: vec![],
+            session: "ps:p1".into(),
+            login_time: None,
+            expires: 0,
+            username: None,
+            phone: None,
+            pin_session: Some(("p1".into(), 1_000_400)),
+        };
+        assert!(!session_revoked(&s, &|k| (k == "alice").then_some(1_000_399)));
+        assert!(session_revoked(&s, &|k| (k == "alice").then_some(1_000_400)));
+        assert!(session_revoked(&s, &|k| (k == "ps:p1").then_some(1)));
+        // A session token from before milliseconds: the start of its second.
+        s.pin_session = Some(("p1".into(), crate::revoke::legacy_issued_ms(1000)));
+        assert!(session_revoked(&s, &|k| (k == "alice").then_some(1_000_900)));
     }
 
     #[test]

@@ -35,16 +35,21 @@ pub struct Gate {
     pub owned_headers: Vec<String>,
     /// Webhook events and SMS.
     pub notifier: Arc<crate::notify::Notifier>,
-    /// Users known to have a PIN (for `pin.required` / `pin.offer_setup`).
-    pub known_pins: crate::lifecycle::KnownPins,
+    /// Users known to have a PIN (for `pin.required` / `pin.offer_setup`);
+    /// carried into the next snapshot by a reload (see [`Shared::reload`]).
+    pub known_pins: Arc<crate::lifecycle::KnownPins>,
     /// PINAuthTokens handed out with 1243 answers, by user, so a client that
-    /// retries does not mint (and store) a new one per request.
-    pub required_pin_tokens: std::sync::Mutex<std::collections::HashMap<String, (String, i64)>>,
+    /// retries does not mint (and store) a new one per request; carried into
+    /// the next snapshot by a reload.
+    pub required_pin_tokens: Arc<std::sync::Mutex<RequiredPinTokens>>,
 }
+
+/// PINAuthTokens handed out, by `sub \0 login time`: (token, expiry).
+pub type RequiredPinTokens = std::collections::HashMap<String, (String, i64)>;
 
 impl Gate {
     pub fn build(settings: Settings) -> Result<Gate, String> {
-        let r = Rebuilt::from(&settings)?;
+        let r = Rebuilt::from(&settings, None)?;
         let keys = Arc::new(Keys::new(&settings.signing));
         let mut verifier = Verifier::new(&settings.first_factor)?;
         if settings.pin.login {
@@ -138,16 +143,6 @@ impl Gate {
         }
     }
 
-    /// The time a new step-up is stamped with: never at or before the user's
-    /// last invalidation, so a step-up right after a step-down counts.
-    pub fn stepup_now(&self, sub: &str) -> i64 {
-        let now = crate::clock::now();
-        match self.revocations.revoked_before(sub) {
-            Some(t) if t >= now => t + 1,
-            _ => now,
-        }
-    }
-
     /// How long a step-up token lives: as long as the longest `max_age` of the
     /// policy, so no rule's freshness is cut short by the token's expiry.
     pub fn stepup_ttl(&self) -> i64 {
@@ -161,6 +156,11 @@ pub struct Shared {
     pub config_path: PathBuf,
     /// The listeners' certificate, when stepgate terminates TLS.
     pub certs: Option<Arc<crate::tls::Certs>>,
+    /// Snapshots a reload replaced, kept until no request holds them any
+    /// more and then dropped by [`Shared::release_retired`] on the reload
+    /// thread: a proxy worker never runs a snapshot's destructor (templates,
+    /// mailer, HTTP client, caches), it only lets go of its reference.
+    retired: std::sync::Mutex<Vec<Arc<Gate>>>,
 }
 
 /// What a successful reload changed, and what it could not change live.
@@ -168,6 +168,9 @@ pub struct Shared {
 pub struct Reloaded {
     pub rules: usize,
     pub needs_restart: Vec<String>,
+    /// Replaced snapshots still held by requests in flight (or by a
+    /// background task), after this reload.
+    pub retired_held: usize,
 }
 
 impl Shared {
@@ -180,7 +183,28 @@ impl Shared {
             current: ArcSwap::from_pointee(gate),
             config_path: config_path.to_path_buf(),
             certs,
+            retired: Default::default(),
         })
+    }
+
+    /// Drop the replaced snapshots that nothing but this list holds any
+    /// more, here, on the calling thread (the reload thread calls it after
+    /// each reload and every 500 ms). Returns how many are still held.
+    pub fn release_retired(&self) -> usize {
+        let free: Vec<Arc<Gate>> = {
+            let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+            let (free, held) = std::mem::take(&mut *retired)
+                .into_iter()
+                // After the swap no one can take a new reference (arc-swap
+                // turned every outstanding borrow into a counted one), so a
+                // count of 1 stays 1.
+                .partition(|g| Arc::strong_count(g) == 1);
+            *retired = held;
+            free
+        };
+        // Outside the lock: the destructors run here.
+        drop(free);
+        self.retired.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     pub fn load(&self) -> Arc<Gate> {
@@ -190,10 +214,18 @@ impl Shared {
     /// Re-read the config and the policy, validate everything, and swap in
     /// the result. On any error nothing changes and the error says
     /// `FILE:LINE:COL: …` for each problem.
+    ///
+    /// Everything is built here, on the caller's thread (the reload thread),
+    /// before the swap; the swap is one atomic pointer store that requests
+    /// never wait for. Requests in flight keep the snapshot they started
+    /// with; the replaced snapshot is retired, not dropped (see
+    /// [`Shared::release_retired`]). What did not change is shared with the
+    /// new snapshot instead of rebuilt (mailer, webhook/SMS client, assertion
+    /// signer and its cache), and caches that stay valid are carried over.
     pub fn reload(&self) -> Result<Reloaded, String> {
         let mut settings = crate::config::load(&self.config_path).map_err(join)?;
-        let r = Rebuilt::from(&settings)?;
         let old = self.load();
+        let r = Rebuilt::from(&settings, Some(&old))?;
         let o = &old.settings;
         let mut needs_restart = Vec::new();
         let mut keep = |what: &str, changed: bool| {
@@ -250,6 +282,14 @@ impl Shared {
         if let (Some(certs), Some(t)) = (&self.certs, &settings.tls) {
             certs.reload(t)?;
         }
+        // Users known to have a PIN still have one (PIN records outlive any
+        // config), but the set also holds users who skipped an optional PIN:
+        // once a PIN is required, those must be asked again.
+        let known_pins = if settings.pin.required && !o.pin.required {
+            Default::default()
+        } else {
+            old.known_pins.clone()
+        };
         let gate = Gate {
             policy: r.policy,
             verifier: old.verifier.clone(),
@@ -262,14 +302,22 @@ impl Shared {
             revocations: old.revocations.clone(),
             owned_headers: r.owned_headers,
             notifier: r.notifier,
-            known_pins: Default::default(),
-            required_pin_tokens: Default::default(),
+            known_pins,
+            // Bound to a login and checked against the running settings on
+            // each use: still valid.
+            required_pin_tokens: old.required_pin_tokens.clone(),
             settings,
         };
-        self.current.store(Arc::new(gate));
+        drop(old);
+        let replaced = self.current.swap(Arc::new(gate));
+        self.retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(replaced);
         Ok(Reloaded {
             rules,
             needs_restart,
+            retired_held: self.release_retired(),
         })
     }
 }
@@ -282,7 +330,8 @@ fn join(d: Vec<crate::yamlspan::Diagnostic>) -> String {
 }
 
 /// What every snapshot builds from its settings, at start and on each
-/// reload (the long-lived parts, such as the store, are built once).
+/// reload (the long-lived parts, such as the store, are built once). On a
+/// reload, a part whose settings did not change is the previous snapshot's.
 struct Rebuilt {
     policy: Policy,
     pages: Pages,
@@ -293,22 +342,48 @@ struct Rebuilt {
 }
 
 impl Rebuilt {
-    fn from(settings: &Settings) -> Result<Rebuilt, String> {
+    fn from(settings: &Settings, previous: Option<&Gate>) -> Result<Rebuilt, String> {
         let a = &settings.assertion;
-        Ok(Rebuilt {
-            policy: Policy::load(&settings.policy_path).map_err(join)?,
-            pages: Pages::new(settings.templates_dir.clone(), &settings.site_title)?,
-            mailer: settings.mail.as_ref().map(crate::mail::build).transpose()?,
-            assertion: Arc::new(crate::assertion::Signer::new(
-                &a.key_file,
-                a.previous_key_file.as_deref(),
-                a.issuer.clone(),
-                a.audience.clone(),
-            )?),
-            notifier: Arc::new(crate::notify::Notifier::new(
+        // Re-read the key files (a rotation replaces them and sends SIGHUP);
+        // the same keys keep the running signer and its signature cache.
+        let signer = crate::assertion::Signer::new(
+            &a.key_file,
+            a.previous_key_file.as_deref(),
+            a.issuer.clone(),
+            a.audience.clone(),
+        )?;
+        let assertion = match previous {
+            Some(p) if p.settings.assertion == *a && p.assertion.jwks() == signer.jwks() => {
+                p.assertion.clone()
+            }
+            _ => Arc::new(signer),
+        };
+        let mailer = match previous {
+            Some(p) if same_mail(settings.mail.as_ref(), p.settings.mail.as_ref()) => {
+                p.mailer.clone()
+            }
+            _ => settings.mail.as_ref().map(crate::mail::build).transpose()?,
+        };
+        // Its HTTP client keeps its connections to the webhook and the SMS
+        // gateway.
+        let notifier = match previous {
+            Some(p)
+                if same_webhook(settings.webhook.as_ref(), p.settings.webhook.as_ref())
+                    && same_sms(settings.sms.as_ref(), p.settings.sms.as_ref()) =>
+            {
+                p.notifier.clone()
+            }
+            _ => Arc::new(crate::notify::Notifier::new(
                 settings.webhook.clone(),
                 settings.sms.clone(),
             )?),
+        };
+        Ok(Rebuilt {
+            policy: Policy::load(&settings.policy_path).map_err(join)?,
+            pages: Pages::new(settings.templates_dir.clone(), &settings.site_title)?,
+            mailer,
+            assertion,
+            notifier,
             owned_headers: settings
                 .headers
                 .all()
@@ -317,4 +392,67 @@ impl Rebuilt {
                 .collect(),
         })
     }
+}
+
+// Field by field, so that a new setting of these parts fails to compile here
+// until it is compared (a forgotten one would keep a stale part on reload).
+
+fn same_mail(a: Option<&crate::config::Mail>, b: Option<&crate::config::Mail>) -> bool {
+    use crate::config::{Mail, MailTransport, Smtp};
+    let (Some(Mail { from, transport }), Some(b)) = (a, b) else {
+        return a.is_none() && b.is_none();
+    };
+    *from == b.from
+        && match (transport, &b.transport) {
+            (MailTransport::Dir(x), MailTransport::Dir(y)) => x == y,
+            (
+                MailTransport::Smtp(Smtp {
+                    host,
+                    port,
+                    tls,
+                    username,
+                    password,
+                    timeout,
+                }),
+                MailTransport::Smtp(y),
+            ) => {
+                *host == y.host
+                    && *port == y.port
+                    && *tls == y.tls
+                    && *username == y.username
+                    && *password == y.password
+                    && *timeout == y.timeout
+            }
+            _ => false,
+        }
+}
+
+fn same_webhook(a: Option<&crate::config::Webhook>, b: Option<&crate::config::Webhook>) -> bool {
+    let (
+        Some(crate::config::Webhook {
+            url,
+            secret,
+            timeout,
+        }),
+        Some(b),
+    ) = (a, b)
+    else {
+        return a.is_none() && b.is_none();
+    };
+    *url == b.url && *secret == b.secret && *timeout == b.timeout
+}
+
+fn same_sms(a: Option<&crate::config::Sms>, b: Option<&crate::config::Sms>) -> bool {
+    let (
+        Some(crate::config::Sms {
+            webhook_url,
+            timeout,
+            secret,
+        }),
+        Some(b),
+    ) = (a, b)
+    else {
+        return a.is_none() && b.is_none();
+    };
+    *webhook_url == b.webhook_url && *timeout == b.timeout && *secret == b.secret
 }

@@ -43,8 +43,8 @@ pub struct Principal {
     /// `phone_number` (name configurable), for PIN recovery by SMS.
     pub phone: Option<String>,
     /// Set when the first factor is stepgate's own session after a PIN
-    /// login: (PIN session id, issued at). Such sessions end when the PIN
-    /// session or the user is invalidated.
+    /// login: (PIN session id, issued at in Unix ms). Such sessions end when
+    /// the PIN session or the user is invalidated.
     pub pin_session: Option<(String, i64)>,
 }
 

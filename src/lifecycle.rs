@@ -29,7 +29,7 @@ use crate::tokens::{secret_token, token_digest};
 fn op(operation: &str, r: &Result<impl Sized, FlowError>) {
     let outcome = match r {
         Ok(_) => "success",
-        Err(FlowError::Locked { .. }) => "locked",
+        Err(FlowError::Locked { .. } | FlowError::Suspended) => "locked",
         Err(FlowError::StoreUnavailable | FlowError::Internal) => "error",
         Err(_) => "refused",
     };
@@ -74,7 +74,12 @@ pub struct PinSession {
     pub id: String,
     pub sub: String,
     pub profile: Profile,
+    /// Unix seconds, for people.
     pub created: i64,
+    /// Unix ms, what invalidations are compared with; absent in sessions
+    /// opened before milliseconds ([`PinSession::issued_ms`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_ms: Option<i64>,
     pub expires: i64,
     /// Digest of the User-Agent the session was opened with.
     ua: String,
@@ -82,6 +87,15 @@ pub struct PinSession {
     pub device: String,
     /// The first-factor login the session was opened under.
     pub login_time: Option<i64>,
+}
+
+impl PinSession {
+    /// When the session was opened, in Unix ms (for one opened before
+    /// milliseconds: the first ms of its second, conservatively).
+    pub fn issued_ms(&self) -> i64 {
+        self.created_ms
+            .unwrap_or_else(|| crate::revoke::legacy_issued_ms(self.created))
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -116,12 +130,14 @@ pub async fn open_session(
     ua: &str,
 ) -> Result<(String, PinSession), FlowError> {
     let token = secret_token();
-    let now = crate::clock::now();
+    let now_ms = crate::revoke::now_ms();
+    let now = now_ms.div_euclid(1000);
     let ttl = gate.settings.pin.session_ttl;
     let s = PinSession {
         id: token_digest(&token),
         sub: profile.sub.clone(),
-        created: gate.stepup_now(&profile.sub),
+        created: now,
+        created_ms: Some(now_ms),
         expires: now + ttl.as_secs() as i64,
         ua: ua_digest(ua),
         device: device_label(ua),
@@ -164,7 +180,7 @@ pub async fn load_session(gate: &Gate, token: &str) -> Result<PinSession, FlowEr
     if gate
         .revocations
         .revoked_before(&s.sub)
-        .is_some_and(|t| s.created <= t)
+        .is_some_and(|t| s.issued_ms() <= t)
         || gate
             .revocations
             .revoked_before(&session_revocation_key(&s.id))
@@ -190,12 +206,12 @@ pub async fn sessions(gate: &Gate, sub: &str) -> Result<Vec<PinSession>, FlowErr
     for r in list.iter().filter(|r| r.expires > now) {
         if let Some(raw) = gate.store.get(&keys::pin_session(&r.id)).await? {
             let s: PinSession = parse(&raw)?;
-            if s.sub == sub && cut.is_none_or(|t| s.created > t) {
+            if s.sub == sub && cut.is_none_or(|t| s.issued_ms() > t) {
                 out.push(s);
             }
         }
     }
-    out.sort_by_key(|s| std::cmp::Reverse(s.created));
+    out.sort_by_key(|s| std::cmp::Reverse(s.issued_ms()));
     Ok(out)
 }
 
@@ -213,14 +229,31 @@ pub async fn end_session(gate: &Gate, id: &str, owner: Option<&str>) -> Result<b
     Ok(true)
 }
 
-/// End a loaded PIN session: drop it and revoke it on every gateway.
+/// How long the invalidation of a PIN session ending at `now` must be
+/// kept: until the last credential it could have given is dead. PIN logins
+/// need a live session, so the last stepgate session from it was issued
+/// before `expires` and lives `pin.login_ttl` more; an hour of margin covers
+/// clock skew between gateways and a `login_ttl` shortened by a reload.
+pub fn ended_session_ttl(expires: i64, now: i64, login_ttl: Duration) -> Duration {
+    Duration::from_secs((expires - now).max(0) as u64) + login_ttl + Duration::from_secs(3600)
+}
+
+/// End a loaded PIN session: drop it and revoke it on every gateway, for as
+/// long as anything it gave could still be presented.
 async fn end(gate: &Gate, s: &PinSession) -> Result<(), FlowError> {
     gate.store.delete(&keys::pin_session(&s.id)).await?;
+    let now_ms = crate::revoke::now_ms();
+    let ttl = ended_session_ttl(
+        s.expires,
+        now_ms.div_euclid(1000),
+        gate.settings.pin.login_ttl,
+    );
     gate.revocations
         .revoke(
             &*gate.store,
             &session_revocation_key(&s.id),
-            crate::clock::now(),
+            now_ms,
+            Some(ttl),
         )
         .await?;
     crate::audit::event("pin_session_ended", &s.sub, "", &s.id);
@@ -247,7 +280,7 @@ pub async fn end_sessions(gate: &Gate, sub: &str, keep: Option<&str>) -> Result<
 pub async fn invalidate_user(gate: &Gate, sub: &str, ip: &str) -> Result<(), FlowError> {
     counted("invalidate", async {
         gate.revocations
-            .revoke(&*gate.store, sub, crate::clock::now())
+            .revoke(&*gate.store, sub, crate::revoke::now_ms(), None)
             .await?;
         // Sessions are already dead by the revocation time; dropping the
         // records keeps the account page tidy.
@@ -292,13 +325,14 @@ pub async fn pin_login(
             &s.sub,
             ip,
             entered,
+            Some(&|sub: &str, ip: &str| crate::notify::pin_suspended(gate, sub, ip)),
         )
         .await?;
         let (access, exp) = gate.keys.issue_session(
             &s.profile,
             &s.id,
             s.login_time,
-            gate.stepup_now(&s.sub),
+            crate::revoke::now_ms(),
             gate.settings.pin.login_ttl.as_secs() as i64,
         );
         crate::audit::event("pin_login", &s.sub, ip, &s.id);
@@ -324,7 +358,10 @@ pub async fn change(
         let record = pin::load_record(&*gate.store, &p.sub)
             .await?
             .ok_or(FlowError::NoPin)?;
-        let attempt = pin::reserve(&*gate.store, &gate.settings.lockout, &p.sub, ip).await?;
+        let notice = |sub: &str, ip: &str| crate::notify::pin_suspended(gate, sub, ip);
+        let attempt = pin::reserve(&*gate.store, &gate.settings.lockout, &p.sub, ip)
+            .await?
+            .on_suspend(Some(&notice));
         let ok = old.len() <= 64 && gate.hasher.verify(old.to_string(), record.phc).await?;
         if !ok {
             crate::audit::event("pin_change_failure", &p.sub, ip, "");
@@ -389,6 +426,53 @@ pub fn reset_url_allowed(allowed: &[String], url: &str) -> bool {
         .any(|a| base == a || (a.ends_with('/') && base.starts_with(a.as_str())))
 }
 
+/// Where links that stepgate sends (reset links in mail) point: `public_url`
+/// when set; else this request's `origin` (`scheme://host[:port]`), but only
+/// when its host is one the config names: an exact host of the per-host
+/// `upstream` map, `default_host`, or an address stepgate listens on (host
+/// and port). None: no link may be built, as the request's Host is the
+/// client's to choose.
+pub fn link_origin(settings: &crate::config::Settings, origin: &str) -> Option<String> {
+    use crate::request::Host;
+    if let Some(u) = &settings.public_url {
+        return Some(u.trim_end_matches('/').to_string());
+    }
+    let (scheme, authority) = origin.split_once("://")?;
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let host = Host::parse(authority.as_bytes()).ok()?;
+    let same = |named: &Host, port_must_match: bool| {
+        named.name() == host.name()
+            && (named.port() == host.port() || (!port_must_match && named.port().is_none()))
+    };
+    let named = settings.upstreams.by_host.contains_key(host.name())
+        || settings
+            .default_host
+            .as_ref()
+            .is_some_and(|d| same(d, false))
+        || settings.listen.iter().any(|l| {
+            Host::parse(l.as_bytes()).is_ok_and(|l| {
+                l.port().is_some() && !matches!(l.name(), "0.0.0.0" | "[::]") && same(&l, true)
+            })
+        });
+    named.then(|| format!("{scheme}://{}", host.authority()))
+}
+
+/// A reset link was due but no address may carry it: say what to set, count
+/// it, and send nothing.
+fn no_link(origin: &str, sub: &str, ip: &str) {
+    tracing::error!(
+        target: "stepgate",
+        origin,
+        "a PIN reset link was not sent: set `public_url` in the gateway config (the request's host is not one the config names, so it cannot be trusted for links)"
+    );
+    metrics::DELIVERIES
+        .with_label_values(&["email", "no_public_url"])
+        .inc();
+    crate::audit::event("pin_reset_no_link", sub, ip, "public_url is not set");
+}
+
 fn reset_code(len: usize) -> String {
     let mut rng = rand::rngs::OsRng;
     (0..len)
@@ -436,6 +520,18 @@ async fn forgot_inner(
         if !reset_url_allowed(&gate.settings.pin.reset_urls, u) {
             return Err(FlowError::ResetUrlNotAllowed);
         }
+    }
+    // Per client address first, so asking about many accounts is bounded
+    // too; every request counts, whatever it names.
+    let by_ip = gate
+        .store
+        .incr(&keys::forgot_ip(ip), Duration::from_secs(3600))
+        .await?;
+    if by_ip.value > gate.settings.pin.forgot_ip_limit as i64 {
+        crate::audit::event("pin_forgot_ip_limit", "", ip, "");
+        return Err(FlowError::SendLimit {
+            until: by_ip.expires_at_ms.div_ceil(1000) as i64,
+        });
     }
     // Rate limits per identifier, whether or not it names an account.
     let limits = &gate.settings.email_otp;
@@ -491,6 +587,17 @@ async fn forgot_inner(
         };
         match s.forgot {
             ForgotMode::Link => {
+                let base = match reset_url {
+                    Some(u) => u.to_string(),
+                    None => match link_origin(&gate.settings, origin) {
+                        Some(o) => format!("{o}/.stepgate/pin/reset"),
+                        None => {
+                            // The caller hears what an unknown account hears.
+                            no_link(origin, &prof.sub, ip);
+                            return Ok(());
+                        }
+                    },
+                };
                 let token = secret_token();
                 let rec = ResetRecord {
                     sub: prof.sub.clone(),
@@ -500,13 +607,6 @@ async fn forgot_inner(
                 gate.store
                     .put(&key, &json_of(&rec)?, Some(s.reset_ttl))
                     .await?;
-                let base = match reset_url {
-                    Some(u) => u.to_string(),
-                    None => format!(
-                        "{}/.stepgate/pin/reset",
-                        gate.settings.public_url.as_deref().unwrap_or(origin)
-                    ),
-                };
                 let sep = if base.contains('?') { '&' } else { '?' };
                 let link = format!("{base}{sep}token={token}");
                 (
@@ -792,8 +892,9 @@ async fn finish_reset(
     how: &str,
 ) -> Result<(), FlowError> {
     pin::store_pin(&*gate.store, &gate.hasher, sub, new).await?;
-    // Proven by the mailbox, phone or answers: the PIN lockout is lifted.
-    gate.store.delete(&keys::failures(sub)).await?;
+    // Proven by the mailbox, phone or answers: the PIN lockout is lifted,
+    // a suspension and the memory of earlier locks included.
+    pin::clear_lockout(&*gate.store, sub).await?;
     gate.known_pins.insert(sub);
     invalidate_user(gate, sub, ip).await?;
     crate::audit::event("pin_reset", sub, ip, how);
@@ -803,12 +904,27 @@ async fn finish_reset(
 
 // ---------- security questions ----------
 
-/// Set (or replace) the user's answers. Needs a recent first-factor login,
-/// like any new recovery credential.
+/// What a session shows to set recovery answers, which can replace the PIN
+/// (a reset by answers), so they need what the PIN needs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AnswersProof<'a> {
+    /// A step-up of this very session, made within `pin.enroll_window` and
+    /// not invalidated since (the caller checked it: it holds the request).
+    pub recent_step_up: bool,
+    /// The current PIN, typed with the answers.
+    pub pin: Option<&'a str>,
+}
+
+/// Set (or replace) the user's answers. A user with a PIN proves it: a
+/// recent step-up, or the current PIN (verified under the PIN lockout); a
+/// fresh login is not enough, as it does not know the PIN. A user without a
+/// PIN needs a recent step-up or a fresh first-factor login, like any new
+/// way to confirm.
 pub async fn set_answers(
     gate: &Gate,
     p: &Principal,
     answers: &[(String, String)],
+    proof: AnswersProof<'_>,
     ip: &str,
 ) -> Result<usize, FlowError> {
     counted("set_answers", async {
@@ -834,6 +950,7 @@ pub async fn set_answers(
             }
             normalized.push((qid.clone(), a));
         }
+        answers_allowed(gate, p, proof, ip).await?;
         let key = keys::answers(&p.sub);
         let mut stored: BTreeMap<String, String> = match gate.store.get(&key).await? {
             Some(raw) => parse(&raw)?,
@@ -853,6 +970,48 @@ pub async fn set_answers(
         Ok(stored.len())
     })
     .await
+}
+
+async fn answers_allowed(
+    gate: &Gate,
+    p: &Principal,
+    proof: AnswersProof<'_>,
+    ip: &str,
+) -> Result<(), FlowError> {
+    if proof.recent_step_up {
+        return Ok(());
+    }
+    let has_pin = pin::load_record(&*gate.store, &p.sub).await?.is_some();
+    match (has_pin, proof.pin.filter(|pin| !pin.is_empty())) {
+        (true, Some(entered)) => pin::verify(
+            &*gate.store,
+            &gate.hasher,
+            &gate.settings.lockout,
+            &p.sub,
+            ip,
+            entered,
+            Some(&|sub: &str, ip: &str| crate::notify::pin_suspended(gate, sub, ip)),
+        )
+        .await
+        .map_err(|e| match e {
+            FlowError::WrongPin { remaining } => FlowError::WrongCurrentPin { remaining },
+            other => other,
+        }),
+        (true, None) => {
+            crate::audit::event("security_answers_refused", &p.sub, ip, "no step-up or PIN");
+            Err(FlowError::StepUpRequired)
+        }
+        (false, _)
+            if fresh_login(
+                p.login_time,
+                gate.settings.pin.enroll_window,
+                crate::clock::now(),
+            ) =>
+        {
+            Ok(())
+        }
+        (false, _) => Err(FlowError::LoginNotFresh),
+    }
 }
 
 /// The questions to answer for a reset: every configured one, whoever asks,
@@ -881,14 +1040,41 @@ pub async fn answered(gate: &Gate, sub: &str) -> Result<Vec<String>, FlowError> 
 
 // ---------- PINAuthToken and mandatory PINs ----------
 
+/// Whether a first-factor login at `login_time` is recent enough to set up
+/// a new way to confirm (a PIN, recovery answers): within `window` of `now`.
+/// A login of unknown time is never fresh.
+pub fn fresh_login(login_time: Option<i64>, window: Duration, now: i64) -> bool {
+    login_time.is_some_and(|t| now - t <= window.as_secs() as i64)
+}
+
+/// Who a PINAuthToken was minted for, which decides what setting a PIN
+/// with it needs.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthTokenFor {
+    /// The back end, with the API secret: trusted as the server's word.
+    Server,
+    /// The 1243 answer to a signed-in user, for the first-factor login made
+    /// at this Unix time: usable only while that login is fresh.
+    Login(i64),
+}
+
 #[derive(Serialize, Deserialize)]
 struct AuthTokenRecord {
     sub: String,
     exp: i64,
+    /// Absent in tokens minted before this was recorded: treated as a login
+    /// of unknown time (refused; they lived 5 minutes anyway).
+    #[serde(default)]
+    minted_for: Option<AuthTokenFor>,
 }
 
 /// A single-use, short-lived token that lets `uid` set a PIN.
-pub async fn issue_auth_token(gate: &Gate, uid: &str) -> Result<(String, i64), FlowError> {
+pub async fn issue_auth_token(
+    gate: &Gate,
+    uid: &str,
+    minted_for: AuthTokenFor,
+) -> Result<(String, i64), FlowError> {
     counted("auth_token", async {
         let token = secret_token();
         let ttl = gate.settings.pin.auth_token_ttl;
@@ -896,6 +1082,7 @@ pub async fn issue_auth_token(gate: &Gate, uid: &str) -> Result<(String, i64), F
         let rec = AuthTokenRecord {
             sub: uid.to_string(),
             exp,
+            minted_for: Some(minted_for),
         };
         // Kept an hour past expiry, so an expired token is told apart (1240).
         gate.store
@@ -938,8 +1125,20 @@ pub async fn set_by_auth_token(
             .await?
             .ok_or(FlowError::AuthTokenInvalid)?;
         let rec: AuthTokenRecord = parse(&raw)?;
-        if rec.exp <= crate::clock::now() {
+        let now = crate::clock::now();
+        if rec.exp <= now {
             return Err(FlowError::AuthTokenExpired);
+        }
+        // A token handed to a session is worth what that session's login is
+        // worth now: setting a PIN needs a fresh login (as on the page).
+        match rec.minted_for {
+            Some(AuthTokenFor::Server) => {}
+            Some(AuthTokenFor::Login(t))
+                if fresh_login(Some(t), gate.settings.pin.enroll_window, now) => {}
+            _ => {
+                crate::audit::event("pin_auth_token_stale_login", &rec.sub, ip, "");
+                return Err(FlowError::LoginNotFresh);
+            }
         }
         pin::check_new_pin(new, &gate.settings.pin)?;
         if pin::load_record(&*gate.store, &rec.sub).await?.is_some() {
@@ -949,6 +1148,7 @@ pub async fn set_by_auth_token(
             return Err(FlowError::AuthTokenInvalid);
         }
         pin::create_pin(&*gate.store, &gate.hasher, &rec.sub, new).await?;
+        pin::clear_lockout(&*gate.store, &rec.sub).await?;
         metrics::ENROLLMENTS.inc();
         gate.known_pins.insert(&rec.sub);
         crate::audit::event("pin_set", &rec.sub, ip, "pin auth token");
@@ -969,7 +1169,7 @@ pub async fn set_by_auth_token(
                 &profile,
                 &s.id,
                 None,
-                gate.stepup_now(&rec.sub),
+                crate::revoke::now_ms(),
                 gate.settings.pin.login_ttl.as_secs() as i64,
             );
             (Some((t, s.expires)), Some(access))
@@ -985,34 +1185,46 @@ pub async fn set_by_auth_token(
     .await
 }
 
-/// The PINAuthToken for a 1243 answer: the one handed to this user in the
-/// last minute, if any (a retrying client costs no store write), else a new
-/// one.
-pub async fn required_pin_token(gate: &Gate, sub: &str) -> Result<(String, i64), FlowError> {
+/// The PINAuthToken for a 1243 answer, or None when `p`'s first-factor
+/// login is too old to set a PIN with (`pin.enroll_window`, the page's
+/// rule): the client must sign in again. The token is bound to that login
+/// ([`AuthTokenFor::Login`]); the one handed to this login in the last
+/// minute is reused (a retrying client costs no store write).
+pub async fn required_pin_token(
+    gate: &Gate,
+    p: &Principal,
+) -> Result<Option<(String, i64)>, FlowError> {
     let now = crate::clock::now();
+    let Some(login_time) = p
+        .login_time
+        .filter(|_| fresh_login(p.login_time, gate.settings.pin.enroll_window, now))
+    else {
+        return Ok(None);
+    };
     let fresh_from = now + gate.settings.pin.auth_token_ttl.as_secs() as i64 - 60;
+    let cache_key = format!("{}\0{login_time}", p.sub);
     if let Some((t, exp)) = gate
         .required_pin_tokens
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .get(sub)
+        .get(&cache_key)
         .filter(|(_, exp)| *exp >= fresh_from)
         .cloned()
     {
-        return Ok((t, exp));
+        return Ok(Some((t, exp)));
     }
-    let (t, exp) = issue_auth_token(gate, sub).await?;
+    let (t, exp) = issue_auth_token(gate, &p.sub, AuthTokenFor::Login(login_time)).await?;
     crate::bounded::insert(
         &mut gate
             .required_pin_tokens
             .lock()
             .unwrap_or_else(|p| p.into_inner()),
         10_000,
-        sub.to_string(),
+        cache_key,
         (t.clone(), exp),
         |_, (_, e)| *e >= fresh_from,
     );
-    Ok((t, exp))
+    Ok(Some((t, exp)))
 }
 
 /// Does this signed-in user still have to set up a PIN (`pin.required`) or
@@ -1102,6 +1314,96 @@ mod tests {
         ));
         assert!(!reset_url_allowed(&allowed, "https://id.example.com/pinx"));
         assert!(!reset_url_allowed(&[], "https://app.example.com/reset"));
+    }
+
+    fn settings(extra: &str) -> crate::config::Settings {
+        let secret = "0123456789abcdef0123456789abcdef";
+        crate::config::from_str(
+            std::path::Path::new("/tmp/gw.yaml"),
+            &format!("policy: p.yaml\nfirst_factor: {{ jwt: {{ secret: \"{secret}\" }} }}\nsigning: {{ secret: \"{secret}\" }}\n{extra}"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn links_use_public_url_when_set_whatever_the_host() {
+        let s =
+            settings("upstream: http://127.0.0.1:9000\npublic_url: \"https://gw.example.com/\"\n");
+        for origin in ["http://attacker.example", "http://127.0.0.1:8080", ""] {
+            assert_eq!(
+                link_origin(&s, origin).as_deref(),
+                Some("https://gw.example.com"),
+                "{origin}"
+            );
+        }
+    }
+
+    #[test]
+    fn without_public_url_links_follow_only_hosts_the_config_names() {
+        let s = settings(
+            "listen: [\"127.0.0.1:8443\", \"0.0.0.0:9443\"]\nupstream: { \"app.example.com\": \"http://127.0.0.1:9000\", \"*\": \"http://127.0.0.1:9001\" }\n",
+        );
+        assert_eq!(
+            link_origin(&s, "https://App.Example.com.").as_deref(),
+            Some("https://app.example.com")
+        );
+        assert_eq!(
+            link_origin(&s, "https://app.example.com:8443").as_deref(),
+            Some("https://app.example.com:8443")
+        );
+        // Where stepgate itself listens (address and port).
+        assert_eq!(
+            link_origin(&s, "http://127.0.0.1:8443").as_deref(),
+            Some("http://127.0.0.1:8443")
+        );
+        for refused in [
+            "http://attacker.example",
+            "http://app.example.com.attacker.example",
+            "http://127.0.0.1:9999",
+            "http://127.0.0.1",
+            "http://0.0.0.0:9443",
+            "http://app.example.com@attacker.example",
+            "http://app.example.com/x",
+            "javascript://app.example.com",
+            "app.example.com",
+            "",
+        ] {
+            assert_eq!(link_origin(&s, refused), None, "{refused}");
+        }
+        // A single upstream names no host.
+        let single = settings("upstream: http://127.0.0.1:9000\n");
+        assert_eq!(link_origin(&single, "http://app.example.com"), None);
+    }
+
+    #[test]
+    fn forgot_requests_per_address_default_to_ten_an_hour() {
+        let base = "upstream: http://127.0.0.1:9000\n";
+        assert_eq!(settings(base).pin.forgot_ip_limit, 10);
+        let s = settings(&format!("{base}pin: {{ forgot_ip_limit: 3 }}\n"));
+        assert_eq!(s.pin.forgot_ip_limit, 3);
+    }
+
+    #[test]
+    fn an_ended_sessions_invalidation_outlives_every_session_token_it_gave() {
+        let login_ttl = Duration::from_secs(900);
+        // Ended a day before it would have expired.
+        assert_eq!(
+            ended_session_ttl(1000 + 86400, 1000, login_ttl),
+            Duration::from_secs(86400 + 900 + 3600)
+        );
+        // Already expired: the last session token may still live login_ttl.
+        assert_eq!(
+            ended_session_ttl(500, 1000, login_ttl),
+            Duration::from_secs(900 + 3600)
+        );
+    }
+
+    #[test]
+    fn a_login_is_fresh_only_within_the_window_and_when_its_time_is_known() {
+        let w = Duration::from_secs(600);
+        assert!(fresh_login(Some(1000), w, 1600));
+        assert!(!fresh_login(Some(1000), w, 1601));
+        assert!(!fresh_login(None, w, 1000));
     }
 
     #[test]

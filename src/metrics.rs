@@ -118,7 +118,7 @@ pub static PIN_OPERATIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static DELIVERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "stepgate_recovery_messages_total",
-        "PIN recovery messages by channel (email, sms) and outcome (sent, failed)",
+        "PIN recovery messages by channel (email, sms) and outcome (sent, failed, no_public_url: a reset link was due but no trusted address could carry it)",
         &["channel", "outcome"]
     )
     .unwrap()

@@ -212,7 +212,11 @@ pub async fn verify(
             .inc();
         return Err(FlowError::NoCode);
     }
-    let attempt = pin::reserve(&*gate.store, &gate.settings.lockout, &p.sub, ip).await?;
+    // Codes share the PIN's lockout, suspension included.
+    let notice = |sub: &str, ip: &str| crate::notify::pin_suspended(gate, sub, ip);
+    let attempt = pin::reserve(&*gate.store, &gate.settings.lockout, &p.sub, ip)
+        .await?
+        .on_suspend(Some(&notice));
     // Each guess takes a try atomically before it is compared, so concurrent
     // guesses can never exceed `max_tries` for one code.
     let max_tries = gate.settings.email_otp.max_tries as i64;
@@ -220,7 +224,8 @@ pub async fn verify(
     let ttl = Duration::from_secs((rec.expires_at - now).max(1) as u64);
     let tries = gate.store.incr(&tries_key, ttl).await?.value;
     if tries > max_tries {
-        attempt.success().await?;
+        // Not evaluated: released, and the run of failures goes on.
+        attempt.abandon().await;
         gate.store.delete(&key).await?;
         metrics::OTP_VERIFICATIONS
             .with_label_values(&["burned"])
@@ -238,7 +243,7 @@ pub async fn verify(
     if right {
         // Single use: only the caller that takes the record succeeds.
         if gate.store.take(&key).await?.is_none() {
-            attempt.success().await?;
+            attempt.abandon().await;
             metrics::OTP_VERIFICATIONS
                 .with_label_values(&["replay"])
                 .inc();

@@ -63,6 +63,18 @@ const BUILTIN: &[(&str, &str)] = &[
         "sms_pin_reset.txt",
         include_str!("../templates/sms_pin_reset.txt"),
     ),
+    (
+        "mail_pin_suspended_subject.txt",
+        include_str!("../templates/mail_pin_suspended_subject.txt"),
+    ),
+    (
+        "mail_pin_suspended.txt",
+        include_str!("../templates/mail_pin_suspended.txt"),
+    ),
+    (
+        "mail_pin_suspended.html",
+        include_str!("../templates/mail_pin_suspended.html"),
+    ),
 ];
 
 pub const CSS: &str = include_str!("../templates/stepgate.css");
@@ -170,6 +182,27 @@ impl Pages {
                 .to_string(),
             text: self.render_text("mail_pin_reset.txt", &ctx, fallback),
             html: self.render_text("mail_pin_reset.html", &ctx, fallback),
+        }
+    }
+
+    /// The notice that the PIN is suspended after `failures` wrong tries in
+    /// a row; `forgot`: the forgot-PIN page, when the public URL is known.
+    /// The caller fills in `to`.
+    pub fn suspended_mail(&self, failures: u32, forgot: Option<&str>) -> crate::mail::Outgoing {
+        let ctx = minijinja::context! { site => &self.site, failures, forgot };
+        let fallback = "Your PIN is suspended after too many wrong tries. Reset it with 'Forgot PIN' or ask your helpdesk.";
+        crate::mail::Outgoing {
+            to: String::new(),
+            subject: self
+                .render_text(
+                    "mail_pin_suspended_subject.txt",
+                    &ctx,
+                    "Your PIN is suspended",
+                )
+                .trim()
+                .to_string(),
+            text: self.render_text("mail_pin_suspended.txt", &ctx, fallback),
+            html: self.render_text("mail_pin_suspended.html", &ctx, fallback),
         }
     }
 

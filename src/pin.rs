@@ -6,7 +6,7 @@
 //! concurrent attempts from many gateways.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
@@ -122,6 +122,9 @@ pub enum FlowError {
     Locked {
         until: i64,
     },
+    /// Too many failures in a row: the PIN is suspended until it is reset
+    /// or an admin unlocks the account (LoginRadius 1198, "suspended").
+    Suspended,
     WrongPin {
         remaining: u32,
     },
@@ -132,6 +135,9 @@ pub enum FlowError {
     PinMismatch,
     /// PIN enrollment needs a first-factor login newer than the window.
     LoginNotFresh,
+    /// The change needs what the PIN protects: a recent step-up of this
+    /// session, or the current PIN (security answers of a user with a PIN).
+    StepUpRequired,
     StoreUnavailable,
     Internal,
     /// The address is not one of the profile's (LoginRadius 1340).
@@ -233,95 +239,331 @@ pub async fn load_record(store: &dyn Store, sub: &str) -> Result<Option<PinRecor
     }
 }
 
+/// How long the lockout remembers a run of failures (the streak of
+/// consecutive failures and the number of locks that followed each other)
+/// after the last one: long enough that spreading guesses out does not
+/// reset it, short enough that it does not live forever.
+pub const MEMORY: Duration = Duration::from_secs(30 * 86400);
+
+/// What a lock key holds while its scope is suspended (no expiry).
+const SUSPENDED: &[u8] = b"suspended";
+
+/// Store keys of one lockout scope, all derived from its reservation counter
+/// (`{u:…}:fail`, `ip:…:fail`, …), so a user's keys share one hash slot.
+struct Keys {
+    /// Reservations: guesses being evaluated plus failures in the window.
+    slots: String,
+    /// Failures in the window (expires with `slots`).
+    failures: String,
+    /// The lock: the Unix time it ends, with the lock's expiry, or
+    /// [`SUSPENDED`] without one.
+    lock: String,
+    /// Consecutive failures without a success ([`MEMORY`]).
+    streak: String,
+    /// Consecutive locks without a success ([`MEMORY`]).
+    locks: String,
+}
+
+impl Keys {
+    fn of(slots: String) -> Keys {
+        Keys {
+            failures: format!("{slots}:n"),
+            lock: format!("{slots}:lock"),
+            streak: format!("{slots}:streak"),
+            locks: format!("{slots}:locks"),
+            slots,
+        }
+    }
+}
+
+/// Told (once, by the failure that starts it) that a run of failures ended
+/// in a suspension, with the subject and the client IP: the gateway posts
+/// the webhook and mails the user. Must not block.
+pub type OnSuspend<'a> = &'a (dyn Fn(&str, &str) + Sync);
+
 /// A reserved attempt: counted before the guess is evaluated, so concurrent
 /// guesses can never exceed the limit. Settle it with `success` or `failure`.
 pub struct Attempt<'a> {
     store: &'a dyn Store,
     lockout: &'a Lockout,
-    user_key: String,
-    ip_key: String,
-    user_count: i64,
-    ip_count: i64,
+    user: Keys,
+    ip: Keys,
+    /// When the reservation counters expire (Unix ms): the window.
+    user_window_ms: u64,
+    ip_window_ms: u64,
+    /// Whether a run of failures ends in a suspension (the PIN) or only in
+    /// ever longer locks (recovery by answers or codes).
+    suspends: bool,
+    on_suspend: Option<OnSuspend<'a>>,
 }
 
-/// Reserve one attempt for `sub` from `ip`, or say until when they are locked.
+/// Reserve one attempt for `sub` from `ip`, or say until when they are
+/// locked, or that the PIN is suspended. This is the PIN's lockout (email
+/// codes share it): locks grow, and `lockout.max_consecutive` failures in a
+/// row suspend it until [`clear_lockout`].
 pub async fn reserve<'a>(
     store: &'a dyn Store,
     lockout: &'a Lockout,
     sub: &str,
     ip: &str,
 ) -> Result<Attempt<'a>, FlowError> {
-    reserve_on(store, lockout, keys::failures(sub), keys::ip_failures(ip)).await
+    reserve_scope(
+        store,
+        lockout,
+        keys::failures(sub),
+        keys::ip_failures(ip),
+        true,
+    )
+    .await
 }
 
-/// [`reserve`] on other counters (security answers have a lockout of their own).
+/// [`reserve`] on other counters (security answers and reset codes have
+/// lockouts of their own). Their locks grow like the PIN's, but never end in
+/// a suspension: anyone who knows an address could otherwise shut the
+/// owner out of recovery for good.
 pub async fn reserve_on<'a>(
     store: &'a dyn Store,
     lockout: &'a Lockout,
     user_key: String,
     ip_key: String,
 ) -> Result<Attempt<'a>, FlowError> {
-    let u = store.incr(&user_key, lockout.window).await?;
-    let i = store.incr(&ip_key, lockout.window).await?;
-    let over_user = u.value > lockout.max_failures as i64;
-    let over_ip = i.value > lockout.ip_max_failures as i64;
-    if over_user || over_ip {
-        let until_ms = match (over_user, over_ip) {
-            (true, true) => u.expires_at_ms.max(i.expires_at_ms),
-            (true, false) => u.expires_at_ms,
-            _ => i.expires_at_ms,
-        };
+    reserve_scope(store, lockout, user_key, ip_key, false).await
+}
+
+async fn reserve_scope<'a>(
+    store: &'a dyn Store,
+    lockout: &'a Lockout,
+    user_key: String,
+    ip_key: String,
+    suspends: bool,
+) -> Result<Attempt<'a>, FlowError> {
+    let (user, ip) = (Keys::of(user_key), Keys::of(ip_key));
+    // A guess refused because of a lock is never counted.
+    refuse_if_locked(store, &user, &ip).await?;
+    let u = store.incr(&user.slots, lockout.window).await?;
+    let i = match store.incr(&ip.slots, lockout.window).await {
+        Ok(i) => i,
+        Err(e) => {
+            let _ = store.decr(&user.slots).await;
+            return Err(e.into());
+        }
+    };
+    let over = u.value > lockout.max_failures as i64 || i.value > lockout.ip_max_failures as i64;
+    // Checked again after counting: a lock that started in between (on any
+    // gateway) refuses this guess too.
+    let locked = refuse_if_locked(store, &user, &ip).await;
+    if over || locked.is_err() {
+        // Not evaluated, so not counted: undo the reservation.
+        let _ = store.decr(&user.slots).await;
+        let _ = store.decr(&ip.slots).await;
+        locked?;
+        // Guesses in flight fill what the window allows; whether they fail
+        // decides whether a lock starts. Ask to retry in a moment.
         return Err(FlowError::Locked {
-            until: until_ms.div_ceil(1000) as i64,
+            until: crate::clock::now() + 1,
         });
     }
     Ok(Attempt {
         store,
         lockout,
-        user_key,
-        ip_key,
-        user_count: u.value,
-        ip_count: i.value,
+        user,
+        ip,
+        user_window_ms: u.expires_at_ms,
+        ip_window_ms: i.expires_at_ms,
+        suspends,
+        on_suspend: None,
     })
 }
 
-impl Attempt<'_> {
-    /// The guess was right: release the reservation.
+/// What a lock key holds, as the answer to a guess.
+fn lock_state(raw: Option<Vec<u8>>) -> Option<FlowError> {
+    let raw = raw?;
+    if raw == SUSPENDED {
+        return Some(FlowError::Suspended);
+    }
+    let until: i64 = std::str::from_utf8(&raw).ok()?.parse().ok()?;
+    (until > crate::clock::now()).then_some(FlowError::Locked { until })
+}
+
+/// Err(Suspended) or Err(Locked) when the user's or the IP's lock holds.
+async fn refuse_if_locked(store: &dyn Store, user: &Keys, ip: &Keys) -> Result<(), FlowError> {
+    let u = lock_state(store.get(&user.lock).await?);
+    let i = lock_state(store.get(&ip.lock).await?);
+    match (u, i) {
+        (None, None) => Ok(()),
+        (Some(FlowError::Suspended), _) | (_, Some(FlowError::Suspended)) => {
+            Err(FlowError::Suspended)
+        }
+        (Some(FlowError::Locked { until: a }), Some(FlowError::Locked { until: b })) => {
+            Err(FlowError::Locked { until: a.max(b) })
+        }
+        (Some(e), _) | (_, Some(e)) => Err(e),
+    }
+}
+
+/// `base` doubled for each earlier lock in the run (`n` is this lock's
+/// number, from 1), at most `cap`.
+fn lock_duration(base: Duration, n: i64, cap: Duration) -> Duration {
+    let doublings = (n.clamp(1, 32) - 1) as u32;
+    base.saturating_mul(1u32 << doublings.min(31)).min(cap)
+}
+
+/// Time left until `expires_at_ms`, at least 1 ms.
+fn until_ms(expires_at_ms: u64) -> Duration {
+    Duration::from_millis(expires_at_ms.saturating_sub(crate::store::now_ms()).max(1))
+}
+
+async fn refresh(store: &dyn Store, key: &str) -> Result<i64, FlowError> {
+    let c = store.incr(key, MEMORY).await?;
+    if c.value > 1 {
+        store.expire(key, MEMORY).await?;
+    }
+    Ok(c.value)
+}
+
+/// Lift every lock of the scope whose reservation counter is `user_key`:
+/// the lock or suspension, the window's counts and the memory of the run.
+pub async fn clear_on(store: &dyn Store, user_key: String) -> Result<(), FlowError> {
+    let k = Keys::of(user_key);
+    for key in [&k.lock, &k.streak, &k.locks, &k.failures, &k.slots] {
+        store.delete(key).await?;
+    }
+    Ok(())
+}
+
+/// Lift `sub`'s PIN lockout, suspension included, on every gateway: after a
+/// PIN reset (the user proved a recovery channel) or an admin unlock.
+pub async fn clear_lockout(store: &dyn Store, sub: &str) -> Result<(), FlowError> {
+    clear_on(store, keys::failures(sub)).await
+}
+
+impl<'a> Attempt<'a> {
+    /// Who to tell when this attempt's failure starts a suspension.
+    pub fn on_suspend(mut self, f: Option<OnSuspend<'a>>) -> Self {
+        self.on_suspend = f;
+        self
+    }
+
+    /// The guess was right: release the reservation; the run of failures
+    /// (and with it the growth of locks) starts again.
     pub async fn success(self) -> Result<(), FlowError> {
-        self.store.decr(&self.user_key).await?;
-        self.store.decr(&self.ip_key).await?;
+        self.store.decr(&self.user.slots).await?;
+        self.store.decr(&self.ip.slots).await?;
+        self.store.delete(&self.user.locks).await?;
+        if self.suspends {
+            self.store.delete(&self.user.streak).await?;
+        }
         Ok(())
     }
 
-    /// The guess was wrong: the reservation stays a failure. At the limit the
-    /// counter's expiry becomes the lockout duration. Returns the tries left
-    /// for the user, or the lockout.
+    /// The guess was not evaluated (an internal error): release the
+    /// reservation without a verdict.
+    pub async fn abandon(self) {
+        let _ = self.store.decr(&self.user.slots).await;
+        let _ = self.store.decr(&self.ip.slots).await;
+    }
+
+    /// The guess was wrong: the reservation stays a failure. The
+    /// `max_failures`-th failure in the window locks the user for
+    /// `lockout.duration`, doubled for each lock since the last success (at
+    /// most `max_duration`); the `ip_max_failures`-th locks the IP for
+    /// `duration`; the `max_consecutive`-th in a row suspends the PIN.
+    /// Returns the tries left for the user, or the lock, or the suspension.
     pub async fn failure(self, sub: &str, ip: &str) -> Result<FlowError, FlowError> {
         let l = self.lockout;
-        let now = crate::clock::now();
-        let mut locked_until = None;
-        if self.user_count >= l.max_failures as i64 {
-            self.store.expire(&self.user_key, l.duration).await?;
-            metrics::LOCKOUTS.with_label_values(&["user"]).inc();
-            crate::audit::event("lockout", sub, ip, "user");
-            locked_until = Some(now + l.duration.as_secs() as i64);
-        }
-        if self.ip_count >= l.ip_max_failures as i64 {
-            self.store.expire(&self.ip_key, l.duration).await?;
-            metrics::LOCKOUTS.with_label_values(&["ip"]).inc();
-            crate::audit::event("lockout", sub, ip, "ip");
-            locked_until = Some(now + l.duration.as_secs() as i64);
-        }
-        Ok(match locked_until {
-            Some(until) => FlowError::Locked { until },
-            None => FlowError::WrongPin {
-                remaining: (l.max_failures as i64 - self.user_count).max(0) as u32,
+        let s = self.store;
+        let user_failures = s
+            .incr(&self.user.failures, until_ms(self.user_window_ms))
+            .await?
+            .value;
+        let ip_failures = s
+            .incr(&self.ip.failures, until_ms(self.ip_window_ms))
+            .await?
+            .value;
+        let ip_lock = if ip_failures >= l.ip_max_failures as i64 {
+            self.lock(&self.ip, l.duration, sub, ip, "ip").await?.0
+        } else {
+            None
+        };
+        let streak = if self.suspends {
+            refresh(s, &self.user.streak).await?
+        } else {
+            0
+        };
+        let user = if self.suspends && streak >= l.max_consecutive as i64 {
+            s.put(&self.user.lock, SUSPENDED, None).await?;
+            // Exactly one failure reaches the cap (the counter is atomic).
+            if streak == l.max_consecutive as i64 {
+                metrics::LOCKOUTS.with_label_values(&["suspended"]).inc();
+                crate::audit::event(
+                    "pin_suspended",
+                    sub,
+                    ip,
+                    &format!("{streak} failures in a row"),
+                );
+                if let Some(f) = self.on_suspend {
+                    f(sub, ip);
+                }
+            }
+            Some(FlowError::Suspended)
+        } else if user_failures >= l.max_failures as i64 {
+            let n = match s.get(&self.user.locks).await? {
+                Some(raw) => crate::store::memory::parse(&self.user.locks, &raw)? + 1,
+                None => 1,
+            };
+            let d = lock_duration(l.duration, n, l.max_duration);
+            let (state, started) = self.lock(&self.user, d, sub, ip, "user").await?;
+            if started {
+                refresh(s, &self.user.locks).await?;
+            }
+            state
+        } else {
+            None
+        };
+        Ok(match (user, ip_lock) {
+            (Some(FlowError::Suspended), _) => FlowError::Suspended,
+            (Some(FlowError::Locked { until: a }), Some(FlowError::Locked { until: b })) => {
+                FlowError::Locked { until: a.max(b) }
+            }
+            (Some(e), _) | (None, Some(e)) => e,
+            (None, None) => FlowError::WrongPin {
+                remaining: (l.max_failures as i64 - user_failures).max(0) as u32,
             },
         })
+    }
+
+    /// Start a lock of `d` on scope `k`, unless one holds already. Returns
+    /// the lock that holds, and whether this call started it. The lock is
+    /// written before the window's counters go, so a guess counted in
+    /// between sees it.
+    async fn lock(
+        &self,
+        k: &Keys,
+        d: Duration,
+        sub: &str,
+        ip: &str,
+        scope: &str,
+    ) -> Result<(Option<FlowError>, bool), FlowError> {
+        let s = self.store;
+        // Rounded up: the lock never reads as over before its key expires.
+        let until = (crate::store::now_ms() + d.as_millis() as u64).div_ceil(1000) as i64;
+        if !s
+            .put_if_absent(&k.lock, until.to_string().as_bytes(), d)
+            .await?
+        {
+            return Ok((lock_state(s.get(&k.lock).await?), false));
+        }
+        s.delete(&k.slots).await?;
+        s.delete(&k.failures).await?;
+        metrics::LOCKOUTS.with_label_values(&[scope]).inc();
+        crate::audit::event("lockout", sub, ip, scope);
+        tracing::info!(target: "stepgate", user = sub, ip, scope, seconds = d.as_secs(), "lockout started");
+        Ok((Some(FlowError::Locked { until }), true))
     }
 }
 
 /// Verify `pin` for `sub`, under the lockout. Ok(()) on a right PIN.
+/// `on_suspend` is told when this guess suspends the PIN.
 pub async fn verify(
     store: &dyn Store,
     hasher: &Arc<Hasher>,
@@ -329,12 +571,25 @@ pub async fn verify(
     sub: &str,
     ip: &str,
     pin: &str,
+    on_suspend: Option<OnSuspend<'_>>,
 ) -> Result<(), FlowError> {
     let record = load_record(store, sub).await?.ok_or(FlowError::NoPin)?;
-    let attempt = reserve(store, lockout, sub, ip).await?;
+    let attempt = reserve(store, lockout, sub, ip)
+        .await?
+        .on_suspend(on_suspend);
     // A PIN longer than any allowed one cannot be right; still counted.
     let started = Instant::now();
-    let ok = pin.len() <= 64 && hasher.verify(pin.to_string(), record.phc).await?;
+    let ok = if pin.len() > 64 {
+        false
+    } else {
+        match hasher.verify(pin.to_string(), record.phc).await {
+            Ok(ok) => ok,
+            Err(e) => {
+                attempt.abandon().await;
+                return Err(e);
+            }
+        }
+    };
     metrics::PIN_VERIFY_SECONDS.observe(started.elapsed().as_secs_f64());
     if ok {
         attempt.success().await?;
@@ -430,6 +685,7 @@ mod tests {
             reset_ttl: Duration::from_secs(900),
             reset_urls: Vec::new(),
             auth_token_ttl: Duration::from_secs(300),
+            forgot_ip_limit: 10,
         }
     }
 
@@ -452,32 +708,72 @@ mod tests {
         }
     }
 
+    /// A lockout with these numbers; windows and locks in seconds.
+    fn lockout(
+        max_failures: u32,
+        ip_max_failures: u32,
+        duration: u64,
+        max_duration: u64,
+        max_consecutive: u32,
+    ) -> Lockout {
+        Lockout {
+            max_failures,
+            window: Duration::from_secs(30),
+            duration: Duration::from_secs(duration),
+            ip_max_failures,
+            max_duration: Duration::from_secs(max_duration),
+            max_consecutive,
+        }
+    }
+
+    async fn with_pin(store: &dyn Store, hasher: &Arc<Hasher>, sub: &str) {
+        enroll(store, hasher, &settings(), sub, "1.1.1.1", "2580", "2580")
+            .await
+            .unwrap();
+    }
+
+    async fn try_pin(
+        store: &dyn Store,
+        hasher: &Arc<Hasher>,
+        l: &Lockout,
+        sub: &str,
+        ip: &str,
+        pin: &str,
+    ) -> Result<(), FlowError> {
+        verify(store, hasher, l, sub, ip, pin, None).await
+    }
+
+    /// Seconds from now until a lock ends.
+    fn locked_for(r: Result<(), FlowError>) -> i64 {
+        match r {
+            Err(FlowError::Locked { until }) => until - crate::clock::now(),
+            other => panic!("expected a lock, got {other:?}"),
+        }
+    }
+
+    /// Sleep until the lock in `r` (seconds left) is over.
+    async fn outlast(secs: i64) {
+        tokio::time::sleep(Duration::from_millis(secs.max(0) as u64 * 1000 + 150)).await;
+    }
+
+    async fn counter(store: &dyn Store, key: &str) -> i64 {
+        match store.get(key).await.unwrap() {
+            Some(raw) => crate::store::memory::parse(key, &raw).unwrap(),
+            None => 0,
+        }
+    }
+
     #[tokio::test]
     async fn concurrent_wrong_pins_are_evaluated_exactly_up_to_the_limit() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
         let hasher = Arc::new(Hasher::new(2));
-        let lockout = Lockout {
-            max_failures: 5,
-            window: Duration::from_secs(900),
-            duration: Duration::from_secs(900),
-            ip_max_failures: 100,
-        };
-        enroll(
-            &*store,
-            &hasher,
-            &settings(),
-            "u",
-            "1.1.1.1",
-            "2580",
-            "2580",
-        )
-        .await
-        .unwrap();
+        let lockout = lockout(5, 100, 900, 86400, 20);
+        with_pin(&*store, &hasher, "u").await;
         let mut tasks = Vec::new();
         for _ in 0..12 {
             let (store, hasher, lockout) = (store.clone(), hasher.clone(), lockout.clone());
             tasks.push(tokio::spawn(async move {
-                verify(&*store, &hasher, &lockout, "u", "1.1.1.1", "1111").await
+                try_pin(&*store, &hasher, &lockout, "u", "1.1.1.1", "1111").await
             }));
         }
         let mut wrong = 0;
@@ -496,7 +792,7 @@ mod tests {
         );
         // Even the right PIN is refused while locked.
         assert!(matches!(
-            verify(&*store, &hasher, &lockout, "u", "1.1.1.1", "2580").await,
+            try_pin(&*store, &hasher, &lockout, "u", "1.1.1.1", "2580").await,
             Err(FlowError::Locked { .. })
         ));
     }
@@ -505,23 +801,291 @@ mod tests {
     async fn success_releases_the_reservation() {
         let store = MemoryStore::default();
         let hasher = Arc::new(Hasher::new(1));
-        let lockout = Lockout {
-            max_failures: 2,
-            window: Duration::from_secs(900),
-            duration: Duration::from_secs(900),
-            ip_max_failures: 100,
-        };
-        enroll(&store, &hasher, &settings(), "u", "ip", "2580", "2580")
-            .await
-            .unwrap();
+        let lockout = lockout(2, 100, 900, 86400, 20);
+        with_pin(&store, &hasher, "u").await;
         for _ in 0..5 {
-            verify(&store, &hasher, &lockout, "u", "ip", "2580")
+            try_pin(&store, &hasher, &lockout, "u", "ip", "2580")
                 .await
                 .unwrap();
         }
         assert_eq!(
-            verify(&store, &hasher, &lockout, "u", "ip", "1111").await,
+            try_pin(&store, &hasher, &lockout, "u", "ip", "1111").await,
             Err(FlowError::WrongPin { remaining: 1 })
         );
+    }
+
+    #[tokio::test]
+    async fn refused_while_locked_guesses_are_not_counted() {
+        let store = MemoryStore::default();
+        let hasher = Arc::new(Hasher::new(1));
+        // Low IP limit, so that counting refused guesses would show at once.
+        let l = lockout(2, 4, 60, 60, 20);
+        with_pin(&store, &hasher, "ann").await;
+        with_pin(&store, &hasher, "bob").await;
+        for _ in 0..2 {
+            let _ = try_pin(&store, &hasher, &l, "ann", "10.0.0.1", "1111").await;
+        }
+        // Ann is locked; she keeps trying, right and wrong.
+        for pin in [
+            "1111", "2580", "1111", "2580", "1111", "2580", "1111", "2580",
+        ] {
+            assert!(matches!(
+                try_pin(&store, &hasher, &l, "ann", "10.0.0.1", pin).await,
+                Err(FlowError::Locked { .. })
+            ));
+        }
+        let ann = keys::failures("ann");
+        assert_eq!(
+            counter(&store, &format!("{ann}:streak")).await,
+            2,
+            "only evaluated guesses are failures"
+        );
+        // Bob, behind the same address, has his own tries: the IP saw 2
+        // failures, not 10.
+        assert_eq!(
+            try_pin(&store, &hasher, &l, "bob", "10.0.0.1", "1111").await,
+            Err(FlowError::WrongPin { remaining: 1 })
+        );
+        try_pin(&store, &hasher, &l, "bob", "10.0.0.1", "2580")
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn concurrent_right_pins_never_lock_the_user() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let hasher = Arc::new(Hasher::new(2));
+        let l = lockout(5, 100, 900, 86400, 20);
+        with_pin(&*store, &hasher, "u").await;
+        let mut tasks = Vec::new();
+        for _ in 0..40 {
+            let (store, hasher, l) = (store.clone(), hasher.clone(), l.clone());
+            tasks.push(tokio::spawn(async move {
+                try_pin(&*store, &hasher, &l, "u", "1.1.1.1", "2580").await
+            }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(()) => ok += 1,
+                // Beyond what may be in flight at once: refused for a moment.
+                Err(FlowError::Locked { until }) => {
+                    assert!(until <= crate::clock::now() + 1, "only a moment: {until}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(ok >= 1, "the guesses in flight were evaluated");
+        // Nothing is locked and nothing was counted.
+        let k = keys::failures("u");
+        assert_eq!(store.get(&format!("{k}:lock")).await.unwrap(), None);
+        assert_eq!(
+            counter(&*store, &k).await,
+            0,
+            "every reservation was released"
+        );
+        try_pin(&*store, &hasher, &l, "u", "1.1.1.1", "2580")
+            .await
+            .unwrap();
+        assert_eq!(
+            try_pin(&*store, &hasher, &l, "u", "1.1.1.1", "1111").await,
+            Err(FlowError::WrongPin { remaining: 4 })
+        );
+    }
+
+    #[tokio::test]
+    async fn one_users_typos_do_not_lock_others_behind_the_same_ip() {
+        // The shipped defaults.
+        let secret = "0123456789abcdef0123456789abcdef";
+        let settings = crate::config::from_str(
+            std::path::Path::new("/tmp/gw.yaml"),
+            &format!("upstream: http://127.0.0.1:9000\npolicy: p.yaml\nfirst_factor: {{ jwt: {{ secret: \"{secret}\" }} }}\nsigning: {{ secret: \"{secret}\" }}\n"),
+        )
+        .unwrap();
+        let l = settings.lockout;
+        let store = MemoryStore::default();
+        let hasher = Arc::new(Hasher::new(1));
+        with_pin(&store, &hasher, "ann").await;
+        with_pin(&store, &hasher, "bob").await;
+        let mut last = Ok(());
+        for _ in 0..l.max_failures {
+            last = try_pin(&store, &hasher, &l, "ann", "192.0.2.7", "1111").await;
+        }
+        assert!(matches!(last, Err(FlowError::Locked { .. })), "{last:?}");
+        // Her colleague behind the same NAT is not locked, and keeps all his tries.
+        try_pin(&store, &hasher, &l, "bob", "192.0.2.7", "2580")
+            .await
+            .unwrap();
+        assert_eq!(
+            try_pin(&store, &hasher, &l, "bob", "192.0.2.7", "1111").await,
+            Err(FlowError::WrongPin {
+                remaining: l.max_failures - 1
+            })
+        );
+        // Many users' failures from one address still lock the address.
+        let ip = lockout(1000, 3, 60, 60, 20);
+        with_pin(&store, &hasher, "u0").await;
+        with_pin(&store, &hasher, "u1").await;
+        for u in ["bob", "u0"] {
+            let r = try_pin(&store, &hasher, &ip, u, "198.51.100.1", "1111").await;
+            assert!(matches!(r, Err(FlowError::WrongPin { .. })), "{r:?}");
+        }
+        let r = try_pin(&store, &hasher, &ip, "u1", "198.51.100.1", "1111").await;
+        assert!(matches!(r, Err(FlowError::Locked { .. })), "{r:?}");
+        let r = try_pin(&store, &hasher, &ip, "bob", "198.51.100.1", "2580").await;
+        assert!(matches!(r, Err(FlowError::Locked { .. })), "{r:?}");
+    }
+
+    #[test]
+    fn an_ip_limit_below_the_user_limit_is_a_config_error() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let base = format!("upstream: http://127.0.0.1:9000\npolicy: p.yaml\nfirst_factor: {{ jwt: {{ secret: \"{secret}\" }} }}\nsigning: {{ secret: \"{secret}\" }}\n");
+        let load = |lockout: &str| {
+            crate::config::from_str(
+                std::path::Path::new("/tmp/gw.yaml"),
+                &format!("{base}lockout:\n{lockout}"),
+            )
+        };
+        let e = load("  max_failures: 5\n  ip_max_failures: 4\n").unwrap_err();
+        assert!(
+            e.iter()
+                .any(|d| d.message.contains("ip_max_failures") && d.pos.line == 7),
+            "{e:?}"
+        );
+        assert!(load("  max_failures: 5\n  ip_max_failures: 5\n").is_ok());
+        for bad in [
+            "  max_consecutive: 0\n",
+            "  max_consecutive: 101\n",
+            "  duration: 1h\n  max_duration: 30m\n",
+        ] {
+            assert!(load(bad).is_err(), "{bad}");
+        }
+        let l = load("  max_duration: 2h\n  max_consecutive: 50\n")
+            .unwrap()
+            .lockout;
+        assert_eq!(
+            (l.max_duration, l.max_consecutive),
+            (Duration::from_secs(7200), 50)
+        );
+    }
+
+    #[tokio::test]
+    async fn consecutive_locks_grow() {
+        let store = MemoryStore::default();
+        let hasher = Arc::new(Hasher::new(1));
+        let l = lockout(2, 100, 1, 2, 20);
+        with_pin(&store, &hasher, "u").await;
+        let two_wrong = || async {
+            assert_eq!(
+                try_pin(&store, &hasher, &l, "u", "ip", "1111").await,
+                Err(FlowError::WrongPin { remaining: 1 })
+            );
+            locked_for(try_pin(&store, &hasher, &l, "u", "ip", "1111").await)
+        };
+        let first = two_wrong().await;
+        assert!(
+            (1..=2).contains(&first),
+            "the first lock is `duration`: {first}"
+        );
+        outlast(first).await;
+        let second = two_wrong().await;
+        assert!(
+            (2..=3).contains(&second),
+            "the next one lasts twice as long: {second}"
+        );
+        outlast(second).await;
+        let third = two_wrong().await;
+        assert!((2..=3).contains(&third), "capped at max_duration: {third}");
+        outlast(third).await;
+        // A success ends the run: the next lock is short again.
+        try_pin(&store, &hasher, &l, "u", "ip", "2580")
+            .await
+            .unwrap();
+        let after = two_wrong().await;
+        assert!((1..=2).contains(&after), "{after}");
+    }
+
+    #[tokio::test]
+    async fn consecutive_failures_end_in_suspension_until_reset() {
+        let store = MemoryStore::default();
+        let hasher = Arc::new(Hasher::new(1));
+        let l = lockout(2, 100, 1, 1, 5);
+        with_pin(&store, &hasher, "u").await;
+        let told = std::sync::Mutex::new(Vec::new());
+        let notice = |sub: &str, ip: &str| told.lock().unwrap().push(format!("{sub}@{ip}"));
+        let wrong = || verify(&store, &hasher, &l, "u", "ip", "1111", Some(&notice));
+        for _ in 0..2 {
+            let _ = wrong().await;
+            let _ = wrong().await;
+            outlast(1).await;
+        }
+        assert_eq!(
+            wrong().await,
+            Err(FlowError::Suspended),
+            "the 5th failure in a row"
+        );
+        assert_eq!(*told.lock().unwrap(), vec!["u@ip".to_string()]);
+        // Suspended: nothing is evaluated, however long one waits.
+        outlast(1).await;
+        for pin in ["2580", "1111"] {
+            assert_eq!(
+                try_pin(&store, &hasher, &l, "u", "ip", pin).await,
+                Err(FlowError::Suspended)
+            );
+        }
+        assert_eq!(told.lock().unwrap().len(), 1, "told once");
+        // A reset (or an admin) lifts it, with the memory of the run.
+        clear_lockout(&store, "u").await.unwrap();
+        try_pin(&store, &hasher, &l, "u", "ip", "2580")
+            .await
+            .unwrap();
+        assert_eq!(
+            try_pin(&store, &hasher, &l, "u", "ip", "1111").await,
+            Err(FlowError::WrongPin { remaining: 1 })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_success_ends_the_run_of_failures() {
+        let store = MemoryStore::default();
+        let hasher = Arc::new(Hasher::new(1));
+        let l = lockout(10, 100, 60, 60, 3);
+        with_pin(&store, &hasher, "u").await;
+        for _ in 0..2 {
+            let _ = try_pin(&store, &hasher, &l, "u", "ip", "1111").await;
+        }
+        try_pin(&store, &hasher, &l, "u", "ip", "2580")
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            assert!(matches!(
+                try_pin(&store, &hasher, &l, "u", "ip", "1111").await,
+                Err(FlowError::WrongPin { .. })
+            ));
+        }
+        assert_eq!(
+            try_pin(&store, &hasher, &l, "u", "ip", "1111").await,
+            Err(FlowError::Suspended),
+            "three in a row"
+        );
+    }
+
+    #[tokio::test]
+    async fn recovery_lockouts_grow_but_never_suspend() {
+        let store = MemoryStore::default();
+        let l = lockout(1, 100, 1, 2, 1);
+        let fail = || async {
+            let a = reserve_on(&store, &l, "{u:x}:sq:fail".into(), "ip:1:sq:fail".into())
+                .await
+                .unwrap();
+            locked_for(Err(a.failure("x", "1").await.unwrap()))
+        };
+        let first = fail().await;
+        assert!((1..=2).contains(&first), "{first}");
+        outlast(first).await;
+        let second = fail().await;
+        assert!((2..=3).contains(&second), "{second}");
+        let r = reserve_on(&store, &l, "{u:x}:sq:fail".into(), "ip:1:sq:fail".into()).await;
+        assert!(matches!(r, Err(FlowError::Locked { .. })));
     }
 }

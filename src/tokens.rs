@@ -60,6 +60,10 @@ struct SessionClaims {
     /// The PIN session it came from.
     psid: String,
     iat: i64,
+    /// When it was issued, in Unix ms (step-downs are exact to the ms);
+    /// absent in sessions minted before, which are judged by `iat`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat_ms: Option<i64>,
     exp: i64,
     /// The first-factor login the PIN session was opened under.
     login_time: Option<i64>,
@@ -88,6 +92,10 @@ pub struct StepUpClaims {
     pub amr: Vec<String>,
     pub auth_time: i64,
     pub iat: i64,
+    /// When it was issued, in Unix ms; absent in tokens minted before
+    /// milliseconds (see [`StepUpClaims::issued_ms`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat_ms: Option<i64>,
     pub exp: i64,
     pub jti: String,
     typ: String,
@@ -96,6 +104,14 @@ pub struct StepUpClaims {
 impl StepUpClaims {
     pub fn factor(&self) -> Option<Factor> {
         self.amr.first().and_then(|a| Factor::from_amr(a))
+    }
+
+    /// The issue time that invalidations are compared with (Unix ms): the
+    /// token's own, or, for a token without one, the first ms of its `iat`
+    /// second (conservative: an invalidation in that second ends it).
+    pub fn issued_ms(&self) -> i64 {
+        self.iat_ms
+            .unwrap_or_else(|| crate::revoke::legacy_issued_ms(self.iat))
     }
 }
 
@@ -152,19 +168,22 @@ impl Keys {
         }
     }
 
-    /// Mint stepgate's own first-factor session after a PIN login.
+    /// Mint stepgate's own first-factor session after a PIN login, issued
+    /// at `now_ms` (Unix ms).
     pub fn issue_session(
         &self,
         profile: &crate::profile::Profile,
         psid: &str,
         login_time: Option<i64>,
-        now: i64,
+        now_ms: i64,
         ttl_secs: i64,
     ) -> (String, i64) {
+        let now = now_ms.div_euclid(1000);
         let c = SessionClaims {
             sub: profile.sub.clone(),
             psid: psid.to_string(),
             iat: now,
+            iat_ms: Some(now_ms),
             exp: now + ttl_secs,
             login_time,
             emails: profile.emails.clone(),
@@ -206,7 +225,11 @@ impl Keys {
             expires: c.exp,
             username: c.username,
             phone: c.phone,
-            pin_session: Some((c.psid, c.iat)),
+            pin_session: Some((
+                c.psid,
+                c.iat_ms
+                    .unwrap_or_else(|| crate::revoke::legacy_issued_ms(c.iat)),
+            )),
             sub: c.sub,
         })
     }
@@ -240,7 +263,9 @@ impl Keys {
         bool::from(self.anon_mac(nonce, exp).as_bytes().ct_eq(mac.as_bytes()))
     }
 
-    /// Mint a step-up token for `p`, valid for `ttl_secs`.
+    /// Mint a step-up token for `p` at `now` (Unix seconds), valid for
+    /// `ttl_secs`: [`Keys::issue_stepup_ms`] at the start of that second,
+    /// for callers that only know seconds (benchmarks, tests).
     pub fn issue_stepup(
         &self,
         p: &Principal,
@@ -248,12 +273,26 @@ impl Keys {
         now: i64,
         ttl_secs: i64,
     ) -> (String, StepUpClaims) {
+        self.issue_stepup_ms(p, factor, now.saturating_mul(1000), ttl_secs)
+    }
+
+    /// Mint a step-up token for `p`, issued at `now_ms` (Unix ms, what
+    /// invalidations are compared with), valid for `ttl_secs`.
+    pub fn issue_stepup_ms(
+        &self,
+        p: &Principal,
+        factor: Factor,
+        now_ms: i64,
+        ttl_secs: i64,
+    ) -> (String, StepUpClaims) {
+        let now = now_ms.div_euclid(1000);
         let claims = StepUpClaims {
             sub: p.sub.clone(),
             ssn: session_hash(p),
             amr: vec![factor.amr().to_string()],
             auth_time: now,
             iat: now,
+            iat_ms: Some(now_ms),
             exp: now + ttl_secs,
             jti: random_id(),
             typ: STEPUP_TYP.to_string(),
@@ -459,12 +498,16 @@ mod tests {
             otp_emails: vec!["a@x.io".into()],
             ..Default::default()
         };
-        let (t, exp) = k.issue_session(&prof, "ps1", Some(900), 1000, 600);
+        let (t, exp) = k.issue_session(&prof, "ps1", Some(900), 1_000_250, 600);
         assert_eq!(exp, 1600);
         let rest = t.strip_prefix(SESSION_PREFIX).unwrap();
         let p = k.decode_session(rest, 1100).unwrap();
         assert_eq!(p.sub, "alice");
-        assert_eq!(p.pin_session, Some(("ps1".into(), 1000)));
+        assert_eq!(
+            p.pin_session,
+            Some(("ps1".into(), 1_000_250)),
+            "issued at, in ms"
+        );
         assert_eq!(p.login_time, Some(900));
         assert_eq!(p.email.as_deref(), Some("a@x.io"));
         assert_eq!(
@@ -489,5 +532,36 @@ mod tests {
         assert!(!k.check_anon_csrf("nonce-nonce-nonce-2", &t, 1000));
         assert!(!k.check_anon_csrf("short", &k.anon_csrf("short", 1000), 1000));
         assert!(!k.check_anon_csrf("nonce-nonce-nonce-1", &t, 1000 + 3601));
+    }
+
+    #[test]
+    fn step_up_tokens_carry_their_issue_time_in_ms() {
+        let k = keys();
+        let alice = principal("alice", "sid:1");
+        let (t, c) = k.issue_stepup_ms(&alice, Factor::Pin, 1_000_250, 300);
+        assert_eq!((c.iat, c.auth_time, c.exp), (1000, 1000, 1300));
+        assert_eq!(c.issued_ms(), 1_000_250);
+        assert_eq!(k.decode_stepup(&t, 1100).unwrap().issued_ms(), 1_000_250);
+    }
+
+    #[test]
+    fn tokens_from_before_milliseconds_count_as_issued_at_the_start_of_their_second() {
+        let k = keys();
+        let alice = principal("alice", "sid:1");
+        let old = serde_json::json!({
+            "sub": "alice", "ssn": session_hash(&alice), "amr": ["pin"],
+            "auth_time": 1000, "iat": 1000, "exp": 1300, "jti": "j", "typ": STEPUP_TYP,
+        });
+        let t = encode(&Header::new(Algorithm::HS256), &old, &k.stepup_enc).unwrap();
+        let c = k.verify_stepup(&t, &alice, 1100).unwrap();
+        assert_eq!(c.iat_ms, None);
+        assert_eq!(c.issued_ms(), 1_000_000);
+        let old_session = serde_json::json!({
+            "sub": "alice", "psid": "ps1", "iat": 1000, "exp": 1600,
+            "login_time": null, "username": null, "phone": null, "typ": SESSION_TYP,
+        });
+        let t = encode(&Header::new(Algorithm::HS256), &old_session, &k.session_enc).unwrap();
+        let p = k.decode_session(&t, 1100).unwrap();
+        assert_eq!(p.pin_session, Some(("ps1".into(), 1_000_000)));
     }
 }

@@ -350,9 +350,9 @@ fn wrong_pins_count_down_then_lock_with_locked_until_and_retry_after() {
     )
     .expect("LockedUntil is RFC 3339")
     .unix_timestamp();
-    // Default lockout: 15 minutes.
+    // Default lockout: 15 minutes (its end rounded up to the second).
     assert!(
-        (before + 890..=now() + 900).contains(&until),
+        (before + 890..=now() + 901).contains(&until),
         "locked for 15 minutes: until {until}, now {before}"
     );
     let retry: i64 = h["retry-after"].to_str().unwrap().parse().unwrap();
@@ -796,15 +796,30 @@ fn validate_with_the_api_secret_says_whether_a_token_is_valid() {
     let at = alice(&g);
     enroll_pin(&g, &c, &at, PIN);
     let su = pin_token(&g, &c, &at);
-    assert!(is_valid(&g, &c, json!({"secondfactorvalidationtoken": su})));
-    // LoginRadius's casing works as well.
-    assert!(is_valid(&g, &c, json!({"SecondFactorValidationToken": su})));
-    // Bound to a user: the right uid passes, another one does not.
     assert!(is_valid(
         &g,
         &c,
         json!({"secondfactorvalidationtoken": su, "uid": "alice"})
     ));
+    // LoginRadius's casing works as well.
+    assert!(is_valid(
+        &g,
+        &c,
+        json!({"SecondFactorValidationToken": su, "Uid": "alice"})
+    ));
+    // The uid is required: a back end must say whose token it checks.
+    let (_, b) = assert_error(
+        validate(
+            &g,
+            &c,
+            Some(API_SECRET),
+            json!({"secondfactorvalidationtoken": su}),
+        ),
+        400,
+        901,
+    );
+    assert!(b["Description"].as_str().unwrap().contains("Uid"), "{b}");
+    // Bound to a user: another one does not pass.
     assert!(!is_valid(
         &g,
         &c,
@@ -823,21 +838,25 @@ fn validate_with_the_api_secret_says_whether_a_token_is_valid() {
     assert!(!is_valid(
         &g,
         &c,
-        json!({"secondfactorvalidationtoken": tampered_sig})
+        json!({"secondfactorvalidationtoken": tampered_sig, "uid": "alice"})
     ));
     let tampered_payload = flip(&su, su.find('.').unwrap() + 5);
     assert!(!is_valid(
         &g,
         &c,
-        json!({"secondfactorvalidationtoken": tampered_payload})
+        json!({"secondfactorvalidationtoken": tampered_payload, "uid": "alice"})
     ));
     assert!(!is_valid(
         &g,
         &c,
-        json!({"secondfactorvalidationtoken": ""})
+        json!({"secondfactorvalidationtoken": "", "uid": "alice"})
     ));
     assert!(
-        !is_valid(&g, &c, json!({"secondfactorvalidationtoken": at})),
+        !is_valid(
+            &g,
+            &c,
+            json!({"secondfactorvalidationtoken": at, "uid": "alice"})
+        ),
         "an access token is not a step-up token"
     );
 }
@@ -895,7 +914,7 @@ fn the_bearer_scheme_is_read_case_insensitively() {
         let r = c
             .post(api(&g, "/stepup/validate"))
             .header("Authorization", format!("{scheme} {API_SECRET}"))
-            .json(&json!({"secondfactorvalidationtoken": su}))
+            .json(&json!({"secondfactorvalidationtoken": su, "uid": "alice"}))
             .send()
             .unwrap();
         assert_eq!(

@@ -789,8 +789,9 @@ fn five_wrong_pins_lock_the_user_even_against_the_right_pin() {
 
 #[test]
 fn per_ip_lockout_counts_failures_across_users() {
+    // The per-IP limit at its lowest (the per-user one); no user fails 5 times.
     let g = Gateway::start_with(opts_with_extra(
-        "lockout:\n  max_failures: 100\n  ip_max_failures: 5\n",
+        "lockout:\n  max_failures: 5\n  ip_max_failures: 5\n",
     ));
     let c = client();
     let users: Vec<(String, String)> = (0..4)
@@ -825,19 +826,24 @@ fn per_ip_lockout_counts_failures_across_users() {
 #[test]
 fn x_forwarded_for_from_a_trusted_proxy_sets_the_client_ip_for_lockout() {
     let g = Gateway::start_with(opts_with_extra(
-        "trusted_proxies: [\"127.0.0.1\"]\nlockout:\n  max_failures: 100\n  ip_max_failures: 5\n",
+        "trusted_proxies: [\"127.0.0.1\"]\nlockout:\n  max_failures: 5\n  ip_max_failures: 5\n",
     ));
     let c = client();
     let at = g.token("alice", &[]);
     enroll_pin(&g, &c, &at, PIN);
     let csrf = pin_csrf(&g, &c, &at);
+    // The 5th failure from that address is another user's, so only the
+    // address is locked (the per-IP limit is never below the per-user one).
+    let bob = g.token("bob", &[]);
+    enroll_pin(&g, &c, &bob, PIN);
+    let bob_csrf = pin_csrf(&g, &c, &bob);
     let locked_ip = Some("203.0.113.7");
     for i in 1..=4 {
         let r = post_pin(&g, &c, &at, &csrf, WRONG_PIN, "/admin/x", locked_ip);
         assert_eq!(r.status(), 401, "failure #{i}");
     }
     assert_locked(&post_pin(
-        &g, &c, &at, &csrf, WRONG_PIN, "/admin/x", locked_ip,
+        &g, &c, &bob, &bob_csrf, WRONG_PIN, "/admin/x", locked_ip,
     ));
     assert_locked(&post_pin(&g, &c, &at, &csrf, PIN, "/admin/x", locked_ip));
     // The right-most untrusted address counts: a spoofed left entry does not help.

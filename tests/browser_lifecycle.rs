@@ -423,7 +423,12 @@ fn browser_changes_the_pin_on_the_account_page() {
     // Security answers on the same page.
     let label = s.text(&s.find("label[for=q-q1]"));
     assert!(!label.contains("(answered)"), "not answered yet: {label}");
-    submit_form(s, &[("#q-q1", "Rex")], "#questions-submit");
+    // Carol has a PIN: the answers need it.
+    submit_form(
+        s,
+        &[("#q-q1", "Rex"), ("#questions-pin", NEW_PIN)],
+        "#questions-submit",
+    );
     s.wait_for_url("the account page after saving answers", |u| {
         path_of(&b.g, u) == "/.stepgate/account?done=questions"
     });

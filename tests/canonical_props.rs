@@ -28,7 +28,11 @@ fn spell(b: u8, choice: u8) -> String {
     let upper = format!("%{b:02X}");
     let lower = format!("%{b:02x}");
     if b >= 0x80 || must_encode(b) {
-        return if choice % 2 == 0 { upper } else { lower };
+        return if choice.is_multiple_of(2) {
+            upper
+        } else {
+            lower
+        };
     }
     match choice % 3 {
         0 => (b as char).to_string(),

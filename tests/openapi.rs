@@ -556,7 +556,7 @@ fn every_documented_operation_is_served_and_answers_as_documented() {
         &api("/stepup/validate"),
         API_SECRET,
         None,
-        Some(json!({"secondfactorvalidationtoken": su})),
+        Some(json!({"secondfactorvalidationtoken": su, "uid": "alice"})),
     );
     assert_eq!((st, v), (200, json!({"IsValid": false})));
     // Step 1 already sent a code (the documented example address).
@@ -726,7 +726,7 @@ fn the_pin_lifecycle_answers_as_documented() {
     );
     assert_eq!((st, v), (200, json!({"IsPosted": true})));
 
-    // 6. Security answers: set them (fresh login), list the questions, reset
+    // 6. Security answers: set them (with the PIN), list the questions, reset
     //    the PIN with them. Unknown accounts get questions too.
     let answers = &api("/account/securityquestion");
     let (st, v) = run(
@@ -736,7 +736,23 @@ fn the_pin_lifecycle_answers_as_documented() {
         Some(json!({"securityquestionanswer": [{"QuestionId": "q9", "Answer": "x"}]})),
     );
     assert_eq!((st, code(&v)), (400, json!(1258)));
-    let (st, v) = run("PUT", answers, Some(&bob), None);
+    // Bob has a PIN: the answers need it (or a step-up), not only a fresh
+    // login.
+    let (st, v) = run(
+        "PUT",
+        answers,
+        Some(&bob),
+        Some(json!({"securityquestionanswer": [{"QuestionId": "q1", "Answer": "Blue"}]})),
+    );
+    assert_eq!((st, code(&v)), (403, json!(1261)));
+    let (st, v) = run(
+        "PUT",
+        answers,
+        Some(&bob),
+        Some(
+            json!({"securityquestionanswer": [{"QuestionId": "q1", "Answer": "Blue"}], "PIN": "1470"}),
+        ),
+    );
     assert_eq!((st, v), (200, json!({"IsPosted": true})));
     let questions = &api("/securityquestion");
     let (st, qs) = call(

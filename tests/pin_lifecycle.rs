@@ -249,13 +249,25 @@ fn code_in_sms(message: &str) -> String {
     code
 }
 
-fn set_answers(g: &Gateway, c: &Client, at: &str, answers: &[(&str, &str)]) -> Response {
+/// PUT /account/securityquestion; `pin`: the current PIN, which a user who
+/// has one sends when the request carries no recent step-up.
+fn set_answers(
+    g: &Gateway,
+    c: &Client,
+    at: &str,
+    pin: Option<&str>,
+    answers: &[(&str, &str)],
+) -> Response {
     let list: Vec<Value> = answers
         .iter()
         .map(|(q, a)| json!({ "QuestionId": q, "Answer": a }))
         .collect();
+    let mut body = json!({ "securityquestionanswer": list });
+    if let Some(p) = pin {
+        body["PIN"] = json!(p);
+    }
     bearer(c.put(api(g, "/account/securityquestion")), at)
-        .json(&json!({ "securityquestionanswer": list }))
+        .json(&body)
         .send()
         .unwrap()
 }
@@ -689,7 +701,11 @@ fn recovery_without_its_settings_is_501_1233() {
         501,
         1233,
     );
-    assert_error(set_answers(&g, &c, &at, &[("q1", "x")]), 501, 1233);
+    assert_error(
+        set_answers(&g, &c, &at, Some(PIN), &[("q1", "x")]),
+        501,
+        1233,
+    );
 }
 
 #[test]
@@ -892,7 +908,8 @@ fn forgot_by_username_in_code_mode_resets_with_the_mailed_code() {
 
 #[test]
 fn reset_code_refusals_lock_per_client_address() {
-    let g = gateway("");
+    // The per-address limit lowered to the per-user one (default: 100).
+    let g = gateway("lockout:\n  ip_max_failures: 5\n");
     let c = client();
     // Unknown names from one address: four 1253, then the address is locked.
     for n in 1..=4 {
@@ -1271,7 +1288,8 @@ fn security_questions_are_listed_set_with_a_fresh_login_and_reset_the_pin() {
         901,
     );
 
-    // Setting answers needs an access token and a recent login.
+    // Setting answers needs an access token, and (Ann has a PIN) the PIN
+    // or a recent step-up: a fresh login does not know the PIN.
     assert_error(
         c.put(api(&g, "/account/securityquestion"))
             .json(&json!({ "securityquestionanswer": [] }))
@@ -1281,19 +1299,30 @@ fn security_questions_are_listed_set_with_a_fresh_login_and_reset_the_pin() {
         906,
     );
     let stale = ann_stale(&g);
+    for who in [&stale, &at] {
+        assert_error(
+            set_answers(&g, &c, who, None, &[("q1", "Saint Mary's School")]),
+            403,
+            1261,
+        );
+    }
     assert_error(
-        set_answers(&g, &c, &stale, &[("q1", "Saint Mary's School")]),
-        403,
-        1250,
+        set_answers(&g, &c, &at, Some(PIN), &[("q9", "x")]),
+        400,
+        1258,
     );
-    assert_error(set_answers(&g, &c, &at, &[("q9", "x")]), 400, 1258);
     // No answers, or a blank one: 400 1260.
-    assert_error(set_answers(&g, &c, &at, &[]), 400, 1260);
-    assert_error(set_answers(&g, &c, &at, &[("q1", "   ")]), 400, 1260);
+    assert_error(set_answers(&g, &c, &at, Some(PIN), &[]), 400, 1260);
+    assert_error(
+        set_answers(&g, &c, &at, Some(PIN), &[("q1", "   ")]),
+        400,
+        1260,
+    );
     assert_posted(set_answers(
         &g,
         &c,
         &at,
+        Some(PIN),
         &[("q1", "Saint Mary's School"), ("q3", "Lisbon")],
     ));
 
@@ -1365,6 +1394,7 @@ fn wrong_security_answers_are_1257_then_lock_with_1198() {
         &g,
         &c,
         &at,
+        Some(PIN),
         &[("q1", "Saint Mary's School"), ("q2", "Green")],
     ));
     let right = json!({ "q1": "saint mary's school", "q2": "green" });
@@ -1694,7 +1724,7 @@ fn lifecycle_events_are_posted_to_the_webhook_signed_with_hmac_sha256() {
     assert_posted(change_pin(&g, &c, &at, PIN, NEW_PIN));
     assert_error(login_pin(&g, &c, &session, NEW_PIN, "device-A"), 401, 1245);
     // ResetPIN (security answers), which steps the user down: StepDown.
-    assert_posted(set_answers(&g, &c, &at, &[("q1", "Lisbon")]));
+    assert_posted(set_answers(&g, &c, &at, Some(NEW_PIN), &[("q1", "Lisbon")]));
     assert_posted(reset_by_answers(
         &g,
         &c,
@@ -1880,7 +1910,13 @@ fn lifecycle_steps_are_audited_without_secrets() {
     let (session, _) = set_pin_for_device(&g, &c, PIN, "device-A");
     pin_login_ok(&g, &c, &session, PIN, "device-A");
     assert_posted(change_pin(&g, &c, &at, PIN, NEW_PIN));
-    assert_posted(set_answers(&g, &c, &at, &[("q2", "Ultramarine")]));
+    assert_posted(set_answers(
+        &g,
+        &c,
+        &at,
+        Some(NEW_PIN),
+        &[("q2", "Ultramarine")],
+    ));
     assert_posted(forgot_email(&g, &c, "nobody@x.io", None));
     assert_posted(forgot_email(&g, &c, EMAIL, None));
     let mails = wait_for_mail(&g, &smtp, 1);

@@ -741,7 +741,7 @@ fn the_security_answer_lockout_counts_wrong_answers_on_both_gateways() {
             .bearer_auth(&at)
             .json(&json!({ "securityquestionanswer": [
                 { "QuestionId": "q1", "Answer": "Rex the Dog" },
-            ]})),
+            ], "PIN": PIN })),
     );
     r.expect(200, None, "answers set on B");
     let r = send(

@@ -82,7 +82,9 @@ fn invalidation_ends_the_users_step_ups_and_a_new_one_works_at_once() {
     let v: serde_json::Value = client()
         .post(g.url("/.stepgate/api/stepup/validate"))
         .bearer_auth(API)
-        .body(format!(r#"{{"secondfactorvalidationtoken":"{su}"}}"#))
+        .body(format!(
+            r#"{{"secondfactorvalidationtoken":"{su}","uid":"alice"}}"#
+        ))
         .send()
         .unwrap()
         .json()

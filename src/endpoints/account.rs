@@ -141,18 +141,6 @@ pub(super) async fn set_questions(gate: &Gate, req: &Req<'_>, p: &Principal) -> 
         Ok(f) => f,
         Err(r) => return r,
     };
-    if !super::recovery_change_allowed(gate, req, p) {
-        let back = format!(
-            "/.stepgate/challenge?return_to={}",
-            url_encode("/.stepgate/account")
-        );
-        return gate.pages.message(
-            403,
-            "Confirm it is you first",
-            "Saving security answers needs a recent sign-in or confirmation.",
-            Some((&back, "Confirm it is you")),
-        );
-    }
     let answers: Vec<(String, String)> = form
         .iter()
         .filter_map(|(k, v)| {
@@ -171,10 +159,33 @@ pub(super) async fn set_questions(gate: &Gate, req: &Req<'_>, p: &Principal) -> 
         )
         .await;
     }
-    match lifecycle::set_answers(gate, p, &answers, req.client_ip).await {
+    let proof = lifecycle::AnswersProof {
+        recent_step_up: super::recent_stepup(gate, req, p),
+        pin: field(&form, "pin"),
+    };
+    match lifecycle::set_answers(gate, p, &answers, proof, req.client_ip).await {
         Ok(_) => Reply::redirect("/.stepgate/account?done=questions"),
         Err(FlowError::PinRule(msg) | FlowError::BadAnswer(msg)) => {
             page(gate, req, p, Some(msg), Some(400)).await
+        }
+        Err(FlowError::WrongCurrentPin { remaining }) => {
+            let msg = format!(
+                "The current PIN is not right; the answers were not saved. {remaining} {} left before a lockout.",
+                if remaining == 1 { "try" } else { "tries" }
+            );
+            page(gate, req, p, Some(msg), Some(401)).await
+        }
+        Err(FlowError::LoginNotFresh) => {
+            let back = format!(
+                "/.stepgate/challenge?return_to={}",
+                url_encode("/.stepgate/account")
+            );
+            gate.pages.message(
+                403,
+                "Confirm it is you first",
+                "Saving security answers needs a recent sign-in or confirmation.",
+                Some((&back, "Confirm it is you")),
+            )
         }
         Err(e) => flow_page(gate, e, "/.stepgate/account"),
     }
@@ -462,10 +473,10 @@ async fn login_submit(gate: &Gate, req: &Req<'_>) -> Reply {
                         .with_label_values(&["pin", "success"])
                         .inc();
                     let ttl = gate.stepup_ttl();
-                    let (su, _) = gate.keys.issue_stepup(
+                    let (su, _) = gate.keys.issue_stepup_ms(
                         &p,
                         crate::policy::Factor::Pin,
-                        gate.stepup_now(&p.sub),
+                        crate::revoke::now_ms(),
                         ttl,
                     );
                     reply.add(

@@ -26,6 +26,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/stepup/otp/email"),
     ("POST", "/stepup/validate"),
     ("POST", "/manage/account/{uid}/invalidate"),
+    ("POST", "/manage/account/{uid}/unlock"),
     ("PUT", "/pin/change"),
     ("POST", "/pin/forgot/email"),
     ("POST", "/pin/forgot/username"),
@@ -71,12 +72,14 @@ pub fn flow_error(e: FlowError) -> Reply {
             &json!({"ErrorCode": 1198, "Message": "The account is locked", "Description": format!("Too many failed attempts; locked until {}.", rfc3339(until)), "LockedUntil": rfc3339(until)}),
         )
         .add("Retry-After", (until - clock::now()).max(1).to_string()),
+        FlowError::Suspended => error(403, 1198, "The account is locked (suspended)", "Too many failed attempts in a row: the PIN is suspended until it is reset (forgot PIN) or an administrator unlocks the account."),
         FlowError::WrongPin { remaining } => error(401, 1236, "The PIN is invalid", &format!("{remaining} attempt(s) left before a lockout.")),
         FlowError::NoPin => error(403, 1235, "No PIN is set", "Set up a PIN on /.stepgate/pin/setup first."),
         FlowError::PinAlreadySet => error(400, 1247, "A PIN is already set", "Change it instead."),
         FlowError::PinRule(m) => error(400, 1248, "The PIN does not meet the rules", &m),
         FlowError::PinMismatch => error(400, 1249, "The PINs differ", "PIN and confirmation must be equal."),
         FlowError::LoginNotFresh => error(403, 1250, "A recent login is required", "Sign in again, then retry within the enrollment window."),
+        FlowError::StepUpRequired => error(403, 1261, "A step-up is required", "Confirm with your PIN first: step up (PUT /.stepgate/api/stepup/pin) and send the token in X-Stepgate-Token, or send your current PIN as `PIN` with the request."),
         FlowError::EmailNotInProfile => error(400, 1340, "The email address is not in the profile", "Nothing was sent."),
         FlowError::NotConfigured => error(501, 1233, "This factor is not configured", "The gateway has no mail settings."),
         FlowError::Cooldown { retry_after } => {
@@ -149,9 +152,9 @@ pub(super) fn string_field<'a>(m: &'a Map<String, Value>, name: &str) -> Result<
 }
 
 fn token_reply(gate: &Gate, p: &Principal, factor: Factor) -> Reply {
-    let (token, c) = gate
-        .keys
-        .issue_stepup(p, factor, gate.stepup_now(&p.sub), gate.stepup_ttl());
+    let (token, c) =
+        gate.keys
+            .issue_stepup_ms(p, factor, crate::revoke::now_ms(), gate.stepup_ttl());
     Reply::json(
         200,
         &json!({"SecondFactorValidationToken": token, "ExpireIn": rfc3339(c.exp)}),
@@ -184,6 +187,15 @@ pub async fn handle(gate: &Gate, req: &Req<'_>) -> Reply {
     {
         return match req.method {
             "POST" => invalidate(gate, req, uid).await,
+            _ => error(405, 901, "Method not allowed", "Use POST."),
+        };
+    }
+    if let Some(uid) = route
+        .strip_prefix("/manage/account/")
+        .and_then(|r| r.strip_suffix("/unlock"))
+    {
+        return match req.method {
+            "POST" => unlock(gate, req, uid).await,
             _ => error(405, 901, "Method not allowed", "Use POST."),
         };
     }
@@ -323,7 +335,7 @@ async fn verify_otp(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
             metrics::STEPUPS
                 .with_label_values(&[
                     "email_otp",
-                    if matches!(e, FlowError::Locked { .. }) {
+                    if matches!(e, FlowError::Locked { .. } | FlowError::Suspended) {
                         "locked"
                     } else {
                         "failure"
@@ -381,8 +393,45 @@ async fn invalidate(gate: &Gate, req: &Req<'_>, uid: &str) -> Reply {
     }
 }
 
+/// Lift a user's lockouts (an admin, through the back end): the PIN's lock,
+/// suspension and run of failures, and the locks on recovery by answers or
+/// code. Client IPs' locks stay.
+async fn unlock(gate: &Gate, req: &Req<'_>, uid: &str) -> Reply {
+    if let Err(r) = check_api_secret(gate, req) {
+        return r;
+    }
+    let uid = percent_encoding::percent_decode_str(uid)
+        .decode_utf8_lossy()
+        .into_owned();
+    if uid.is_empty() || uid.len() > 256 {
+        return error(
+            400,
+            901,
+            "Invalid user id",
+            "The path needs the user's id (sub).",
+        );
+    }
+    let store = &*gate.store;
+    let cleared = async {
+        pin::clear_lockout(store, &uid).await?;
+        pin::clear_on(store, crate::store::keys::answer_failures(&uid)).await?;
+        pin::clear_on(store, crate::store::keys::reset_otp_failures(&uid)).await
+    }
+    .await;
+    match cleared {
+        Ok(()) => {
+            crate::audit::event("unlock", &uid, req.client_ip, "admin");
+            gate.notifier.event("PINUnlocked", &uid, json!({}));
+            Reply::json(200, &json!({"IsPosted": true}))
+        }
+        Err(e) => flow_error(e),
+    }
+}
+
 /// Back-channel validation by the app's back end, authenticated with the
-/// API secret (compared in constant time).
+/// API secret (compared in constant time). The back end names the user the
+/// token must belong to (`Uid` in the body, else `uid` in the query, names
+/// in any case): a token is only ever valid for its own user.
 fn validate(gate: &Gate, req: &Req<'_>) -> Reply {
     if let Err(r) = check_api_secret(gate, req) {
         return r;
@@ -397,17 +446,64 @@ fn validate(gate: &Gate, req: &Req<'_>) -> Reply {
     };
     let uid = match m.get("uid") {
         Some(Value::String(u)) => Some(u.clone()),
-        _ => query_param(req.query, "uid"),
+        Some(_) => {
+            return error(400, 901, "Invalid field", "`Uid` must be a string.");
+        }
+        None => query_param_ci(req.query, "uid"),
+    };
+    let Some(uid) = uid.filter(|u| !u.is_empty()) else {
+        return error(
+            400,
+            901,
+            "Missing field",
+            "The body needs `Uid` (or `uid` in the query): the user the token must belong to.",
+        );
     };
     let valid = match gate.keys.decode_stepup(token, clock::now()) {
         Ok(c) => {
             let revoked = gate
                 .revocations
                 .revoked_before(&c.sub)
-                .is_some_and(|t| c.iat <= t);
-            uid.is_none_or(|u| u == c.sub) && !revoked
+                .is_some_and(|t| c.issued_ms() <= t);
+            bool::from(uid.as_bytes().ct_eq(c.sub.as_bytes())) && !revoked
         }
         Err(_) => false,
     };
     Reply::json(200, &json!({"IsValid": valid}))
+}
+
+/// A query parameter whose name is matched case-insensitively (LoginRadius
+/// clients spell names variously: `uid`, `Uid`).
+fn query_param_ci(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.into_owned())
+}
+
+/// The answer to an API client of a signed-in user without a PIN when
+/// `pin.required` is on: 403 ErrorCode 1243, with a PINAuthToken to set one
+/// only while the first-factor login is fresh (`pin.enroll_window`, as the
+/// setup page); a stale login is told to sign in again, and gets none.
+pub async fn pin_required(gate: &Gate, p: &Principal) -> Reply {
+    match crate::lifecycle::required_pin_token(gate, p).await {
+        Ok(Some((token, exp))) => Reply::json(
+            403,
+            &json!({
+                "ErrorCode": 1243,
+                "Message": "A PIN is required",
+                "Description": "Set a PIN with POST /.stepgate/api/pin/set/pinauthtoken?pinauthtoken=<PINAuthToken>.",
+                "PINAuthToken": token,
+                "ExpireIn": rfc3339(exp),
+            }),
+        ),
+        Ok(None) => Reply::json(
+            403,
+            &json!({
+                "ErrorCode": 1243,
+                "Message": "A PIN is required",
+                "Description": "Setting a PIN needs a recent sign-in: sign in again, then retry to get a PINAuthToken.",
+            }),
+        ),
+        Err(e) => flow_error(e),
+    }
 }

@@ -30,18 +30,18 @@ async fn choices(gate: &Gate, p: &Principal) -> Result<(Vec<String>, bool), Flow
 
 fn choose_form(
     gate: &Gate,
+    req: &Req<'_>,
     status: u16,
     p: &Principal,
     return_to: &str,
-    addresses: &[String],
-    enrolling: bool,
+    (addresses, enrolling): (&[String], bool),
     error: Option<String>,
 ) -> Reply {
     let list: Vec<_> = addresses
         .iter()
         .map(|a| context! { value => a, masked => mask(a) })
         .collect();
-    let other_factors = factors_for(gate, return_to).len() > 1;
+    let other_factors = factors_for(gate, &req.host(), return_to).len() > 1;
     gate.pages.render(status, "email.html", context! { csrf => gate.keys.csrf_token(p, clock::now()), return_to, addresses => list, enrolling, error, other_factors })
 }
 
@@ -55,7 +55,7 @@ pub async fn page(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
             if enrolling && !login_is_fresh(gate, p) {
                 return flow_page(gate, FlowError::LoginNotFresh, &return_to);
             }
-            choose_form(gate, 200, p, &return_to, &addresses, enrolling, None)
+            choose_form(gate, req, 200, p, &return_to, (&addresses, enrolling), None)
         }
         Err(e) => flow_page(gate, e, &return_to),
     }
@@ -76,7 +76,7 @@ pub async fn send(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
             _ => flow_page(gate, FlowError::Cooldown { retry_after }, &return_to),
         },
         Err(FlowError::EmailNotInProfile) => match choices(gate, p).await {
-            Ok((addresses, enrolling)) => choose_form(gate, 400, p, &return_to, &addresses, enrolling, Some("Choose one of the addresses listed.".into())),
+            Ok((addresses, enrolling)) => choose_form(gate, req, 400, p, &return_to, (&addresses, enrolling), Some("Choose one of the addresses listed.".into())),
             Err(e) => flow_page(gate, e, &return_to),
         },
         Err(e) => flow_page(gate, e, &return_to),
@@ -141,7 +141,7 @@ pub async fn verify(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
             }
         }
         Err(e) => {
-            let outcome = if matches!(e, FlowError::Locked { .. }) {
+            let outcome = if matches!(e, FlowError::Locked { .. } | FlowError::Suspended) {
                 "locked"
             } else {
                 "error"

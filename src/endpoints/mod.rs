@@ -44,14 +44,23 @@ impl Req<'_> {
     pub fn cookie(&self, name: &str) -> Option<String> {
         crate::web::cookie(std::iter::once(self.cookies.as_bytes()), name).filter(|v| !v.is_empty())
     }
+
+    /// This request's host for matching rules (lower case, no port), from
+    /// its origin; "" when it has none.
+    pub fn host(&self) -> String {
+        self.origin
+            .split_once("://")
+            .and_then(|(_, a)| crate::request::Host::parse(a.as_bytes()).ok())
+            .map(|h| h.name().to_string())
+            .unwrap_or_default()
+    }
 }
 
-/// Changing recovery credentials (security answers) needs a recent
-/// first-factor login or a recent step-up of this session.
-pub(crate) fn recovery_change_allowed(gate: &Gate, req: &Req<'_>, p: &Principal) -> bool {
-    if login_is_fresh(gate, p) {
-        return true;
-    }
+/// Whether the request carries a step-up of this session (the
+/// `X-Stepgate-Token` header or the step-up cookie), any factor, made within
+/// `pin.enroll_window` and not invalidated since: what changing a recovery
+/// credential asks for.
+pub(crate) fn recent_stepup(gate: &Gate, req: &Req<'_>, p: &Principal) -> bool {
     let now = clock::now();
     let window = gate.settings.pin.enroll_window.as_secs() as i64;
     req.stepup_token.as_deref().is_some_and(|t| {
@@ -59,7 +68,7 @@ pub(crate) fn recovery_change_allowed(gate: &Gate, req: &Req<'_>, p: &Principal)
             let revoked = gate
                 .revocations
                 .revoked_before(&p.sub)
-                .is_some_and(|r| c.iat <= r);
+                .is_some_and(|r| c.issued_ms() <= r);
             now - c.auth_time <= window && !revoked
         })
     })
@@ -166,14 +175,16 @@ pub fn login_redirect(gate: &Gate, origin: &str, return_to: &str) -> Option<Stri
     Some(login.replace("{return_to}", &url_encode(&format!("{base}{return_to}"))))
 }
 
-/// The factors the rule behind `return_to` accepts (PIN when it cannot tell).
-pub(crate) fn factors_for(gate: &Gate, return_to: &str) -> Vec<Factor> {
+/// The factors the rule behind `return_to` on this request's `host`
+/// accepts (PIN when it cannot tell): host-scoped rules are looked up with
+/// the host, as the proxy does.
+pub(crate) fn factors_for(gate: &Gate, host: &str, return_to: &str) -> Vec<Factor> {
     let policy = &gate.policy;
     let path = return_to.split('?').next().unwrap_or("/");
     let path = crate::policy::normalize_path(path)
         .map(|(m, _)| m)
         .unwrap_or_else(|_| "/".into());
-    match policy.lookup("", "GET", &path).require {
+    match policy.lookup(host, "GET", &path).require {
         Require::StepUp(s) => offered(s),
         _ => vec![Factor::Pin],
     }
@@ -181,7 +192,7 @@ pub(crate) fn factors_for(gate: &Gate, return_to: &str) -> Vec<Factor> {
 
 fn challenge(gate: &Gate, req: &Req<'_>, _p: &Principal) -> Reply {
     let return_to = safe_return_to(query_param(req.query, "return_to").as_deref());
-    let factors = factors_for(gate, &return_to);
+    let factors = factors_for(gate, &req.host(), &return_to);
     // One factor: no choice to make.
     match factors.as_slice() {
         [Factor::Pin] => {
@@ -214,13 +225,14 @@ fn challenge(gate: &Gate, req: &Req<'_>, _p: &Principal) -> Reply {
 
 fn pin_form(
     gate: &Gate,
+    req: &Req<'_>,
     status: u16,
     p: &Principal,
     return_to: &str,
     error: Option<String>,
 ) -> Reply {
     let s = &gate.settings.pin;
-    let other_factors = factors_for(gate, return_to).len() > 1;
+    let other_factors = factors_for(gate, &req.host(), return_to).len() > 1;
     gate.pages.render(
         status,
         "pin.html",
@@ -235,7 +247,7 @@ async fn pin_page(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
             "/.stepgate/pin/setup?return_to={}",
             url_encode(&return_to)
         )),
-        Ok(Some(_)) => pin_form(gate, 200, p, &return_to, None),
+        Ok(Some(_)) => pin_form(gate, req, 200, p, &return_to, None),
         Err(e) => flow_page(gate, e, &return_to),
     }
 }
@@ -297,7 +309,7 @@ async fn pin_submit(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
                 "That PIN is not right. {remaining} {} left before a lockout.",
                 if remaining == 1 { "try" } else { "tries" }
             );
-            pin_form(gate, 401, p, &return_to, Some(msg))
+            pin_form(gate, req, 401, p, &return_to, Some(msg))
         }
         Err(e) => flow_page(gate, e, &return_to),
     }
@@ -311,6 +323,7 @@ pub(crate) async fn check_stepup_pin(
     ip: &str,
     entered: &str,
 ) -> Result<(), FlowError> {
+    let notice = |sub: &str, ip: &str| crate::notify::pin_suspended(gate, sub, ip);
     let r = pin::verify(
         &*gate.store,
         &gate.hasher,
@@ -318,12 +331,13 @@ pub(crate) async fn check_stepup_pin(
         &p.sub,
         ip,
         entered,
+        Some(&notice),
     )
     .await;
     let outcome = match &r {
         Ok(()) => "success",
         Err(FlowError::WrongPin { .. }) => "failure",
-        Err(FlowError::Locked { .. }) => "locked",
+        Err(FlowError::Locked { .. } | FlowError::Suspended) => "locked",
         Err(_) => "error",
     };
     metrics::STEPUPS.with_label_values(&["pin", outcome]).inc();
@@ -343,7 +357,7 @@ pub(crate) async fn stepup_success(
     let ttl = gate.stepup_ttl();
     let (token, _) = gate
         .keys
-        .issue_stepup(p, factor, gate.stepup_now(&p.sub), ttl);
+        .issue_stepup_ms(p, factor, crate::revoke::now_ms(), ttl);
     let name = gate.stepup_cookie_name(req.tls);
     let secure = if req.tls { "; Secure" } else { "" };
     crate::lifecycle::remember_profile(gate, p).await;
@@ -362,8 +376,7 @@ pub(crate) async fn stepup_success(
 
 /// PIN enrollment needs a login younger than `pin.enroll_window`.
 pub fn login_is_fresh(gate: &Gate, p: &Principal) -> bool {
-    let window = gate.settings.pin.enroll_window.as_secs() as i64;
-    p.login_time.is_some_and(|t| clock::now() - t <= window)
+    crate::lifecycle::fresh_login(p.login_time, gate.settings.pin.enroll_window, clock::now())
 }
 
 async fn setup_page(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
@@ -481,6 +494,12 @@ pub fn flow_page(gate: &Gate, e: FlowError, return_to: &str) -> Reply {
                 )
                 .add("Retry-After", wait.to_string())
         }
+        FlowError::Suspended => pages.message(
+            403,
+            "PIN suspended",
+            "Your PIN is suspended after too many wrong tries. Reset it with 'Forgot PIN' or ask your helpdesk.",
+            Some(("/.stepgate/pin/forgot", "Forgot PIN")),
+        ),
         FlowError::LoginNotFresh => {
             let login = gate
                 .settings
@@ -503,6 +522,15 @@ pub fn flow_page(gate: &Gate, e: FlowError, return_to: &str) -> Reply {
                 _ => pages.message(403, "Sign in again", msg, None),
             }
         }
+        FlowError::StepUpRequired => pages.message(
+            403,
+            "Confirm it is you first",
+            "Saving security answers needs your PIN: enter your current PIN with the answers, or confirm with your PIN first and come back.",
+            Some((
+                &format!("/.stepgate/challenge?return_to={}", url_encode(return_to)),
+                "Confirm it is you",
+            )),
+        ),
         FlowError::StoreUnavailable => pages
             .message(
                 503,

@@ -217,9 +217,6 @@ async fn questions(gate: &crate::gate::Gate, req: &Req<'_>) -> Answer {
 }
 
 async fn set_answers(gate: &crate::gate::Gate, req: &Req<'_>, p: &Principal) -> Answer {
-    if !super::recovery_change_allowed(gate, req, p) {
-        return Err(flow_error(FlowError::LoginNotFresh));
-    }
     let m = body(req)?;
     let list = match m.get("securityquestionanswer") {
         Some(Value::Array(a)) => a,
@@ -253,7 +250,15 @@ async fn set_answers(gate: &crate::gate::Gate, req: &Req<'_>, p: &Principal) -> 
             string_field(&o, "answer")?.to_string(),
         ));
     }
-    lifecycle::set_answers(gate, p, &answers, req.client_ip)
+    let pin = match m.get("pin") {
+        None => None,
+        Some(_) => Some(string_field(&m, "pin")?),
+    };
+    let proof = lifecycle::AnswersProof {
+        recent_step_up: super::recent_stepup(gate, req, p),
+        pin,
+    };
+    lifecycle::set_answers(gate, p, &answers, proof, req.client_ip)
         .await
         .map_err(flow_error)?;
     posted()
@@ -271,7 +276,7 @@ async fn pin_auth_token(gate: &crate::gate::Gate, req: &Req<'_>) -> Answer {
             "`Uid` is the user's id (sub).",
         ));
     }
-    let (token, exp) = lifecycle::issue_auth_token(gate, uid)
+    let (token, exp) = lifecycle::issue_auth_token(gate, uid, lifecycle::AuthTokenFor::Server)
         .await
         .map_err(flow_error)?;
     Ok(Reply::json(

@@ -257,6 +257,10 @@ mod tests {
         {
             let s = EmbeddedStore::open(&path).unwrap();
             super::super::conformance(&s).await;
+            super::super::revocation_conformance(
+                &EmbeddedStore::open(&dir.path().join("r.redb")).unwrap(),
+            )
+            .await;
             s.put("keep", b"v", None).await.unwrap();
             s.put("gone", b"v", Some(Duration::from_millis(1)))
                 .await

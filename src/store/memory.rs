@@ -117,5 +117,6 @@ mod tests {
     #[tokio::test]
     async fn memory_store_conforms() {
         super::super::conformance(&super::MemoryStore::default()).await;
+        super::super::revocation_conformance(&super::MemoryStore::default()).await;
     }
 }

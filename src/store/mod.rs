@@ -25,6 +25,16 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// One recorded invalidation: credentials of `key` (a user, or an ended PIN
+/// session) issued at or before `at` no longer count; the record itself ends
+/// at `expires_ms` (Unix ms), when set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    pub key: String,
+    pub at: i64,
+    pub expires_ms: Option<i64>,
+}
+
 /// A counter's value after an increment, and when it expires (Unix ms).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counter {
@@ -62,28 +72,41 @@ pub trait Store: Send + Sync {
             "this store cannot list its entries".into(),
         ))
     }
-    /// Record that `sub`'s step-ups up to `at` are invalid, for every
-    /// gateway. `prefix` is the deployment's key prefix (the wrapper that
-    /// owns it passes it; callers of the wrapper pass "").
-    async fn revoke(&self, prefix: &str, sub: &str, at: i64) -> Result<(), StoreError> {
+    /// Record that `sub`'s credentials up to `at` (Unix ms) are invalid, for
+    /// every gateway; with a `ttl` the record ends after it (an ended PIN
+    /// session), else it is kept for good (a user). `prefix` is the
+    /// deployment's key prefix (the wrapper that owns it passes it; callers
+    /// of the wrapper pass "").
+    async fn revoke(
+        &self,
+        prefix: &str,
+        sub: &str,
+        at: i64,
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
         let v = serde_json::json!({"sub": sub, "at": at}).to_string();
         self.put(
             &format!("{prefix}{}", keys::revoked(sub)),
             v.as_bytes(),
-            None,
+            ttl,
         )
         .await
     }
-    /// Every recorded invalidation, as (sub, at).
-    async fn revocations(&self, prefix: &str) -> Result<Vec<(String, i64)>, StoreError> {
+    /// Every live recorded invalidation. `at` is as stored: milliseconds, or
+    /// seconds when an older version wrote it ([`crate::revoke::stored_at_ms`]).
+    async fn revocations(&self, prefix: &str) -> Result<Vec<Revocation>, StoreError> {
         Ok(self
             .entries()
             .await?
             .into_iter()
             .filter(|(k, _, _)| k.starts_with(prefix) && k.ends_with(":revoked"))
-            .filter_map(|(_, v, _)| {
+            .filter_map(|(_, v, exp)| {
                 let j: serde_json::Value = serde_json::from_slice(&v).ok()?;
-                Some((j["sub"].as_str()?.to_string(), j["at"].as_i64()?))
+                Some(Revocation {
+                    key: j["sub"].as_str()?.to_string(),
+                    at: j["at"].as_i64()?,
+                    expires_ms: exp.map(|e| e as i64),
+                })
             })
             .collect())
     }
@@ -195,6 +218,10 @@ pub mod keys {
     pub fn forgot_hourly(ident: &str) -> String {
         format!("forgot:{}:hour", &digest_b64(ident.as_bytes())[..22])
     }
+    /// Forgot-PIN requests from one client address in the hour.
+    pub fn forgot_ip(ip: &str) -> String {
+        format!("ip:{ip}:forgot")
+    }
 }
 
 /// Wraps a backend with the key prefix and the per-operation timeout.
@@ -258,10 +285,16 @@ impl Store for Bounded {
     async fn ping(&self) -> Result<(), StoreError> {
         bounded!(self, self.inner.ping())
     }
-    async fn revoke(&self, _prefix: &str, sub: &str, at: i64) -> Result<(), StoreError> {
-        bounded!(self, self.inner.revoke(&self.prefix, sub, at))
+    async fn revoke(
+        &self,
+        _prefix: &str,
+        sub: &str,
+        at: i64,
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        bounded!(self, self.inner.revoke(&self.prefix, sub, at, ttl))
     }
-    async fn revocations(&self, _prefix: &str) -> Result<Vec<(String, i64)>, StoreError> {
+    async fn revocations(&self, _prefix: &str) -> Result<Vec<Revocation>, StoreError> {
         self.inner.revocations(&self.prefix).await
     }
     fn watch_revocations(&self, _prefix: &str, f: crate::revoke::OnRevoke) {
@@ -358,4 +391,48 @@ pub(crate) async fn conformance(s: &dyn Store) {
     s.delete("a").await.unwrap();
     assert_eq!(s.get("a").await.unwrap(), None);
     s.ping().await.unwrap();
+}
+
+/// Invalidations every backend must keep the same way: for good without a
+/// TTL, and gone (from `revocations`) once a TTL ran out.
+#[cfg(test)]
+pub(crate) async fn revocation_conformance(s: &dyn Store) {
+    s.revoke("", "alice", 1_700_000_000_123, None)
+        .await
+        .unwrap();
+    s.revoke(
+        "",
+        "ps:s1",
+        1_700_000_000_456,
+        Some(Duration::from_millis(60)),
+    )
+    .await
+    .unwrap();
+    let mut all = s.revocations("").await.unwrap();
+    all.sort_by(|a, b| a.key.cmp(&b.key));
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(
+        (all[0].key.as_str(), all[0].at),
+        ("alice", 1_700_000_000_123)
+    );
+    assert_eq!(all[0].expires_ms, None);
+    assert_eq!(
+        (all[1].key.as_str(), all[1].at),
+        ("ps:s1", 1_700_000_000_456)
+    );
+    let left = all[1].expires_ms.expect("an expiry") - now_ms() as i64;
+    assert!((0..=60).contains(&left), "{left} ms left");
+    tokio::time::sleep(Duration::from_millis(90)).await;
+    // A later revoke (which lets backends prune) and a read: the ended
+    // session's entry is gone, the user's stays.
+    s.revoke("", "bob", 1_700_000_000_789, None).await.unwrap();
+    let mut keys: Vec<String> = s
+        .revocations("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["alice", "bob"]);
 }

@@ -15,7 +15,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncCommands, IntoConnectionInfo, Script};
 use tokio::sync::OnceCell;
 
-use super::{now_ms, Counter, Store, StoreError};
+use super::{now_ms, Counter, Revocation, Store, StoreError};
 
 #[derive(Clone)]
 enum Conn {
@@ -38,6 +38,7 @@ pub struct RedisStore {
     rt: tokio::runtime::Handle,
     incr: Script,
     decr: Script,
+    revoke: Script,
     last_connect_error: std::sync::atomic::AtomicI64,
 }
 
@@ -116,6 +117,7 @@ impl RedisStore {
             rt,
             incr: Script::new(INCR),
             decr: Script::new(DECR),
+            revoke: Script::new(REVOKE),
             last_connect_error: Default::default(),
         }
     }
@@ -239,17 +241,55 @@ impl Store for RedisStore {
         let cmd = redis::cmd("PING");
         with_conn!(self, |c| cmd.query_async::<String>(&mut c).await).map(|_| ())
     }
-    /// One hash of invalidations, and a message to every gateway.
-    async fn revoke(&self, prefix: &str, sub: &str, at: i64) -> Result<(), StoreError> {
+    /// One hash of invalidations, and a message to every gateway. Entries
+    /// with a TTL are also in a sorted set by expiry (same cluster slot), and
+    /// every revoke drops the entries that expired: the hash stays as small
+    /// as the live invalidations.
+    async fn revoke(
+        &self,
+        prefix: &str,
+        sub: &str,
+        at: i64,
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
         let name = format!("{prefix}revocations");
-        with_conn!(self, |c| c.hset::<_, _, _, ()>(&name, sub, at).await)?;
-        with_conn!(self, |c| c
-            .publish::<_, _, ()>(&name, format!("{at} {sub}"))
-            .await)
+        let now = now_ms();
+        let exp = ttl.map(|t| now + ms(t));
+        let mut inv = self.revoke.key(&name);
+        inv.key(expiry_set(&name))
+            .arg(sub)
+            .arg(at)
+            .arg(exp.map(|e| e.to_string()).unwrap_or_default())
+            .arg(now);
+        with_conn!(self, |c| inv.invoke_async::<i64>(&mut c).await)?;
+        let message = match exp {
+            Some(e) => format!("{at}/{e} {sub}"),
+            None => format!("{at} {sub}"),
+        };
+        with_conn!(self, |c| c.publish::<_, _, ()>(&name, message).await)
     }
-    async fn revocations(&self, prefix: &str) -> Result<Vec<(String, i64)>, StoreError> {
+    async fn revocations(&self, prefix: &str) -> Result<Vec<Revocation>, StoreError> {
         let name = format!("{prefix}revocations");
-        with_conn!(self, |c| c.hgetall::<_, Vec<(String, i64)>>(&name).await)
+        let all = with_conn!(self, |c| c.hgetall::<_, Vec<(String, i64)>>(&name).await)?;
+        let expiring = with_conn!(self, |c| c
+            .zrangebyscore_withscores::<_, _, _, Vec<(String, f64)>>(
+                expiry_set(&name),
+                "-inf",
+                "+inf"
+            )
+            .await)?;
+        let expiring: std::collections::HashMap<String, i64> =
+            expiring.into_iter().map(|(k, e)| (k, e as i64)).collect();
+        let now = now_ms() as i64;
+        Ok(all
+            .into_iter()
+            .map(|(key, at)| Revocation {
+                expires_ms: expiring.get(&key).copied(),
+                key,
+                at,
+            })
+            .filter(|r| r.expires_ms.is_none_or(|e| e > now))
+            .collect())
     }
     /// Subscribe on a connection of its own; after every (re)connection the
     /// whole hash is read again, so nothing published while away is missed.
@@ -277,16 +317,14 @@ impl Store for RedisStore {
                     }
                     let mut pubsub = redis::Client::open(info).map_err(unavailable)?.get_async_pubsub().await.map_err(unavailable)?;
                     pubsub.subscribe(&name).await.map_err(unavailable)?;
-                    for (sub, at) in reader.revocations(prefix_of(&name)).await? {
-                        f(&sub, at);
+                    for r in reader.revocations(prefix_of(&name)).await? {
+                        f(&r.key, r.at, r.expires_ms);
                     }
                     let mut stream = pubsub.on_message();
                     while let Some(msg) = stream.next().await {
                         if let Ok(text) = msg.get_payload::<String>() {
-                            if let Some((at, sub)) = text.split_once(' ') {
-                                if let Ok(at) = at.parse() {
-                                    f(sub, at);
-                                }
+                            if let Some((at, exp, sub)) = parse_message(&text) {
+                                f(sub, at, exp);
                             }
                         }
                     }
@@ -298,6 +336,49 @@ impl Store for RedisStore {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
+    }
+}
+
+/// HSET the invalidation; keep the expiry set in step (an entry without a
+/// TTL leaves it); drop up to 1000 entries that expired. KEYS: hash, set.
+/// ARGV: key, at, expiry in ms or "", now in ms.
+const REVOKE: &str = r#"
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[3] ~= '' then
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+else
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[4], 'LIMIT', 0, 1000)
+for _, k in ipairs(gone) do
+  redis.call('HDEL', KEYS[1], k)
+  redis.call('ZREM', KEYS[2], k)
+end
+return #gone
+"#;
+
+/// The sorted set of expiring entries of hash `name`, on the same Redis
+/// Cluster slot: it shares the hash's tag, or makes the whole hash name its
+/// tag (a key without a tag is hashed whole). A `store.key_prefix` with an
+/// unbalanced `}` cannot be a tag: use one without braces, or a real tag.
+fn expiry_set(name: &str) -> String {
+    let tagged = name
+        .find('{')
+        .and_then(|i| name[i + 1..].find('}'))
+        .is_some_and(|len| len > 0);
+    if tagged {
+        format!("{name}:expiry")
+    } else {
+        format!("{{{name}}}:expiry")
+    }
+}
+
+/// `"{at} {key}"`, or `"{at}/{expires_ms} {key}"` for an entry that ends.
+fn parse_message(text: &str) -> Option<(i64, Option<i64>, &str)> {
+    let (head, key) = text.split_once(' ')?;
+    match head.split_once('/') {
+        Some((at, exp)) => Some((at.parse().ok()?, Some(exp.parse().ok()?), key)),
+        None => Some((head.parse().ok()?, None, key)),
     }
 }
 
@@ -357,6 +438,41 @@ mod tests {
         )
         .unwrap();
         super::super::conformance(&s).await;
+        super::super::revocation_conformance(&s).await;
+        // The revoke after the session's entry expired pruned the hash.
+        let Conn::Single(mut c) = s.conn().await.unwrap() else {
+            unreachable!("a single Redis")
+        };
+        let n: i64 = redis::cmd("HLEN")
+            .arg("revocations")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(n, 2, "alice and bob; the ended session's entry is gone");
+    }
+
+    #[test]
+    fn the_expiry_set_shares_the_hash_slot() {
+        assert_eq!(expiry_set("sg:revocations"), "{sg:revocations}:expiry");
+        assert_eq!(expiry_set("{sg}:revocations"), "{sg}:revocations:expiry");
+    }
+
+    #[test]
+    fn revocation_messages_carry_an_optional_expiry() {
+        assert_eq!(
+            parse_message("1700000000123 alice"),
+            Some((1_700_000_000_123, None, "alice"))
+        );
+        assert_eq!(
+            parse_message("1700000000123/1700000600000 ps:abc"),
+            Some((1_700_000_000_123, Some(1_700_000_600_000), "ps:abc"))
+        );
+        // Older gateways publish seconds; subjects may contain spaces.
+        assert_eq!(
+            parse_message("1700000000 a b"),
+            Some((1_700_000_000, None, "a b"))
+        );
+        assert_eq!(parse_message("x alice"), None);
     }
 
     #[tokio::test]
