@@ -175,6 +175,7 @@ fn bench_decide(c: &mut Criterion) {
             path,
             access_token: Some(&access),
             stepup_token: Some(&stepup),
+            overridable: false,
         };
         let d = decide(&facts, &policy, &verifier, &keys, SINGLE_USE_WINDOW, NOW);
         assert_eq!((d.label(), rule_of(&d)), (label, rule), "{id}: {d:?}");

@@ -17,6 +17,9 @@ pub struct Facts<'a> {
     pub path: &'a str,
     pub access_token: Option<&'a str>,
     pub stepup_token: Option<&'a str>,
+    /// A form POST the app may run as another method (`_method`): judged as
+    /// the strictest of the methods it may become.
+    pub overridable: bool,
 }
 
 /// Why a step-up is (again) needed.
@@ -130,7 +133,7 @@ pub fn decide_with<'p>(
     now: i64,
     revoked_before: &dyn Fn(&str) -> Option<i64>,
 ) -> Decision<'p> {
-    let m = policy.lookup(facts.host, facts.method, facts.path);
+    let m = policy.judge(facts.host, facts.method, facts.path, facts.overridable);
     let rule = m.rule_name();
     let step_up = match m.require {
         Require::None => {
@@ -292,6 +295,7 @@ rules:
             path,
             access_token: at,
             stepup_token: su,
+            overridable: false,
         }
     }
 

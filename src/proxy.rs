@@ -39,6 +39,10 @@ pub struct Ctx {
     step_up: Option<StepUpClaims>,
     /// The request as parsed once at the edge; everything after uses it.
     canon: Option<CanonicalRequest>,
+    /// The Authorization / first-factor cookie that was not the judged
+    /// credential: removed before forwarding.
+    strip_bearer: bool,
+    strip_ff_cookie: bool,
     client_ip: String,
     peer_trusted: bool,
     /// Host name for logs and upstream choice (empty until parsed).
@@ -88,7 +92,11 @@ fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
 /// Parse the request once (RFC 9112 target forms, one valid host, the path
 /// decoded and re-encoded one way), then make the session's request say
 /// exactly that: the canonical target and Host are what the upstream gets.
-fn canonicalize(gate: &Gate, session: &mut Session) -> Result<CanonicalRequest, Refusal> {
+fn canonicalize(
+    gate: &Gate,
+    session: &mut Session,
+    trusted: bool,
+) -> Result<CanonicalRequest, Refusal> {
     let req = session.req_header();
     let http2 = req.version == http::Version::HTTP_2;
     let raw = request::Raw {
@@ -107,7 +115,39 @@ fn canonicalize(gate: &Gate, session: &mut Session) -> Result<CanonicalRequest, 
             .collect(),
         http10: req.version < http::Version::HTTP_11,
     };
-    let canon = CanonicalRequest::parse(&raw, gate.settings.default_host.as_ref())?;
+    let mut canon = CanonicalRequest::parse(&raw, gate.settings.default_host.as_ref())?;
+    if trusted {
+        // A trusted proxy's X-Forwarded-Host is what many apps take as the
+        // host (Rails, with trusted proxies): then it is the host judged.
+        let xfh: Vec<&[u8]> = req
+            .headers
+            .get_all("x-forwarded-host")
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        match xfh.as_slice() {
+            [] => {}
+            [one] if !one.contains(&b',') => {
+                canon.host = request::Host::parse(one.trim_ascii())?;
+            }
+            _ => return Err(Refusal::ManyHosts),
+        }
+        // A kept `Forwarded: host=` must name that same host.
+        for v in req.headers.get_all("forwarded").iter() {
+            let v = v.to_str().map_err(|_| Refusal::BadHost)?;
+            for pair in v.split([',', ';']) {
+                let Some((k, h)) = pair.split_once('=') else {
+                    continue;
+                };
+                if k.trim().eq_ignore_ascii_case("host") {
+                    let h = request::Host::parse(h.trim().trim_matches('"').as_bytes())?;
+                    if h.name() != canon.host.name() {
+                        return Err(Refusal::ManyHosts);
+                    }
+                }
+            }
+        }
+    }
     let target = if gate.settings.upstreams.raw_path {
         // The client's own bytes, only when they read exactly as the path
         // that is matched (no parameters, no doubled slashes).
@@ -127,6 +167,24 @@ fn canonicalize(gate: &Gate, session: &mut Session) -> Result<CanonicalRequest, 
     req.insert_header("Host", canon.host.authority())
         .map_err(|_| Refusal::BadHost)?;
     Ok(canon)
+}
+
+/// Could the app run this POST as another method? Frameworks read a
+/// `_method` field from the query or a form body (which stepgate streams
+/// and does not read), so every form POST counts, and any POST naming
+/// `_method` in its query.
+fn may_override_method(req: &RequestHeader, query: Option<&str>) -> bool {
+    let form = header(req, "content-type").is_some_and(|t| {
+        let t = t.trim_start().to_ascii_lowercase();
+        t.starts_with("application/x-www-form-urlencoded") || t.starts_with("multipart/form-data")
+    });
+    form || query.is_some_and(|q| {
+        q.split('&').any(|kv| {
+            kv.split('=')
+                .next()
+                .is_some_and(|k| k.eq_ignore_ascii_case("_method"))
+        })
+    })
 }
 
 /// A 400 for a request that cannot be read one way only, saying why.
@@ -311,10 +369,15 @@ impl ProxyHttp for Proxy {
         // 1. Read credentials, then strip every identity header the client sent.
         let req = session.req_header();
         let cookies = || req.headers.get_all("cookie").iter().map(|v| v.as_bytes());
-        let access_token = header(req, "authorization")
-            .and_then(crate::web::bearer)
+        let bearer = header(req, "authorization").and_then(crate::web::bearer);
+        let ff_cookies = crate::web::cookie_values(cookies(), &gate.settings.first_factor.cookie);
+        // Two credentials that could name two users: the app might act for
+        // the one stepgate did not judge.
+        let conflicting = req.headers.get_all("authorization").iter().count() > 1
+            || ff_cookies.iter().any(|c| c != &ff_cookies[0]);
+        let access_token = bearer
             .map(str::to_string)
-            .or_else(|| cookie(cookies(), &gate.settings.first_factor.cookie));
+            .or_else(|| ff_cookies.first().cloned());
         // After a PIN login, stepgate's own session stands in for an
         // expired or absent first-factor cookie.
         let access_token = match gate
@@ -331,6 +394,11 @@ impl ProxyHttp for Proxy {
             None => access_token,
         };
 
+        // The app receives only the credential that was judged.
+        ctx.strip_bearer = bearer.is_some() && access_token.as_deref() != bearer;
+        ctx.strip_ff_cookie = ff_cookies
+            .first()
+            .is_some_and(|c| access_token.as_deref() != Some(c.as_str()));
         let stepup_token = header(req, "x-stepgate-token")
             .map(str::to_string)
             .or_else(|| {
@@ -360,7 +428,13 @@ impl ProxyHttp for Proxy {
         }
 
         // The one parse of the request; what it says is what is forwarded.
-        let canon = match canonicalize(gate, session) {
+        let canon = match canonicalize(gate, session, trusted).and_then(|c| {
+            if conflicting {
+                Err(Refusal::ManyCredentials)
+            } else {
+                Ok(c)
+            }
+        }) {
             Ok(c) => c,
             Err(why) => {
                 ctx.label = "bad_request";
@@ -482,12 +556,15 @@ impl ProxyHttp for Proxy {
         // 3-5. Decide.
         let policy = &gate.policy;
         let now = clock::now();
+        let overridable =
+            method == "POST" && may_override_method(session.req_header(), query.as_deref());
         let facts = Facts {
             host: &ctx.host,
             method: &method,
             path: &match_path,
             access_token: access_token.as_deref(),
             stepup_token: stepup_token.as_deref(),
+            overridable,
         };
         let decision = decide_with(
             &facts,
@@ -520,7 +597,7 @@ impl ProxyHttp for Proxy {
                         Ok(true) => {}
                         Ok(false) => {
                             ctx.label = "challenge";
-                            let m = policy.lookup(&ctx.host, &method, &match_path);
+                            let m = policy.judge(&ctx.host, &method, &match_path, overridable);
                             if let crate::policy::Require::StepUp(s) = m.require {
                                 send(
                                     session,
@@ -689,14 +766,19 @@ impl ProxyHttp for Proxy {
             up.insert_header("X-Forwarded-Proto", proto)?;
         }
         // The host is the canonical one (the request's Host was rewritten
-        // to it); a trusted proxy's own X-Forwarded-Host is kept.
+        // to it)
         let authority = ctx
             .canon
             .as_ref()
             .map(|c| c.host.authority())
             .unwrap_or_default();
-        if !(ctx.peer_trusted && up.headers.contains_key("x-forwarded-host")) {
-            up.insert_header("X-Forwarded-Host", authority.as_str())?;
+        // (a trusted proxy's X-Forwarded-Host was judged: it is this one).
+        up.insert_header("X-Forwarded-Host", authority.as_str())?;
+        if ctx.strip_bearer {
+            up.remove_header("authorization");
+        }
+        if ctx.strip_ff_cookie {
+            strip_cookies(up, &[gate.settings.first_factor.cookie.as_str()]);
         }
         // RFC 7239, stepgate's own hop appended to a trusted proxy's.
         let node = match ctx.client_ip.parse::<IpAddr>() {
@@ -816,6 +898,7 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        crate::server::request_done();
         metrics::REQUESTS.with_label_values(&[ctx.label]).inc();
         if ctx.gate.as_ref().is_some_and(|g| !g.settings.log_access) {
             return;

@@ -31,7 +31,8 @@ pub enum Refusal {
     Method,
     /// No Host (HTTP/1.0 without `default_host`, or HTTP/1.1 without Host).
     MissingHost,
-    /// More than one Host header.
+    /// More than one Host header, or a trusted proxy's X-Forwarded-Host or
+    /// Forwarded host that is a list or disagrees.
     ManyHosts,
     /// A Host that is not `name[:port]`, `a.b.c.d[:port]` or `[v6][:port]`.
     BadHost,
@@ -47,6 +48,8 @@ pub enum Refusal {
     /// `forward_path: raw`, and the bytes sent read differently once
     /// normalized (parameters, doubled slashes).
     NotFaithful,
+    /// Two Authorization headers, or two different first-factor cookies.
+    ManyCredentials,
 }
 
 impl Refusal {
@@ -67,6 +70,9 @@ impl Refusal {
             Refusal::NotUtf8 => "the path's percent-escapes are not UTF-8",
             Refusal::DotSegment => "the path contains a `.` or `..` segment",
             Refusal::BadQuery => "the query contains control characters or spaces",
+            Refusal::ManyCredentials => {
+                "the request carries two different credentials (two Authorization headers or two access-token cookies)"
+            }
             Refusal::NotFaithful => {
                 "this gateway forwards paths as sent, and this one reads differently once normalized (a `;parameter` or a doubled `/`)"
             }
@@ -89,6 +95,7 @@ impl Refusal {
             Refusal::DotSegment => "dot_segment",
             Refusal::BadQuery => "bad_query",
             Refusal::NotFaithful => "not_faithful",
+            Refusal::ManyCredentials => "many_credentials",
         }
     }
 }

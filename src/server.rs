@@ -255,21 +255,46 @@ pub fn run_upstream(listen: &str, cookie: &str) -> Result<(), String> {
     server.run_forever();
 }
 
-tokio::task_local! {
-    /// Set by the proxy's first phase: the head of this request is in.
-    static HEAD_READ: Arc<std::sync::atomic::AtomicBool>;
+/// A connection's clock for [`HeadDeadline`]: when it started, and when it
+/// last became idle (ms after the start), or `IN_REQUEST`.
+struct ConnClock {
+    start: tokio::time::Instant,
+    idle_since: std::sync::atomic::AtomicU64,
 }
 
-/// Called by the proxy once a request head has been parsed, so that the
-/// head deadline no longer applies to this request.
+tokio::task_local! {
+    static CONN: Arc<ConnClock>;
+}
+
+const IN_REQUEST: u64 = u64::MAX;
+
+/// Called by the proxy once a request head has been parsed: the head
+/// deadline does not apply while the request is served.
 pub fn head_read() {
-    let _ = HEAD_READ.try_with(|h| h.store(true, std::sync::atomic::Ordering::Relaxed));
+    let _ = CONN.try_with(|c| {
+        c.idle_since
+            .store(IN_REQUEST, std::sync::atomic::Ordering::Relaxed)
+    });
+}
+
+/// Called by the proxy when a request is done: the connection is idle
+/// again, and its next head has `timeouts.request_head` from now.
+pub fn request_done() {
+    let _ = CONN.try_with(|c| {
+        c.idle_since.store(
+            c.start.elapsed().as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        )
+    });
 }
 
 /// The HTTP/1 service with a deadline on request heads: a connection whose
 /// next head is not complete within `within` (`timeouts.request_head`) of
 /// becoming idle is closed. Pingora only bounds each read (60 s), so a head
 /// trickled a byte at a time would hold its buffer (up to 1 MiB) forever.
+/// Pingora serves a keep-alive connection's requests in one call, so the
+/// proxy marks each request's start and end ([`head_read`],
+/// [`request_done`]) and the deadline restarts for every head.
 struct HeadDeadline<A> {
     inner: Arc<A>,
     within: Duration,
@@ -292,17 +317,31 @@ impl<A: pingora::apps::ServerApp + Send + Sync + 'static> pingora::apps::ServerA
         ) {
             return self.inner.process_new(stream, shutdown).await;
         }
-        let read = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let serve = HEAD_READ.scope(read.clone(), self.inner.process_new(stream, shutdown));
+        use std::sync::atomic::Ordering::Relaxed;
+        let start = tokio::time::Instant::now();
+        let clock = Arc::new(ConnClock {
+            start,
+            idle_since: std::sync::atomic::AtomicU64::new(0),
+        });
+        let serve = CONN.scope(clock.clone(), self.inner.process_new(stream, shutdown));
         tokio::pin!(serve);
-        tokio::select! {
-            done = &mut serve => done,
-            _ = tokio::time::sleep(self.within) => {
-                if read.load(std::sync::atomic::Ordering::Relaxed) {
-                    serve.await
-                } else {
-                    crate::metrics::REFUSED.with_label_values(&["head_timeout"]).inc();
-                    None
+        let mut check = start + self.within;
+        loop {
+            tokio::select! {
+                done = &mut serve => return done,
+                _ = tokio::time::sleep_until(check) => {
+                    let now = tokio::time::Instant::now();
+                    match clock.idle_since.load(Relaxed) {
+                        IN_REQUEST => check = now + self.within,
+                        since => {
+                            let due = start + Duration::from_millis(since) + self.within;
+                            if due <= now {
+                                crate::metrics::REFUSED.with_label_values(&["head_timeout"]).inc();
+                                return None;
+                            }
+                            check = due;
+                        }
+                    }
                 }
             }
         }

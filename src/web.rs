@@ -148,6 +148,24 @@ pub fn cookie<'a>(headers: impl Iterator<Item = &'a [u8]>, name: &str) -> Option
     None
 }
 
+/// Every value of cookie `name`, in order (a client may send it twice).
+pub fn cookie_values<'a>(headers: impl Iterator<Item = &'a [u8]>, name: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for h in headers {
+        let Ok(h) = std::str::from_utf8(h) else {
+            continue;
+        };
+        for part in h.split(';') {
+            if let Some((k, v)) = part.trim().split_once('=') {
+                if k == name {
+                    out.push(v.trim_matches('"').to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Accept `return_to` only as a same-origin path; anything else becomes `/`.
 pub fn safe_return_to(raw: Option<&str>) -> String {
     let Some(r) = raw else { return "/".into() };

@@ -132,7 +132,7 @@ pub fn lint(p: &Policy) -> Vec<Warning> {
     let mut out = encoding_warnings(p);
     let norm = |s: &str| {
         if p.case_insensitive {
-            s.to_lowercase()
+            super::fold(s)
         } else {
             s.to_string()
         }

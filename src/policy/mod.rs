@@ -27,6 +27,10 @@ struct PolicyFile {
     /// Match paths without regard to case, for apps on case-insensitive
     /// servers (IIS, some Java containers) where `/ADMIN` reaches `/admin`.
     case_insensitive: Option<bool>,
+    /// The app runs a POST as the method a `_method` field names (Rails,
+    /// Laravel, Symfony, Spring's HiddenHttpMethodFilter): judge form POSTs
+    /// as the strictest of POST, PUT, PATCH and DELETE. Default true.
+    method_override: Option<bool>,
     #[serde(default)]
     rules: Vec<RuleFile>,
 }
@@ -167,6 +171,8 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     pub default: Require,
     pub case_insensitive: bool,
+    /// See `method_override` in the file format.
+    pub method_override: bool,
     /// Where `default` was set, for messages.
     pub default_origin: Option<String>,
     pub sources: Vec<PathBuf>,
@@ -237,6 +243,7 @@ impl Policy {
         let mut rules = Vec::new();
         let mut default: Option<(Require, String)> = None;
         let mut case_insensitive: Option<(bool, String)> = None;
+        let mut method_override: Option<bool> = None;
         let mut names: HashMap<String, String> = HashMap::new();
 
         for (file, text) in sources {
@@ -244,6 +251,7 @@ impl Policy {
                 PolicyFile {
                     default: None,
                     case_insensitive: None,
+                    method_override: None,
                     rules: Vec::new(),
                 }
             } else {
@@ -280,6 +288,15 @@ impl Policy {
                         format!("`default: {d}` is not valid; use none, authenticated or deny"),
                     )),
                 }
+            }
+            if let Some(mo) = parsed.method_override {
+                if mo != method_override.unwrap_or(mo) {
+                    diags.push(spans.diag(
+                        "method_override",
+                        "`method_override` is set differently in another policy file",
+                    ));
+                }
+                method_override = Some(mo);
             }
             if let Some(ci) = parsed.case_insensitive {
                 let pos = spans.pos("case_insensitive");
@@ -323,10 +340,10 @@ impl Policy {
         for (i, r) in rules.iter().enumerate() {
             index.insert(r.host.as_deref(), &r.path, i as u32);
             if let Some(f) = &mut folded {
-                f.insert(r.host.as_deref(), &r.path.to_lowercase(), i as u32);
+                f.insert(r.host.as_deref(), &fold(&r.path), i as u32);
             }
         }
-        let rules_lower = rules.iter().all(|r| r.path.to_lowercase() == r.path);
+        let rules_lower = rules.iter().all(|r| fold(&r.path) == r.path);
         let (default, default_origin) = match default {
             Some((r, at)) => (r, Some(at)),
             None => (Require::Authenticated, None),
@@ -335,6 +352,7 @@ impl Policy {
             rules,
             default,
             case_insensitive,
+            method_override: method_override.unwrap_or(true),
             default_origin,
             sources: Vec::new(),
             index,
@@ -357,7 +375,7 @@ impl Policy {
         let Some(folded) = &self.folded else {
             return exact;
         };
-        let lower = path.to_lowercase();
+        let lower = fold(path);
         if self.rules_lower && lower == path {
             return exact;
         }
@@ -367,6 +385,26 @@ impl Policy {
         } else {
             exact
         }
+    }
+
+    /// [`Policy::lookup`] for a request an app may run as another method:
+    /// with `method_override`, a form POST (`overridable`) is judged as the
+    /// strictest of POST, PUT, PATCH and DELETE.
+    pub fn judge(&self, host: &str, method: &str, path: &str, overridable: bool) -> Match<'_> {
+        let first = self.lookup(host, method, path);
+        if !(overridable && self.method_override && method == "POST") {
+            return first;
+        }
+        ["PUT", "PATCH", "DELETE"]
+            .iter()
+            .map(|m| self.lookup(host, m, path))
+            .fold(first, |best, m| {
+                if m.require.strength() > best.require.strength() {
+                    m
+                } else {
+                    best
+                }
+            })
     }
 
     fn find(&self, index: &matcher::Index, host: &str, method: &str, path: &str) -> Match<'_> {
@@ -644,6 +682,30 @@ fn validate_path_pattern(p: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The case-insensitive reading of a path: what a router comparing without
+/// case (Java's `equalsIgnoreCase`, .NET's OrdinalIgnoreCase, Python's
+/// `casefold`) could take it for. Each character goes through its upper case
+/// and back, so `ı` and `İ` read as `i`, `ſ` as `s`, the Kelvin sign as `k`,
+/// `ß` and `ẞ` as `ss`; a combining dot left by `İ` is dropped. Folding more
+/// than an app does never opens anything: the stricter reading wins.
+pub fn fold(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_ascii() {
+            out.push(c.to_ascii_lowercase());
+            continue;
+        }
+        for u in c.to_uppercase() {
+            for l in u.to_lowercase() {
+                if l != '\u{307}' {
+                    out.push(l);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Why a request path was refused before matching.
 pub type BadPath = crate::request::Refusal;
 
@@ -813,6 +875,41 @@ rules:
             policy("rules:\n  - { name: cafe, match: { path: \"/café/**\" }, require: deny }\n")
                 .unwrap();
         assert_eq!(p.lookup("h", "GET", "/CAFÉ/x").rule_name(), "cafe");
+    }
+
+    #[test]
+    fn unicode_case_look_alikes_fold_to_the_ascii_they_stand_for() {
+        assert_eq!(fold("adm\u{131}n"), "admin");
+        assert_eq!(fold("adm\u{130}n"), "admin");
+        assert_eq!(fold("\u{17f}ettings"), "settings");
+        assert_eq!(fold("\u{212a}eys"), "keys");
+        assert_eq!(fold("Stra\u{df}e"), "strasse");
+        assert_eq!(fold("CAF\u{c9}"), "caf\u{e9}");
+        let p = policy("rules:\n  - { name: admin, match: { path: \"/admin/**\" }, require: step_up }\n  - { name: sec, match: { path: \"/internal/**\" }, require: deny }\n").unwrap();
+        for path in [
+            "/adm\u{131}n/x",
+            "/adm\u{130}n/x",
+            "/\u{130}NTERNAL/x",
+            "/\u{131}nternal/x",
+        ] {
+            assert_ne!(p.lookup("h", "GET", path).rule_name(), "default", "{path}");
+        }
+    }
+
+    #[test]
+    fn form_posts_are_judged_as_the_methods_they_may_override_to() {
+        let p = policy("rules:\n  - { name: del, match: { path: \"/users/*\", methods: [DELETE] }, require: step_up }\n").unwrap();
+        assert_eq!(p.judge("h", "POST", "/users/5", true).rule_name(), "del");
+        assert_eq!(
+            p.judge("h", "POST", "/users/5", false).rule_name(),
+            "default"
+        );
+        assert_eq!(p.judge("h", "GET", "/users/5", true).rule_name(), "default");
+        let p = policy("method_override: false\nrules:\n  - { name: del, match: { path: \"/users/*\", methods: [DELETE] }, require: step_up }\n").unwrap();
+        assert_eq!(
+            p.judge("h", "POST", "/users/5", true).rule_name(),
+            "default"
+        );
     }
 
     #[test]
