@@ -15,13 +15,14 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 
+use stepgate::auth::decision::{decide, Facts};
+use stepgate::auth::first_factor::Verifier;
+use stepgate::auth::principal::Principal;
+use stepgate::auth::tokens::Keys;
 use stepgate::config::values::Secret;
 use stepgate::config::{FirstFactor, KeySource};
-use stepgate::decision::{decide, Facts};
-use stepgate::identity::{Principal, Verifier};
-use stepgate::pin::Hasher;
+use stepgate::flows::pin::Hasher;
 use stepgate::policy::{Factor, Policy};
-use stepgate::tokens::Keys;
 
 /// The benches' clock (Unix seconds); tokens are minted relative to it.
 const NOW: i64 = 1_700_000_000;
@@ -195,8 +196,8 @@ fn bench_decide(c: &mut Criterion) {
     g.finish();
 }
 
-fn rule_of<'p>(d: &stepgate::decision::Decision<'p>) -> &'p str {
-    use stepgate::decision::Decision::*;
+fn rule_of<'p>(d: &stepgate::auth::decision::Decision<'p>) -> &'p str {
+    use stepgate::auth::decision::Decision::*;
     match d {
         Forward { rule, .. }
         | Deny { rule }
@@ -534,14 +535,14 @@ fn bench_stepup(c: &mut Criterion) {
 
 fn bench_assertion(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let signer = stepgate::assertion::Signer::new(
+    let signer = stepgate::auth::assertion::Signer::new(
         &dir.path().join("assertion.pem"),
         None,
         "stepgate".into(),
         "app".into(),
     )
     .expect("signer");
-    let claims = stepgate::assertion::Claims {
+    let claims = stepgate::auth::assertion::Claims {
         sub: "alice",
         email: Some("alice@example.com"),
         amr: vec!["pin"],

@@ -1,34 +1,22 @@
 //! stepgate as a library: the gateway's modules, for the binary, the
-//! integration tests and the benchmarks. See DESIGN.md for the request flow.
+//! integration tests and the benchmarks. docs/ARCHITECTURE.md maps them and
+//! follows a request through them; DESIGN.md has the request flow.
+//!
+//! Layers, lowest first (a module imports only from layers below it):
+//! `util` · `config` · `policy` · `request` · `store` · `auth` · `outbound`
+//! · `templates` · `flows` · `gate` · `web` · `proxy` · `runtime`.
 #![forbid(unsafe_code)]
 
-pub mod assertion;
-pub mod audit;
-pub mod bounded;
-pub mod clock;
+pub mod auth;
 pub mod config;
-pub mod decision;
-pub mod demo;
-pub mod endpoints;
+pub mod flows;
 pub mod gate;
-pub mod identity;
-pub mod lifecycle;
-pub mod logwriter;
-pub mod mail;
-pub mod metrics;
-pub mod notify;
-pub mod otp;
-pub mod pages;
-pub mod pin;
+pub mod outbound;
 pub mod policy;
-pub mod profile;
 pub mod proxy;
 pub mod request;
-pub mod revoke;
-pub mod server;
+pub mod runtime;
 pub mod store;
-pub mod tls;
-pub mod tokens;
-pub mod watch;
+pub mod templates;
+pub mod util;
 pub mod web;
-pub mod yamlspan;

@@ -6,7 +6,11 @@
 use std::path::{Path, PathBuf};
 
 use std::process::ExitCode;
-use stepgate::{clock, config, demo, identity, pages, policy, server, tokens, yamlspan};
+use stepgate::auth::{first_factor, tokens};
+use stepgate::config::spans;
+use stepgate::runtime::{demo, server};
+use stepgate::util::clock;
+use stepgate::{config, policy, templates};
 
 use clap::{Parser, Subcommand};
 
@@ -151,7 +155,7 @@ enum PolicyCmd {
     },
 }
 
-fn print_diags(d: &[yamlspan::Diagnostic]) {
+fn print_diags(d: &[spans::Diagnostic]) {
     for d in d {
         eprintln!("{d}");
     }
@@ -165,7 +169,7 @@ fn load(config: &Path) -> Result<config::Settings, ExitCode> {
 }
 
 fn main() -> ExitCode {
-    let _ = stepgate::pin::RELEASE_MEMORY.set(release_memory);
+    let _ = stepgate::flows::pin::RELEASE_MEMORY.set(release_memory);
     let cli = Cli::parse();
     match run(cli.cmd) {
         Ok(()) => ExitCode::SUCCESS,
@@ -199,8 +203,8 @@ fn run(cmd: Cmd) -> Result<(), ExitCode> {
                 print_diags(&d);
                 ExitCode::from(1)
             })?;
-            identity::Verifier::new(&s.first_factor).map_err(fail)?;
-            pages::Pages::new(s.templates_dir.clone(), &s.site_title).map_err(fail)?;
+            first_factor::Verifier::new(&s.first_factor).map_err(fail)?;
+            templates::Pages::new(s.templates_dir.clone(), &s.site_title).map_err(fail)?;
             for w in policy::lint::encoding_warnings(&p) {
                 println!("{w}");
             }

@@ -12,17 +12,17 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 
-use crate::clock;
-use crate::decision::{decide_with, Decision, Facts, StepUpReason};
-use crate::endpoints::{self, login_redirect, MAX_FORM};
+use crate::auth::decision::{decide_with, Decision, Facts, StepUpReason};
+use crate::auth::principal::Principal;
+use crate::auth::tokens::StepUpClaims;
 use crate::gate::{Gate, Shared};
-use crate::identity::Principal;
-use crate::metrics;
 use crate::policy::StepUp;
 use crate::request::{self, CanonicalRequest, Refusal};
 use crate::store::keys;
-use crate::tokens::StepUpClaims;
-use crate::web::{cookie, safe_return_to, url_encode, wants_html, Reply};
+use crate::util::clock;
+use crate::util::metrics;
+use crate::web::reply::{cookie, safe_return_to, url_encode, wants_html, Reply};
+use crate::web::{self, login_redirect, MAX_FORM};
 
 pub struct Proxy {
     pub shared: Arc<Shared>,
@@ -268,19 +268,19 @@ impl Proxy {
         if !(s.required || s.offer_setup) {
             return None;
         }
-        match crate::lifecycle::needs_setup(gate, &p.sub).await {
+        match crate::flows::lifecycle::needs_setup(gate, &p.sub).await {
             Ok(false) => None,
             // An optional PIN is offered only while the login is fresh
             // enough to set one up; it never locks anyone out of the app.
-            Ok(true) if html && (s.required || endpoints::login_is_fresh(gate, p)) => {
+            Ok(true) if html && (s.required || web::login_is_fresh(gate, p)) => {
                 Some(Reply::redirect(&format!(
                     "/.stepgate/pin/setup?return_to={}",
-                    crate::web::url_encode(&return_to())
+                    crate::web::reply::url_encode(&return_to())
                 )))
             }
             Ok(true) if !s.required => None,
             // 1243, with a PINAuthToken only while the login is fresh.
-            Ok(true) => Some(endpoints::api::pin_required(gate, p).await),
+            Ok(true) => Some(web::api::pin_required(gate, p).await),
             Err(_) if s.required => Some(unavailable(gate, html)),
             Err(_) => None,
         }
@@ -344,15 +344,15 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        crate::server::head_read();
-        if crate::server::DRAINING.load(std::sync::atomic::Ordering::Relaxed) {
+        crate::gate::drain::head_read();
+        if crate::gate::drain::DRAINING.load(std::sync::atomic::Ordering::Relaxed) {
             session.set_keepalive(None);
         }
         // The request id: the client's (or a proxy's) when it is sane, else ours.
         let id = header(session.req_header(), "x-request-id")
             .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
             .map(str::to_string)
-            .unwrap_or_else(crate::tokens::request_id);
+            .unwrap_or_else(crate::auth::tokens::request_id);
         session
             .req_header_mut()
             .insert_header("X-Request-Id", id.as_str())?;
@@ -369,8 +369,9 @@ impl ProxyHttp for Proxy {
         // 1. Read credentials, then strip every identity header the client sent.
         let req = session.req_header();
         let cookies = || req.headers.get_all("cookie").iter().map(|v| v.as_bytes());
-        let bearer = header(req, "authorization").and_then(crate::web::bearer);
-        let ff_cookies = crate::web::cookie_values(cookies(), &gate.settings.first_factor.cookie);
+        let bearer = header(req, "authorization").and_then(crate::web::reply::bearer);
+        let ff_cookies =
+            crate::web::reply::cookie_values(cookies(), &gate.settings.first_factor.cookie);
         // Two credentials that could name two users: the app might act for
         // the one stepgate did not judge.
         let conflicting = req.headers.get_all("authorization").iter().count() > 1
@@ -501,7 +502,7 @@ impl ProxyHttp for Proxy {
                 Err(_) => {
                     session.set_keepalive(None);
                     let reply = if match_path.starts_with("/.stepgate/api/") {
-                        crate::endpoints::api::error(
+                        crate::web::api::error(
                             408,
                             901,
                             "Request timeout",
@@ -522,7 +523,7 @@ impl ProxyHttp for Proxy {
             let now = clock::now();
             let principal = match &access_token {
                 Some(t) => gate.authenticate(t, now),
-                None => Err(crate::identity::AuthError::Missing),
+                None => Err(crate::auth::principal::AuthError::Missing),
             };
             let origin = origin(session, tls, &ctx.host);
             let req = session.req_header();
@@ -533,7 +534,7 @@ impl ProxyHttp for Proxy {
                 .filter_map(|v| v.to_str().ok())
                 .collect::<Vec<_>>()
                 .join("; ");
-            let r = endpoints::Req {
+            let r = web::Req {
                 method: &method,
                 path: &match_path,
                 query: query.as_deref(),
@@ -548,7 +549,7 @@ impl ProxyHttp for Proxy {
                 user_agent: header(session.req_header(), "user-agent").unwrap_or(""),
                 stepup_token: stepup_token.clone(),
             };
-            let reply = endpoints::handle(gate, &r).await;
+            let reply = web::handle(gate, &r).await;
             send(session, reply).await?;
             return Ok(true);
         }
@@ -648,7 +649,7 @@ impl ProxyHttp for Proxy {
             }
             Decision::Unauthenticated { rule, error } => {
                 ctx.rule = rule.to_string();
-                if error == crate::identity::AuthError::UnknownKey {
+                if error == crate::auth::principal::AuthError::UnknownKey {
                     refresh_jwks_soon(&gate_arc, now);
                 }
                 let origin = origin(session, tls, &ctx.host);
@@ -669,7 +670,7 @@ impl ProxyHttp for Proxy {
                 let pin_login = has_pin_session.then(|| {
                     format!(
                         "/.stepgate/pin/login?return_to={}",
-                        crate::web::url_encode(&return_to())
+                        crate::web::reply::url_encode(&return_to())
                     )
                 });
                 match (
@@ -685,7 +686,7 @@ impl ProxyHttp for Proxy {
                     ),
                     (false, _) => {
                         let www = match &error {
-                            crate::identity::AuthError::Missing => "Bearer realm=\"stepgate\"".to_string(),
+                            crate::auth::principal::AuthError::Missing => "Bearer realm=\"stepgate\"".to_string(),
                             e => format!("Bearer realm=\"stepgate\", error=\"invalid_token\", error_description=\"{}\"", e.reason()),
                         };
                         Reply::json(401, &serde_json::json!({"error": "invalid_token", "error_description": error.reason()})).add("WWW-Authenticate", www)
@@ -809,7 +810,7 @@ impl ProxyHttp for Proxy {
         // The signed assertion, over what the upstream actually receives.
         if let Some(p) = &ctx.principal {
             let su = ctx.step_up.as_ref();
-            let claims = crate::assertion::Claims {
+            let claims = crate::auth::assertion::Claims {
                 sub: &p.sub,
                 email: p.email.as_deref(),
                 amr: su
@@ -898,7 +899,7 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        crate::server::request_done();
+        crate::gate::drain::request_done();
         metrics::REQUESTS.with_label_values(&[ctx.label]).inc();
         if ctx.gate.as_ref().is_some_and(|g| !g.settings.log_access) {
             return;
@@ -911,7 +912,7 @@ impl ProxyHttp for Proxy {
             .unwrap_or(0.0);
         let user = ctx.principal.as_ref().map(|p| p.sub.as_str()).unwrap_or("");
         if tracing::enabled!(target: "access", tracing::Level::INFO) {
-            use crate::logwriter::{access_json, Field};
+            use crate::util::logwriter::{access_json, Field};
             if access_json(&[
                 ("request_id", Field::Str(&ctx.request_id)),
                 ("method", Field::Str(req.method.as_str())),
@@ -948,7 +949,7 @@ impl ProxyHttp for Proxy {
 
 fn too_large(gate: &Gate, path: &str) -> Reply {
     if path.starts_with("/.stepgate/api/") {
-        crate::endpoints::api::error(
+        crate::web::api::error(
             413,
             901,
             "Request too large",
@@ -990,7 +991,7 @@ fn refresh_jwks_soon(gate: &Arc<Gate>, now: i64) {
     }
     let gate = gate.clone();
     tokio::spawn(async move {
-        match crate::identity::fetch_jwks(&url)
+        match crate::auth::first_factor::fetch_jwks(&url)
             .await
             .and_then(|t| gate.verifier.install_jwks(&t))
         {

@@ -4,6 +4,7 @@
 //! secrets loaded, addresses and URLs validated. Nothing downstream re-parses
 //! strings from the file.
 
+pub mod spans;
 pub mod values;
 
 use std::collections::BTreeMap;
@@ -13,7 +14,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::yamlspan::{serde_diag_in, Diagnostic, Spans};
+use crate::config::spans::{serde_diag_in, Diagnostic, Spans};
 use values::{load_secret, Dur, Secret};
 
 // ---------- file format ----------
@@ -601,7 +602,7 @@ pub fn load(path: &Path) -> Result<Settings, Vec<Diagnostic>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         vec![Diagnostic {
             file: name.clone(),
-            pos: crate::yamlspan::Pos { line: 1, col: 1 },
+            pos: crate::config::spans::Pos { line: 1, col: 1 },
             message: format!("cannot read config file: {e}"),
         }]
     })?;
@@ -1039,7 +1040,7 @@ impl Builder<'_> {
         // an upgrade socket.
         let canonical = std::fs::canonicalize(self.spans.file())
             .unwrap_or_else(|_| PathBuf::from(self.spans.file()));
-        let tag = crate::identity::digest_b64(canonical.to_string_lossy().as_bytes())[..10]
+        let tag = crate::util::digest::digest_b64(canonical.to_string_lossy().as_bytes())[..10]
             .replace(['-', '_'], "x");
         let upgrade_sock = f
             .upgrade_sock

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::config::spans::{serde_diag_in, Diagnostic, Spans};
 use crate::config::values::Dur;
-use crate::yamlspan::{serde_diag_in, Diagnostic, Spans};
 
 // ---------- file format ----------
 
@@ -445,7 +445,7 @@ impl Policy {
 fn diag_at(file: &str, message: String) -> Diagnostic {
     Diagnostic {
         file: file.to_string(),
-        pos: crate::yamlspan::Pos { line: 1, col: 1 },
+        pos: crate::config::spans::Pos { line: 1, col: 1 },
         message,
     }
 }

@@ -9,8 +9,8 @@
 use serde::Deserialize;
 
 use super::{normalize_path, Policy, Require};
+use crate::config::spans::{serde_diag_in, Diagnostic, Spans};
 use crate::config::values::Dur;
-use crate::yamlspan::{serde_diag_in, Diagnostic, Spans};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -93,7 +93,7 @@ pub trait Store: Send + Sync {
         .await
     }
     /// Every live recorded invalidation. `at` is as stored: milliseconds, or
-    /// seconds when an older version wrote it ([`crate::revoke::stored_at_ms`]).
+    /// seconds when an older version wrote it ([`crate::auth::revocations::stored_at_ms`]).
     async fn revocations(&self, prefix: &str) -> Result<Vec<Revocation>, StoreError> {
         Ok(self
             .entries()
@@ -112,7 +112,7 @@ pub trait Store: Send + Sync {
     }
     /// Call `f` for invalidations other gateways record (stores shared by
     /// several gateways push them; a single-process store has nothing to push).
-    fn watch_revocations(&self, _prefix: &str, _f: crate::revoke::OnRevoke) {}
+    fn watch_revocations(&self, _prefix: &str, _f: crate::auth::revocations::OnRevoke) {}
     /// Drop expired entries, for backends that do not expire by themselves.
     async fn sweep(&self) -> Result<usize, StoreError> {
         Ok(0)
@@ -129,7 +129,7 @@ pub fn now_ms() -> u64 {
 /// Keys, in one place. Everything about one user shares the `{u:...}` hash
 /// tag so multi-key operations stay on one Redis Cluster slot.
 pub mod keys {
-    use crate::identity::digest_b64;
+    use crate::util::digest::digest_b64;
 
     /// Subjects are hashed so that any `sub` (with braces, colons, ...) makes
     /// a well-formed key.
@@ -236,7 +236,7 @@ macro_rules! bounded {
         match tokio::time::timeout($self.timeout, $call).await {
             Ok(r) => r,
             Err(_) => {
-                crate::metrics::STORE_ERRORS
+                crate::util::metrics::STORE_ERRORS
                     .with_label_values(&["timeout"])
                     .inc();
                 Err(StoreError::Timeout($self.timeout))
@@ -297,7 +297,7 @@ impl Store for Bounded {
     async fn revocations(&self, _prefix: &str) -> Result<Vec<Revocation>, StoreError> {
         self.inner.revocations(&self.prefix).await
     }
-    fn watch_revocations(&self, _prefix: &str, f: crate::revoke::OnRevoke) {
+    fn watch_revocations(&self, _prefix: &str, f: crate::auth::revocations::OnRevoke) {
         self.inner.watch_revocations(&self.prefix, f)
     }
     async fn sweep(&self) -> Result<usize, StoreError> {

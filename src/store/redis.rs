@@ -43,7 +43,7 @@ pub struct RedisStore {
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    crate::metrics::STORE_ERRORS
+    crate::util::metrics::STORE_ERRORS
         .with_label_values(&["redis"])
         .inc();
     StoreError::Unavailable(e.to_string())
@@ -159,7 +159,7 @@ impl RedisStore {
         let r = fut.await.map_err(unavailable)?.map_err(unavailable);
         if let Err(e) = &r {
             // Say why (refused password, TLS, DNS), at most every 10 s.
-            let now = crate::clock::now();
+            let now = crate::util::clock::now();
             let last = self
                 .last_connect_error
                 .load(std::sync::atomic::Ordering::Relaxed);
@@ -293,7 +293,7 @@ impl Store for RedisStore {
     }
     /// Subscribe on a connection of its own; after every (re)connection the
     /// whole hash is read again, so nothing published while away is missed.
-    fn watch_revocations(&self, prefix: &str, f: crate::revoke::OnRevoke) {
+    fn watch_revocations(&self, prefix: &str, f: crate::auth::revocations::OnRevoke) {
         let name = format!("{prefix}revocations");
         let url = match &self.target {
             Target::Single(u) => u.clone(),

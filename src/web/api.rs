@@ -8,14 +8,15 @@ use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
 
 use super::Req;
-use crate::clock;
+use crate::auth::principal::Principal;
+use crate::flows::error::FlowError;
+use crate::flows::otp;
+use crate::flows::pin;
 use crate::gate::Gate;
-use crate::identity::Principal;
-use crate::metrics;
-use crate::otp;
-use crate::pin::{self, FlowError};
 use crate::policy::Factor;
-use crate::web::{query_param, Reply};
+use crate::util::clock;
+use crate::util::metrics;
+use crate::web::reply::{query_param, Reply};
 
 /// Every API operation, as (method, path under /.stepgate/api). The OpenAPI
 /// description in docs/openapi.yaml is checked against this list by a test.
@@ -152,19 +153,24 @@ pub(super) fn string_field<'a>(m: &'a Map<String, Value>, name: &str) -> Result<
 }
 
 fn token_reply(gate: &Gate, p: &Principal, factor: Factor) -> Reply {
-    let (token, c) =
-        gate.keys
-            .issue_stepup_ms(p, factor, crate::revoke::now_ms(), gate.stepup_ttl());
+    let (token, c) = gate.keys.issue_stepup_ms(
+        p,
+        factor,
+        crate::auth::revocations::now_ms(),
+        gate.stepup_ttl(),
+    );
     Reply::json(
         200,
         &json!({"SecondFactorValidationToken": token, "ExpireIn": rfc3339(c.exp)}),
     )
 }
 
-pub(super) fn unauthenticated(presented: Option<&crate::identity::AuthError>) -> Reply {
+pub(super) fn unauthenticated(presented: Option<&crate::auth::principal::AuthError>) -> Reply {
     // RFC 6750 §3.1: say `invalid_token` when a token was presented and failed.
     let www = match presented {
-        None | Some(crate::identity::AuthError::Missing) => "Bearer realm=\"stepgate\"".to_string(),
+        None | Some(crate::auth::principal::AuthError::Missing) => {
+            "Bearer realm=\"stepgate\"".to_string()
+        }
         Some(e) => format!(
             "Bearer realm=\"stepgate\", error=\"invalid_token\", error_description=\"{}\"",
             e.reason()
@@ -208,11 +214,14 @@ pub async fn handle(gate: &Gate, req: &Req<'_>) -> Reply {
     // The API takes the access token from Authorization only, never from
     // the cookie: a cross-site link must not be able to send codes or spend
     // a user's cooldown and hourly cap.
-    let from_header = req.authorization.and_then(crate::web::bearer).is_some();
+    let from_header = req
+        .authorization
+        .and_then(crate::web::reply::bearer)
+        .is_some();
     let principal = if from_header {
         req.principal.clone()
     } else {
-        Err(crate::identity::AuthError::Missing)
+        Err(crate::auth::principal::AuthError::Missing)
     };
     let p = match &principal {
         Ok(p) => p,
@@ -281,7 +290,7 @@ async fn stepup_pin(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
     };
     match super::check_stepup_pin(gate, p, req.client_ip, entered).await {
         Ok(()) => {
-            crate::lifecycle::remember_profile(gate, p).await;
+            crate::flows::lifecycle::remember_profile(gate, p).await;
             token_reply(gate, p, Factor::Pin)
         }
         Err(e) => flow_error(e),
@@ -328,7 +337,7 @@ async fn verify_otp(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
             metrics::STEPUPS
                 .with_label_values(&["email_otp", "success"])
                 .inc();
-            crate::lifecycle::remember_profile(gate, p).await;
+            crate::flows::lifecycle::remember_profile(gate, p).await;
             token_reply(gate, p, Factor::EmailOtp)
         }
         Err(e) => {
@@ -357,7 +366,10 @@ pub(super) fn check_api_secret(gate: &Gate, req: &Req<'_>) -> Result<(), Reply> 
             "Set `api.secret` in the gateway config.",
         ));
     };
-    let given = req.authorization.and_then(crate::web::bearer).unwrap_or("");
+    let given = req
+        .authorization
+        .and_then(crate::web::reply::bearer)
+        .unwrap_or("");
     if !bool::from(given.as_bytes().ct_eq(secret.expose())) {
         return Err(error(
             401,
@@ -387,7 +399,7 @@ async fn invalidate(gate: &Gate, req: &Req<'_>, uid: &str) -> Reply {
             "The path needs the user's id (sub).",
         );
     }
-    match crate::lifecycle::invalidate_user(gate, &uid, req.client_ip).await {
+    match crate::flows::lifecycle::invalidate_user(gate, &uid, req.client_ip).await {
         Ok(()) => Reply::json(200, &json!({"IsPosted": true})),
         Err(e) => flow_error(e),
     }
@@ -420,7 +432,7 @@ async fn unlock(gate: &Gate, req: &Req<'_>, uid: &str) -> Reply {
     .await;
     match cleared {
         Ok(()) => {
-            crate::audit::event("unlock", &uid, req.client_ip, "admin");
+            crate::util::audit::event("unlock", &uid, req.client_ip, "admin");
             gate.notifier.event("PINUnlocked", &uid, json!({}));
             Reply::json(200, &json!({"IsPosted": true}))
         }
@@ -485,7 +497,7 @@ fn query_param_ci(query: Option<&str>, name: &str) -> Option<String> {
 /// only while the first-factor login is fresh (`pin.enroll_window`, as the
 /// setup page); a stale login is told to sign in again, and gets none.
 pub async fn pin_required(gate: &Gate, p: &Principal) -> Reply {
-    match crate::lifecycle::required_pin_token(gate, p).await {
+    match crate::flows::lifecycle::required_pin_token(gate, p).await {
         Ok(Some((token, exp))) => Reply::json(
             403,
             &json!({

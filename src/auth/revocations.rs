@@ -77,7 +77,7 @@ const SWEEP_EVERY_MS: i64 = 60_000;
 
 impl Revocations {
     /// Credentials of `key` (a user, or a PIN session's
-    /// [`crate::lifecycle::session_revocation_key`]) issued at or before this
+    /// [`crate::flows::lifecycle::session_revocation_key`]) issued at or before this
     /// Unix time in milliseconds no longer count.
     pub fn revoked_before(&self, key: &str) -> Option<i64> {
         self.revoked_before_at(key, now_ms())
@@ -141,7 +141,7 @@ impl Revocations {
             at_ms,
             ttl.map(|t| now_ms().saturating_add(t.as_millis() as i64)),
         );
-        crate::audit::event("step_down", key, "", "all step-ups invalidated");
+        crate::util::audit::event("step_down", key, "", "all step-ups invalidated");
         Ok(())
     }
 

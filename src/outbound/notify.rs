@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 
 use crate::config::{Sms, Webhook};
-use crate::metrics;
+use crate::util::metrics;
 
 pub struct Notifier {
     client: reqwest::Client,
@@ -67,11 +67,11 @@ impl Notifier {
         let Some(w) = self.webhook.clone() else {
             return;
         };
-        let delivery = crate::tokens::random_id();
+        let delivery = crate::auth::tokens::random_id();
         let body = json!({
             "Event": event,
             "Uid": uid,
-            "Time": crate::clock::now(),
+            "Time": crate::util::clock::now(),
             "Id": delivery,
             "Data": data,
         })
@@ -84,7 +84,7 @@ impl Notifier {
         rt.spawn(async move {
             for (attempt, delay) in RETRIES.iter().enumerate() {
                 tokio::time::sleep(*delay).await;
-                let t = crate::clock::now();
+                let t = crate::util::clock::now();
                 let r = client
                     .post(&w.url)
                     .timeout(w.timeout)
@@ -167,7 +167,7 @@ pub fn pin_suspended(gate: &crate::gate::Gate, sub: &str, ip: &str) {
         return;
     };
     rt.spawn(async move {
-        let to = match crate::profile::load(&*store, &sub).await {
+        let to = match crate::flows::profile::load(&*store, &sub).await {
             Ok(p) => p.and_then(|p| p.emails.first().or(p.otp_emails.first()).cloned()),
             Err(e) => {
                 tracing::warn!(target: "stepgate", user = %sub, error = ?e, "cannot read the recovery profile for the suspension notice");
@@ -175,15 +175,15 @@ pub fn pin_suspended(gate: &crate::gate::Gate, sub: &str, ip: &str) {
             }
         };
         let Some(to) = to else {
-            crate::audit::event("pin_suspended_not_mailed", &sub, &ip, "no address");
+            crate::util::audit::event("pin_suspended_not_mailed", &sub, &ip, "no address");
             return;
         };
         mail.to = to;
         match mailer.send(mail).await {
-            Ok(()) => crate::audit::event("pin_suspended_mailed", &sub, &ip, ""),
+            Ok(()) => crate::util::audit::event("pin_suspended_mailed", &sub, &ip, ""),
             Err(e) => {
                 tracing::warn!(target: "stepgate", user = %sub, error = %e, "mailing the suspension notice failed");
-                crate::audit::event("pin_suspended_not_mailed", &sub, &ip, &e.to_string());
+                crate::util::audit::event("pin_suspended_not_mailed", &sub, &ip, &e.to_string());
             }
         }
     });

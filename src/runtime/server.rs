@@ -10,6 +10,7 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 
 use crate::config::{KeySource, Settings};
+use crate::gate::drain::{ConnClock, CONN, DRAINING, IN_REQUEST};
 use crate::gate::{Gate, Shared};
 use crate::proxy::Proxy;
 
@@ -25,7 +26,7 @@ pub fn init_logging(level: &str, json: bool) {
     });
     // Access lines are written in batches, everything else at once
     // (src/logwriter.rs).
-    let writer = crate::logwriter::LogWriter::start();
+    let writer = crate::util::logwriter::LogWriter::start();
     if json {
         writer.serve_access_lines();
     }
@@ -41,17 +42,17 @@ pub fn init_logging(level: &str, json: bool) {
 
 /// Run the gateway; returns only on a start-up error.
 pub fn run(config_path: &Path, settings: Settings, extra: Extra) -> Result<(), String> {
-    crate::metrics::init();
+    crate::util::metrics::init();
     let shared = Arc::new(Shared::new(Gate::build(settings)?, config_path)?);
     let gate = shared.load();
-    crate::metrics::POLICY_RULES.set(gate.policy.rules.len() as i64);
+    crate::util::metrics::POLICY_RULES.set(gate.policy.rules.len() as i64);
     if let KeySource::JwksUrl { url, refresh } = &gate.settings.first_factor.key {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
         let text = rt
-            .block_on(crate::identity::fetch_jwks(url))
+            .block_on(crate::auth::first_factor::fetch_jwks(url))
             .map_err(|e| format!("first_factor.jwt.jwks_url: {e}"))?;
         gate.verifier
             .install_jwks(&text)
@@ -73,7 +74,7 @@ pub fn run(config_path: &Path, settings: Settings, extra: Extra) -> Result<(), S
     }
     drop(rt);
     spawn_sweeper(gate.clone());
-    crate::watch::spawn(shared.clone())?;
+    crate::runtime::watch::spawn(shared.clone())?;
 
     let mut conf = ServerConf {
         threads: gate.settings.threads,
@@ -143,7 +144,7 @@ pub fn run(config_path: &Path, settings: Settings, extra: Extra) -> Result<(), S
     if let Some(addr) = &extra.demo_upstream {
         let mut echo = pingora::services::listening::Service::new(
             "demo upstream".into(),
-            crate::demo::Echo {
+            crate::runtime::demo::Echo {
                 cookie: gate.settings.first_factor.cookie.clone(),
             },
         );
@@ -166,11 +167,6 @@ fn background(name: &str, task: impl std::future::Future<Output = ()> + Send + '
     }
 }
 
-/// Set when this process is handing its listeners to a new one, or shutting
-/// down: from then on every response says `Connection: close`, so keep-alive
-/// clients move to the new process before Pingora drops idle connections.
-pub static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
 fn watch_draining(mut phases: tokio::sync::broadcast::Receiver<pingora::server::ExecutionPhase>) {
     use pingora::server::ExecutionPhase as P;
     background("stepgate-drain", async move {
@@ -190,7 +186,7 @@ fn spawn_jwks_refresh(gate: Arc<Gate>, url: String, every: Duration) {
     background("stepgate-jwks", async move {
         loop {
             tokio::time::sleep(every).await;
-            match crate::identity::fetch_jwks(&url)
+            match crate::auth::first_factor::fetch_jwks(&url)
                 .await
                 .and_then(|t| gate.verifier.install_jwks(&t))
             {
@@ -215,7 +211,7 @@ fn spawn_sweeper(gate: Arc<Gate>) {
             // The store's state, for the metric and the log.
             let ping = gate.store.ping().await;
             let up = ping.is_ok();
-            crate::metrics::STORE_UP.set(up as i64);
+            crate::util::metrics::STORE_UP.set(up as i64);
             if up != was_up {
                 if up {
                     tracing::info!(target: "stepgate", "the store answers again");
@@ -246,46 +242,13 @@ pub fn run_upstream(listen: &str, cookie: &str) -> Result<(), String> {
     server.bootstrap();
     let mut echo = pingora::services::listening::Service::new(
         "demo upstream".into(),
-        crate::demo::Echo {
+        crate::runtime::demo::Echo {
             cookie: cookie.to_string(),
         },
     );
     echo.add_tcp(listen);
     server.add_service(echo);
     server.run_forever();
-}
-
-/// A connection's clock for [`HeadDeadline`]: when it started, and when it
-/// last became idle (ms after the start), or `IN_REQUEST`.
-struct ConnClock {
-    start: tokio::time::Instant,
-    idle_since: std::sync::atomic::AtomicU64,
-}
-
-tokio::task_local! {
-    static CONN: Arc<ConnClock>;
-}
-
-const IN_REQUEST: u64 = u64::MAX;
-
-/// Called by the proxy once a request head has been parsed: the head
-/// deadline does not apply while the request is served.
-pub fn head_read() {
-    let _ = CONN.try_with(|c| {
-        c.idle_since
-            .store(IN_REQUEST, std::sync::atomic::Ordering::Relaxed)
-    });
-}
-
-/// Called by the proxy when a request is done: the connection is idle
-/// again, and its next head has `timeouts.request_head` from now.
-pub fn request_done() {
-    let _ = CONN.try_with(|c| {
-        c.idle_since.store(
-            c.start.elapsed().as_millis() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        )
-    });
 }
 
 /// The HTTP/1 service with a deadline on request heads: a connection whose
@@ -336,7 +299,7 @@ impl<A: pingora::apps::ServerApp + Send + Sync + 'static> pingora::apps::ServerA
                         since => {
                             let due = start + Duration::from_millis(since) + self.within;
                             if due <= now {
-                                crate::metrics::REFUSED.with_label_values(&["head_timeout"]).inc();
+                                crate::util::metrics::REFUSED.with_label_values(&["head_timeout"]).inc();
                                 return None;
                             }
                             check = due;

@@ -7,17 +7,21 @@ mod account;
 pub mod api;
 mod email;
 mod pin_api;
+pub mod reply;
 
 use minijinja::context;
 
-use crate::clock;
-use crate::decision::offered;
+use crate::auth::decision::offered;
+use crate::auth::principal::{AuthError, Principal};
+use crate::flows::error::FlowError;
+use crate::flows::pin;
 use crate::gate::Gate;
-use crate::identity::{AuthError, Principal};
-use crate::metrics;
-use crate::pin::{self, FlowError};
 use crate::policy::{Factor, Require};
-use crate::web::{field, parse_form, query_param, safe_return_to, url_encode, FormError, Reply};
+use crate::util::clock;
+use crate::util::metrics;
+use crate::web::reply::{
+    field, parse_form, query_param, safe_return_to, url_encode, FormError, Reply,
+};
 
 /// A request to a reserved path, already read and bounded.
 pub struct Req<'a> {
@@ -42,7 +46,8 @@ pub struct Req<'a> {
 
 impl Req<'_> {
     pub fn cookie(&self, name: &str) -> Option<String> {
-        crate::web::cookie(std::iter::once(self.cookies.as_bytes()), name).filter(|v| !v.is_empty())
+        crate::web::reply::cookie(std::iter::once(self.cookies.as_bytes()), name)
+            .filter(|v| !v.is_empty())
     }
 
     /// This request's host for matching rules (lower case, no port), from
@@ -86,7 +91,7 @@ pub async fn handle(gate: &Gate, req: &Req<'_>) -> Reply {
             Ok(()) => Reply::text(200, "ready"),
             Err(_) => Reply::text(503, "store unavailable"),
         },
-        ("GET" | "HEAD", "/.stepgate/assets/stepgate.css") => Reply::css(crate::pages::CSS),
+        ("GET" | "HEAD", "/.stepgate/assets/stepgate.css") => Reply::css(crate::templates::CSS),
         ("GET" | "HEAD", "/.stepgate/jwks.json") => {
             let mut r = Reply::json(200, &gate.assertion.jwks());
             r.set("Cache-Control", "public, max-age=300".into());
@@ -323,7 +328,7 @@ pub(crate) async fn check_stepup_pin(
     ip: &str,
     entered: &str,
 ) -> Result<(), FlowError> {
-    let notice = |sub: &str, ip: &str| crate::notify::pin_suspended(gate, sub, ip);
+    let notice = |sub: &str, ip: &str| crate::outbound::notify::pin_suspended(gate, sub, ip);
     let r = pin::verify(
         &*gate.store,
         &gate.hasher,
@@ -357,10 +362,10 @@ pub(crate) async fn stepup_success(
     let ttl = gate.stepup_ttl();
     let (token, _) = gate
         .keys
-        .issue_stepup_ms(p, factor, crate::revoke::now_ms(), ttl);
+        .issue_stepup_ms(p, factor, crate::auth::revocations::now_ms(), ttl);
     let name = gate.stepup_cookie_name(req.tls);
     let secure = if req.tls { "; Secure" } else { "" };
-    crate::lifecycle::remember_profile(gate, p).await;
+    crate::flows::lifecycle::remember_profile(gate, p).await;
     let reply = Reply::redirect(return_to).add(
         "Set-Cookie",
         format!("{name}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={ttl}{secure}"),
@@ -376,7 +381,11 @@ pub(crate) async fn stepup_success(
 
 /// PIN enrollment needs a login younger than `pin.enroll_window`.
 pub fn login_is_fresh(gate: &Gate, p: &Principal) -> bool {
-    crate::lifecycle::fresh_login(p.login_time, gate.settings.pin.enroll_window, clock::now())
+    crate::flows::lifecycle::fresh_login(
+        p.login_time,
+        gate.settings.pin.enroll_window,
+        clock::now(),
+    )
 }
 
 async fn setup_page(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
@@ -439,7 +448,7 @@ async fn setup_submit(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
     {
         Ok(()) => {
             gate.known_pins.insert(&p.sub);
-            crate::lifecycle::remember_profile(gate, p).await;
+            crate::flows::lifecycle::remember_profile(gate, p).await;
             gate.notifier
                 .event("SetPIN", &p.sub, serde_json::json!({"Method": "setup"}));
             Reply::redirect(&format!(

@@ -11,80 +11,13 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use base64::Engine;
+
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
-use sha2::{Digest, Sha256};
 
+use crate::auth::principal::{AuthError, Principal, MAX_TOKEN_LEN};
 use crate::config::{is_hmac, ClaimNames, FirstFactor, KeySource};
-
-/// Tokens larger than this are refused before any parsing.
-pub const MAX_TOKEN_LEN: usize = 8 * 1024;
-
-/// The logged-in user, as the first-factor token says.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Principal {
-    pub sub: String,
-    /// Addresses an email OTP may be sent to: every address of the profile,
-    /// less the primary one when the token says it is not verified.
-    pub otp_emails: Vec<String>,
-    /// Primary address (`email` claim), when present.
-    pub email: Option<String>,
-    /// Every address the token names (`email` first, then `emails`).
-    pub emails: Vec<String>,
-    /// What step-up tokens are bound to: `sid`, else `jti`, else a hash of
-    /// the token itself. Never the raw token.
-    pub session: String,
-    /// When the first-factor login happened (`auth_time`, else `iat`).
-    pub login_time: Option<i64>,
-    pub expires: i64,
-    /// `preferred_username` (name configurable), for PIN recovery.
-    pub username: Option<String>,
-    /// `phone_number` (name configurable), for PIN recovery by SMS.
-    pub phone: Option<String>,
-    /// Set when the first factor is stepgate's own session after a PIN
-    /// login: (PIN session id, issued at in Unix ms). Such sessions end when
-    /// the PIN session or the user is invalidated.
-    pub pin_session: Option<(String, i64)>,
-}
-
-#[derive(Debug, PartialEq, Eq, Clone)]
-pub enum AuthError {
-    Missing,
-    TooLarge,
-    Malformed,
-    /// The header names an algorithm the config does not allow (incl. `none`).
-    AlgorithmNotAllowed,
-    /// No key with the token's `kid`; a JWKS refresh may find it.
-    UnknownKey,
-    BadSignature,
-    Expired,
-    NotYetValid,
-    WrongIssuer,
-    WrongAudience,
-    MissingClaim(&'static str),
-    /// A stepgate PIN-login session that was invalidated.
-    Revoked,
-}
-
-impl AuthError {
-    pub fn reason(&self) -> &'static str {
-        match self {
-            AuthError::Missing => "missing",
-            AuthError::TooLarge => "too_large",
-            AuthError::Malformed => "malformed",
-            AuthError::AlgorithmNotAllowed => "algorithm_not_allowed",
-            AuthError::UnknownKey => "unknown_key",
-            AuthError::BadSignature => "bad_signature",
-            AuthError::Expired => "expired",
-            AuthError::NotYetValid => "not_yet_valid",
-            AuthError::WrongIssuer => "wrong_issuer",
-            AuthError::WrongAudience => "wrong_audience",
-            AuthError::MissingClaim(_) => "missing_claim",
-            AuthError::Revoked => "revoked",
-        }
-    }
-}
+use crate::util::digest::digest_b64;
 
 /// The claims stepgate reads; `email`, `emails` and `email_verified` come
 /// from the claim names configured in `first_factor.claims`.
@@ -201,7 +134,7 @@ pub struct Verifier {
     cache: std::sync::Mutex<HashMap<String, (Principal, i64)>>,
     /// Keys of stepgate's own PIN-login sessions (`sgs.` tokens), when PIN
     /// login is on.
-    sessions: Option<Arc<crate::tokens::Keys>>,
+    sessions: Option<Arc<crate::auth::tokens::Keys>>,
 }
 
 /// How long a verified token is remembered (its own expiry still applies).
@@ -261,7 +194,7 @@ impl Verifier {
     }
 
     /// Also accept stepgate's own PIN-login sessions, signed with `keys`.
-    pub fn with_sessions(mut self, keys: Arc<crate::tokens::Keys>) -> Verifier {
+    pub fn with_sessions(mut self, keys: Arc<crate::auth::tokens::Keys>) -> Verifier {
         self.sessions = Some(keys);
         self
     }
@@ -294,7 +227,7 @@ impl Verifier {
         if token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::TooLarge);
         }
-        if let Some(t) = token.strip_prefix(crate::tokens::SESSION_PREFIX) {
+        if let Some(t) = token.strip_prefix(crate::auth::tokens::SESSION_PREFIX) {
             return match &self.sessions {
                 Some(k) => k.decode_session(t, now),
                 None => Err(AuthError::Malformed),
@@ -315,7 +248,7 @@ impl Verifier {
         }
         let p = self.verify_uncached(token, now)?;
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        crate::bounded::insert(
+        crate::util::bounded::insert(
             &mut cache,
             VERIFIED_CACHE_MAX,
             token.to_string(),
@@ -415,15 +348,12 @@ impl Verifier {
                 .username
                 .map(|u| u.trim().to_string())
                 .filter(|u| !u.is_empty() && u.len() <= 256),
-            phone: c.phone.and_then(|p| crate::profile::normalize_phone(&p)),
+            phone: c
+                .phone
+                .and_then(|p| crate::flows::profile::normalize_phone(&p)),
             pin_session: None,
         })
     }
-}
-
-/// SHA-256, base64url without padding.
-pub fn digest_b64(data: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(data))
 }
 
 /// Fetch a JWKS document (start-up and background refresh).
@@ -447,6 +377,7 @@ pub async fn fetch_jwks(url: &str) -> Result<String, String> {
 mod tests {
     use super::*;
     use crate::config::values::Secret;
+    use base64::Engine;
     use jsonwebtoken::{encode, EncodingKey, Header};
     use std::time::Duration;
 

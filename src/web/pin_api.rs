@@ -9,11 +9,11 @@ use serde_json::{json, Map, Value};
 
 use super::api::{body, check_api_secret, error, flow_error, rfc3339, string_field};
 use super::Req;
-use crate::identity::Principal;
-use crate::lifecycle;
-use crate::pin::FlowError;
-use crate::profile::{Identifier, Profile};
-use crate::web::{query_param, Reply};
+use crate::auth::principal::Principal;
+use crate::flows::error::FlowError;
+use crate::flows::lifecycle;
+use crate::flows::profile::{Identifier, Profile};
+use crate::web::reply::{query_param, Reply};
 
 /// Answer a PIN lifecycle route, or None when `route` is not one.
 /// `principal`: the caller's access token from Authorization, when valid.
@@ -108,7 +108,7 @@ async fn change(gate: &crate::gate::Gate, req: &Req<'_>, p: &Principal) -> Answe
     let new = string_field(&m, "newpin")?;
     let keep = req
         .cookie(gate.pin_session_cookie(req.tls))
-        .map(|t| crate::tokens::token_digest(&t));
+        .map(|t| crate::auth::tokens::token_digest(&t));
     lifecycle::change(gate, p, req.client_ip, old, new, keep.as_deref())
         .await
         .map_err(flow_error)?;
@@ -324,7 +324,7 @@ async fn invalidate_session(gate: &crate::gate::Gate, req: &Req<'_>) -> Answer {
     let id = match s {
         Ok(s) => s.id,
         // An expired session can still be ended.
-        Err(FlowError::SessionExpired) => crate::tokens::token_digest(&token),
+        Err(FlowError::SessionExpired) => crate::auth::tokens::token_digest(&token),
         Err(e) => return Err(flow_error(e)),
     };
     lifecycle::end_session(gate, &id, None)

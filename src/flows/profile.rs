@@ -9,8 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::Principal;
-use crate::pin::FlowError;
+use crate::auth::principal::Principal;
+use crate::flows::error::FlowError;
 use crate::store::{keys, Store};
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]

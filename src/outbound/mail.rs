@@ -91,7 +91,11 @@ impl Mailer for DirMailer {
         let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             std::fs::create_dir_all(&dir)?;
-            let name = format!("{}-{}.eml", crate::clock::now(), crate::tokens::random_id());
+            let name = format!(
+                "{}-{}.eml",
+                crate::util::clock::now(),
+                crate::auth::tokens::random_id()
+            );
             // Written whole, then renamed: a reader never sees half a message.
             let tmp = dir.join(format!(".{name}.tmp"));
             std::fs::write(&tmp, &bytes)?;

@@ -14,12 +14,14 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
+use crate::auth::principal::Principal;
 use crate::config::OtpMode;
+use crate::flows::error::FlowError;
+use crate::flows::pin;
 use crate::gate::Gate;
-use crate::identity::{digest_b64, Principal};
-use crate::metrics;
-use crate::pin::{self, FlowError};
 use crate::store::keys;
+use crate::util::digest::digest_b64;
+use crate::util::metrics;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -100,7 +102,7 @@ pub async fn send(
     let s = &gate.settings.email_otp;
     let email = email.trim().to_ascii_lowercase();
     if !p.otp_emails.contains(&email) {
-        crate::audit::event("otp_refused_address", &p.sub, ip, "not in profile");
+        crate::util::audit::event("otp_refused_address", &p.sub, ip, "not in profile");
         return Err(FlowError::EmailNotInProfile);
     }
     let purpose = purpose_for(gate, p, &email).await?;
@@ -110,7 +112,7 @@ pub async fn send(
     let Some(mailer) = gate.mailer.clone() else {
         return Err(FlowError::NotConfigured);
     };
-    let now = crate::clock::now();
+    let now = crate::util::clock::now();
     let cool_key = keys::otp_cooldown(&p.sub);
     if !gate
         .store
@@ -156,7 +158,7 @@ pub async fn send(
     match mailer.send(mail).await {
         Ok(()) => {
             metrics::OTP_SENT.inc();
-            crate::audit::event("otp_sent", &p.sub, ip, &mask(&email));
+            crate::util::audit::event("otp_sent", &p.sub, ip, &mask(&email));
             Ok(Sent {
                 masked: mask(&email),
                 expires_at,
@@ -169,7 +171,7 @@ pub async fn send(
             let _ = gate.store.delete(&cool_key).await;
             let _ = gate.store.decr(&hour_key).await;
             metrics::OTP_SEND_FAILURES.inc();
-            crate::audit::event("otp_send_failed", &p.sub, ip, &e.to_string());
+            crate::util::audit::event("otp_send_failed", &p.sub, ip, &e.to_string());
             tracing::warn!(target: "stepgate", error = %e, "sending the email code failed");
             Err(FlowError::MailFailed)
         }
@@ -205,7 +207,7 @@ pub async fn verify(
         return Err(FlowError::NoCode);
     };
     let rec: Pending = serde_json::from_slice(&raw).map_err(|_| FlowError::Internal)?;
-    let now = crate::clock::now();
+    let now = crate::util::clock::now();
     if now >= rec.expires_at {
         metrics::OTP_VERIFICATIONS
             .with_label_values(&["expired"])
@@ -213,7 +215,7 @@ pub async fn verify(
         return Err(FlowError::NoCode);
     }
     // Codes share the PIN's lockout, suspension included.
-    let notice = |sub: &str, ip: &str| crate::notify::pin_suspended(gate, sub, ip);
+    let notice = |sub: &str, ip: &str| crate::outbound::notify::pin_suspended(gate, sub, ip);
     let attempt = pin::reserve(&*gate.store, &gate.settings.lockout, &p.sub, ip)
         .await?
         .on_suspend(Some(&notice));
@@ -254,7 +256,7 @@ pub async fn verify(
             gate.store
                 .put(&flag_key(&p.sub, &rec.email), b"1", None)
                 .await?;
-            crate::audit::event(
+            crate::util::audit::event(
                 "email_authenticator_verified",
                 &p.sub,
                 ip,
@@ -264,17 +266,17 @@ pub async fn verify(
         metrics::OTP_VERIFICATIONS
             .with_label_values(&["success"])
             .inc();
-        crate::audit::event("otp_success", &p.sub, ip, "");
+        crate::util::audit::event("otp_success", &p.sub, ip, "");
         return Ok(rec.purpose);
     }
     metrics::OTP_VERIFICATIONS
         .with_label_values(&["failure"])
         .inc();
-    crate::audit::event("otp_failure", &p.sub, ip, "");
+    crate::util::audit::event("otp_failure", &p.sub, ip, "");
     let left = (max_tries - tries).max(0) as u32;
     if left == 0 {
         gate.store.delete(&key).await?;
-        crate::audit::event("otp_burned", &p.sub, ip, "");
+        crate::util::audit::event("otp_burned", &p.sub, ip, "");
     }
     match attempt.failure(&p.sub, ip).await? {
         FlowError::WrongPin { remaining } => Err(FlowError::WrongCode {

@@ -165,7 +165,7 @@ impl Signer {
         }
         let token = self.sign_fresh(c, now);
         if let Ok(mut cache) = self.cache.lock() {
-            crate::bounded::insert(
+            crate::util::bounded::insert(
                 &mut cache,
                 CACHE_MAX,
                 key,
@@ -186,7 +186,7 @@ impl Signer {
             aud: &self.audience,
             iat: now,
             exp: now + LIFETIME,
-            jti: crate::tokens::random_id(),
+            jti: crate::auth::tokens::random_id(),
             claims: c,
         };
         encode(&header, &full, &self.current.key)

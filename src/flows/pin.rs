@@ -13,8 +13,9 @@ use argon2::Argon2;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Lockout, PinSettings};
-use crate::metrics;
-use crate::store::{keys, Store, StoreError};
+use crate::flows::error::FlowError;
+use crate::store::{keys, Store};
+use crate::util::metrics;
 
 /// Called on the hashing thread after each Argon2 run, to give its memory
 /// block (19 MiB) back to the OS; the binary sets it for its allocator
@@ -111,90 +112,6 @@ impl Hasher {
             Ok(argon.verify_password(secret.as_bytes(), &parsed).is_ok())
         })
         .await?
-    }
-}
-
-/// Everything a flow can answer besides success. Mapped to pages and JSON in
-/// one place (`respond`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FlowError {
-    /// Locked until this Unix time.
-    Locked {
-        until: i64,
-    },
-    /// Too many failures in a row: the PIN is suspended until it is reset
-    /// or an admin unlocks the account (LoginRadius 1198, "suspended").
-    Suspended,
-    WrongPin {
-        remaining: u32,
-    },
-    NoPin,
-    PinAlreadySet,
-    /// The new PIN breaks a rule; the message says which.
-    PinRule(String),
-    PinMismatch,
-    /// PIN enrollment needs a first-factor login newer than the window.
-    LoginNotFresh,
-    /// The change needs what the PIN protects: a recent step-up of this
-    /// session, or the current PIN (security answers of a user with a PIN).
-    StepUpRequired,
-    StoreUnavailable,
-    Internal,
-    /// The address is not one of the profile's (LoginRadius 1340).
-    EmailNotInProfile,
-    /// No mailer configured.
-    NotConfigured,
-    /// Ask again after this many seconds.
-    Cooldown {
-        retry_after: i64,
-    },
-    /// The hourly cap is reached until this Unix time (LoginRadius 1179).
-    SendLimit {
-        until: i64,
-    },
-    /// The mail server refused or was unreachable; nothing was consumed.
-    MailFailed,
-    /// No code pending: never sent, used, burned or expired.
-    NoCode,
-    WrongCode {
-        remaining: u32,
-    },
-    /// The current PIN given to a change is wrong (LoginRadius 1241).
-    WrongCurrentPin {
-        remaining: u32,
-    },
-    /// PINAuthToken unknown or already used (1239) / expired (1240).
-    AuthTokenInvalid,
-    AuthTokenExpired,
-    /// The reset link was already used (1242).
-    ResetUsed,
-    /// The reset token is unknown or expired.
-    ResetInvalid,
-    /// PIN session token unknown, revoked or from another device (1245) /
-    /// expired (1246).
-    SessionInvalid,
-    SessionExpired,
-    /// Security answers wrong or missing; tries left before their lockout.
-    WrongAnswers {
-        remaining: u32,
-    },
-    /// A security question id that the config does not offer.
-    UnknownQuestion(String),
-    /// `resetpinurl` is not on `pin.reset_urls`.
-    ResetUrlNotAllowed,
-    /// A feature this gateway's config turns off; the text says which.
-    Disabled(&'static str),
-    /// A security answer that cannot be stored; the text says why.
-    BadAnswer(String),
-    /// A reset code refused: wrong, used, expired or no such account (one
-    /// answer for all, so it tells nothing about accounts).
-    ResetCodeRefused,
-}
-
-impl From<StoreError> for FlowError {
-    fn from(e: StoreError) -> Self {
-        tracing::warn!(target: "stepgate", error = %e, "store operation failed");
-        FlowError::StoreUnavailable
     }
 }
 
@@ -360,7 +277,7 @@ async fn reserve_scope<'a>(
         // Guesses in flight fill what the window allows; whether they fail
         // decides whether a lock starts. Ask to retry in a moment.
         return Err(FlowError::Locked {
-            until: crate::clock::now() + 1,
+            until: crate::util::clock::now() + 1,
         });
     }
     Ok(Attempt {
@@ -382,7 +299,7 @@ fn lock_state(raw: Option<Vec<u8>>) -> Option<FlowError> {
         return Some(FlowError::Suspended);
     }
     let until: i64 = std::str::from_utf8(&raw).ok()?.parse().ok()?;
-    (until > crate::clock::now()).then_some(FlowError::Locked { until })
+    (until > crate::util::clock::now()).then_some(FlowError::Locked { until })
 }
 
 /// Err(Suspended) or Err(Locked) when the user's or the IP's lock holds.
@@ -495,7 +412,7 @@ impl<'a> Attempt<'a> {
             // Exactly one failure reaches the cap (the counter is atomic).
             if streak == l.max_consecutive as i64 {
                 metrics::LOCKOUTS.with_label_values(&["suspended"]).inc();
-                crate::audit::event(
+                crate::util::audit::event(
                     "pin_suspended",
                     sub,
                     ip,
@@ -556,7 +473,7 @@ impl<'a> Attempt<'a> {
         s.delete(&k.slots).await?;
         s.delete(&k.failures).await?;
         metrics::LOCKOUTS.with_label_values(&[scope]).inc();
-        crate::audit::event("lockout", sub, ip, scope);
+        crate::util::audit::event("lockout", sub, ip, scope);
         tracing::info!(target: "stepgate", user = sub, ip, scope, seconds = d.as_secs(), "lockout started");
         Ok((Some(FlowError::Locked { until }), true))
     }
@@ -593,10 +510,10 @@ pub async fn verify(
     metrics::PIN_VERIFY_SECONDS.observe(started.elapsed().as_secs_f64());
     if ok {
         attempt.success().await?;
-        crate::audit::event("pin_success", sub, ip, "");
+        crate::util::audit::event("pin_success", sub, ip, "");
         Ok(())
     } else {
-        crate::audit::event("pin_failure", sub, ip, "");
+        crate::util::audit::event("pin_failure", sub, ip, "");
         Err(attempt.failure(sub, ip).await?)
     }
 }
@@ -611,7 +528,7 @@ pub async fn store_pin(
     let phc = hasher.hash(pin.to_string()).await?;
     let rec = serde_json::to_vec(&PinRecord {
         phc,
-        set_at: crate::clock::now(),
+        set_at: crate::util::clock::now(),
     })
     .map_err(|_| FlowError::Internal)?;
     store.put(&keys::pin(sub), &rec, None).await?;
@@ -661,7 +578,7 @@ pub async fn enroll(
     check_new_pin(pin, settings)?;
     create_pin(store, hasher, sub, pin).await?;
     metrics::ENROLLMENTS.inc();
-    crate::audit::event("pin_set", sub, ip, "");
+    crate::util::audit::event("pin_set", sub, ip, "");
     Ok(())
 }
 
@@ -746,7 +663,7 @@ mod tests {
     /// Seconds from now until a lock ends.
     fn locked_for(r: Result<(), FlowError>) -> i64 {
         match r {
-            Err(FlowError::Locked { until }) => until - crate::clock::now(),
+            Err(FlowError::Locked { until }) => until - crate::util::clock::now(),
             other => panic!("expected a lock, got {other:?}"),
         }
     }
@@ -870,7 +787,10 @@ mod tests {
                 Ok(()) => ok += 1,
                 // Beyond what may be in flight at once: refused for a moment.
                 Err(FlowError::Locked { until }) => {
-                    assert!(until <= crate::clock::now() + 1, "only a moment: {until}")
+                    assert!(
+                        until <= crate::util::clock::now() + 1,
+                        "only a moment: {until}"
+                    )
                 }
                 other => panic!("{other:?}"),
             }

@@ -5,15 +5,15 @@
 use minijinja::context;
 
 use super::{factors_for, flow_page, login_is_fresh, read_form, stepup_success, Req};
-use crate::clock;
+use crate::auth::principal::Principal;
 use crate::config::OtpMode;
+use crate::flows::error::FlowError;
+use crate::flows::otp::{self, mask};
 use crate::gate::Gate;
-use crate::identity::Principal;
-use crate::metrics;
-use crate::otp::{self, mask};
-use crate::pin::FlowError;
 use crate::policy::Factor;
-use crate::web::{field, query_param, safe_return_to, url_encode, Reply};
+use crate::util::clock;
+use crate::util::metrics;
+use crate::web::reply::{field, query_param, safe_return_to, url_encode, Reply};
 
 /// The addresses this user may pick now, and whether picking one enrolls it.
 async fn choices(gate: &Gate, p: &Principal) -> Result<(Vec<String>, bool), FlowError> {

@@ -4,19 +4,22 @@
 //! current snapshot behind an atomically swappable handle: a request keeps the
 //! snapshot it started with, and a reload replaces it whole or not at all.
 
+pub mod drain;
+pub mod tls;
+
 use std::sync::Arc;
 
 use std::path::{Path, PathBuf};
 
 use arc_swap::ArcSwap;
 
+use crate::auth::first_factor::Verifier;
+use crate::auth::tokens::Keys;
 use crate::config::Settings;
-use crate::identity::Verifier;
-use crate::pages::Pages;
-use crate::pin::Hasher;
+use crate::flows::pin::Hasher;
 use crate::policy::Policy;
 use crate::store::Store;
-use crate::tokens::Keys;
+use crate::templates::Pages;
 
 pub struct Gate {
     pub settings: Settings,
@@ -26,18 +29,18 @@ pub struct Gate {
     pub store: Arc<dyn Store>,
     pub hasher: Arc<Hasher>,
     pub pages: Pages,
-    pub mailer: Option<Arc<dyn crate::mail::Mailer>>,
-    pub assertion: Arc<crate::assertion::Signer>,
+    pub mailer: Option<Arc<dyn crate::outbound::mail::Mailer>>,
+    pub assertion: Arc<crate::auth::assertion::Signer>,
     /// Invalidated step-ups, shared by every snapshot.
-    pub revocations: Arc<crate::revoke::Revocations>,
+    pub revocations: Arc<crate::auth::revocations::Revocations>,
     /// Names (lowercase, `_` as `-`) of headers stepgate owns: client copies
     /// are always removed.
     pub owned_headers: Vec<String>,
     /// Webhook events and SMS.
-    pub notifier: Arc<crate::notify::Notifier>,
+    pub notifier: Arc<crate::outbound::notify::Notifier>,
     /// Users known to have a PIN (for `pin.required` / `pin.offer_setup`);
     /// carried into the next snapshot by a reload (see [`Shared::reload`]).
-    pub known_pins: Arc<crate::lifecycle::KnownPins>,
+    pub known_pins: Arc<crate::flows::lifecycle::KnownPins>,
     /// PINAuthTokens handed out with 1243 answers, by user, so a client that
     /// retries does not mint (and store) a new one per request; carried into
     /// the next snapshot by a reload.
@@ -127,10 +130,10 @@ impl Gate {
         &self,
         token: &str,
         now: i64,
-    ) -> Result<crate::identity::Principal, crate::identity::AuthError> {
+    ) -> Result<crate::auth::principal::Principal, crate::auth::principal::AuthError> {
         let p = self.verifier.verify(token, now)?;
-        if crate::decision::session_revoked(&p, &|s| self.revocations.revoked_before(s)) {
-            return Err(crate::identity::AuthError::Revoked);
+        if crate::auth::decision::session_revoked(&p, &|s| self.revocations.revoked_before(s)) {
+            return Err(crate::auth::principal::AuthError::Revoked);
         }
         Ok(p)
     }
@@ -155,7 +158,7 @@ pub struct Shared {
     pub current: ArcSwap<Gate>,
     pub config_path: PathBuf,
     /// The listeners' certificate, when stepgate terminates TLS.
-    pub certs: Option<Arc<crate::tls::Certs>>,
+    pub certs: Option<Arc<crate::gate::tls::Certs>>,
     /// Snapshots a reload replaced, kept until no request holds them any
     /// more and then dropped by [`Shared::release_retired`] on the reload
     /// thread: a proxy worker never runs a snapshot's destructor (templates,
@@ -176,7 +179,7 @@ pub struct Reloaded {
 impl Shared {
     pub fn new(gate: Gate, config_path: &Path) -> Result<Shared, String> {
         let certs = match &gate.settings.tls {
-            Some(t) => Some(crate::tls::Certs::new(t)?),
+            Some(t) => Some(crate::gate::tls::Certs::new(t)?),
             None => None,
         };
         Ok(Shared {
@@ -322,7 +325,7 @@ impl Shared {
     }
 }
 
-fn join(d: Vec<crate::yamlspan::Diagnostic>) -> String {
+fn join(d: Vec<crate::config::spans::Diagnostic>) -> String {
     d.iter()
         .map(|d| d.to_string())
         .collect::<Vec<_>>()
@@ -335,9 +338,9 @@ fn join(d: Vec<crate::yamlspan::Diagnostic>) -> String {
 struct Rebuilt {
     policy: Policy,
     pages: Pages,
-    mailer: Option<Arc<dyn crate::mail::Mailer>>,
-    assertion: Arc<crate::assertion::Signer>,
-    notifier: Arc<crate::notify::Notifier>,
+    mailer: Option<Arc<dyn crate::outbound::mail::Mailer>>,
+    assertion: Arc<crate::auth::assertion::Signer>,
+    notifier: Arc<crate::outbound::notify::Notifier>,
     owned_headers: Vec<String>,
 }
 
@@ -346,7 +349,7 @@ impl Rebuilt {
         let a = &settings.assertion;
         // Re-read the key files (a rotation replaces them and sends SIGHUP);
         // the same keys keep the running signer and its signature cache.
-        let signer = crate::assertion::Signer::new(
+        let signer = crate::auth::assertion::Signer::new(
             &a.key_file,
             a.previous_key_file.as_deref(),
             a.issuer.clone(),
@@ -362,7 +365,11 @@ impl Rebuilt {
             Some(p) if same_mail(settings.mail.as_ref(), p.settings.mail.as_ref()) => {
                 p.mailer.clone()
             }
-            _ => settings.mail.as_ref().map(crate::mail::build).transpose()?,
+            _ => settings
+                .mail
+                .as_ref()
+                .map(crate::outbound::mail::build)
+                .transpose()?,
         };
         // Its HTTP client keeps its connections to the webhook and the SMS
         // gateway.
@@ -373,7 +380,7 @@ impl Rebuilt {
             {
                 p.notifier.clone()
             }
-            _ => Arc::new(crate::notify::Notifier::new(
+            _ => Arc::new(crate::outbound::notify::Notifier::new(
                 settings.webhook.clone(),
                 settings.sms.clone(),
             )?),

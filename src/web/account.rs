@@ -7,13 +7,14 @@
 use minijinja::context;
 
 use super::{flow_page, human_time, login_needed, read_form, Req};
-use crate::clock;
+use crate::auth::principal::Principal;
+use crate::flows::error::FlowError;
+use crate::flows::lifecycle;
+use crate::flows::pin;
+use crate::flows::profile::{Identifier, Profile};
 use crate::gate::Gate;
-use crate::identity::Principal;
-use crate::lifecycle;
-use crate::pin::{self, FlowError};
-use crate::profile::{Identifier, Profile};
-use crate::web::{field, parse_form, query_param, safe_return_to, url_encode, Reply};
+use crate::util::clock;
+use crate::web::reply::{field, parse_form, query_param, safe_return_to, url_encode, Reply};
 
 fn secure(req: &Req<'_>) -> &'static str {
     if req.tls {
@@ -83,7 +84,7 @@ pub(super) async fn page(
     };
     let current = req
         .cookie(gate.pin_session_cookie(req.tls))
-        .map(|t| crate::tokens::token_digest(&t));
+        .map(|t| crate::auth::tokens::token_digest(&t));
     let sessions: Vec<_> = sessions
         .iter()
         .map(|s| context! { id => s.id, device => s.device, created => human_time(s.created), expires => human_time(s.expires), current => current.as_deref() == Some(s.id.as_str()) })
@@ -121,7 +122,7 @@ pub(super) async fn change_pin(gate: &Gate, req: &Req<'_>, p: &Principal) -> Rep
     }
     let keep = req
         .cookie(gate.pin_session_cookie(req.tls))
-        .map(|t| crate::tokens::token_digest(&t));
+        .map(|t| crate::auth::tokens::token_digest(&t));
     match lifecycle::change(gate, p, req.client_ip, old, new, keep.as_deref()).await {
         Ok(()) => Reply::redirect("/.stepgate/account?done=pin"),
         Err(FlowError::WrongCurrentPin { remaining }) => {
@@ -234,7 +235,7 @@ fn nonce(gate: &Gate, req: &Req<'_>) -> (String, Option<String>) {
     match req.cookie(name).filter(|n| n.len() >= 16 && n.len() <= 64) {
         Some(n) => (n, None),
         None => {
-            let n = crate::tokens::random_id();
+            let n = crate::auth::tokens::random_id();
             let c = format!(
                 "{name}={n}; Path=/; HttpOnly; SameSite=Strict; Max-Age=3600{}",
                 secure(req)
@@ -424,7 +425,7 @@ async fn login_page(
         .profile
         .otp_emails
         .first()
-        .map(|e| crate::otp::mask(e));
+        .map(|e| crate::flows::otp::mask(e));
     let login_url = super::login_redirect(gate, &req.origin, return_to);
     let (n, set) = nonce(gate, req);
     let s = &gate.settings.pin;
@@ -469,14 +470,14 @@ async fn login_submit(gate: &Gate, req: &Req<'_>) -> Reply {
             // session too, so a PIN-protected return_to does not ask again.
             match gate.authenticate(&access, clock::now()) {
                 Ok(p) => {
-                    crate::metrics::STEPUPS
+                    crate::util::metrics::STEPUPS
                         .with_label_values(&["pin", "success"])
                         .inc();
                     let ttl = gate.stepup_ttl();
                     let (su, _) = gate.keys.issue_stepup_ms(
                         &p,
                         crate::policy::Factor::Pin,
-                        crate::revoke::now_ms(),
+                        crate::auth::revocations::now_ms(),
                         ttl,
                     );
                     reply.add(

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use minijinja::{Environment, Value};
 
-use crate::web::Reply;
+use crate::web::reply::Reply;
 
 const BUILTIN: &[(&str, &str)] = &[
     ("base.html", include_str!("../templates/base.html")),
@@ -138,15 +138,15 @@ impl Pages {
         code: &str,
         ttl: std::time::Duration,
         expires_at: i64,
-    ) -> crate::mail::Outgoing {
-        let ctx = minijinja::context! { site => &self.site, code, minutes => ttl.as_secs().div_ceil(60), expires => crate::endpoints::human_time(expires_at) };
+    ) -> crate::outbound::mail::Outgoing {
+        let ctx = minijinja::context! { site => &self.site, code, minutes => ttl.as_secs().div_ceil(60), expires => crate::web::human_time(expires_at) };
         let render = |name: &str| {
             self.env.get_template(name).and_then(|t| t.render(&ctx)).unwrap_or_else(|e| {
             tracing::error!(target: "stepgate", template = name, error = %e, "mail template failed");
             format!("Your code: {code}")
         })
         };
-        crate::mail::Outgoing {
+        crate::outbound::mail::Outgoing {
             to: to.to_string(),
             subject: render("email_otp_subject.txt").trim().to_string(),
             text: render("email_otp.txt"),
@@ -171,10 +171,10 @@ impl Pages {
         link: Option<&str>,
         code: Option<&str>,
         minutes: u64,
-    ) -> crate::mail::Outgoing {
+    ) -> crate::outbound::mail::Outgoing {
         let ctx = minijinja::context! { site => &self.site, link, code, minutes };
         let fallback = link.or(code).unwrap_or_default();
-        crate::mail::Outgoing {
+        crate::outbound::mail::Outgoing {
             to: to.to_string(),
             subject: self
                 .render_text("mail_pin_reset_subject.txt", &ctx, "Reset your PIN")
@@ -188,10 +188,14 @@ impl Pages {
     /// The notice that the PIN is suspended after `failures` wrong tries in
     /// a row; `forgot`: the forgot-PIN page, when the public URL is known.
     /// The caller fills in `to`.
-    pub fn suspended_mail(&self, failures: u32, forgot: Option<&str>) -> crate::mail::Outgoing {
+    pub fn suspended_mail(
+        &self,
+        failures: u32,
+        forgot: Option<&str>,
+    ) -> crate::outbound::mail::Outgoing {
         let ctx = minijinja::context! { site => &self.site, failures, forgot };
         let fallback = "Your PIN is suspended after too many wrong tries. Reset it with 'Forgot PIN' or ask your helpdesk.";
-        crate::mail::Outgoing {
+        crate::outbound::mail::Outgoing {
             to: String::new(),
             subject: self
                 .render_text(

@@ -17,14 +17,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
+use crate::auth::principal::Principal;
+use crate::auth::tokens::{secret_token, token_digest};
 use crate::config::{ForgotMode, Question};
+use crate::flows::error::FlowError;
+use crate::flows::pin;
+use crate::flows::profile::{self, Identifier, Profile};
 use crate::gate::Gate;
-use crate::identity::{digest_b64, Principal};
-use crate::metrics;
-use crate::pin::{self, FlowError};
-use crate::profile::{self, Identifier, Profile};
 use crate::store::keys;
-use crate::tokens::{secret_token, token_digest};
+use crate::util::digest::digest_b64;
+use crate::util::metrics;
 
 fn op(operation: &str, r: &Result<impl Sized, FlowError>) {
     let outcome = match r {
@@ -94,7 +96,7 @@ impl PinSession {
     /// milliseconds: the first ms of its second, conservatively).
     pub fn issued_ms(&self) -> i64 {
         self.created_ms
-            .unwrap_or_else(|| crate::revoke::legacy_issued_ms(self.created))
+            .unwrap_or_else(|| crate::auth::revocations::legacy_issued_ms(self.created))
     }
 }
 
@@ -130,7 +132,7 @@ pub async fn open_session(
     ua: &str,
 ) -> Result<(String, PinSession), FlowError> {
     let token = secret_token();
-    let now_ms = crate::revoke::now_ms();
+    let now_ms = crate::auth::revocations::now_ms();
     let now = now_ms.div_euclid(1000);
     let ttl = gate.settings.pin.session_ttl;
     let s = PinSession {
@@ -162,7 +164,7 @@ pub async fn open_session(
     gate.store
         .put(&list_key, &json_of(&list)?, Some(keep))
         .await?;
-    crate::audit::event("pin_session_opened", &s.sub, "", &s.id);
+    crate::util::audit::event("pin_session_opened", &s.sub, "", &s.id);
     Ok((token, s))
 }
 
@@ -188,7 +190,7 @@ pub async fn load_session(gate: &Gate, token: &str) -> Result<PinSession, FlowEr
     {
         return Err(FlowError::SessionInvalid);
     }
-    if crate::clock::now() >= s.expires {
+    if crate::util::clock::now() >= s.expires {
         return Err(FlowError::SessionExpired);
     }
     Ok(s)
@@ -200,7 +202,7 @@ pub async fn sessions(gate: &Gate, sub: &str) -> Result<Vec<PinSession>, FlowErr
         return Ok(Vec::new());
     };
     let list: Vec<SessionRef> = serde_json::from_slice(&raw).unwrap_or_default();
-    let now = crate::clock::now();
+    let now = crate::util::clock::now();
     let cut = gate.revocations.revoked_before(sub);
     let mut out = Vec::new();
     for r in list.iter().filter(|r| r.expires > now) {
@@ -242,7 +244,7 @@ pub fn ended_session_ttl(expires: i64, now: i64, login_ttl: Duration) -> Duratio
 /// long as anything it gave could still be presented.
 async fn end(gate: &Gate, s: &PinSession) -> Result<(), FlowError> {
     gate.store.delete(&keys::pin_session(&s.id)).await?;
-    let now_ms = crate::revoke::now_ms();
+    let now_ms = crate::auth::revocations::now_ms();
     let ttl = ended_session_ttl(
         s.expires,
         now_ms.div_euclid(1000),
@@ -256,7 +258,7 @@ async fn end(gate: &Gate, s: &PinSession) -> Result<(), FlowError> {
             Some(ttl),
         )
         .await?;
-    crate::audit::event("pin_session_ended", &s.sub, "", &s.id);
+    crate::util::audit::event("pin_session_ended", &s.sub, "", &s.id);
     gate.notifier
         .event("SessionInvalidated", &s.sub, json!({"SessionId": s.id}));
     Ok(())
@@ -280,7 +282,7 @@ pub async fn end_sessions(gate: &Gate, sub: &str, keep: Option<&str>) -> Result<
 pub async fn invalidate_user(gate: &Gate, sub: &str, ip: &str) -> Result<(), FlowError> {
     counted("invalidate", async {
         gate.revocations
-            .revoke(&*gate.store, sub, crate::revoke::now_ms(), None)
+            .revoke(&*gate.store, sub, crate::auth::revocations::now_ms(), None)
             .await?;
         // Sessions are already dead by the revocation time; dropping the
         // records keeps the account page tidy.
@@ -291,7 +293,7 @@ pub async fn invalidate_user(gate: &Gate, sub: &str, ip: &str) -> Result<(), Flo
             }
             gate.store.delete(&keys::pin_sessions(sub)).await?;
         }
-        crate::audit::event("invalidate", sub, ip, "PIN sessions and step-ups");
+        crate::util::audit::event("invalidate", sub, ip, "PIN sessions and step-ups");
         gate.notifier.event("StepDown", sub, json!({}));
         Ok(())
     })
@@ -315,7 +317,7 @@ pub async fn pin_login(
         }
         let s = load_session(gate, token).await?;
         if !bool::from(s.ua.as_bytes().ct_eq(ua_digest(ua).as_bytes())) {
-            crate::audit::event("pin_session_other_device", &s.sub, ip, &s.id);
+            crate::util::audit::event("pin_session_other_device", &s.sub, ip, &s.id);
             return Err(FlowError::SessionInvalid);
         }
         pin::verify(
@@ -325,17 +327,17 @@ pub async fn pin_login(
             &s.sub,
             ip,
             entered,
-            Some(&|sub: &str, ip: &str| crate::notify::pin_suspended(gate, sub, ip)),
+            Some(&|sub: &str, ip: &str| crate::outbound::notify::pin_suspended(gate, sub, ip)),
         )
         .await?;
         let (access, exp) = gate.keys.issue_session(
             &s.profile,
             &s.id,
             s.login_time,
-            crate::revoke::now_ms(),
+            crate::auth::revocations::now_ms(),
             gate.settings.pin.login_ttl.as_secs() as i64,
         );
-        crate::audit::event("pin_login", &s.sub, ip, &s.id);
+        crate::util::audit::event("pin_login", &s.sub, ip, &s.id);
         Ok((access, exp, s))
     })
     .await
@@ -358,13 +360,13 @@ pub async fn change(
         let record = pin::load_record(&*gate.store, &p.sub)
             .await?
             .ok_or(FlowError::NoPin)?;
-        let notice = |sub: &str, ip: &str| crate::notify::pin_suspended(gate, sub, ip);
+        let notice = |sub: &str, ip: &str| crate::outbound::notify::pin_suspended(gate, sub, ip);
         let attempt = pin::reserve(&*gate.store, &gate.settings.lockout, &p.sub, ip)
             .await?
             .on_suspend(Some(&notice));
         let ok = old.len() <= 64 && gate.hasher.verify(old.to_string(), record.phc).await?;
         if !ok {
-            crate::audit::event("pin_change_failure", &p.sub, ip, "");
+            crate::util::audit::event("pin_change_failure", &p.sub, ip, "");
             return Err(match attempt.failure(&p.sub, ip).await? {
                 FlowError::WrongPin { remaining } => FlowError::WrongCurrentPin { remaining },
                 other => other,
@@ -379,7 +381,7 @@ pub async fn change(
         pin::store_pin(&*gate.store, &gate.hasher, &p.sub, new).await?;
         let keep = keep.or(p.pin_session.as_ref().map(|(id, _)| id.as_str()));
         let ended = end_sessions(gate, &p.sub, keep).await?;
-        crate::audit::event(
+        crate::util::audit::event(
             "pin_changed",
             &p.sub,
             ip,
@@ -470,7 +472,7 @@ fn no_link(origin: &str, sub: &str, ip: &str) {
     metrics::DELIVERIES
         .with_label_values(&["email", "no_public_url"])
         .inc();
-    crate::audit::event("pin_reset_no_link", sub, ip, "public_url is not set");
+    crate::util::audit::event("pin_reset_no_link", sub, ip, "public_url is not set");
 }
 
 fn reset_code(len: usize) -> String {
@@ -482,7 +484,7 @@ fn reset_code(len: usize) -> String {
 
 /// What went out (for tests and the audit log, never to the caller).
 enum Outgoing {
-    Mail(crate::mail::Outgoing),
+    Mail(crate::outbound::mail::Outgoing),
     Sms { to: String, text: String },
 }
 
@@ -528,7 +530,7 @@ async fn forgot_inner(
         .incr(&keys::forgot_ip(ip), Duration::from_secs(3600))
         .await?;
     if by_ip.value > gate.settings.pin.forgot_ip_limit as i64 {
-        crate::audit::event("pin_forgot_ip_limit", "", ip, "");
+        crate::util::audit::event("pin_forgot_ip_limit", "", ip, "");
         return Err(FlowError::SendLimit {
             until: by_ip.expires_at_ms.div_ceil(1000) as i64,
         });
@@ -553,7 +555,7 @@ async fn forgot_inner(
         });
     }
     let Some(prof) = profile::find(&*gate.store, id).await? else {
-        crate::audit::event(
+        crate::util::audit::event(
             "pin_forgot_unknown",
             "",
             ip,
@@ -562,7 +564,7 @@ async fn forgot_inner(
         return Ok(());
     };
     let s = &gate.settings.pin;
-    let now = crate::clock::now();
+    let now = crate::util::clock::now();
     let exp = now + s.reset_ttl.as_secs() as i64;
     let minutes = s.reset_ttl.as_secs().div_ceil(60);
     let (outgoing, undo_key) = if let Identifier::Phone(to) = id {
@@ -582,7 +584,7 @@ async fn forgot_inner(
             _ => None,
         };
         let Some(to) = prof.mail_to(asked) else {
-            crate::audit::event("pin_forgot_no_address", &prof.sub, ip, "");
+            crate::util::audit::event("pin_forgot_no_address", &prof.sub, ip, "");
             return Ok(());
         };
         match s.forgot {
@@ -676,13 +678,13 @@ fn deliver(gate: &Gate, out: Outgoing, sub: String, ip: String, undo_key: String
         match result {
             Ok(()) => {
                 metrics::DELIVERIES.with_label_values(&[channel, "sent"]).inc();
-                crate::audit::event("pin_reset_sent", &sub, &ip, channel);
+                crate::util::audit::event("pin_reset_sent", &sub, &ip, channel);
             }
             Err(e) => {
                 metrics::DELIVERIES
                     .with_label_values(&[channel, "failed"])
                     .inc();
-                crate::audit::event("pin_reset_send_failed", &sub, &ip, &e);
+                crate::util::audit::event("pin_reset_send_failed", &sub, &ip, &e);
                 tracing::warn!(target: "stepgate", channel, error = %e, "sending the PIN reset message failed");
                 let _ = store.delete(&undo_key).await;
             }
@@ -699,7 +701,7 @@ pub async fn check_reset_token(gate: &Gate, token: &str) -> Result<(), FlowError
     match gate.store.get(&keys::reset_token(&d)).await? {
         Some(raw) => {
             let rec: ResetRecord = parse(&raw)?;
-            if rec.exp <= crate::clock::now() {
+            if rec.exp <= crate::util::clock::now() {
                 return Err(FlowError::ResetInvalid);
             }
             Ok(())
@@ -741,7 +743,7 @@ pub async fn reset_by_token(
         }
         gate.store.delete(&keys::reset_token(&d)).await?;
         let rec: ResetRecord = parse(&raw)?;
-        if rec.exp <= crate::clock::now() {
+        if rec.exp <= crate::util::clock::now() {
             return Err(FlowError::ResetInvalid);
         }
         finish_reset(gate, &rec.sub, new, ip, "token").await
@@ -782,7 +784,7 @@ pub async fn reset_by_otp(
         };
         let max = gate.settings.email_otp.max_tries as i64;
         let ok = match &rec {
-            Some(rec) if rec.exp > crate::clock::now() && rec.channel == channel_of(id) => {
+            Some(rec) if rec.exp > crate::util::clock::now() && rec.channel == channel_of(id) => {
                 let tries = gate
                     .store
                     .incr(&keys::reset_otp_tries(&sub), gate.settings.pin.reset_ttl)
@@ -799,7 +801,7 @@ pub async fn reset_by_otp(
         };
         // Single use, even against a concurrent right guess elsewhere.
         if !ok || gate.store.take(&key).await?.is_none() {
-            crate::audit::event("pin_reset_wrong_code", &sub, ip, "");
+            crate::util::audit::event("pin_reset_wrong_code", &sub, ip, "");
             return Err(match attempt.failure(&sub, ip).await? {
                 FlowError::Locked { until } => FlowError::Locked { until },
                 _ => refused,
@@ -868,7 +870,7 @@ pub async fn reset_by_answers(
             }
         }
         if !ok {
-            crate::audit::event("pin_reset_wrong_answers", &sub, ip, "");
+            crate::util::audit::event("pin_reset_wrong_answers", &sub, ip, "");
             return Err(match attempt.failure(&sub, ip).await? {
                 FlowError::WrongPin { remaining } => FlowError::WrongAnswers { remaining },
                 other => other,
@@ -897,7 +899,7 @@ async fn finish_reset(
     pin::clear_lockout(&*gate.store, sub).await?;
     gate.known_pins.insert(sub);
     invalidate_user(gate, sub, ip).await?;
-    crate::audit::event("pin_reset", sub, ip, how);
+    crate::util::audit::event("pin_reset", sub, ip, how);
     gate.notifier.event("ResetPIN", sub, json!({"Method": how}));
     Ok(())
 }
@@ -961,7 +963,7 @@ pub async fn set_answers(
         }
         gate.store.put(&key, &json_of(&stored)?, None).await?;
         remember_profile(gate, p).await;
-        crate::audit::event(
+        crate::util::audit::event(
             "security_answers_set",
             &p.sub,
             ip,
@@ -990,7 +992,7 @@ async fn answers_allowed(
             &p.sub,
             ip,
             entered,
-            Some(&|sub: &str, ip: &str| crate::notify::pin_suspended(gate, sub, ip)),
+            Some(&|sub: &str, ip: &str| crate::outbound::notify::pin_suspended(gate, sub, ip)),
         )
         .await
         .map_err(|e| match e {
@@ -998,14 +1000,14 @@ async fn answers_allowed(
             other => other,
         }),
         (true, None) => {
-            crate::audit::event("security_answers_refused", &p.sub, ip, "no step-up or PIN");
+            crate::util::audit::event("security_answers_refused", &p.sub, ip, "no step-up or PIN");
             Err(FlowError::StepUpRequired)
         }
         (false, _)
             if fresh_login(
                 p.login_time,
                 gate.settings.pin.enroll_window,
-                crate::clock::now(),
+                crate::util::clock::now(),
             ) =>
         {
             Ok(())
@@ -1078,7 +1080,7 @@ pub async fn issue_auth_token(
     counted("auth_token", async {
         let token = secret_token();
         let ttl = gate.settings.pin.auth_token_ttl;
-        let exp = crate::clock::now() + ttl.as_secs() as i64;
+        let exp = crate::util::clock::now() + ttl.as_secs() as i64;
         let rec = AuthTokenRecord {
             sub: uid.to_string(),
             exp,
@@ -1092,7 +1094,7 @@ pub async fn issue_auth_token(
                 Some(ttl + Duration::from_secs(3600)),
             )
             .await?;
-        crate::audit::event("pin_auth_token_issued", uid, "", "");
+        crate::util::audit::event("pin_auth_token_issued", uid, "", "");
         Ok((token, exp))
     })
     .await
@@ -1125,7 +1127,7 @@ pub async fn set_by_auth_token(
             .await?
             .ok_or(FlowError::AuthTokenInvalid)?;
         let rec: AuthTokenRecord = parse(&raw)?;
-        let now = crate::clock::now();
+        let now = crate::util::clock::now();
         if rec.exp <= now {
             return Err(FlowError::AuthTokenExpired);
         }
@@ -1136,7 +1138,7 @@ pub async fn set_by_auth_token(
             Some(AuthTokenFor::Login(t))
                 if fresh_login(Some(t), gate.settings.pin.enroll_window, now) => {}
             _ => {
-                crate::audit::event("pin_auth_token_stale_login", &rec.sub, ip, "");
+                crate::util::audit::event("pin_auth_token_stale_login", &rec.sub, ip, "");
                 return Err(FlowError::LoginNotFresh);
             }
         }
@@ -1151,7 +1153,7 @@ pub async fn set_by_auth_token(
         pin::clear_lockout(&*gate.store, &rec.sub).await?;
         metrics::ENROLLMENTS.inc();
         gate.known_pins.insert(&rec.sub);
-        crate::audit::event("pin_set", &rec.sub, ip, "pin auth token");
+        crate::util::audit::event("pin_set", &rec.sub, ip, "pin auth token");
         gate.notifier
             .event("SetPIN", &rec.sub, json!({"Method": "pinauthtoken"}));
         let profile = profile::load(&*gate.store, &rec.sub)
@@ -1169,7 +1171,7 @@ pub async fn set_by_auth_token(
                 &profile,
                 &s.id,
                 None,
-                crate::revoke::now_ms(),
+                crate::auth::revocations::now_ms(),
                 gate.settings.pin.login_ttl.as_secs() as i64,
             );
             (Some((t, s.expires)), Some(access))
@@ -1194,7 +1196,7 @@ pub async fn required_pin_token(
     gate: &Gate,
     p: &Principal,
 ) -> Result<Option<(String, i64)>, FlowError> {
-    let now = crate::clock::now();
+    let now = crate::util::clock::now();
     let Some(login_time) = p
         .login_time
         .filter(|_| fresh_login(p.login_time, gate.settings.pin.enroll_window, now))
@@ -1214,7 +1216,7 @@ pub async fn required_pin_token(
         return Ok(Some((t, exp)));
     }
     let (t, exp) = issue_auth_token(gate, &p.sub, AuthTokenFor::Login(login_time)).await?;
-    crate::bounded::insert(
+    crate::util::bounded::insert(
         &mut gate
             .required_pin_tokens
             .lock()
@@ -1253,7 +1255,7 @@ pub async fn skip_setup(gate: &Gate, sub: &str, ip: &str) -> Result<(), FlowErro
         }
         gate.store.put(&keys::pin_skip(sub), b"1", None).await?;
         gate.known_pins.insert(sub);
-        crate::audit::event("pin_setup_skipped", sub, ip, "");
+        crate::util::audit::event("pin_setup_skipped", sub, ip, "");
         Ok(())
     })
     .await

@@ -13,9 +13,10 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use crate::auth::principal::Principal;
 use crate::config::values::Secret;
-use crate::identity::{digest_b64, Principal};
 use crate::policy::Factor;
+use crate::util::digest::digest_b64;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -111,7 +112,7 @@ impl StepUpClaims {
     /// second (conservative: an invalidation in that second ends it).
     pub fn issued_ms(&self) -> i64 {
         self.iat_ms
-            .unwrap_or_else(|| crate::revoke::legacy_issued_ms(self.iat))
+            .unwrap_or_else(|| crate::auth::revocations::legacy_issued_ms(self.iat))
     }
 }
 
@@ -172,7 +173,7 @@ impl Keys {
     /// at `now_ms` (Unix ms).
     pub fn issue_session(
         &self,
-        profile: &crate::profile::Profile,
+        profile: &crate::flows::profile::Profile,
         psid: &str,
         login_time: Option<i64>,
         now_ms: i64,
@@ -202,8 +203,8 @@ impl Keys {
         &self,
         token: &str,
         now: i64,
-    ) -> Result<Principal, crate::identity::AuthError> {
-        use crate::identity::AuthError;
+    ) -> Result<Principal, crate::auth::principal::AuthError> {
+        use crate::auth::principal::AuthError;
         let c = decode::<SessionClaims>(token, &self.session_dec, &self.stepup_validation)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::InvalidSignature => AuthError::BadSignature,
@@ -228,7 +229,7 @@ impl Keys {
             pin_session: Some((
                 c.psid,
                 c.iat_ms
-                    .unwrap_or_else(|| crate::revoke::legacy_issued_ms(c.iat)),
+                    .unwrap_or_else(|| crate::auth::revocations::legacy_issued_ms(c.iat)),
             )),
             sub: c.sub,
         })
@@ -354,7 +355,7 @@ impl Keys {
                     return Err(StepUpTokenError::Malformed);
                 }
                 if now < c.exp {
-                    crate::bounded::insert(
+                    crate::util::bounded::insert(
                         &mut self.verified.lock().unwrap_or_else(|p| p.into_inner()),
                         VERIFIED_MAX,
                         token.to_string(),
@@ -492,7 +493,7 @@ mod tests {
     #[test]
     fn pin_login_sessions_round_trip_and_refuse_tampering() {
         let k = keys();
-        let prof = crate::profile::Profile {
+        let prof = crate::flows::profile::Profile {
             sub: "alice".into(),
             emails: vec!["a@x.io".into()],
             otp_emails: vec!["a@x.io".into()],
@@ -512,7 +513,7 @@ mod tests {
         assert_eq!(p.email.as_deref(), Some("a@x.io"));
         assert_eq!(
             k.decode_session(rest, 1600),
-            Err(crate::identity::AuthError::Expired)
+            Err(crate::auth::principal::AuthError::Expired)
         );
         // A step-up token is not a session, even though both are HS256.
         let (su, _) = k.issue_stepup(&principal("alice", "s"), Factor::Pin, 1000, 300);
@@ -520,7 +521,7 @@ mod tests {
         let other = Keys::new(&Secret::new("y".repeat(32)));
         assert_eq!(
             other.decode_session(rest, 1100),
-            Err(crate::identity::AuthError::BadSignature)
+            Err(crate::auth::principal::AuthError::BadSignature)
         );
     }
 

@@ -3,9 +3,10 @@
 //! what needs the store (consuming a single-use token) is returned as an
 //! obligation for the caller.
 
-use crate::identity::{AuthError, Principal, Verifier};
+use crate::auth::first_factor::Verifier;
+use crate::auth::principal::{AuthError, Principal};
+use crate::auth::tokens::{Keys, StepUpClaims, StepUpTokenError};
 use crate::policy::{Factor, Policy, Require, StepUp};
-use crate::tokens::{Keys, StepUpClaims, StepUpTokenError};
 
 /// What stepgate knows about a request before deciding.
 #[derive(Clone, Copy, Debug)]
@@ -225,7 +226,7 @@ pub fn session_revoked(p: &Principal, revoked_before: &dyn Fn(&str) -> Option<i6
         return false;
     };
     revoked_before(&p.sub).is_some_and(|t| *issued_ms <= t)
-        || revoked_before(&crate::lifecycle::session_revocation_key(id)).is_some()
+        || revoked_before(&crate::flows::lifecycle::session_revocation_key(id)).is_some()
 }
 
 /// The factors a user may use for a rule, in the order pages offer them.
@@ -485,7 +486,10 @@ rules:
         assert!(session_revoked(&s, &|k| (k == "alice").then_some(1_000_400)));
         assert!(session_revoked(&s, &|k| (k == "ps:p1").then_some(1)));
         // A session token from before milliseconds: the start of its second.
-        s.pin_session = Some(("p1".into(), crate::revoke::legacy_issued_ms(1000)));
+        s.pin_session = Some((
+            "p1".into(),
+            crate::auth::revocations::legacy_issued_ms(1000),
+        ));
         assert!(session_revoked(&s, &|k| (k == "alice").then_some(1_000_900)));
     }
 

@@ -1,0 +1,10 @@
+//! The flows that do I/O: PIN enrollment and verification under the
+//! lockout, email codes, the recovery profile, and the PIN lifecycle (PIN
+//! sessions, resets, PINAuthTokens, setup). Each answers with a value or a
+//! [`error::FlowError`]; turning either into HTTP happens in `http`.
+
+pub mod error;
+pub mod lifecycle;
+pub mod otp;
+pub mod pin;
+pub mod profile;

@@ -1,0 +1,9 @@
+//! Digests used as short, stable identifiers (store keys, token hashes).
+
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
+/// SHA-256, base64url without padding.
+pub fn digest_b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(data))
+}
