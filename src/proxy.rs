@@ -502,7 +502,7 @@ impl ProxyHttp for Proxy {
                 Err(_) => {
                     session.set_keepalive(None);
                     let reply = if match_path.starts_with("/.stepgate/api/") {
-                        crate::web::api::error(
+                        crate::web::json::error(
                             408,
                             901,
                             "Request timeout",
@@ -949,7 +949,7 @@ impl ProxyHttp for Proxy {
 
 fn too_large(gate: &Gate, path: &str) -> Reply {
     if path.starts_with("/.stepgate/api/") {
-        crate::web::api::error(
+        crate::web::json::error(
             413,
             901,
             "Request too large",

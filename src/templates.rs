@@ -139,7 +139,7 @@ impl Pages {
         ttl: std::time::Duration,
         expires_at: i64,
     ) -> crate::outbound::mail::Outgoing {
-        let ctx = minijinja::context! { site => &self.site, code, minutes => ttl.as_secs().div_ceil(60), expires => crate::web::human_time(expires_at) };
+        let ctx = minijinja::context! { site => &self.site, code, minutes => ttl.as_secs().div_ceil(60), expires => crate::util::clock::human_time(expires_at) };
         let render = |name: &str| {
             self.env.get_template(name).and_then(|t| t.render(&ctx)).unwrap_or_else(|e| {
             tracing::error!(target: "stepgate", template = name, error = %e, "mail template failed");

@@ -1,5 +1,5 @@
 //! Keeps docs/openapi.yaml in sync with the gateway: its API operations are
-//! exactly `stepgate::web::api::ROUTES`, its references resolve, its
+//! exactly `stepgate::web::json::ROUTES`, its references resolve, its
 //! error codes are the ones the code answers with, and every documented
 //! operation, called on a running gateway, answers with a documented status
 //! and a body that fits the documented schema (failures and successes,
@@ -185,7 +185,7 @@ fn documented_api_operations_are_exactly_the_routes() {
         .filter(|(_, p, _)| p.starts_with(PREFIX))
         .map(|(m, p, _)| (m, p[PREFIX.len()..].to_string()))
         .collect();
-    let routes: BTreeSet<(String, String)> = stepgate::web::api::ROUTES
+    let routes: BTreeSet<(String, String)> = stepgate::web::json::ROUTES
         .iter()
         .map(|(m, p)| (m.to_string(), p.to_string()))
         .collect();
@@ -293,6 +293,8 @@ fn documented_error_codes_are_the_ones_the_gateway_answers_with() {
         .map(|c| c.as_u64().unwrap())
         .collect();
     let mut in_code = codes_in(include_str!("../src/web/api.rs"));
+    in_code.extend(codes_in(include_str!("../src/web/json.rs")));
+    in_code.extend(codes_in(include_str!("../src/web/pin_api.rs")));
     in_code.extend(codes_in(include_str!("../src/proxy.rs")));
     assert!(
         in_code.contains(&1236) && in_code.contains(&901),

@@ -226,7 +226,7 @@ pub fn session_revoked(p: &Principal, revoked_before: &dyn Fn(&str) -> Option<i6
         return false;
     };
     revoked_before(&p.sub).is_some_and(|t| *issued_ms <= t)
-        || revoked_before(&crate::flows::lifecycle::session_revocation_key(id)).is_some()
+        || revoked_before(&crate::auth::revocations::session_revocation_key(id)).is_some()
 }
 
 /// The factors a user may use for a rule, in the order pages offer them.

@@ -20,10 +20,11 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::store::{Store, StoreError};
+use crate::util::clock::now_ms;
 
-/// The clock of invalidations and of the credentials judged against them.
-pub fn now_ms() -> i64 {
-    crate::store::now_ms() as i64
+/// The revocation-map name of one PIN session.
+pub fn session_revocation_key(id: &str) -> String {
+    format!("ps:{id}")
 }
 
 /// When a credential that only says its issue second was issued, judged
@@ -77,7 +78,7 @@ const SWEEP_EVERY_MS: i64 = 60_000;
 
 impl Revocations {
     /// Credentials of `key` (a user, or a PIN session's
-    /// [`crate::flows::lifecycle::session_revocation_key`]) issued at or before this
+    /// [`session_revocation_key`]) issued at or before this
     /// Unix time in milliseconds no longer count.
     pub fn revoked_before(&self, key: &str) -> Option<i64> {
         self.revoked_before_at(key, now_ms())
@@ -165,10 +166,6 @@ impl Revocations {
         self.map.read().unwrap().len()
     }
 }
-
-/// A callback for revocations pushed by other gateways: (key, at, expiry
-/// in Unix ms when the entry ends).
-pub type OnRevoke = Arc<dyn Fn(&str, i64, Option<i64>) + Send + Sync>;
 
 #[cfg(test)]
 mod tests {

@@ -18,12 +18,13 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::auth::principal::Principal;
+use crate::auth::revocations::session_revocation_key;
 use crate::auth::tokens::{secret_token, token_digest};
 use crate::config::{ForgotMode, Question};
+use crate::flows::deps::Deps;
 use crate::flows::error::FlowError;
 use crate::flows::pin;
 use crate::flows::profile::{self, Identifier, Profile};
-use crate::gate::Gate;
 use crate::store::keys;
 use crate::util::digest::digest_b64;
 use crate::util::metrics;
@@ -60,11 +61,11 @@ fn parse<T: for<'de> Deserialize<'de>>(raw: &[u8]) -> Result<T, FlowError> {
 
 /// After a successful step-up or enrollment: keep the recovery profile
 /// current. A failure here must not undo the step-up; it is logged.
-pub async fn remember_profile(gate: &Gate, p: &Principal) {
+pub async fn remember_profile(deps: &Deps, p: &Principal) {
     if p.pin_session.is_some() {
         return; // stepgate's own session repeats a stored profile
     }
-    if let Err(e) = profile::remember(&*gate.store, p).await {
+    if let Err(e) = profile::remember(&*deps.store, p).await {
         tracing::warn!(target: "stepgate", user = %p.sub, error = ?e, "could not record the recovery profile");
     }
 }
@@ -119,22 +120,17 @@ fn device_label(ua: &str) -> String {
     }
 }
 
-/// The revocation-map name of one PIN session.
-pub fn session_revocation_key(id: &str) -> String {
-    format!("ps:{id}")
-}
-
 /// Open a PIN session for this device; returns the secret token.
 pub async fn open_session(
-    gate: &Gate,
+    deps: &Deps,
     profile: Profile,
     login_time: Option<i64>,
     ua: &str,
 ) -> Result<(String, PinSession), FlowError> {
     let token = secret_token();
-    let now_ms = crate::auth::revocations::now_ms();
+    let now_ms = crate::util::clock::now_ms();
     let now = now_ms.div_euclid(1000);
-    let ttl = gate.settings.pin.session_ttl;
+    let ttl = deps.settings.pin.session_ttl;
     let s = PinSession {
         id: token_digest(&token),
         sub: profile.sub.clone(),
@@ -148,11 +144,11 @@ pub async fn open_session(
     };
     // Kept a day past expiry, so an expired token is told apart (1246).
     let keep = ttl + Duration::from_secs(86400);
-    gate.store
+    deps.store
         .put(&keys::pin_session(&s.id), &json_of(&s)?, Some(keep))
         .await?;
     let list_key = keys::pin_sessions(&s.sub);
-    let mut list: Vec<SessionRef> = match gate.store.get(&list_key).await? {
+    let mut list: Vec<SessionRef> = match deps.store.get(&list_key).await? {
         Some(raw) => serde_json::from_slice(&raw).unwrap_or_default(),
         None => Vec::new(),
     };
@@ -161,7 +157,7 @@ pub async fn open_session(
         id: s.id.clone(),
         expires: s.expires,
     });
-    gate.store
+    deps.store
         .put(&list_key, &json_of(&list)?, Some(keep))
         .await?;
     crate::util::audit::event("pin_session_opened", &s.sub, "", &s.id);
@@ -169,21 +165,21 @@ pub async fn open_session(
 }
 
 /// The live session a token names.
-pub async fn load_session(gate: &Gate, token: &str) -> Result<PinSession, FlowError> {
+pub async fn load_session(deps: &Deps, token: &str) -> Result<PinSession, FlowError> {
     if token.is_empty() || token.len() > 128 {
         return Err(FlowError::SessionInvalid);
     }
-    let raw = gate
+    let raw = deps
         .store
         .get(&keys::pin_session(&token_digest(token)))
         .await?
         .ok_or(FlowError::SessionInvalid)?;
     let s: PinSession = parse(&raw)?;
-    if gate
+    if deps
         .revocations
         .revoked_before(&s.sub)
         .is_some_and(|t| s.issued_ms() <= t)
-        || gate
+        || deps
             .revocations
             .revoked_before(&session_revocation_key(&s.id))
             .is_some()
@@ -197,16 +193,16 @@ pub async fn load_session(gate: &Gate, token: &str) -> Result<PinSession, FlowEr
 }
 
 /// The user's live PIN sessions, newest first.
-pub async fn sessions(gate: &Gate, sub: &str) -> Result<Vec<PinSession>, FlowError> {
-    let Some(raw) = gate.store.get(&keys::pin_sessions(sub)).await? else {
+pub async fn sessions(deps: &Deps, sub: &str) -> Result<Vec<PinSession>, FlowError> {
+    let Some(raw) = deps.store.get(&keys::pin_sessions(sub)).await? else {
         return Ok(Vec::new());
     };
     let list: Vec<SessionRef> = serde_json::from_slice(&raw).unwrap_or_default();
     let now = crate::util::clock::now();
-    let cut = gate.revocations.revoked_before(sub);
+    let cut = deps.revocations.revoked_before(sub);
     let mut out = Vec::new();
     for r in list.iter().filter(|r| r.expires > now) {
-        if let Some(raw) = gate.store.get(&keys::pin_session(&r.id)).await? {
+        if let Some(raw) = deps.store.get(&keys::pin_session(&r.id)).await? {
             let s: PinSession = parse(&raw)?;
             if s.sub == sub && cut.is_none_or(|t| s.issued_ms() > t) {
                 out.push(s);
@@ -219,15 +215,15 @@ pub async fn sessions(gate: &Gate, sub: &str) -> Result<Vec<PinSession>, FlowErr
 
 /// End one PIN session (and the stepgate sessions opened from it) on every
 /// gateway. `owner`: when given, only a session of that user is ended.
-pub async fn end_session(gate: &Gate, id: &str, owner: Option<&str>) -> Result<bool, FlowError> {
-    let Some(raw) = gate.store.get(&keys::pin_session(id)).await? else {
+pub async fn end_session(deps: &Deps, id: &str, owner: Option<&str>) -> Result<bool, FlowError> {
+    let Some(raw) = deps.store.get(&keys::pin_session(id)).await? else {
         return Ok(false);
     };
     let s: PinSession = parse(&raw)?;
     if owner.is_some_and(|o| o != s.sub) {
         return Ok(false);
     }
-    end(gate, &s).await?;
+    end(deps, &s).await?;
     Ok(true)
 }
 
@@ -242,35 +238,35 @@ pub fn ended_session_ttl(expires: i64, now: i64, login_ttl: Duration) -> Duratio
 
 /// End a loaded PIN session: drop it and revoke it on every gateway, for as
 /// long as anything it gave could still be presented.
-async fn end(gate: &Gate, s: &PinSession) -> Result<(), FlowError> {
-    gate.store.delete(&keys::pin_session(&s.id)).await?;
-    let now_ms = crate::auth::revocations::now_ms();
+async fn end(deps: &Deps, s: &PinSession) -> Result<(), FlowError> {
+    deps.store.delete(&keys::pin_session(&s.id)).await?;
+    let now_ms = crate::util::clock::now_ms();
     let ttl = ended_session_ttl(
         s.expires,
         now_ms.div_euclid(1000),
-        gate.settings.pin.login_ttl,
+        deps.settings.pin.login_ttl,
     );
-    gate.revocations
+    deps.revocations
         .revoke(
-            &*gate.store,
+            &*deps.store,
             &session_revocation_key(&s.id),
             now_ms,
             Some(ttl),
         )
         .await?;
     crate::util::audit::event("pin_session_ended", &s.sub, "", &s.id);
-    gate.notifier
+    deps.notifier
         .event("SessionInvalidated", &s.sub, json!({"SessionId": s.id}));
     Ok(())
 }
 
 /// End every PIN session of `sub` except `keep`.
-pub async fn end_sessions(gate: &Gate, sub: &str, keep: Option<&str>) -> Result<usize, FlowError> {
+pub async fn end_sessions(deps: &Deps, sub: &str, keep: Option<&str>) -> Result<usize, FlowError> {
     let mut n = 0;
     // `sessions` read and checked each record already.
-    for s in sessions(gate, sub).await? {
+    for s in sessions(deps, sub).await? {
         if Some(s.id.as_str()) != keep {
-            end(gate, &s).await?;
+            end(deps, &s).await?;
             n += 1;
         }
     }
@@ -279,22 +275,22 @@ pub async fn end_sessions(gate: &Gate, sub: &str, keep: Option<&str>) -> Result<
 
 /// End every PIN session and step-up of `sub` on every gateway (the IdP calls
 /// this on a password change; the account page offers it).
-pub async fn invalidate_user(gate: &Gate, sub: &str, ip: &str) -> Result<(), FlowError> {
+pub async fn invalidate_user(deps: &Deps, sub: &str, ip: &str) -> Result<(), FlowError> {
     counted("invalidate", async {
-        gate.revocations
-            .revoke(&*gate.store, sub, crate::auth::revocations::now_ms(), None)
+        deps.revocations
+            .revoke(&*deps.store, sub, crate::util::clock::now_ms(), None)
             .await?;
         // Sessions are already dead by the revocation time; dropping the
         // records keeps the account page tidy.
-        if let Some(raw) = gate.store.get(&keys::pin_sessions(sub)).await? {
+        if let Some(raw) = deps.store.get(&keys::pin_sessions(sub)).await? {
             let list: Vec<SessionRef> = serde_json::from_slice(&raw).unwrap_or_default();
             for r in list {
-                gate.store.delete(&keys::pin_session(&r.id)).await?;
+                deps.store.delete(&keys::pin_session(&r.id)).await?;
             }
-            gate.store.delete(&keys::pin_sessions(sub)).await?;
+            deps.store.delete(&keys::pin_sessions(sub)).await?;
         }
         crate::util::audit::event("invalidate", sub, ip, "PIN sessions and step-ups");
-        gate.notifier.event("StepDown", sub, json!({}));
+        deps.notifier.event("StepDown", sub, json!({}));
         Ok(())
     })
     .await
@@ -303,39 +299,39 @@ pub async fn invalidate_user(gate: &Gate, sub: &str, ip: &str) -> Result<(), Flo
 /// PIN login: the device's PIN session plus the PIN give a short-lived
 /// stepgate session that the gateway accepts as the first factor.
 pub async fn pin_login(
-    gate: &Gate,
+    deps: &Deps,
     token: &str,
     entered: &str,
     ua: &str,
     ip: &str,
 ) -> Result<(String, i64, PinSession), FlowError> {
     counted("login", async {
-        if !gate.settings.pin.login {
+        if !deps.settings.pin.login {
             return Err(FlowError::Disabled(
                 "PIN login is turned off on this gateway.",
             ));
         }
-        let s = load_session(gate, token).await?;
+        let s = load_session(deps, token).await?;
         if !bool::from(s.ua.as_bytes().ct_eq(ua_digest(ua).as_bytes())) {
             crate::util::audit::event("pin_session_other_device", &s.sub, ip, &s.id);
             return Err(FlowError::SessionInvalid);
         }
         pin::verify(
-            &*gate.store,
-            &gate.hasher,
-            &gate.settings.lockout,
+            &*deps.store,
+            &deps.hasher,
+            &deps.settings.lockout,
             &s.sub,
             ip,
             entered,
-            Some(&|sub: &str, ip: &str| crate::outbound::notify::pin_suspended(gate, sub, ip)),
+            Some(&|sub: &str, ip: &str| crate::flows::notice::pin_suspended(deps, sub, ip)),
         )
         .await?;
-        let (access, exp) = gate.keys.issue_session(
+        let (access, exp) = deps.keys.issue_session(
             &s.profile,
             &s.id,
             s.login_time,
-            crate::auth::revocations::now_ms(),
-            gate.settings.pin.login_ttl.as_secs() as i64,
+            crate::util::clock::now_ms(),
+            deps.settings.pin.login_ttl.as_secs() as i64,
         );
         crate::util::audit::event("pin_login", &s.sub, ip, &s.id);
         Ok((access, exp, s))
@@ -348,7 +344,7 @@ pub async fn pin_login(
 /// Change the PIN with the current one. Ends the user's other PIN sessions
 /// (`keep` is this device's).
 pub async fn change(
-    gate: &Gate,
+    deps: &Deps,
     p: &Principal,
     ip: &str,
     old: &str,
@@ -356,15 +352,15 @@ pub async fn change(
     keep: Option<&str>,
 ) -> Result<(), FlowError> {
     counted("change", async {
-        pin::check_new_pin(new, &gate.settings.pin)?;
-        let record = pin::load_record(&*gate.store, &p.sub)
+        pin::check_new_pin(new, &deps.settings.pin)?;
+        let record = pin::load_record(&*deps.store, &p.sub)
             .await?
             .ok_or(FlowError::NoPin)?;
-        let notice = |sub: &str, ip: &str| crate::outbound::notify::pin_suspended(gate, sub, ip);
-        let attempt = pin::reserve(&*gate.store, &gate.settings.lockout, &p.sub, ip)
+        let notice = |sub: &str, ip: &str| crate::flows::notice::pin_suspended(deps, sub, ip);
+        let attempt = pin::reserve(&*deps.store, &deps.settings.lockout, &p.sub, ip)
             .await?
             .on_suspend(Some(&notice));
-        let ok = old.len() <= 64 && gate.hasher.verify(old.to_string(), record.phc).await?;
+        let ok = old.len() <= 64 && deps.hasher.verify(old.to_string(), record.phc).await?;
         if !ok {
             crate::util::audit::event("pin_change_failure", &p.sub, ip, "");
             return Err(match attempt.failure(&p.sub, ip).await? {
@@ -378,16 +374,16 @@ pub async fn change(
                 "The new PIN must differ from the current one.".into(),
             ));
         }
-        pin::store_pin(&*gate.store, &gate.hasher, &p.sub, new).await?;
+        pin::store_pin(&*deps.store, &deps.hasher, &p.sub, new).await?;
         let keep = keep.or(p.pin_session.as_ref().map(|(id, _)| id.as_str()));
-        let ended = end_sessions(gate, &p.sub, keep).await?;
+        let ended = end_sessions(deps, &p.sub, keep).await?;
         crate::util::audit::event(
             "pin_changed",
             &p.sub,
             ip,
             &format!("{ended} other PIN session(s) ended"),
         );
-        gate.notifier
+        deps.notifier
             .event("ChangePIN", &p.sub, json!({"EndedSessions": ended}));
         Ok(())
     })
@@ -493,52 +489,52 @@ enum Outgoing {
 /// `origin`: this request's `scheme://host`, for links when `public_url` is
 /// not set.
 pub async fn forgot(
-    gate: &Gate,
+    deps: &Deps,
     id: &Identifier,
     reset_url: Option<&str>,
     origin: &str,
     ip: &str,
 ) -> Result<(), FlowError> {
-    counted("forgot", forgot_inner(gate, id, reset_url, origin, ip)).await
+    counted("forgot", forgot_inner(deps, id, reset_url, origin, ip)).await
 }
 
 async fn forgot_inner(
-    gate: &Gate,
+    deps: &Deps,
     id: &Identifier,
     reset_url: Option<&str>,
     origin: &str,
     ip: &str,
 ) -> Result<(), FlowError> {
     let phone = matches!(id, Identifier::Phone(_));
-    if phone && !gate.notifier.sms_configured() {
+    if phone && !deps.notifier.sms_configured() {
         return Err(FlowError::Disabled(
             "PIN recovery by SMS needs `sms.webhook_url` in the gateway config.",
         ));
     }
-    if !phone && gate.mailer.is_none() {
+    if !phone && deps.mailer.is_none() {
         return Err(FlowError::NotConfigured);
     }
     if let Some(u) = reset_url.filter(|_| !phone) {
-        if !reset_url_allowed(&gate.settings.pin.reset_urls, u) {
+        if !reset_url_allowed(&deps.settings.pin.reset_urls, u) {
             return Err(FlowError::ResetUrlNotAllowed);
         }
     }
     // Per client address first, so asking about many accounts is bounded
     // too; every request counts, whatever it names.
-    let by_ip = gate
+    let by_ip = deps
         .store
         .incr(&keys::forgot_ip(ip), Duration::from_secs(3600))
         .await?;
-    if by_ip.value > gate.settings.pin.forgot_ip_limit as i64 {
+    if by_ip.value > deps.settings.pin.forgot_ip_limit as i64 {
         crate::util::audit::event("pin_forgot_ip_limit", "", ip, "");
         return Err(FlowError::SendLimit {
             until: by_ip.expires_at_ms.div_ceil(1000) as i64,
         });
     }
     // Rate limits per identifier, whether or not it names an account.
-    let limits = &gate.settings.email_otp;
+    let limits = &deps.settings.email_otp;
     let cool = keys::forgot_cooldown(&id.key());
-    if !gate
+    if !deps
         .store
         .put_if_absent(&cool, b"1", limits.resend_cooldown)
         .await?
@@ -548,13 +544,13 @@ async fn forgot_inner(
         });
     }
     let hour = keys::forgot_hourly(&id.key());
-    let n = gate.store.incr(&hour, Duration::from_secs(3600)).await?;
+    let n = deps.store.incr(&hour, Duration::from_secs(3600)).await?;
     if n.value > limits.max_sends_per_hour as i64 {
         return Err(FlowError::SendLimit {
             until: n.expires_at_ms.div_ceil(1000) as i64,
         });
     }
-    let Some(prof) = profile::find(&*gate.store, id).await? else {
+    let Some(prof) = profile::find(&*deps.store, id).await? else {
         crate::util::audit::event(
             "pin_forgot_unknown",
             "",
@@ -563,14 +559,14 @@ async fn forgot_inner(
         );
         return Ok(());
     };
-    let s = &gate.settings.pin;
+    let s = &deps.settings.pin;
     let now = crate::util::clock::now();
     let exp = now + s.reset_ttl.as_secs() as i64;
     let minutes = s.reset_ttl.as_secs().div_ceil(60);
     let (outgoing, undo_key) = if let Identifier::Phone(to) = id {
         let code = reset_code(limits.length);
-        store_reset_code(gate, &prof.sub, &code, exp, "sms").await?;
-        let text = gate.pages.sms_text(&code, minutes);
+        store_reset_code(deps, &prof.sub, &code, exp, "sms").await?;
+        let text = deps.pages.sms_text(&code, minutes);
         (
             Outgoing::Sms {
                 to: to.clone(),
@@ -591,7 +587,7 @@ async fn forgot_inner(
             ForgotMode::Link => {
                 let base = match reset_url {
                     Some(u) => u.to_string(),
-                    None => match link_origin(&gate.settings, origin) {
+                    None => match link_origin(&deps.settings, origin) {
                         Some(o) => format!("{o}/.stepgate/pin/reset"),
                         None => {
                             // The caller hears what an unknown account hears.
@@ -606,48 +602,48 @@ async fn forgot_inner(
                     exp,
                 };
                 let key = keys::reset_token(&token_digest(&token));
-                gate.store
+                deps.store
                     .put(&key, &json_of(&rec)?, Some(s.reset_ttl))
                     .await?;
                 let sep = if base.contains('?') { '&' } else { '?' };
                 let link = format!("{base}{sep}token={token}");
                 (
-                    Outgoing::Mail(gate.pages.reset_mail(&to, Some(&link), None, minutes)),
+                    Outgoing::Mail(deps.pages.reset_mail(&to, Some(&link), None, minutes)),
                     key,
                 )
             }
             ForgotMode::Otp => {
                 let code = reset_code(limits.length);
-                store_reset_code(gate, &prof.sub, &code, exp, "email").await?;
+                store_reset_code(deps, &prof.sub, &code, exp, "email").await?;
                 (
-                    Outgoing::Mail(gate.pages.reset_mail(&to, None, Some(&code), minutes)),
+                    Outgoing::Mail(deps.pages.reset_mail(&to, None, Some(&code), minutes)),
                     keys::reset_otp(&prof.sub),
                 )
             }
         }
     };
-    deliver(gate, outgoing, prof.sub.clone(), ip.to_string(), undo_key);
+    deliver(deps, outgoing, prof.sub.clone(), ip.to_string(), undo_key);
     Ok(())
 }
 
 async fn store_reset_code(
-    gate: &Gate,
+    deps: &Deps,
     sub: &str,
     code: &str,
     exp: i64,
     channel: &str,
 ) -> Result<(), FlowError> {
     let rec = ResetCode {
-        mac: gate.keys.otp_mac(sub, "pin-reset", code),
+        mac: deps.keys.otp_mac(sub, "pin-reset", code),
         exp,
         channel: channel.to_string(),
     };
-    gate.store.delete(&keys::reset_otp_tries(sub)).await?;
-    gate.store
+    deps.store.delete(&keys::reset_otp_tries(sub)).await?;
+    deps.store
         .put(
             &keys::reset_otp(sub),
             &json_of(&rec)?,
-            Some(gate.settings.pin.reset_ttl),
+            Some(deps.settings.pin.reset_ttl),
         )
         .await?;
     Ok(())
@@ -657,10 +653,10 @@ async fn store_reset_code(
 /// account exists. A failed send drops the credential it carried; the
 /// cooldown stays, as it does for requests about unknown accounts, so the
 /// answers to a retry tell nothing either.
-fn deliver(gate: &Gate, out: Outgoing, sub: String, ip: String, undo_key: String) {
-    let mailer = gate.mailer.clone();
-    let notifier = gate.notifier.clone();
-    let store = gate.store.clone();
+fn deliver(deps: &Deps, out: Outgoing, sub: String, ip: String, undo_key: String) {
+    let mailer = deps.mailer.clone();
+    let notifier = deps.notifier.clone();
+    let store = deps.store.clone();
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
         return;
     };
@@ -693,12 +689,12 @@ fn deliver(gate: &Gate, out: Outgoing, sub: String, ip: String, undo_key: String
 }
 
 /// For the reset page: is this ResetToken usable (without using it)?
-pub async fn check_reset_token(gate: &Gate, token: &str) -> Result<(), FlowError> {
+pub async fn check_reset_token(deps: &Deps, token: &str) -> Result<(), FlowError> {
     if token.is_empty() || token.len() > 128 {
         return Err(FlowError::ResetInvalid);
     }
     let d = token_digest(token);
-    match gate.store.get(&keys::reset_token(&d)).await? {
+    match deps.store.get(&keys::reset_token(&d)).await? {
         Some(raw) => {
             let rec: ResetRecord = parse(&raw)?;
             if rec.exp <= crate::util::clock::now() {
@@ -706,47 +702,47 @@ pub async fn check_reset_token(gate: &Gate, token: &str) -> Result<(), FlowError
             }
             Ok(())
         }
-        None if gate.store.get(&keys::reset_used(&d)).await?.is_some() => Err(FlowError::ResetUsed),
+        None if deps.store.get(&keys::reset_used(&d)).await?.is_some() => Err(FlowError::ResetUsed),
         None => Err(FlowError::ResetInvalid),
     }
 }
 
 /// Reset the PIN with the ResetToken from a forgot-PIN link (single use).
 pub async fn reset_by_token(
-    gate: &Gate,
+    deps: &Deps,
     token: &str,
     new: &str,
     ip: &str,
 ) -> Result<(), FlowError> {
     counted("reset_token", async {
-        pin::check_new_pin(new, &gate.settings.pin)?;
+        pin::check_new_pin(new, &deps.settings.pin)?;
         if token.is_empty() || token.len() > 128 {
             return Err(FlowError::ResetInvalid);
         }
         let d = token_digest(token);
         let used = keys::reset_used(&d);
-        let Some(raw) = gate.store.get(&keys::reset_token(&d)).await? else {
-            return Err(if gate.store.get(&used).await?.is_some() {
+        let Some(raw) = deps.store.get(&keys::reset_token(&d)).await? else {
+            return Err(if deps.store.get(&used).await?.is_some() {
                 FlowError::ResetUsed
             } else {
                 FlowError::ResetInvalid
             });
         };
-        // The single-use gate: whoever marks the token used first wins; the
+        // The single-use deps: whoever marks the token used first wins; the
         // mark exists before the record goes, so every loser reads 1242.
-        if !gate
+        if !deps
             .store
             .put_if_absent(&used, b"1", Duration::from_secs(86400))
             .await?
         {
             return Err(FlowError::ResetUsed);
         }
-        gate.store.delete(&keys::reset_token(&d)).await?;
+        deps.store.delete(&keys::reset_token(&d)).await?;
         let rec: ResetRecord = parse(&raw)?;
         if rec.exp <= crate::util::clock::now() {
             return Err(FlowError::ResetInvalid);
         }
-        finish_reset(gate, &rec.sub, new, ip, "token").await
+        finish_reset(deps, &rec.sub, new, ip, "token").await
     })
     .await
 }
@@ -756,51 +752,51 @@ pub async fn reset_by_token(
 /// never tell whether an account exists; guesses are limited per code and
 /// per client address.
 pub async fn reset_by_otp(
-    gate: &Gate,
+    deps: &Deps,
     id: &Identifier,
     code: &str,
     new: &str,
     ip: &str,
 ) -> Result<(), FlowError> {
     counted("reset_otp", async {
-        pin::check_new_pin(new, &gate.settings.pin)?;
-        let prof = profile::find(&*gate.store, id).await?;
+        pin::check_new_pin(new, &deps.settings.pin)?;
+        let prof = profile::find(&*deps.store, id).await?;
         let sub = match &prof {
             Some(p) => p.sub.clone(),
             None => format!("unknown:{}", id.key()),
         };
         let attempt = pin::reserve_on(
-            &*gate.store,
-            &gate.settings.lockout,
+            &*deps.store,
+            &deps.settings.lockout,
             keys::reset_otp_failures(&sub),
             keys::ip_reset_failures(ip),
         )
         .await?;
         let refused = FlowError::ResetCodeRefused;
         let key = keys::reset_otp(&sub);
-        let rec: Option<ResetCode> = match gate.store.get(&key).await? {
+        let rec: Option<ResetCode> = match deps.store.get(&key).await? {
             Some(raw) => Some(parse(&raw)?),
             None => None,
         };
-        let max = gate.settings.email_otp.max_tries as i64;
+        let max = deps.settings.email_otp.max_tries as i64;
         let ok = match &rec {
             Some(rec) if rec.exp > crate::util::clock::now() && rec.channel == channel_of(id) => {
-                let tries = gate
+                let tries = deps
                     .store
-                    .incr(&keys::reset_otp_tries(&sub), gate.settings.pin.reset_ttl)
+                    .incr(&keys::reset_otp_tries(&sub), deps.settings.pin.reset_ttl)
                     .await?;
-                let mac = gate.keys.otp_mac(&sub, "pin-reset", code.trim());
+                let mac = deps.keys.otp_mac(&sub, "pin-reset", code.trim());
                 let right = bool::from(mac.as_bytes().ct_eq(rec.mac.as_bytes()));
                 if !right && tries.value >= max {
                     // Burned: a new forgot request sends a new code.
-                    gate.store.delete(&key).await?;
+                    deps.store.delete(&key).await?;
                 }
                 right && tries.value <= max
             }
             _ => false,
         };
         // Single use, even against a concurrent right guess elsewhere.
-        if !ok || gate.store.take(&key).await?.is_none() {
+        if !ok || deps.store.take(&key).await?.is_none() {
             crate::util::audit::event("pin_reset_wrong_code", &sub, ip, "");
             return Err(match attempt.failure(&sub, ip).await? {
                 FlowError::Locked { until } => FlowError::Locked { until },
@@ -808,7 +804,7 @@ pub async fn reset_by_otp(
             });
         }
         attempt.success().await?;
-        finish_reset(gate, &sub, new, ip, "otp").await
+        finish_reset(deps, &sub, new, ip, "otp").await
     })
     .await
 }
@@ -823,30 +819,30 @@ fn normalize_answer(a: &str) -> String {
 /// Reset the PIN with security answers. Every question the user answered
 /// must be answered right; failures count toward a lockout of their own.
 pub async fn reset_by_answers(
-    gate: &Gate,
+    deps: &Deps,
     id: &Identifier,
     given: &BTreeMap<String, String>,
     new: &str,
     ip: &str,
 ) -> Result<(), FlowError> {
     counted("reset_answers", async {
-        pin::check_new_pin(new, &gate.settings.pin)?;
-        let prof = profile::find(&*gate.store, id).await?;
+        pin::check_new_pin(new, &deps.settings.pin)?;
+        let prof = profile::find(&*deps.store, id).await?;
         // Unknown accounts go through the same steps, lockout included.
         let sub = match &prof {
             Some(p) => p.sub.clone(),
             None => format!("unknown:{}", id.key()),
         };
         let stored: BTreeMap<String, String> = match &prof {
-            Some(p) => match gate.store.get(&keys::answers(&p.sub)).await? {
+            Some(p) => match deps.store.get(&keys::answers(&p.sub)).await? {
                 Some(raw) => parse(&raw)?,
                 None => BTreeMap::new(),
             },
             None => BTreeMap::new(),
         };
         let attempt = pin::reserve_on(
-            &*gate.store,
-            &gate.settings.lockout,
+            &*deps.store,
+            &deps.settings.lockout,
             keys::answer_failures(&sub),
             keys::ip_answer_failures(ip),
         )
@@ -854,7 +850,7 @@ pub async fn reset_by_answers(
         let mut ok = !stored.is_empty();
         if stored.is_empty() {
             // As long as a real check, so timing tells nothing.
-            let _ = gate.hasher.verify("x".into(), DECOY_PHC.to_string()).await;
+            let _ = deps.hasher.verify("x".into(), DECOY_PHC.to_string()).await;
         }
         for (qid, phc) in &stored {
             let answer = given
@@ -863,7 +859,7 @@ pub async fn reset_by_answers(
                 .unwrap_or_default();
             if answer.is_empty()
                 || answer.len() > 256
-                || !gate.hasher.verify(answer, phc.clone()).await?
+                || !deps.hasher.verify(answer, phc.clone()).await?
             {
                 ok = false;
                 break;
@@ -877,7 +873,7 @@ pub async fn reset_by_answers(
             });
         }
         attempt.success().await?;
-        finish_reset(gate, &sub, new, ip, "security_answers").await
+        finish_reset(deps, &sub, new, ip, "security_answers").await
     })
     .await
 }
@@ -887,20 +883,20 @@ const DECOY_PHC: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$c3RlcGdhdGVkZWNveQ$0dqB0xKz7kzNnRdzJ8zq1oF3mC0y3b0h2vN2wR7JzqY";
 
 async fn finish_reset(
-    gate: &Gate,
+    deps: &Deps,
     sub: &str,
     new: &str,
     ip: &str,
     how: &str,
 ) -> Result<(), FlowError> {
-    pin::store_pin(&*gate.store, &gate.hasher, sub, new).await?;
+    pin::store_pin(&*deps.store, &deps.hasher, sub, new).await?;
     // Proven by the mailbox, phone or answers: the PIN lockout is lifted,
     // a suspension and the memory of earlier locks included.
-    pin::clear_lockout(&*gate.store, sub).await?;
-    gate.known_pins.insert(sub);
-    invalidate_user(gate, sub, ip).await?;
+    pin::clear_lockout(&*deps.store, sub).await?;
+    deps.known_pins.insert(sub);
+    invalidate_user(deps, sub, ip).await?;
     crate::util::audit::event("pin_reset", sub, ip, how);
-    gate.notifier.event("ResetPIN", sub, json!({"Method": how}));
+    deps.notifier.event("ResetPIN", sub, json!({"Method": how}));
     Ok(())
 }
 
@@ -923,14 +919,14 @@ pub struct AnswersProof<'a> {
 /// PIN needs a recent step-up or a fresh first-factor login, like any new
 /// way to confirm.
 pub async fn set_answers(
-    gate: &Gate,
+    deps: &Deps,
     p: &Principal,
     answers: &[(String, String)],
     proof: AnswersProof<'_>,
     ip: &str,
 ) -> Result<usize, FlowError> {
     counted("set_answers", async {
-        let qs = &gate.settings.security_questions;
+        let qs = &deps.settings.security_questions;
         if qs.is_empty() {
             return Err(FlowError::Disabled(
                 "No security questions are configured on this gateway.",
@@ -952,17 +948,17 @@ pub async fn set_answers(
             }
             normalized.push((qid.clone(), a));
         }
-        answers_allowed(gate, p, proof, ip).await?;
+        answers_allowed(deps, p, proof, ip).await?;
         let key = keys::answers(&p.sub);
-        let mut stored: BTreeMap<String, String> = match gate.store.get(&key).await? {
+        let mut stored: BTreeMap<String, String> = match deps.store.get(&key).await? {
             Some(raw) => parse(&raw)?,
             None => BTreeMap::new(),
         };
         for (qid, a) in normalized {
-            stored.insert(qid, gate.hasher.hash(a).await?);
+            stored.insert(qid, deps.hasher.hash(a).await?);
         }
-        gate.store.put(&key, &json_of(&stored)?, None).await?;
-        remember_profile(gate, p).await;
+        deps.store.put(&key, &json_of(&stored)?, None).await?;
+        remember_profile(deps, p).await;
         crate::util::audit::event(
             "security_answers_set",
             &p.sub,
@@ -975,7 +971,7 @@ pub async fn set_answers(
 }
 
 async fn answers_allowed(
-    gate: &Gate,
+    deps: &Deps,
     p: &Principal,
     proof: AnswersProof<'_>,
     ip: &str,
@@ -983,16 +979,16 @@ async fn answers_allowed(
     if proof.recent_step_up {
         return Ok(());
     }
-    let has_pin = pin::load_record(&*gate.store, &p.sub).await?.is_some();
+    let has_pin = pin::load_record(&*deps.store, &p.sub).await?.is_some();
     match (has_pin, proof.pin.filter(|pin| !pin.is_empty())) {
         (true, Some(entered)) => pin::verify(
-            &*gate.store,
-            &gate.hasher,
-            &gate.settings.lockout,
+            &*deps.store,
+            &deps.hasher,
+            &deps.settings.lockout,
             &p.sub,
             ip,
             entered,
-            Some(&|sub: &str, ip: &str| crate::outbound::notify::pin_suspended(gate, sub, ip)),
+            Some(&|sub: &str, ip: &str| crate::flows::notice::pin_suspended(deps, sub, ip)),
         )
         .await
         .map_err(|e| match e {
@@ -1006,7 +1002,7 @@ async fn answers_allowed(
         (false, _)
             if fresh_login(
                 p.login_time,
-                gate.settings.pin.enroll_window,
+                deps.settings.pin.enroll_window,
                 crate::util::clock::now(),
             ) =>
         {
@@ -1020,8 +1016,8 @@ async fn answers_allowed(
 /// so the list never tells whether (or how) an account exists. A reset
 /// needs right answers to every question the user answered; answers to
 /// other questions are ignored.
-pub fn questions_for(gate: &Gate, _id: &Identifier) -> Result<Vec<Question>, FlowError> {
-    let qs = &gate.settings.security_questions;
+pub fn questions_for(deps: &Deps, _id: &Identifier) -> Result<Vec<Question>, FlowError> {
+    let qs = &deps.settings.security_questions;
     if qs.is_empty() {
         return Err(FlowError::Disabled(
             "No security questions are configured on this gateway.",
@@ -1031,8 +1027,8 @@ pub fn questions_for(gate: &Gate, _id: &Identifier) -> Result<Vec<Question>, Flo
 }
 
 /// The questions a signed-in user has answered (account page).
-pub async fn answered(gate: &Gate, sub: &str) -> Result<Vec<String>, FlowError> {
-    Ok(match gate.store.get(&keys::answers(sub)).await? {
+pub async fn answered(deps: &Deps, sub: &str) -> Result<Vec<String>, FlowError> {
+    Ok(match deps.store.get(&keys::answers(sub)).await? {
         Some(raw) => parse::<BTreeMap<String, String>>(&raw)?
             .into_keys()
             .collect(),
@@ -1073,13 +1069,13 @@ struct AuthTokenRecord {
 
 /// A single-use, short-lived token that lets `uid` set a PIN.
 pub async fn issue_auth_token(
-    gate: &Gate,
+    deps: &Deps,
     uid: &str,
     minted_for: AuthTokenFor,
 ) -> Result<(String, i64), FlowError> {
     counted("auth_token", async {
         let token = secret_token();
-        let ttl = gate.settings.pin.auth_token_ttl;
+        let ttl = deps.settings.pin.auth_token_ttl;
         let exp = crate::util::clock::now() + ttl.as_secs() as i64;
         let rec = AuthTokenRecord {
             sub: uid.to_string(),
@@ -1087,7 +1083,7 @@ pub async fn issue_auth_token(
             minted_for: Some(minted_for),
         };
         // Kept an hour past expiry, so an expired token is told apart (1240).
-        gate.store
+        deps.store
             .put(
                 &keys::pin_auth_token(&token_digest(&token)),
                 &json_of(&rec)?,
@@ -1110,7 +1106,7 @@ pub struct PinSet {
 }
 
 pub async fn set_by_auth_token(
-    gate: &Gate,
+    deps: &Deps,
     token: &str,
     new: &str,
     ua: &str,
@@ -1121,7 +1117,7 @@ pub async fn set_by_auth_token(
             return Err(FlowError::AuthTokenInvalid);
         }
         let key = keys::pin_auth_token(&token_digest(token));
-        let raw = gate
+        let raw = deps
             .store
             .get(&key)
             .await?
@@ -1136,43 +1132,43 @@ pub async fn set_by_auth_token(
         match rec.minted_for {
             Some(AuthTokenFor::Server) => {}
             Some(AuthTokenFor::Login(t))
-                if fresh_login(Some(t), gate.settings.pin.enroll_window, now) => {}
+                if fresh_login(Some(t), deps.settings.pin.enroll_window, now) => {}
             _ => {
                 crate::util::audit::event("pin_auth_token_stale_login", &rec.sub, ip, "");
                 return Err(FlowError::LoginNotFresh);
             }
         }
-        pin::check_new_pin(new, &gate.settings.pin)?;
-        if pin::load_record(&*gate.store, &rec.sub).await?.is_some() {
+        pin::check_new_pin(new, &deps.settings.pin)?;
+        if pin::load_record(&*deps.store, &rec.sub).await?.is_some() {
             return Err(FlowError::PinAlreadySet);
         }
-        if gate.store.take(&key).await?.is_none() {
+        if deps.store.take(&key).await?.is_none() {
             return Err(FlowError::AuthTokenInvalid);
         }
-        pin::create_pin(&*gate.store, &gate.hasher, &rec.sub, new).await?;
-        pin::clear_lockout(&*gate.store, &rec.sub).await?;
+        pin::create_pin(&*deps.store, &deps.hasher, &rec.sub, new).await?;
+        pin::clear_lockout(&*deps.store, &rec.sub).await?;
         metrics::ENROLLMENTS.inc();
-        gate.known_pins.insert(&rec.sub);
+        deps.known_pins.insert(&rec.sub);
         crate::util::audit::event("pin_set", &rec.sub, ip, "pin auth token");
-        gate.notifier
+        deps.notifier
             .event("SetPIN", &rec.sub, json!({"Method": "pinauthtoken"}));
-        let profile = profile::load(&*gate.store, &rec.sub)
+        let profile = profile::load(&*deps.store, &rec.sub)
             .await?
             .unwrap_or(Profile {
                 sub: rec.sub.clone(),
                 ..Default::default()
             });
-        let (session, access) = if gate.settings.pin.login {
+        let (session, access) = if deps.settings.pin.login {
             // A PINAuthToken is not a first-factor login: sessions from it
             // are never "fresh" (no new recovery credentials without a
             // step-up).
-            let (t, s) = open_session(gate, profile.clone(), None, ua).await?;
-            let access = gate.keys.issue_session(
+            let (t, s) = open_session(deps, profile.clone(), None, ua).await?;
+            let access = deps.keys.issue_session(
                 &profile,
                 &s.id,
                 None,
-                crate::auth::revocations::now_ms(),
-                gate.settings.pin.login_ttl.as_secs() as i64,
+                crate::util::clock::now_ms(),
+                deps.settings.pin.login_ttl.as_secs() as i64,
             );
             (Some((t, s.expires)), Some(access))
         } else {
@@ -1193,19 +1189,19 @@ pub async fn set_by_auth_token(
 /// ([`AuthTokenFor::Login`]); the one handed to this login in the last
 /// minute is reused (a retrying client costs no store write).
 pub async fn required_pin_token(
-    gate: &Gate,
+    deps: &Deps,
     p: &Principal,
 ) -> Result<Option<(String, i64)>, FlowError> {
     let now = crate::util::clock::now();
     let Some(login_time) = p
         .login_time
-        .filter(|_| fresh_login(p.login_time, gate.settings.pin.enroll_window, now))
+        .filter(|_| fresh_login(p.login_time, deps.settings.pin.enroll_window, now))
     else {
         return Ok(None);
     };
-    let fresh_from = now + gate.settings.pin.auth_token_ttl.as_secs() as i64 - 60;
+    let fresh_from = now + deps.settings.pin.auth_token_ttl.as_secs() as i64 - 60;
     let cache_key = format!("{}\0{login_time}", p.sub);
-    if let Some((t, exp)) = gate
+    if let Some((t, exp)) = deps
         .required_pin_tokens
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -1215,9 +1211,9 @@ pub async fn required_pin_token(
     {
         return Ok(Some((t, exp)));
     }
-    let (t, exp) = issue_auth_token(gate, &p.sub, AuthTokenFor::Login(login_time)).await?;
+    let (t, exp) = issue_auth_token(deps, &p.sub, AuthTokenFor::Login(login_time)).await?;
     crate::util::bounded::insert(
-        &mut gate
+        &mut deps
             .required_pin_tokens
             .lock()
             .unwrap_or_else(|p| p.into_inner()),
@@ -1232,59 +1228,33 @@ pub async fn required_pin_token(
 /// Does this signed-in user still have to set up a PIN (`pin.required`) or
 /// be offered one (`pin.offer_setup`, unless skipped)? Answered from memory
 /// once known, so requests of users with a PIN cost no store call.
-pub async fn needs_setup(gate: &Gate, sub: &str) -> Result<bool, FlowError> {
-    if gate.known_pins.contains(sub) {
+pub async fn needs_setup(deps: &Deps, sub: &str) -> Result<bool, FlowError> {
+    if deps.known_pins.contains(sub) {
         return Ok(false);
     }
-    if pin::load_record(&*gate.store, sub).await?.is_some() {
-        gate.known_pins.insert(sub);
+    if pin::load_record(&*deps.store, sub).await?.is_some() {
+        deps.known_pins.insert(sub);
         return Ok(false);
     }
-    if !gate.settings.pin.required && gate.store.get(&keys::pin_skip(sub)).await?.is_some() {
-        gate.known_pins.insert(sub);
+    if !deps.settings.pin.required && deps.store.get(&keys::pin_skip(sub)).await?.is_some() {
+        deps.known_pins.insert(sub);
         return Ok(false);
     }
     Ok(true)
 }
 
 /// Remember that the user chose not to set up an optional PIN.
-pub async fn skip_setup(gate: &Gate, sub: &str, ip: &str) -> Result<(), FlowError> {
+pub async fn skip_setup(deps: &Deps, sub: &str, ip: &str) -> Result<(), FlowError> {
     counted("skip", async {
-        if gate.settings.pin.required {
+        if deps.settings.pin.required {
             return Err(FlowError::Disabled("A PIN is required on this site."));
         }
-        gate.store.put(&keys::pin_skip(sub), b"1", None).await?;
-        gate.known_pins.insert(sub);
+        deps.store.put(&keys::pin_skip(sub), b"1", None).await?;
+        deps.known_pins.insert(sub);
         crate::util::audit::event("pin_setup_skipped", sub, ip, "");
         Ok(())
     })
     .await
-}
-
-/// Subjects known to have a PIN (or to have skipped an optional one), per
-/// gateway snapshot; bounded.
-#[derive(Default)]
-pub struct KnownPins {
-    set: std::sync::Mutex<std::collections::HashSet<String>>,
-}
-
-impl KnownPins {
-    const MAX: usize = 200_000;
-
-    pub fn contains(&self, sub: &str) -> bool {
-        self.set
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(sub)
-    }
-
-    pub fn insert(&self, sub: &str) {
-        let mut s = self.set.lock().unwrap_or_else(|p| p.into_inner());
-        if s.len() >= Self::MAX {
-            s.clear();
-        }
-        s.insert(sub.to_string());
-    }
 }
 
 #[cfg(test)]

@@ -3,8 +3,10 @@
 //! sessions, resets, PINAuthTokens, setup). Each answers with a value or a
 //! [`error::FlowError`]; turning either into HTTP happens in `http`.
 
+pub mod deps;
 pub mod error;
 pub mod lifecycle;
+pub mod notice;
 pub mod otp;
 pub mod pin;
 pub mod profile;

@@ -16,9 +16,9 @@ use subtle::ConstantTimeEq;
 
 use crate::auth::principal::Principal;
 use crate::config::OtpMode;
+use crate::flows::deps::Deps;
 use crate::flows::error::FlowError;
 use crate::flows::pin;
-use crate::gate::Gate;
 use crate::store::keys;
 use crate::util::digest::digest_b64;
 use crate::util::metrics;
@@ -61,10 +61,10 @@ fn flag_key(sub: &str, email: &str) -> String {
 }
 
 /// Addresses verified as email authenticators (MFA mode).
-pub async fn verified_addresses(gate: &Gate, p: &Principal) -> Result<Vec<String>, FlowError> {
+pub async fn verified_addresses(deps: &Deps, p: &Principal) -> Result<Vec<String>, FlowError> {
     let mut out = Vec::new();
     for e in &p.otp_emails {
-        if gate.store.get(&flag_key(&p.sub, e)).await?.is_some() {
+        if deps.store.get(&flag_key(&p.sub, e)).await?.is_some() {
             out.push(e.clone());
         }
     }
@@ -73,9 +73,9 @@ pub async fn verified_addresses(gate: &Gate, p: &Principal) -> Result<Vec<String
 
 /// Which purpose a send to `email` has: enrollment in MFA mode while the
 /// address is not yet an authenticator, else a step-up.
-pub async fn purpose_for(gate: &Gate, p: &Principal, email: &str) -> Result<Purpose, FlowError> {
-    if gate.settings.email_otp.mode == OtpMode::Mfa
-        && gate.store.get(&flag_key(&p.sub, email)).await?.is_none()
+pub async fn purpose_for(deps: &Deps, p: &Principal, email: &str) -> Result<Purpose, FlowError> {
+    if deps.settings.email_otp.mode == OtpMode::Mfa
+        && deps.store.get(&flag_key(&p.sub, email)).await?.is_none()
     {
         return Ok(Purpose::Enroll);
     }
@@ -93,28 +93,28 @@ pub struct Sent {
 /// `enroll_allowed`: the caller checked that an MFA enrollment may start
 /// (a fresh first-factor login).
 pub async fn send(
-    gate: &Gate,
+    deps: &Deps,
     p: &Principal,
     email: &str,
     ip: &str,
     enroll_allowed: bool,
 ) -> Result<Sent, FlowError> {
-    let s = &gate.settings.email_otp;
+    let s = &deps.settings.email_otp;
     let email = email.trim().to_ascii_lowercase();
     if !p.otp_emails.contains(&email) {
         crate::util::audit::event("otp_refused_address", &p.sub, ip, "not in profile");
         return Err(FlowError::EmailNotInProfile);
     }
-    let purpose = purpose_for(gate, p, &email).await?;
+    let purpose = purpose_for(deps, p, &email).await?;
     if purpose == Purpose::Enroll && !enroll_allowed {
         return Err(FlowError::LoginNotFresh);
     }
-    let Some(mailer) = gate.mailer.clone() else {
+    let Some(mailer) = deps.mailer.clone() else {
         return Err(FlowError::NotConfigured);
     };
     let now = crate::util::clock::now();
     let cool_key = keys::otp_cooldown(&p.sub);
-    if !gate
+    if !deps
         .store
         .put_if_absent(&cool_key, b"1", s.resend_cooldown)
         .await?
@@ -124,13 +124,13 @@ pub async fn send(
         });
     }
     let hour_key = keys::otp_hourly(&p.sub);
-    let hourly = gate
+    let hourly = deps
         .store
         .incr(&hour_key, Duration::from_secs(3600))
         .await?;
     if hourly.value > s.max_sends_per_hour as i64 {
-        gate.store.decr(&hour_key).await?;
-        gate.store.delete(&cool_key).await?;
+        deps.store.decr(&hour_key).await?;
+        deps.store.delete(&cool_key).await?;
         return Err(FlowError::SendLimit {
             until: hourly.expires_at_ms.div_ceil(1000) as i64,
         });
@@ -143,18 +143,18 @@ pub async fn send(
     };
     let expires_at = now + s.ttl.as_secs() as i64;
     let pending = Pending {
-        mac: gate.keys.otp_mac(&p.sub, &email, &code),
+        mac: deps.keys.otp_mac(&p.sub, &email, &code),
         email: email.clone(),
         expires_at,
         purpose,
     };
     let raw = serde_json::to_vec(&pending).map_err(|_| FlowError::Internal)?;
     // A new code starts with all its tries.
-    gate.store.delete(&keys::otp_tries(&p.sub)).await?;
-    gate.store
+    deps.store.delete(&keys::otp_tries(&p.sub)).await?;
+    deps.store
         .put(&keys::otp(&p.sub), &raw, Some(s.ttl))
         .await?;
-    let mail = gate.pages.otp_mail(&email, &code, s.ttl, expires_at);
+    let mail = deps.pages.otp_mail(&email, &code, s.ttl, expires_at);
     match mailer.send(mail).await {
         Ok(()) => {
             metrics::OTP_SENT.inc();
@@ -167,9 +167,9 @@ pub async fn send(
         }
         Err(e) => {
             // Nothing consumed: the user may retry at once.
-            let _ = gate.store.delete(&keys::otp(&p.sub)).await;
-            let _ = gate.store.delete(&cool_key).await;
-            let _ = gate.store.decr(&hour_key).await;
+            let _ = deps.store.delete(&keys::otp(&p.sub)).await;
+            let _ = deps.store.delete(&cool_key).await;
+            let _ = deps.store.decr(&hour_key).await;
             metrics::OTP_SEND_FAILURES.inc();
             crate::util::audit::event("otp_send_failed", &p.sub, ip, &e.to_string());
             tracing::warn!(target: "stepgate", error = %e, "sending the email code failed");
@@ -179,8 +179,8 @@ pub async fn send(
 }
 
 /// Where a pending code went, for the code page.
-pub async fn pending(gate: &Gate, p: &Principal) -> Result<Option<Sent>, FlowError> {
-    let Some(raw) = gate.store.get(&keys::otp(&p.sub)).await? else {
+pub async fn pending(deps: &Deps, p: &Principal) -> Result<Option<Sent>, FlowError> {
+    let Some(raw) = deps.store.get(&keys::otp(&p.sub)).await? else {
         return Ok(None);
     };
     let rec: Pending = serde_json::from_slice(&raw).map_err(|_| FlowError::Internal)?;
@@ -194,13 +194,13 @@ pub async fn pending(gate: &Gate, p: &Principal) -> Result<Option<Sent>, FlowErr
 /// Verify a code. On success the code is consumed and, for an enrollment,
 /// the address becomes an authenticator.
 pub async fn verify(
-    gate: &Gate,
+    deps: &Deps,
     p: &Principal,
     code: &str,
     ip: &str,
 ) -> Result<Purpose, FlowError> {
     let key = keys::otp(&p.sub);
-    let Some(raw) = gate.store.get(&key).await? else {
+    let Some(raw) = deps.store.get(&key).await? else {
         metrics::OTP_VERIFICATIONS
             .with_label_values(&["no_code"])
             .inc();
@@ -215,20 +215,20 @@ pub async fn verify(
         return Err(FlowError::NoCode);
     }
     // Codes share the PIN's lockout, suspension included.
-    let notice = |sub: &str, ip: &str| crate::outbound::notify::pin_suspended(gate, sub, ip);
-    let attempt = pin::reserve(&*gate.store, &gate.settings.lockout, &p.sub, ip)
+    let notice = |sub: &str, ip: &str| crate::flows::notice::pin_suspended(deps, sub, ip);
+    let attempt = pin::reserve(&*deps.store, &deps.settings.lockout, &p.sub, ip)
         .await?
         .on_suspend(Some(&notice));
     // Each guess takes a try atomically before it is compared, so concurrent
     // guesses can never exceed `max_tries` for one code.
-    let max_tries = gate.settings.email_otp.max_tries as i64;
+    let max_tries = deps.settings.email_otp.max_tries as i64;
     let tries_key = keys::otp_tries(&p.sub);
     let ttl = Duration::from_secs((rec.expires_at - now).max(1) as u64);
-    let tries = gate.store.incr(&tries_key, ttl).await?.value;
+    let tries = deps.store.incr(&tries_key, ttl).await?.value;
     if tries > max_tries {
         // Not evaluated: released, and the run of failures goes on.
         attempt.abandon().await;
-        gate.store.delete(&key).await?;
+        deps.store.delete(&key).await?;
         metrics::OTP_VERIFICATIONS
             .with_label_values(&["burned"])
             .inc();
@@ -237,14 +237,14 @@ pub async fn verify(
     let code = code.trim();
     let right = code.len() <= 16
         && bool::from(
-            gate.keys
+            deps.keys
                 .otp_mac(&p.sub, &rec.email, code)
                 .as_bytes()
                 .ct_eq(rec.mac.as_bytes()),
         );
     if right {
         // Single use: only the caller that takes the record succeeds.
-        if gate.store.take(&key).await?.is_none() {
+        if deps.store.take(&key).await?.is_none() {
             attempt.abandon().await;
             metrics::OTP_VERIFICATIONS
                 .with_label_values(&["replay"])
@@ -253,7 +253,7 @@ pub async fn verify(
         }
         attempt.success().await?;
         if rec.purpose == Purpose::Enroll {
-            gate.store
+            deps.store
                 .put(&flag_key(&p.sub, &rec.email), b"1", None)
                 .await?;
             crate::util::audit::event(
@@ -275,7 +275,7 @@ pub async fn verify(
     crate::util::audit::event("otp_failure", &p.sub, ip, "");
     let left = (max_tries - tries).max(0) as u32;
     if left == 0 {
-        gate.store.delete(&key).await?;
+        deps.store.delete(&key).await?;
         crate::util::audit::event("otp_burned", &p.sub, ip, "");
     }
     match attempt.failure(&p.sub, ip).await? {

@@ -16,39 +16,30 @@ use arc_swap::ArcSwap;
 use crate::auth::first_factor::Verifier;
 use crate::auth::tokens::Keys;
 use crate::config::Settings;
+use crate::flows::deps::Deps;
 use crate::flows::pin::Hasher;
 use crate::policy::Policy;
-use crate::store::Store;
 use crate::templates::Pages;
 
+/// One consistent snapshot: what the flows need ([`Deps`], which a Gate
+/// derefs to) plus what only the proxy uses: the policy, the first-factor
+/// verifier, the assertion signer and the owned header names.
 pub struct Gate {
-    pub settings: Settings,
+    pub deps: Deps,
     pub policy: Policy,
     pub verifier: Arc<Verifier>,
-    pub keys: Arc<Keys>,
-    pub store: Arc<dyn Store>,
-    pub hasher: Arc<Hasher>,
-    pub pages: Pages,
-    pub mailer: Option<Arc<dyn crate::outbound::mail::Mailer>>,
     pub assertion: Arc<crate::auth::assertion::Signer>,
-    /// Invalidated step-ups, shared by every snapshot.
-    pub revocations: Arc<crate::auth::revocations::Revocations>,
     /// Names (lowercase, `_` as `-`) of headers stepgate owns: client copies
     /// are always removed.
     pub owned_headers: Vec<String>,
-    /// Webhook events and SMS.
-    pub notifier: Arc<crate::outbound::notify::Notifier>,
-    /// Users known to have a PIN (for `pin.required` / `pin.offer_setup`);
-    /// carried into the next snapshot by a reload (see [`Shared::reload`]).
-    pub known_pins: Arc<crate::flows::lifecycle::KnownPins>,
-    /// PINAuthTokens handed out with 1243 answers, by user, so a client that
-    /// retries does not mint (and store) a new one per request; carried into
-    /// the next snapshot by a reload.
-    pub required_pin_tokens: Arc<std::sync::Mutex<RequiredPinTokens>>,
 }
 
-/// PINAuthTokens handed out, by `sub \0 login time`: (token, expiry).
-pub type RequiredPinTokens = std::collections::HashMap<String, (String, i64)>;
+impl std::ops::Deref for Gate {
+    type Target = Deps;
+    fn deref(&self) -> &Deps {
+        &self.deps
+    }
+}
 
 impl Gate {
     pub fn build(settings: Settings) -> Result<Gate, String> {
@@ -65,20 +56,22 @@ impl Gate {
         Ok(Gate {
             policy: r.policy,
             verifier: Arc::new(verifier),
-            keys,
-            store,
-            // PIN hashing never takes every core from the proxy's workers
-            // (pass-through p99 during a wrong-PIN storm: 3.6x -> 2.0x idle).
-            hasher: Arc::new(Hasher::new(cores.saturating_sub(settings.threads).max(1))),
-            pages: r.pages,
-            mailer: r.mailer,
             assertion: r.assertion,
-            revocations: Arc::default(),
             owned_headers: r.owned_headers,
-            notifier: r.notifier,
-            known_pins: Default::default(),
-            required_pin_tokens: Default::default(),
-            settings,
+            deps: Deps {
+                keys,
+                store,
+                // PIN hashing never takes every core from the proxy's workers
+                // (pass-through p99 during a wrong-PIN storm: 3.6x -> 2.0x idle).
+                hasher: Arc::new(Hasher::new(cores.saturating_sub(settings.threads).max(1))),
+                pages: r.pages,
+                mailer: r.mailer,
+                revocations: Arc::default(),
+                notifier: r.notifier,
+                known_pins: Default::default(),
+                required_pin_tokens: Default::default(),
+                settings,
+            },
         })
     }
 
@@ -296,20 +289,22 @@ impl Shared {
         let gate = Gate {
             policy: r.policy,
             verifier: old.verifier.clone(),
-            keys: old.keys.clone(),
-            store: old.store.clone(),
-            hasher: old.hasher.clone(),
-            pages: r.pages,
-            mailer: r.mailer,
             assertion: r.assertion,
-            revocations: old.revocations.clone(),
             owned_headers: r.owned_headers,
-            notifier: r.notifier,
-            known_pins,
-            // Bound to a login and checked against the running settings on
-            // each use: still valid.
-            required_pin_tokens: old.required_pin_tokens.clone(),
-            settings,
+            deps: Deps {
+                keys: old.keys.clone(),
+                store: old.store.clone(),
+                hasher: old.hasher.clone(),
+                pages: r.pages,
+                mailer: r.mailer,
+                revocations: old.revocations.clone(),
+                notifier: r.notifier,
+                known_pins,
+                // Bound to a login and checked against the running settings on
+                // each use: still valid.
+                required_pin_tokens: old.required_pin_tokens.clone(),
+                settings,
+            },
         };
         drop(old);
         let replaced = self.current.swap(Arc::new(gate));

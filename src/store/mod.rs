@@ -9,7 +9,7 @@ pub mod memory;
 pub mod redis;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -112,7 +112,7 @@ pub trait Store: Send + Sync {
     }
     /// Call `f` for invalidations other gateways record (stores shared by
     /// several gateways push them; a single-process store has nothing to push).
-    fn watch_revocations(&self, _prefix: &str, _f: crate::auth::revocations::OnRevoke) {}
+    fn watch_revocations(&self, _prefix: &str, _f: crate::store::OnRevoke) {}
     /// Drop expired entries, for backends that do not expire by themselves.
     async fn sweep(&self) -> Result<usize, StoreError> {
         Ok(0)
@@ -120,11 +120,12 @@ pub trait Store: Send + Sync {
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    crate::util::clock::now_ms() as u64
 }
+
+/// A callback for revocations pushed by other gateways: (key, at, expiry
+/// in Unix ms when the entry ends).
+pub type OnRevoke = Arc<dyn Fn(&str, i64, Option<i64>) + Send + Sync>;
 
 /// Keys, in one place. Everything about one user shares the `{u:...}` hash
 /// tag so multi-key operations stay on one Redis Cluster slot.
@@ -297,7 +298,7 @@ impl Store for Bounded {
     async fn revocations(&self, _prefix: &str) -> Result<Vec<Revocation>, StoreError> {
         self.inner.revocations(&self.prefix).await
     }
-    fn watch_revocations(&self, _prefix: &str, f: crate::auth::revocations::OnRevoke) {
+    fn watch_revocations(&self, _prefix: &str, f: crate::store::OnRevoke) {
         self.inner.watch_revocations(&self.prefix, f)
     }
     async fn sweep(&self) -> Result<usize, StoreError> {

@@ -293,7 +293,7 @@ impl Store for RedisStore {
     }
     /// Subscribe on a connection of its own; after every (re)connection the
     /// whole hash is read again, so nothing published while away is missed.
-    fn watch_revocations(&self, prefix: &str, f: crate::auth::revocations::OnRevoke) {
+    fn watch_revocations(&self, prefix: &str, f: crate::store::OnRevoke) {
         let name = format!("{prefix}revocations");
         let url = match &self.target {
             Target::Single(u) => u.clone(),

@@ -6,7 +6,7 @@
 
 use minijinja::context;
 
-use super::{flow_page, human_time, login_needed, read_form, Req};
+use super::{flow_page, login_needed, read_form, Req};
 use crate::auth::principal::Principal;
 use crate::flows::error::FlowError;
 use crate::flows::lifecycle;
@@ -14,6 +14,7 @@ use crate::flows::pin;
 use crate::flows::profile::{Identifier, Profile};
 use crate::gate::Gate;
 use crate::util::clock;
+use crate::util::clock::human_time;
 use crate::web::reply::{field, parse_form, query_param, safe_return_to, url_encode, Reply};
 
 fn secure(req: &Req<'_>) -> &'static str {
@@ -477,7 +478,7 @@ async fn login_submit(gate: &Gate, req: &Req<'_>) -> Reply {
                     let (su, _) = gate.keys.issue_stepup_ms(
                         &p,
                         crate::policy::Factor::Pin,
-                        crate::auth::revocations::now_ms(),
+                        crate::util::clock::now_ms(),
                         ttl,
                     );
                     reply.add(

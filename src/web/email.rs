@@ -94,7 +94,7 @@ fn code_form(
     gate.pages.render(
         status,
         "email_code.html",
-        context! { csrf => gate.keys.csrf_token(p, clock::now()), return_to, masked => &sent.masked, expires => super::human_time(sent.expires_at), length => gate.settings.email_otp.length, error },
+        context! { csrf => gate.keys.csrf_token(p, clock::now()), return_to, masked => &sent.masked, expires => crate::util::clock::human_time(sent.expires_at), length => gate.settings.email_otp.length, error },
     )
 }
 

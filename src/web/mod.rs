@@ -6,6 +6,7 @@
 mod account;
 pub mod api;
 mod email;
+pub mod json;
 mod pin_api;
 pub mod reply;
 
@@ -18,6 +19,7 @@ use crate::flows::pin;
 use crate::gate::Gate;
 use crate::policy::{Factor, Require};
 use crate::util::clock;
+use crate::util::clock::human_time;
 use crate::util::metrics;
 use crate::web::reply::{
     field, parse_form, query_param, safe_return_to, url_encode, FormError, Reply,
@@ -328,7 +330,7 @@ pub(crate) async fn check_stepup_pin(
     ip: &str,
     entered: &str,
 ) -> Result<(), FlowError> {
-    let notice = |sub: &str, ip: &str| crate::outbound::notify::pin_suspended(gate, sub, ip);
+    let notice = |sub: &str, ip: &str| crate::flows::notice::pin_suspended(gate, sub, ip);
     let r = pin::verify(
         &*gate.store,
         &gate.hasher,
@@ -362,7 +364,7 @@ pub(crate) async fn stepup_success(
     let ttl = gate.stepup_ttl();
     let (token, _) = gate
         .keys
-        .issue_stepup_ms(p, factor, crate::auth::revocations::now_ms(), ttl);
+        .issue_stepup_ms(p, factor, crate::util::clock::now_ms(), ttl);
     let name = gate.stepup_cookie_name(req.tls);
     let secure = if req.tls { "; Secure" } else { "" };
     crate::flows::lifecycle::remember_profile(gate, p).await;
@@ -470,19 +472,6 @@ async fn setup_submit(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
         )),
         Err(e) => flow_page(gate, e, &return_to),
     }
-}
-
-/// Format a Unix time for people (UTC).
-pub fn human_time(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::macros::format_description!(
-                "[hour]:[minute]:[second] UTC on [year]-[month]-[day]"
-            ))
-            .ok()
-        })
-        .unwrap_or_else(|| unix.to_string())
 }
 
 /// The one mapping from flow errors to pages.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
-use super::api::{body, check_api_secret, error, flow_error, rfc3339, string_field};
+use super::json::{body, check_api_secret, error, flow_error, rfc3339, string_field};
 use super::Req;
 use crate::auth::principal::Principal;
 use crate::flows::error::FlowError;
@@ -35,7 +35,7 @@ pub async fn route(
     if !OURS.iter().any(|p| route.starts_with(p)) {
         return None;
     }
-    let expected = super::api::ROUTES
+    let expected = super::json::ROUTES
         .iter()
         .find(|(_, path)| *path == route)
         .map(|(m, _)| *m)?;
