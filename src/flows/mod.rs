@@ -10,3 +10,6 @@ pub mod notice;
 pub mod otp;
 pub mod pin;
 pub mod profile;
+
+#[cfg(test)]
+mod tests;

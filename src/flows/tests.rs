@@ -1,0 +1,170 @@
+//! The flows driven directly, without a gateway or sockets: a [`Deps`] over
+//! the in-memory store, and the real Argon2 hasher.
+
+use super::deps::Deps;
+use super::error::FlowError;
+use super::lifecycle::{self, AuthTokenFor};
+use super::{otp, pin};
+use crate::auth::principal::Principal;
+use crate::flows::profile::Profile;
+
+fn alice() -> Principal {
+    Principal {
+        sub: "alice".into(),
+        otp_emails: vec!["alice@x.io".into()],
+        email: Some("alice@x.io".into()),
+        emails: vec!["alice@x.io".into()],
+        session: "sid-1".into(),
+        login_time: Some(crate::util::clock::now()),
+        expires: crate::util::clock::now() + 600,
+        username: None,
+        phone: None,
+        pin_session: None,
+    }
+}
+
+async fn enrolled(d: &Deps, p: &Principal, pin_: &str) {
+    pin::enroll(
+        &*d.store,
+        &d.hasher,
+        &d.settings.pin,
+        &p.sub,
+        "10.0.0.1",
+        pin_,
+        pin_,
+    )
+    .await
+    .expect("a first PIN enrolls");
+}
+
+#[tokio::test]
+async fn a_pin_auth_token_sets_a_pin_once_and_only_once() {
+    let d = Deps::for_tests("");
+    let (token, _) = lifecycle::issue_auth_token(&d, "alice", AuthTokenFor::Server)
+        .await
+        .unwrap();
+    let set = lifecycle::set_by_auth_token(&d, &token, "2580", "ua", "10.0.0.1").await;
+    assert!(set.is_ok(), "{:?}", set.err());
+    assert_eq!(
+        lifecycle::set_by_auth_token(&d, &token, "1397", "ua", "10.0.0.1")
+            .await
+            .err(),
+        Some(FlowError::AuthTokenInvalid),
+        "a PINAuthToken is single use"
+    );
+    let p = alice();
+    pin::verify(
+        &*d.store,
+        &d.hasher,
+        &d.settings.lockout,
+        &p.sub,
+        "ip",
+        "2580",
+        None,
+    )
+    .await
+    .expect("the PIN it set is the user's PIN");
+}
+
+#[tokio::test]
+async fn a_pin_auth_token_for_a_stale_login_is_refused() {
+    let d = Deps::for_tests("");
+    let long_ago = crate::util::clock::now() - 86_400;
+    let (token, _) = lifecycle::issue_auth_token(&d, "alice", AuthTokenFor::Login(long_ago))
+        .await
+        .unwrap();
+    let r = lifecycle::set_by_auth_token(&d, &token, "2580", "ua", "10.0.0.1").await;
+    assert_eq!(r.err(), Some(FlowError::LoginNotFresh));
+}
+
+#[tokio::test]
+async fn changing_a_pin_needs_the_current_one() {
+    let d = Deps::for_tests("");
+    let p = alice();
+    enrolled(&d, &p, "2580").await;
+    let wrong = lifecycle::change(&d, &p, "10.0.0.1", "1111", "1397", None).await;
+    assert!(
+        matches!(wrong, Err(FlowError::WrongCurrentPin { .. })),
+        "{wrong:?}"
+    );
+    lifecycle::change(&d, &p, "10.0.0.1", "2580", "1397", None)
+        .await
+        .expect("the right current PIN changes it");
+    let lock = &d.settings.lockout;
+    assert!(
+        pin::verify(&*d.store, &d.hasher, lock, "alice", "ip", "1397", None)
+            .await
+            .is_ok()
+    );
+    assert!(matches!(
+        pin::verify(&*d.store, &d.hasher, lock, "alice", "ip", "2580", None).await,
+        Err(FlowError::WrongPin { .. })
+    ));
+}
+
+#[tokio::test]
+async fn pin_sessions_end_when_the_user_is_invalidated() {
+    let d = Deps::for_tests("");
+    let p = alice();
+    let (token, s) = lifecycle::open_session(&d, Profile::of(&p), p.login_time, "Firefox")
+        .await
+        .unwrap();
+    assert_eq!(lifecycle::load_session(&d, &token).await.unwrap().id, s.id);
+    assert_eq!(lifecycle::sessions(&d, "alice").await.unwrap().len(), 1);
+    lifecycle::invalidate_user(&d, "alice", "10.0.0.1")
+        .await
+        .unwrap();
+    assert_eq!(
+        lifecycle::load_session(&d, &token).await.err(),
+        Some(FlowError::SessionInvalid)
+    );
+    assert!(lifecycle::sessions(&d, "alice").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_email_code_is_mailed_and_used_once() {
+    let mailbox = tempfile::tempdir().unwrap();
+    let d = Deps::for_tests(&format!(
+        "mail: {{ from: \"stepgate@x.io\", dir: \"{}\" }}\n",
+        mailbox.path().display()
+    ));
+    let p = alice();
+    otp::send(&d, &p, "alice@x.io", "10.0.0.1", false)
+        .await
+        .expect("a code goes out");
+    let mail = std::fs::read_dir(mailbox.path())
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .next()
+        .expect("one message in the mailbox");
+    let len = d.settings.email_otp.length;
+    let code = mail
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|w| w.len() == len)
+        .expect("the code is in the mail")
+        .to_string();
+    assert!(
+        otp::verify(&d, &p, "000000x", "10.0.0.1").await.is_err(),
+        "a wrong code is refused"
+    );
+    otp::verify(&d, &p, &code, "10.0.0.1")
+        .await
+        .expect("the mailed code verifies");
+    assert_eq!(
+        otp::verify(&d, &p, &code, "10.0.0.1").await.err(),
+        Some(FlowError::NoCode),
+        "and only once"
+    );
+}
+
+#[tokio::test]
+async fn a_code_to_an_address_outside_the_profile_is_never_sent() {
+    let mailbox = tempfile::tempdir().unwrap();
+    let d = Deps::for_tests(&format!(
+        "mail: {{ from: \"stepgate@x.io\", dir: \"{}\" }}\n",
+        mailbox.path().display()
+    ));
+    let r = otp::send(&d, &alice(), "mallory@evil.example", "10.0.0.1", false).await;
+    assert_eq!(r.err(), Some(FlowError::EmailNotInProfile));
+    assert_eq!(std::fs::read_dir(mailbox.path()).unwrap().count(), 0);
+}
