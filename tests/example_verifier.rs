@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::jwk::JwkSet;
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
-use stepgate::assertion::{Claims, Signer};
+use stepgate::auth::assertion::{Claims, Signer};
 use verify_assertion::{describe, verify, Expect, Refusal};
 
 const PIN: &str = "2580";
