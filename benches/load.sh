@@ -21,7 +21,10 @@
 # SCENARIOS="proxies idle storm reload profile" (which parts run; the report
 # rewrites only the sections of the parts that ran) RELOAD_ROUNDS=2
 # RELOAD_DURATION=10 RELOAD_CONNS=16 RELOAD_EVERY=0.6 (seconds between policy
-# rewrites + SIGHUP) SG_BIN= (the stepgate binary to measure, e.g. an older
+# rewrites + SIGHUP) RELOAD_PATHS=1000 (distinct paths of the signed-in
+# target, each its own signed assertion; 0: public route only) RELOAD_RULES=0
+# (extra rules in the reloaded policy, to measure a large one) SG_BIN= (the
+# stepgate binary to measure, e.g. an older
 # build for a before/after; default: the release build of this tree)
 # Only loopback; everything started here is stopped on exit.
 set -euo pipefail
@@ -50,6 +53,8 @@ RELOAD_ROUNDS="${RELOAD_ROUNDS:-2}"
 RELOAD_DURATION="${RELOAD_DURATION:-10}"
 RELOAD_CONNS="${RELOAD_CONNS:-16}"
 RELOAD_EVERY="${RELOAD_EVERY:-0.6}"
+RELOAD_RULES="${RELOAD_RULES:-0}"
+RELOAD_PATHS="${RELOAD_PATHS:-1000}"
 has() { case " $SCENARIOS " in *" $1 "*) return 0 ;; esac; return 1; }
 
 log() { printf '[load] %s\n' "$*" >&2; }
@@ -224,7 +229,12 @@ fi
 # The reload scenario's gateway: the same config with a policy file of its own,
 # so its reloads touch no other gateway.
 if has reload; then
-  cp "$W/policy.yaml" "$W/policy-sgr.yaml"
+  { cat "$W/policy.yaml"
+    for ((i = 0; i < RELOAD_RULES; i++)); do
+      printf '  - name: extra-%s\n    match: { path: "/extra/%s/**", methods: [GET, POST] }\n    require: step_up\n    step_up: { methods: [pin], max_age: 10m }\n' "$i" "$i"
+    done
+  } >"$W/policy-sgr-base.yaml"
+  cp "$W/policy-sgr-base.yaml" "$W/policy-sgr.yaml"
   sg_conf sgr "$P_SGR" "$P_SGRM" policy-sgr.yaml
   start sgr "${PRELOAD_ENV[@]}" "$SG" serve --config "$W/sgr.yaml"
 fi
@@ -322,16 +332,19 @@ wait_quiet() {
   echo "$bg"
 }
 
-# run_wrk NAME PORT PATH PID SECONDS TSV [CONNS]: one wrk run, one line appended
-# to TSV. wrk counts a response slower than 2 s (--timeout) as a timeout and
-# leaves it out of the latency figures.
+# run_wrk NAME PORT PATH PID SECONDS TSV [CONNS [LUA]]: one wrk run, one line
+# appended to TSV (LUA: a wrk script choosing the requests). wrk counts a
+# response slower than 2 s (--timeout) as a timeout and leaves it out of the
+# latency figures.
 run_wrk() {
   local name="$1" port="$2" path="$3" pid="$4" secs="$5" tsv="$6" conns="${7:-$CONNS}" out c0 c1 a0 a1 bg o0 o1 sb0 st0 sb1 st1
+  local script=()
+  [ -n "${8:-}" ] && script=(-s "$8")
   out="$W/wrk-$name.txt"
   if [ -n "${NO_WAIT:-}" ]; then bg="$(background_pct 1)"; else bg="$(wait_quiet)"; fi
   c0="$(cpu_ticks "$pid")"; a0="$(cpu_ticks "$PID_nginx_auth")"
   o0="$(our_ticks)"; read -r sb0 st0 <<<"$(sys_ticks)"
-  wrk -t"$WRK_THREADS" -c"$conns" -d"${secs}s" --timeout 2s --latency -H "Cookie: $COOKIE" "http://127.0.0.1:$port$path" >"$out" 2>&1
+  wrk -t"$WRK_THREADS" -c"$conns" -d"${secs}s" --timeout 2s --latency "${script[@]}" -H "Cookie: $COOKIE" "http://127.0.0.1:$port$path" >"$out" 2>&1
   c1="$(cpu_ticks "$pid")"; a1="$(cpu_ticks "$PID_nginx_auth")"
   o1="$(our_ticks)"; read -r sb1 st1 <<<"$(sys_ticks)"
   local foreign=$(( ((sb1 - sb0) - (o1 - o0)) * 100 / (st1 - st0 > 0 ? st1 - st0 : 1) ))
@@ -343,7 +356,7 @@ run_wrk() {
   reqs="$(awk '/requests in/ {print $1}' "$out")"
   non2xx="$(awk '/Non-2xx/ {print $NF}' "$out")"
   sockerr="$(awk '/Socket errors/ {print}' "$out" | tr -s ' ' | tr ' ' '_')"
-  maxl="$(awk '$1=="Latency" {print $4}' "$out" | to_ms)"
+  maxl="$(awk '$1=="Latency" && $2!="Distribution" {print $4; exit}' "$out" | to_ms)"
   timeouts="$(awk '/Socket errors/ {print $NF}' "$out")"
   read -r u0 s0 <<<"$c0"; read -r u1 s1 <<<"$c1"
   read -r au0 as0 <<<"$a0"; read -r au1 as1 <<<"$a1"
@@ -430,18 +443,44 @@ done
 fi
 
 # --- throughput and latency while the policy is reloaded ---
-# wrk on the public route of a gateway of its own (RELOAD_CONNS connections),
-# alternately without reloads and while a loop replaces the policy file (a
-# sibling renamed over it, as deploy tools do) and sends SIGHUP every
-# RELOAD_EVERY s. Every rewrite adds a differently named rule, so each reload
-# builds and swaps in a new snapshot.
+# wrk on a gateway of its own (RELOAD_CONNS connections), alternately without
+# reloads and while a loop replaces the policy file (a sibling renamed over it,
+# as deploy tools do) and sends SIGHUP every RELOAD_EVERY s. Every rewrite adds
+# a differently named rule, so each reload builds and swaps in a new snapshot.
+# Two targets: the public route, and a signed-in route (the policy's default)
+# spread over RELOAD_PATHS paths, where every distinct path is forwarded with
+# its own signed assertion (the signer reuses one for 5 s).
 RTSV="$W/reload.tsv"; : >"$RTSV"
 RCOUNTS="$W/reload-counts.tsv"; : >"$RCOUNTS"
+cat >"$W/paths.lua" <<EOF
+-- Requests spread over $RELOAD_PATHS signed-in paths.
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("GET", "/app/p" .. (n % $RELOAD_PATHS))
+end
+EOF
+# reload_pair ROUND NAME PATH [LUA]: a run without reloads, then one with.
+reload_pair() {
+  local r="$1" name="$2" path="$3" lua="${4:-}" ok0 err0 ok1 err1 stop rl
+  run_wrk "${name}_none" "$P_SGR" "$path" "$PID_sgr" "$RELOAD_DURATION" "$RTSV" "$RELOAD_CONNS" "$lua"
+  ok0="$(reloads_metric "$P_SGRM" ok)"; err0="$(reloads_metric "$P_SGRM" error)"
+  stop="$W/reload-stop-$r-$name"
+  reload_loop "$stop" &
+  rl=$!; PIDS+=("$rl")
+  NO_WAIT=1 run_wrk "${name}_hup" "$P_SGR" "$path" "$PID_sgr" "$RELOAD_DURATION" "$RTSV" "$RELOAD_CONNS" "$lua"
+  touch "$stop"; wait "$rl" || true
+  sleep 1  # the last SIGHUP's reload
+  ok1="$(reloads_metric "$P_SGRM" ok)"; err1="$(reloads_metric "$P_SGRM" error)"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$r" "$(cat "$stop.count")" $((ok1 - ok0)) $((err1 - err0)) "$name" >>"$RCOUNTS"
+  log "reload round $r, $name: $(cat "$stop.count") policy rewrites + SIGHUP, $((ok1 - ok0)) reloads applied, $((err1 - err0)) refused"
+  LAST_REWRITE="$(cat "$stop.count")"
+}
 reload_loop() { # reload_loop STOPFILE: until STOPFILE exists
   local i=0
   while [ ! -e "$1" ]; do
     i=$((i + 1))
-    { cat "$W/policy.yaml"
+    { cat "$W/policy-sgr-base.yaml"
       printf '  - name: pushed-%s\n    match: { path: "/pushed/%s/**" }\n    require: deny\n' "$i" "$i"
     } >"$W/policy-sgr.yaml.next"
     mv -f "$W/policy-sgr.yaml.next" "$W/policy-sgr.yaml"
@@ -453,22 +492,14 @@ reload_loop() { # reload_loop STOPFILE: until STOPFILE exists
 if has reload; then
   for r in $(seq "$RELOAD_ROUNDS"); do
     log "reload round $r/$RELOAD_ROUNDS (${RELOAD_DURATION}s each, $RELOAD_CONNS connections)"
-    run_wrk reload_none "$P_SGR" /public/x "$PID_sgr" "$RELOAD_DURATION" "$RTSV" "$RELOAD_CONNS"
-    ok0="$(reloads_metric "$P_SGRM" ok)"; err0="$(reloads_metric "$P_SGRM" error)"
-    stop="$W/reload-stop-$r"
-    reload_loop "$stop" &
-    rl=$!; PIDS+=("$rl")
-    NO_WAIT=1 run_wrk reload_hup "$P_SGR" /public/x "$PID_sgr" "$RELOAD_DURATION" "$RTSV" "$RELOAD_CONNS"
-    touch "$stop"; wait "$rl" || true
-    sleep 1  # the last SIGHUP's reload
-    ok1="$(reloads_metric "$P_SGRM" ok)"; err1="$(reloads_metric "$P_SGRM" error)"
-    printf '%s\t%s\t%s\t%s\n' "$r" "$(cat "$stop.count")" $((ok1 - ok0)) $((err1 - err0)) >>"$RCOUNTS"
-    log "reload round $r: $(cat "$stop.count") policy rewrites + SIGHUP, $((ok1 - ok0)) reloads applied, $((err1 - err0)) refused"
+    reload_pair "$r" reload /public/x
+    if [ "$RELOAD_PATHS" -gt 0 ]; then reload_pair "$r" reload_paths /app/p0 "$W/paths.lua"; fi
   done
   # How long each reload took to build and swap (the gateway logs it).
   grep -o '"took_ms":[0-9.]*' "$W/sgr.log" | cut -d: -f2 >"$W/reload-took.txt" || true
-  code="$(curl -s -o /dev/null -w '%{http_code}' -H "Cookie: $COOKIE" "http://127.0.0.1:$P_SGR/pushed/1/x")"
-  [ "$code" = 403 ] || { log "the reloaded policy did not apply: /pushed/1/x answered $code, not 403"; exit 1; }
+  # The last rewrite's rule applies.
+  code="$(curl -s -o /dev/null -w '%{http_code}' -H "Cookie: $COOKIE" "http://127.0.0.1:$P_SGR/pushed/$LAST_REWRITE/x")"
+  [ "$code" = 403 ] || { log "the reloaded policy did not apply: /pushed/$LAST_REWRITE/x answered $code, not 403"; exit 1; }
 fi
 
 # --- profiles (perf, cpu-clock sampling) of the bare proxy and the step-up route ---
@@ -492,7 +523,7 @@ python3 benches/report.py --runs "$TSV" --hwm "$HWM" --idle "$IDLE" --storm "$ST
   --storm-log "$W/storm-all.log" --profiles "$PROF" --out "$OUT" \
   --reload "$RTSV" --reload-counts "$RCOUNTS" --reload-took "$W/reload-took.txt" \
   --meta "scenarios=$SCENARIOS" "reload_rounds=$RELOAD_ROUNDS" "reload_duration=$RELOAD_DURATION" \
-  "reload_conns=$RELOAD_CONNS" "reload_every=$RELOAD_EVERY" "sg_bin=${SG_BIN:-}" \
+  "reload_conns=$RELOAD_CONNS" "reload_every=$RELOAD_EVERY" "reload_rules=$RELOAD_RULES" "reload_paths=$RELOAD_PATHS" "sg_bin=${SG_BIN:-}" \
   "rounds=$ROUNDS" "duration=$DURATION" "conns=$CONNS" "wrk_threads=$WRK_THREADS" \
   "workers=$WORKERS" "idle_conns=$IDLE_CONNS" "storm=$STORM" "storm_rounds=$STORM_ROUNDS" \
   "storm_duration=$STORM_DURATION" "load_before=$LOAD0" "quiet_pct=$QUIET_PCT" "quiet_max=$QUIET_MAX" "nice=$NICE" "alloc_preload=$ALLOC_PRELOAD" \

@@ -130,17 +130,35 @@ def reload_section(a, meta):
         L.append(f"- stepgate binary: `{meta['sg_bin']}` (`SG_BIN`)")
     L.append(
         f"- load: wrk {meta.get('wrk_threads')} thread, {meta.get('reload_conns')} connections, `--latency --timeout 2s`, "
-        f"on the public route (`require: none`) of a gateway of its own ({meta.get('workers')} worker, embedded store, "
-        f"JSON access log to a file); {meta.get('reload_rounds')} round(s) × {meta.get('reload_duration')} s, each round "
+        f"on a gateway of its own ({meta.get('workers')} worker, embedded store, JSON access log to a file); "
+        f"{meta.get('reload_rounds')} round(s) × {meta.get('reload_duration')} s per target and condition, each target "
         f"first without reloads, then while a loop replaces the policy file (written beside it, renamed over it) and "
         f"sends SIGHUP every {every} s; each rewrite adds a differently named rule, so every reload builds a new snapshot"
     )
+    if int(meta.get("reload_paths", "0") or 0):
+        L.append(
+            "- targets: the public route (`require: none`: no identity, no assertion), and a signed-in route (the "
+            f"policy's `default: authenticated`) spread over {int(meta['reload_paths']):,} paths by a wrk script: "
+            "one user, but every path is forwarded with its own signed assertion (ES256; one signature is reused "
+            "for identical claims for 5 s, benches/MICRO.md)"
+        )
+    else:
+        L.append("- target: the public route (`require: none`: no identity, no assertion)")
+    extra = int(meta.get("reload_rules", "0") or 0)
+    L.append("- policy: the benchmark's 2 rules" + (f" plus {extra:,} step-up rules (`RELOAD_RULES`)" if extra else "")
+             + ", plus the rule each rewrite adds")
     L.append(
         "- a timeout is a response wrk did not get within 2 s (it is left out of the latency figures); "
         "max is the slowest response that did arrive"
     )
     L.append("")
-    labels = {"reload_none": "no reloads", "reload_hup": f"policy rewrite + SIGHUP every {every} s"}
+    paths = f"{int(meta.get('reload_paths', '0') or 0):,}"
+    labels = {
+        "reload_none": "public route, no reloads",
+        "reload_hup": f"public route, policy rewrite + SIGHUP every {every} s",
+        "reload_paths_none": f"signed-in route over {paths} paths, no reloads",
+        "reload_paths_hup": f"signed-in route over {paths} paths, rewrite + SIGHUP every {every} s",
+    }
     L.append("| condition | req/s (median; min–max) | p50 ms | p99 ms (median; per round) | max ms (worst; per round) | timeouts > 2 s (per round) | non-2xx | socket errors | CPU s / 10k req |")
     L.append("|---|---|---|---|---|---|---|---|---|")
     for k, label in labels.items():
@@ -155,16 +173,18 @@ def reload_section(a, meta):
             f"{'; '.join(e.replace('Socket_errors:_', '').replace('_', ' ') for e in x['sockerr']) or 'none'} | {x['cpu']:.3f} |"
         )
     L.append("")
-    if "reload_none" in s and "reload_hup" in s:
-        n, h = s["reload_none"], s["reload_hup"]
-        L.append(
-            f"- with reloads: {h['rps'] / n['rps']:.2f}× the req/s and {h['p99'] / n['p99']:.2f}× the p99 "
-            "of the same gateway without reloads"
-        )
+    for base, what in (("reload", "public route"), ("reload_paths", "signed-in route")):
+        if f"{base}_none" in s and f"{base}_hup" in s:
+            n, h = s[f"{base}_none"], s[f"{base}_hup"]
+            L.append(
+                f"- {what} with reloads: {h['rps'] / n['rps']:.2f}× the req/s and {h['p99'] / n['p99']:.2f}× the p99 "
+                "of the same gateway without reloads"
+            )
     for r in counts:
-        rnd, rewrites, ok, err = (r + ["", "", "", ""])[:4]
-        L.append(f"- round {rnd}: {rewrites} policy rewrites + SIGHUP, {ok} reloads applied, {err} refused "
-                 "(`stepgate_reloads_total`)")
+        rnd, rewrites, ok, err, name = (r + ["", "", "", "", ""])[:5]
+        target = {"reload": "public route", "reload_paths": "signed-in route"}.get(name, name)
+        L.append(f"- round {rnd}{', ' + target if target else ''}: {rewrites} policy rewrites + SIGHUP, {ok} reloads "
+                 f"applied, {err} refused (`stepgate_reloads_total`)")
     if took:
         med = statistics.median(took)
         L.append(
@@ -175,18 +195,18 @@ def reload_section(a, meta):
     return "\n".join(L).rstrip() + "\n"
 
 
-def put_block(old, begin, end, text, after=None):
+def put_block(old, begin, end, text, first=True):
     """`old` with the text between `begin` and `end` replaced by `text`; without
-    the markers, the block goes after the marker `after` (if present) or first."""
+    the markers, the block goes first (under the title) or, with `first`
+    false, last."""
     block = f"{begin}\n{text}{end}"
     if begin in old and end in old:
         return old[: old.index(begin)] + block + old[old.index(end) + len(end):]
-    if after and after in old:
-        i = old.index(after) + len(after)
-        return old[:i] + "\n\n" + block + old[i:]
-    if not old:
-        return "# stepgate load benchmark results\n\n" + block + "\n"
     head = "# stepgate load benchmark results\n\n"
+    if not old:
+        return head + block + "\n"
+    if not first:
+        return old.rstrip("\n") + "\n\n" + block + "\n"
     rest = old[len(head):] if old.startswith(head) else old
     return head + block + "\n\n" + rest
 
@@ -209,7 +229,7 @@ def main():
     reload_text = reload_section(a, meta)
     if reload_text:
         print(reload_text)
-        new = put_block(new, RBEGIN, REND, reload_text, after=END)
+        new = put_block(new, RBEGIN, REND, reload_text, first=False)
     if out and new != old:
         with open(out, "w") as f:
             f.write(new)
