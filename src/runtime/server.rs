@@ -57,7 +57,7 @@ pub fn run(config_path: &Path, settings: Settings, extra: Extra) -> Result<(), S
         gate.verifier
             .install_jwks(&text)
             .map_err(|e| format!("first_factor.jwt.jwks_url: {e}"))?;
-        spawn_jwks_refresh(gate.clone(), url.clone(), *refresh);
+        spawn_jwks_refresh(gate.verifier.clone(), url.clone(), *refresh);
     }
     // Invalidations recorded so far, and those other gateways will record.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -73,7 +73,7 @@ pub fn run(config_path: &Path, settings: Settings, extra: Extra) -> Result<(), S
         }
     }
     drop(rt);
-    spawn_sweeper(gate.clone());
+    spawn_sweeper(gate.store.clone());
     crate::runtime::watch::spawn(shared.clone())?;
 
     let mut conf = ServerConf {
@@ -152,6 +152,8 @@ pub fn run(config_path: &Path, settings: Settings, extra: Extra) -> Result<(), S
         server.add_service(echo);
     }
     tracing::info!(target: "stepgate", listen = ?gate.settings.listen, policy = %gate.settings.policy_path.display(), rules = gate.policy.rules.len(), "stepgate is starting");
+    // The first snapshot is not kept here: reloads free it when it is done.
+    drop(gate);
     server.run_forever();
 }
 
@@ -182,13 +184,19 @@ fn watch_draining(mut phases: tokio::sync::broadcast::Receiver<pingora::server::
     });
 }
 
-fn spawn_jwks_refresh(gate: Arc<Gate>, url: String, every: Duration) {
+/// Holds the verifier (shared by every snapshot), never a snapshot: a
+/// replaced snapshot is freed once its requests are done.
+fn spawn_jwks_refresh(
+    verifier: Arc<crate::auth::first_factor::Verifier>,
+    url: String,
+    every: Duration,
+) {
     background("stepgate-jwks", async move {
         loop {
             tokio::time::sleep(every).await;
             match crate::auth::first_factor::fetch_jwks(&url)
                 .await
-                .and_then(|t| gate.verifier.install_jwks(&t))
+                .and_then(|t| verifier.install_jwks(&t))
             {
                 Ok(n) => tracing::info!(target: "stepgate", keys = n, "JWKS refreshed"),
                 Err(e) => {
@@ -201,7 +209,7 @@ fn spawn_jwks_refresh(gate: Arc<Gate>, url: String, every: Duration) {
 
 /// Watch the store every second (metric `stepgate_store_up`) and reclaim
 /// expired entries of the embedded store every ten minutes.
-fn spawn_sweeper(gate: Arc<Gate>) {
+fn spawn_sweeper(store: Arc<dyn crate::store::Store>) {
     background("stepgate-store-watch", async move {
         let mut tick: u64 = 0;
         let mut was_up = true;
@@ -209,7 +217,7 @@ fn spawn_sweeper(gate: Arc<Gate>) {
             tokio::time::sleep(Duration::from_secs(1)).await;
             tick += 1;
             // The store's state, for the metric and the log.
-            let ping = gate.store.ping().await;
+            let ping = store.ping().await;
             let up = ping.is_ok();
             crate::util::metrics::STORE_UP.set(up as i64);
             if up != was_up {
@@ -222,7 +230,7 @@ fn spawn_sweeper(gate: Arc<Gate>) {
                 was_up = up;
             }
             if tick.is_multiple_of(600) {
-                if let Err(e) = gate.store.sweep().await {
+                if let Err(e) = store.sweep().await {
                     tracing::warn!(target: "stepgate", error = %e, "store sweep failed");
                 }
             }

@@ -220,23 +220,30 @@ async fn verify_otp(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
     }
 }
 
-/// End every step-up of a user on every gateway (e.g. the IdP calls this on
-/// a password change): step-down.
-async fn invalidate(gate: &Gate, req: &Req<'_>, uid: &str) -> Reply {
-    if let Err(r) = check_api_secret(gate, req) {
-        return r;
-    }
+/// A manage call: the API secret, and the user id from the path.
+fn manage_uid(gate: &Gate, req: &Req<'_>, uid: &str) -> Result<String, Reply> {
+    check_api_secret(gate, req)?;
     let uid = percent_encoding::percent_decode_str(uid)
         .decode_utf8_lossy()
         .into_owned();
     if uid.is_empty() || uid.len() > 256 {
-        return error(
+        return Err(error(
             400,
             901,
             "Invalid user id",
             "The path needs the user's id (sub).",
-        );
+        ));
     }
+    Ok(uid)
+}
+
+/// End every step-up of a user on every gateway (e.g. the IdP calls this on
+/// a password change): step-down.
+async fn invalidate(gate: &Gate, req: &Req<'_>, uid: &str) -> Reply {
+    let uid = match manage_uid(gate, req, uid) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
     match crate::flows::lifecycle::invalidate_user(gate, &uid, req.client_ip).await {
         Ok(()) => Reply::json(200, &json!({"IsPosted": true})),
         Err(e) => flow_error(e),
@@ -247,20 +254,10 @@ async fn invalidate(gate: &Gate, req: &Req<'_>, uid: &str) -> Reply {
 /// suspension and run of failures, and the locks on recovery by answers or
 /// code. Client IPs' locks stay.
 async fn unlock(gate: &Gate, req: &Req<'_>, uid: &str) -> Reply {
-    if let Err(r) = check_api_secret(gate, req) {
-        return r;
-    }
-    let uid = percent_encoding::percent_decode_str(uid)
-        .decode_utf8_lossy()
-        .into_owned();
-    if uid.is_empty() || uid.len() > 256 {
-        return error(
-            400,
-            901,
-            "Invalid user id",
-            "The path needs the user's id (sub).",
-        );
-    }
+    let uid = match manage_uid(gate, req, uid) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
     let store = &*gate.store;
     let cleared = async {
         pin::clear_lockout(store, &uid).await?;

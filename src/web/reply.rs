@@ -133,37 +133,28 @@ pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 
 /// The value of cookie `name` across all Cookie headers.
 pub fn cookie<'a>(headers: impl Iterator<Item = &'a [u8]>, name: &str) -> Option<String> {
-    for h in headers {
-        let Ok(h) = std::str::from_utf8(h) else {
-            continue;
-        };
-        for part in h.split(';') {
-            if let Some((k, v)) = part.trim().split_once('=') {
-                if k == name {
-                    return Some(v.trim_matches('"').to_string());
-                }
-            }
-        }
-    }
-    None
+    cookies_named(headers, name).next().map(str::to_string)
 }
 
 /// Every value of cookie `name`, in order (a client may send it twice).
 pub fn cookie_values<'a>(headers: impl Iterator<Item = &'a [u8]>, name: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for h in headers {
-        let Ok(h) = std::str::from_utf8(h) else {
-            continue;
-        };
-        for part in h.split(';') {
-            if let Some((k, v)) = part.trim().split_once('=') {
-                if k == name {
-                    out.push(v.trim_matches('"').to_string());
-                }
-            }
-        }
-    }
-    out
+    cookies_named(headers, name).map(str::to_string).collect()
+}
+
+fn cookies_named<'a, 'n>(
+    headers: impl Iterator<Item = &'a [u8]> + 'n,
+    name: &'n str,
+) -> impl Iterator<Item = &'a str> + 'n
+where
+    'a: 'n,
+{
+    headers
+        .filter_map(|h| std::str::from_utf8(h).ok())
+        .flat_map(|h| h.split(';'))
+        .filter_map(move |part| match part.trim().split_once('=') {
+            Some((k, v)) if k == name => Some(v.trim_matches('"')),
+            _ => None,
+        })
 }
 
 /// Accept `return_to` only as a same-origin path; anything else becomes `/`.
