@@ -16,13 +16,12 @@ use crate::auth::decision::{decide_with, Decision, Facts, StepUpReason};
 use crate::auth::principal::Principal;
 use crate::auth::tokens::StepUpClaims;
 use crate::gate::{Gate, Shared};
-use crate::policy::StepUp;
 use crate::request::{self, CanonicalRequest, Refusal};
 use crate::store::keys;
 use crate::util::clock;
 use crate::util::metrics;
-use crate::web::reply::{cookie, safe_return_to, url_encode, wants_html, Reply};
-use crate::web::{self, login_redirect, MAX_FORM};
+use crate::web::reply::{cookie, safe_return_to, wants_html, Reply};
+use crate::web::{self, login_redirect, replies, MAX_FORM};
 
 pub struct Proxy {
     pub shared: Arc<Shared>,
@@ -187,24 +186,6 @@ fn may_override_method(req: &RequestHeader, query: Option<&str>) -> bool {
     })
 }
 
-/// A 400 for a request that cannot be read one way only, saying why.
-fn refusal_reply(gate: &Gate, why: Refusal, html: bool) -> Reply {
-    metrics::REFUSED.with_label_values(&[why.code()]).inc();
-    if html {
-        gate.pages.message(
-            400,
-            "Bad request",
-            &format!("This address cannot be served safely: {why}."),
-            None,
-        )
-    } else {
-        Reply::json(
-            400,
-            &serde_json::json!({"error": "invalid_request", "error_description": why.describe(), "reason": why.code()}),
-        )
-    }
-}
-
 /// Headers that make an app route, or act on, another request than the one
 /// decided (IIS/Symfony `X-Original-URL`, method overrides), or that claim
 /// a client address: removed unless a trusted proxy sent them. Compared in
@@ -222,6 +203,146 @@ const CLIENT_CLAIMS: [&str; 4] = [
     "x-forwarded-host",
     "x-forwarded-proto",
 ];
+
+/// A request to stepgate's own paths: its body (at most `MAX_FORM`, within
+/// `timeouts.reserved_body`), then the page or API answer.
+async fn reserved(
+    session: &mut Session,
+    ctx: &Ctx,
+    gate: &Gate,
+    access_token: Option<&str>,
+    stepup_token: Option<String>,
+) -> Result<Reply> {
+    let Some(canon) = ctx.canon.as_ref() else {
+        return Ok(replies::refusal(gate, Refusal::TargetForm, false));
+    };
+    let (method, match_path, query) = (&canon.method, canon.path.matched(), canon.query.as_deref());
+    let tls = gate.settings.tls.is_some();
+    let declared = header(session.req_header(), "content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = Vec::new();
+    if declared > MAX_FORM {
+        return Ok(replies::too_large(gate, match_path));
+    }
+    // A body trickled a byte at a time must not hold the
+    // connection: the whole of it within `timeouts.reserved_body`.
+    let read = tokio::time::timeout(gate.settings.reserved_body_timeout, async {
+        while let Some(chunk) = session.read_request_body().await? {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_FORM {
+                return Ok(false);
+            }
+        }
+        Ok::<bool, Box<Error>>(true)
+    })
+    .await;
+    match read {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => return Ok(replies::too_large(gate, match_path)),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            session.set_keepalive(None);
+            let reply = if match_path.starts_with("/.stepgate/api/") {
+                crate::web::json::error(
+                    408,
+                    901,
+                    "Request timeout",
+                    "The request body did not arrive in time.",
+                )
+            } else {
+                gate.pages.message(
+                    408,
+                    "Too slow",
+                    "The form did not arrive in time; send it again.",
+                    None,
+                )
+            };
+            return Ok(reply);
+        }
+    }
+    let now = clock::now();
+    let principal = match access_token {
+        Some(t) => gate.authenticate(t, now),
+        None => Err(crate::auth::principal::AuthError::Missing),
+    };
+    let origin = origin(session, tls, &ctx.host);
+    let req = session.req_header();
+    let cookies = req
+        .headers
+        .get_all("cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let r = web::Req {
+        method,
+        path: match_path,
+        query,
+        principal,
+        body: &body,
+        content_type: header(session.req_header(), "content-type"),
+        authorization: header(session.req_header(), "authorization"),
+        client_ip: &ctx.client_ip,
+        tls,
+        origin,
+        cookies,
+        user_agent: header(session.req_header(), "user-agent").unwrap_or(""),
+        stepup_token,
+    };
+    Ok(web::handle(gate, &r).await)
+}
+
+/// The credentials a request carries: the first factor (a bearer token, the
+/// first-factor cookie, or stepgate's own session after a PIN login) and the
+/// step-up token. Marks in `ctx` the credential the app must not receive.
+struct Credentials {
+    access_token: Option<String>,
+    stepup_token: Option<String>,
+    /// Two credentials that could name two users: the app might act for
+    /// the one stepgate did not judge.
+    conflicting: bool,
+}
+
+fn credentials(gate: &Gate, req: &RequestHeader, tls: bool, ctx: &mut Ctx) -> Credentials {
+    let cookies = || req.headers.get_all("cookie").iter().map(|v| v.as_bytes());
+    let bearer = header(req, "authorization").and_then(crate::web::reply::bearer);
+    let ff_cookies =
+        crate::web::reply::cookie_values(cookies(), &gate.settings.first_factor.cookie);
+    let conflicting = req.headers.get_all("authorization").iter().count() > 1
+        || ff_cookies.iter().any(|c| c != &ff_cookies[0]);
+    let access_token = bearer
+        .map(str::to_string)
+        .or_else(|| ff_cookies.first().cloned());
+    // After a PIN login, stepgate's own session stands in for an expired or
+    // absent first-factor cookie.
+    let access_token = match gate
+        .settings
+        .pin
+        .login
+        .then(|| cookie(cookies(), gate.login_cookie(tls)))
+        .flatten()
+    {
+        Some(own) => match access_token {
+            Some(t) if gate.verifier.verify(&t, clock::now()).is_ok() => Some(t),
+            _ => Some(own),
+        },
+        None => access_token,
+    };
+    // The app receives only the credential that was judged.
+    ctx.strip_bearer = bearer.is_some() && access_token.as_deref() != bearer;
+    ctx.strip_ff_cookie = ff_cookies
+        .first()
+        .is_some_and(|c| access_token.as_deref() != Some(c.as_str()));
+    let stepup_token = header(req, "x-stepgate-token")
+        .map(str::to_string)
+        .or_else(|| cookie(cookies(), gate.stepup_cookie_name(tls)));
+    Credentials {
+        access_token,
+        stepup_token,
+        conflicting,
+    }
+}
 
 /// The client's address: the socket peer, or, when the peer is a trusted
 /// proxy, the right-most X-Forwarded-For entry that is not one.
@@ -281,53 +402,9 @@ impl Proxy {
             Ok(true) if !s.required => None,
             // 1243, with a PINAuthToken only while the login is fresh.
             Ok(true) => Some(web::api::pin_required(gate, p).await),
-            Err(_) if s.required => Some(unavailable(gate, html)),
+            Err(_) if s.required => Some(replies::unavailable(gate, html)),
             Err(_) => None,
         }
-    }
-
-    fn stepup_reply(
-        &self,
-        html: bool,
-        return_to: &str,
-        step_up: &StepUp,
-        reason: StepUpReason,
-    ) -> Reply {
-        metrics::CHALLENGES
-            .with_label_values(&[if html { "redirect" } else { "rfc9470" }])
-            .inc();
-        if html {
-            return Reply::redirect(&format!(
-                "/.stepgate/challenge?return_to={}",
-                url_encode(return_to)
-            ));
-        }
-        // RFC 9470: tell API clients what authentication would be enough.
-        let methods: Vec<&str> = step_up.methods.iter().map(|f| f.name()).collect();
-        let max_age = step_up.max_age.as_secs();
-        let www = format!(
-            "Bearer error=\"insufficient_user_authentication\", error_description=\"{}\", acr_values=\"{}\", max_age={max_age}",
-            reason.describe(),
-            methods.join(" ")
-        );
-        Reply::json(
-            401,
-            &serde_json::json!({
-                "error": "insufficient_user_authentication",
-                "error_description": reason.describe(),
-                "methods": methods,
-                "max_age": max_age,
-                "challenge": format!("/.stepgate/challenge?return_to={}", url_encode(return_to)),
-                "endpoints": {
-                    "trigger": "/.stepgate/api/stepup/trigger",
-                    "pin": "/.stepgate/api/stepup/pin",
-                    "email_otp_send": "/.stepgate/api/stepup/otp/email",
-                    "email_otp_verify": "/.stepgate/api/stepup/otp/email",
-                    "present_token_in": "X-Stepgate-Token",
-                },
-            }),
-        )
-        .add("WWW-Authenticate", www)
     }
 }
 
@@ -368,46 +445,11 @@ impl ProxyHttp for Proxy {
 
         // 1. Read credentials, then strip every identity header the client sent.
         let req = session.req_header();
-        let cookies = || req.headers.get_all("cookie").iter().map(|v| v.as_bytes());
-        let bearer = header(req, "authorization").and_then(crate::web::reply::bearer);
-        let ff_cookies =
-            crate::web::reply::cookie_values(cookies(), &gate.settings.first_factor.cookie);
-        // Two credentials that could name two users: the app might act for
-        // the one stepgate did not judge.
-        let conflicting = req.headers.get_all("authorization").iter().count() > 1
-            || ff_cookies.iter().any(|c| c != &ff_cookies[0]);
-        let access_token = bearer
-            .map(str::to_string)
-            .or_else(|| ff_cookies.first().cloned());
-        // After a PIN login, stepgate's own session stands in for an
-        // expired or absent first-factor cookie.
-        let access_token = match gate
-            .settings
-            .pin
-            .login
-            .then(|| cookie(cookies(), gate.login_cookie(tls)))
-            .flatten()
-        {
-            Some(own) => match access_token {
-                Some(t) if gate.verifier.verify(&t, clock::now()).is_ok() => Some(t),
-                _ => Some(own),
-            },
-            None => access_token,
-        };
-
-        // The app receives only the credential that was judged.
-        ctx.strip_bearer = bearer.is_some() && access_token.as_deref() != bearer;
-        ctx.strip_ff_cookie = ff_cookies
-            .first()
-            .is_some_and(|c| access_token.as_deref() != Some(c.as_str()));
-        let stepup_token = header(req, "x-stepgate-token")
-            .map(str::to_string)
-            .or_else(|| {
-                cookie(
-                    req.headers.get_all("cookie").iter().map(|v| v.as_bytes()),
-                    gate.stepup_cookie_name(tls),
-                )
-            });
+        let Credentials {
+            access_token,
+            stepup_token,
+            conflicting,
+        } = credentials(gate, req, tls, ctx);
         (ctx.client_ip, ctx.peer_trusted) = client_ip(gate, peer, req);
         let trusted = ctx.peer_trusted;
         let stripped: Vec<String> = req
@@ -440,7 +482,7 @@ impl ProxyHttp for Proxy {
             Err(why) => {
                 ctx.label = "bad_request";
                 tracing::info!(target: "stepgate", reason = why.code(), ip = %ctx.client_ip, "request refused before any rule: {why}");
-                send(session, refusal_reply(gate, why, html)).await?;
+                send(session, replies::refusal(gate, why, html)).await?;
                 return Ok(true);
             }
         };
@@ -464,92 +506,21 @@ impl ProxyHttp for Proxy {
         let wire_path = canon.path.wire().to_string();
         ctx.canon = Some(canon);
 
-        // 2. stepgate's own paths.
-        // Case-insensitively: a case-insensitive app must never receive a
-        // `/.STEPGATE/api/…` body meant for stepgate.
+        // 2. stepgate's own paths, case-insensitively: a case-insensitive
+        // app must never receive a `/.STEPGATE/api/…` body meant for stepgate.
         let lower = match_path.get(..10).map(str::to_ascii_lowercase);
         if lower.as_deref() == Some("/.stepgate")
             && matches!(match_path.as_bytes().get(10), None | Some(b'/'))
         {
             ctx.label = "reserved";
-            let declared = header(session.req_header(), "content-length")
-                .and_then(|v| v.parse::<usize>().ok())
-                .unwrap_or(0);
-            let mut body = Vec::new();
-            if declared > MAX_FORM {
-                send(session, too_large(gate, &match_path)).await?;
-                return Ok(true);
-            }
-            // A body trickled a byte at a time must not hold the
-            // connection: the whole of it within `timeouts.reserved_body`.
-            let read = tokio::time::timeout(gate.settings.reserved_body_timeout, async {
-                while let Some(chunk) = session.read_request_body().await? {
-                    body.extend_from_slice(&chunk);
-                    if body.len() > MAX_FORM {
-                        return Ok(false);
-                    }
-                }
-                Ok::<bool, Box<Error>>(true)
-            })
-            .await;
-            match read {
-                Ok(Ok(true)) => {}
-                Ok(Ok(false)) => {
-                    send(session, too_large(gate, &match_path)).await?;
-                    return Ok(true);
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(_) => {
-                    session.set_keepalive(None);
-                    let reply = if match_path.starts_with("/.stepgate/api/") {
-                        crate::web::json::error(
-                            408,
-                            901,
-                            "Request timeout",
-                            "The request body did not arrive in time.",
-                        )
-                    } else {
-                        gate.pages.message(
-                            408,
-                            "Too slow",
-                            "The form did not arrive in time; send it again.",
-                            None,
-                        )
-                    };
-                    send(session, reply).await?;
-                    return Ok(true);
-                }
-            }
-            let now = clock::now();
-            let principal = match &access_token {
-                Some(t) => gate.authenticate(t, now),
-                None => Err(crate::auth::principal::AuthError::Missing),
-            };
-            let origin = origin(session, tls, &ctx.host);
-            let req = session.req_header();
-            let cookies = req
-                .headers
-                .get_all("cookie")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect::<Vec<_>>()
-                .join("; ");
-            let r = web::Req {
-                method: &method,
-                path: &match_path,
-                query: query.as_deref(),
-                principal,
-                body: &body,
-                content_type: header(session.req_header(), "content-type"),
-                authorization: header(session.req_header(), "authorization"),
-                client_ip: &ctx.client_ip,
-                tls,
-                origin,
-                cookies,
-                user_agent: header(session.req_header(), "user-agent").unwrap_or(""),
-                stepup_token: stepup_token.clone(),
-            };
-            let reply = web::handle(gate, &r).await;
+            let reply = reserved(
+                session,
+                ctx,
+                gate,
+                access_token.as_deref(),
+                stepup_token.clone(),
+            )
+            .await?;
             send(session, reply).await?;
             return Ok(true);
         }
@@ -602,7 +573,7 @@ impl ProxyHttp for Proxy {
                             if let crate::policy::Require::StepUp(s) = m.require {
                                 send(
                                     session,
-                                    self.stepup_reply(
+                                    replies::stepup(
                                         html,
                                         &return_to(),
                                         s,
@@ -615,7 +586,7 @@ impl ProxyHttp for Proxy {
                         }
                         Err(_) => {
                             ctx.label = "store_unavailable";
-                            send(session, unavailable(gate, html)).await?;
+                            send(session, replies::unavailable(gate, html)).await?;
                             return Ok(true);
                         }
                     }
@@ -633,19 +604,7 @@ impl ProxyHttp for Proxy {
             }
             Decision::Deny { rule } => {
                 ctx.rule = rule.to_string();
-                if html {
-                    gate.pages.message(
-                        403,
-                        "Not allowed",
-                        "This address is not available through this gateway.",
-                        None,
-                    )
-                } else {
-                    Reply::json(
-                        403,
-                        &serde_json::json!({"error": "forbidden", "error_description": "denied by policy"}),
-                    )
-                }
+                replies::denied(gate, html)
             }
             Decision::Unauthenticated { rule, error } => {
                 ctx.rule = rule.to_string();
@@ -673,25 +632,8 @@ impl ProxyHttp for Proxy {
                         crate::web::reply::url_encode(&return_to())
                     )
                 });
-                match (
-                    html,
-                    pin_login.or_else(|| login_redirect(gate, &origin, &return_to())),
-                ) {
-                    (true, Some(url)) => Reply::redirect(&url),
-                    (true, None) => gate.pages.message(
-                        401,
-                        "Please sign in",
-                        "You need to be signed in to the application to open this page.",
-                        None,
-                    ),
-                    (false, _) => {
-                        let www = match &error {
-                            crate::auth::principal::AuthError::Missing => "Bearer realm=\"stepgate\"".to_string(),
-                            e => format!("Bearer realm=\"stepgate\", error=\"invalid_token\", error_description=\"{}\"", e.reason()),
-                        };
-                        Reply::json(401, &serde_json::json!({"error": "invalid_token", "error_description": error.reason()})).add("WWW-Authenticate", www)
-                    }
-                }
+                let to = pin_login.or_else(|| login_redirect(gate, &origin, &return_to()));
+                replies::sign_in(gate, html, to, &error)
             }
             Decision::StepUp {
                 rule,
@@ -701,7 +643,7 @@ impl ProxyHttp for Proxy {
             } => {
                 ctx.rule = rule.to_string();
                 tracing::info!(target: "audit", event = "challenge", user = %principal.sub, ip = %ctx.client_ip, rule = rule, reason = ?reason);
-                self.stepup_reply(html, &return_to(), step_up, reason)
+                replies::stepup(html, &return_to(), step_up, reason)
             }
         };
         send(session, reply).await?;
@@ -944,39 +886,6 @@ impl ProxyHttp for Proxy {
             ip = %ctx.client_ip,
             latency_ms,
         );
-    }
-}
-
-fn too_large(gate: &Gate, path: &str) -> Reply {
-    if path.starts_with("/.stepgate/api/") {
-        crate::web::json::error(
-            413,
-            901,
-            "Request too large",
-            "stepgate accepts at most 16 KiB on its own endpoints.",
-        )
-    } else {
-        gate.pages.message(
-            413,
-            "Too large",
-            "This request is larger than stepgate accepts on its own pages (16 KiB).",
-            None,
-        )
-    }
-}
-
-fn unavailable(gate: &Gate, html: bool) -> Reply {
-    if html {
-        gate.pages
-            .message(
-                503,
-                "Temporarily unavailable",
-                "stepgate cannot check your confirmation right now. Try again in a moment.",
-                None,
-            )
-            .add("Retry-After", "5".into())
-    } else {
-        Reply::json(503, &serde_json::json!({"error": "temporarily_unavailable", "error_description": "the step-up store is unavailable"})).add("Retry-After", "5".into())
     }
 }
 

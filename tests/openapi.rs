@@ -296,6 +296,7 @@ fn documented_error_codes_are_the_ones_the_gateway_answers_with() {
     in_code.extend(codes_in(include_str!("../src/web/json.rs")));
     in_code.extend(codes_in(include_str!("../src/web/pin_api.rs")));
     in_code.extend(codes_in(include_str!("../src/proxy.rs")));
+    in_code.extend(codes_in(include_str!("../src/web/replies.rs")));
     assert!(
         in_code.contains(&1236) && in_code.contains(&901),
         "{in_code:?}"

@@ -6,6 +6,7 @@
 pub mod deps;
 pub mod error;
 pub mod lifecycle;
+pub mod lockout;
 pub mod notice;
 pub mod otp;
 pub mod pin;

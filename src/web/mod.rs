@@ -8,6 +8,7 @@ pub mod api;
 mod email;
 pub mod json;
 mod pin_api;
+pub mod replies;
 pub mod reply;
 
 use minijinja::context;

@@ -1,0 +1,145 @@
+//! The answers the proxy gives on its own, as pages for browsers and JSON
+//! for API clients: a request refused before any rule, a step-up challenge
+//! (RFC 9470), a sign-in, a deny, the store being down, a body too large.
+
+use crate::auth::decision::StepUpReason;
+use crate::auth::principal::AuthError;
+use crate::gate::Gate;
+use crate::policy::StepUp;
+use crate::request::Refusal;
+use crate::util::metrics;
+use crate::web::reply::{url_encode, Reply};
+
+/// A 400 for a request that cannot be read one way only, saying why.
+pub fn refusal(gate: &Gate, why: Refusal, html: bool) -> Reply {
+    metrics::REFUSED.with_label_values(&[why.code()]).inc();
+    if html {
+        gate.pages.message(
+            400,
+            "Bad request",
+            &format!("This address cannot be served safely: {why}."),
+            None,
+        )
+    } else {
+        Reply::json(
+            400,
+            &serde_json::json!({"error": "invalid_request", "error_description": why.describe(), "reason": why.code()}),
+        )
+    }
+}
+
+pub fn too_large(gate: &Gate, path: &str) -> Reply {
+    if path.starts_with("/.stepgate/api/") {
+        crate::web::json::error(
+            413,
+            901,
+            "Request too large",
+            "stepgate accepts at most 16 KiB on its own endpoints.",
+        )
+    } else {
+        gate.pages.message(
+            413,
+            "Too large",
+            "This request is larger than stepgate accepts on its own pages (16 KiB).",
+            None,
+        )
+    }
+}
+
+pub fn unavailable(gate: &Gate, html: bool) -> Reply {
+    if html {
+        gate.pages
+            .message(
+                503,
+                "Temporarily unavailable",
+                "stepgate cannot check your confirmation right now. Try again in a moment.",
+                None,
+            )
+            .add("Retry-After", "5".into())
+    } else {
+        Reply::json(503, &serde_json::json!({"error": "temporarily_unavailable", "error_description": "the step-up store is unavailable"})).add("Retry-After", "5".into())
+    }
+}
+
+pub fn stepup(html: bool, return_to: &str, step_up: &StepUp, reason: StepUpReason) -> Reply {
+    metrics::CHALLENGES
+        .with_label_values(&[if html { "redirect" } else { "rfc9470" }])
+        .inc();
+    if html {
+        return Reply::redirect(&format!(
+            "/.stepgate/challenge?return_to={}",
+            url_encode(return_to)
+        ));
+    }
+    // RFC 9470: tell API clients what authentication would be enough.
+    let methods: Vec<&str> = step_up.methods.iter().map(|f| f.name()).collect();
+    let max_age = step_up.max_age.as_secs();
+    let www = format!(
+        "Bearer error=\"insufficient_user_authentication\", error_description=\"{}\", acr_values=\"{}\", max_age={max_age}",
+        reason.describe(),
+        methods.join(" ")
+    );
+    Reply::json(
+        401,
+        &serde_json::json!({
+            "error": "insufficient_user_authentication",
+            "error_description": reason.describe(),
+            "methods": methods,
+            "max_age": max_age,
+            "challenge": format!("/.stepgate/challenge?return_to={}", url_encode(return_to)),
+            "endpoints": {
+                "trigger": "/.stepgate/api/stepup/trigger",
+                "pin": "/.stepgate/api/stepup/pin",
+                "email_otp_send": "/.stepgate/api/stepup/otp/email",
+                "email_otp_verify": "/.stepgate/api/stepup/otp/email",
+                "present_token_in": "X-Stepgate-Token",
+            },
+        }),
+    )
+    .add("WWW-Authenticate", www)
+}
+
+/// A `deny` rule's answer.
+pub fn denied(gate: &Gate, html: bool) -> Reply {
+    if html {
+        gate.pages.message(
+            403,
+            "Not allowed",
+            "This address is not available through this gateway.",
+            None,
+        )
+    } else {
+        Reply::json(
+            403,
+            &serde_json::json!({"error": "forbidden", "error_description": "denied by policy"}),
+        )
+    }
+}
+
+/// No valid first factor: browsers go to `to` (PIN login or the login
+/// URL) or see a page; API clients get 401 with `WWW-Authenticate`.
+pub fn sign_in(gate: &Gate, html: bool, to: Option<String>, error: &AuthError) -> Reply {
+    match (html, to) {
+        (true, Some(url)) => Reply::redirect(&url),
+        (true, None) => gate.pages.message(
+            401,
+            "Please sign in",
+            "You need to be signed in to the application to open this page.",
+            None,
+        ),
+        (false, _) => {
+            let www = match error {
+                AuthError::Missing => "Bearer realm=\"stepgate\"".to_string(),
+                e => format!(
+                    "Bearer realm=\"stepgate\", error=\"invalid_token\", error_description=\"{}\"",
+                    e.reason()
+                ),
+            };
+            Reply::json(
+                401,
+                &serde_json::json!({"error": "invalid_token", "error_description": error.reason()}),
+            )
+            .add("WWW-Authenticate", www)
+        }
+    }
+}
