@@ -3,7 +3,7 @@
 //! follows a request through them; DESIGN.md has the request flow.
 //!
 //! Layers, lowest first (a module imports only from layers below it):
-//! `util` · `config` · `policy` · `request` · `store` · `auth` · `outbound`
+//! `util` · `reply` · `config` · `policy` · `request` · `store` · `auth` · `outbound`
 //! · `templates` · `flows` · `gate` · `web` · `proxy` · `runtime`.
 #![forbid(unsafe_code)]
 
@@ -14,6 +14,7 @@ pub mod gate;
 pub mod outbound;
 pub mod policy;
 pub mod proxy;
+pub mod reply;
 pub mod request;
 pub mod runtime;
 pub mod store;

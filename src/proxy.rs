@@ -16,11 +16,11 @@ use crate::auth::decision::{decide_with, Decision, Facts, StepUpReason};
 use crate::auth::principal::Principal;
 use crate::auth::tokens::StepUpClaims;
 use crate::gate::{Gate, Shared};
+use crate::reply::{cookie, safe_return_to, wants_html, Reply};
 use crate::request::{self, CanonicalRequest, Refusal};
 use crate::store::keys;
 use crate::util::clock;
 use crate::util::metrics;
-use crate::web::reply::{cookie, safe_return_to, wants_html, Reply};
 use crate::web::{self, login_redirect, replies, MAX_FORM};
 
 pub struct Proxy {
@@ -306,9 +306,8 @@ struct Credentials {
 
 fn credentials(gate: &Gate, req: &RequestHeader, tls: bool, ctx: &mut Ctx) -> Credentials {
     let cookies = || req.headers.get_all("cookie").iter().map(|v| v.as_bytes());
-    let bearer = header(req, "authorization").and_then(crate::web::reply::bearer);
-    let ff_cookies =
-        crate::web::reply::cookie_values(cookies(), &gate.settings.first_factor.cookie);
+    let bearer = header(req, "authorization").and_then(crate::reply::bearer);
+    let ff_cookies = crate::reply::cookie_values(cookies(), &gate.settings.first_factor.cookie);
     let conflicting = req.headers.get_all("authorization").iter().count() > 1
         || ff_cookies.iter().any(|c| c != &ff_cookies[0]);
     let access_token = bearer
@@ -396,7 +395,7 @@ impl Proxy {
             Ok(true) if html && (s.required || web::login_is_fresh(gate, p)) => {
                 Some(Reply::redirect(&format!(
                     "/.stepgate/pin/setup?return_to={}",
-                    crate::web::reply::url_encode(&return_to())
+                    crate::reply::url_encode(&return_to())
                 )))
             }
             Ok(true) if !s.required => None,
@@ -629,7 +628,7 @@ impl ProxyHttp for Proxy {
                 let pin_login = has_pin_session.then(|| {
                     format!(
                         "/.stepgate/pin/login?return_to={}",
-                        crate::web::reply::url_encode(&return_to())
+                        crate::reply::url_encode(&return_to())
                     )
                 });
                 let to = pin_login.or_else(|| login_redirect(gate, &origin, &return_to()));

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use minijinja::{Environment, Value};
 
-use crate::web::reply::Reply;
+use crate::reply::Reply;
 
 const BUILTIN: &[(&str, &str)] = &[
     ("base.html", include_str!("../templates/base.html")),

@@ -37,8 +37,7 @@ impl ServeHttp for Echo {
             .map(|p| p.as_str().to_string())
             .unwrap_or_default();
         if req.uri.path() == "/demo/login" {
-            let token =
-                crate::web::reply::query_param(req.uri.query(), "token").unwrap_or_default();
+            let token = crate::reply::query_param(req.uri.query(), "token").unwrap_or_default();
             let safe: String = token
                 .chars()
                 .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))

@@ -13,9 +13,9 @@ use crate::flows::lifecycle;
 use crate::flows::pin;
 use crate::flows::profile::{Identifier, Profile};
 use crate::gate::Gate;
+use crate::reply::{field, parse_form, query_param, safe_return_to, url_encode, Reply};
 use crate::util::clock;
 use crate::util::clock::human_time;
-use crate::web::reply::{field, parse_form, query_param, safe_return_to, url_encode, Reply};
 
 fn secure(req: &Req<'_>) -> &'static str {
     if req.tls {

@@ -15,9 +15,9 @@ use crate::flows::otp;
 use crate::flows::pin;
 use crate::gate::Gate;
 use crate::policy::Factor;
+use crate::reply::{query_param, Reply};
 use crate::util::clock;
 use crate::util::metrics;
-use crate::web::reply::{query_param, Reply};
 
 fn token_reply(gate: &Gate, p: &Principal, factor: Factor) -> Reply {
     let (token, c) =
@@ -78,10 +78,7 @@ pub async fn handle(gate: &Gate, req: &Req<'_>) -> Reply {
     // The API takes the access token from Authorization only, never from
     // the cookie: a cross-site link must not be able to send codes or spend
     // a user's cooldown and hourly cap.
-    let from_header = req
-        .authorization
-        .and_then(crate::web::reply::bearer)
-        .is_some();
+    let from_header = req.authorization.and_then(crate::reply::bearer).is_some();
     let principal = if from_header {
         req.principal.clone()
     } else {

@@ -11,9 +11,9 @@ use crate::flows::error::FlowError;
 use crate::flows::otp::{self, mask};
 use crate::gate::Gate;
 use crate::policy::Factor;
+use crate::reply::{field, query_param, safe_return_to, url_encode, Reply};
 use crate::util::clock;
 use crate::util::metrics;
-use crate::web::reply::{field, query_param, safe_return_to, url_encode, Reply};
 
 /// The addresses this user may pick now, and whether picking one enrolls it.
 async fn choices(gate: &Gate, p: &Principal) -> Result<(Vec<String>, bool), FlowError> {

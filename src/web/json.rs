@@ -10,8 +10,8 @@ use subtle::ConstantTimeEq;
 use super::Req;
 use crate::flows::error::FlowError;
 use crate::gate::Gate;
+use crate::reply::Reply;
 use crate::util::clock;
-use crate::web::reply::Reply;
 
 /// Every API operation, as (method, path under /.stepgate/api). The OpenAPI
 /// description in docs/openapi.yaml is checked against this list by a test.
@@ -159,7 +159,7 @@ pub fn check_api_secret(gate: &Gate, req: &Req<'_>) -> Result<(), Reply> {
     };
     let given = req
         .authorization
-        .and_then(crate::web::reply::bearer)
+        .and_then(crate::reply::bearer)
         .unwrap_or("");
     if !bool::from(given.as_bytes().ct_eq(secret.expose())) {
         return Err(error(

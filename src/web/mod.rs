@@ -9,7 +9,6 @@ mod email;
 pub mod json;
 mod pin_api;
 pub mod replies;
-pub mod reply;
 
 use minijinja::context;
 
@@ -19,12 +18,10 @@ use crate::flows::error::FlowError;
 use crate::flows::pin;
 use crate::gate::Gate;
 use crate::policy::{Factor, Require};
+use crate::reply::{field, parse_form, query_param, safe_return_to, url_encode, FormError, Reply};
 use crate::util::clock;
 use crate::util::clock::human_time;
 use crate::util::metrics;
-use crate::web::reply::{
-    field, parse_form, query_param, safe_return_to, url_encode, FormError, Reply,
-};
 
 /// A request to a reserved path, already read and bounded.
 pub struct Req<'a> {
@@ -49,7 +46,7 @@ pub struct Req<'a> {
 
 impl Req<'_> {
     pub fn cookie(&self, name: &str) -> Option<String> {
-        crate::web::reply::cookie(std::iter::once(self.cookies.as_bytes()), name)
+        crate::reply::cookie(std::iter::once(self.cookies.as_bytes()), name)
             .filter(|v| !v.is_empty())
     }
 

@@ -13,7 +13,7 @@ use crate::auth::principal::Principal;
 use crate::flows::error::FlowError;
 use crate::flows::lifecycle;
 use crate::flows::profile::{Identifier, Profile};
-use crate::web::reply::{query_param, Reply};
+use crate::reply::{query_param, Reply};
 
 /// Answer a PIN lifecycle route, or None when `route` is not one.
 /// `principal`: the caller's access token from Authorization, when valid.

@@ -6,9 +6,9 @@ use crate::auth::decision::StepUpReason;
 use crate::auth::principal::AuthError;
 use crate::gate::Gate;
 use crate::policy::StepUp;
+use crate::reply::{url_encode, Reply};
 use crate::request::Refusal;
 use crate::util::metrics;
-use crate::web::reply::{url_encode, Reply};
 
 /// A 400 for a request that cannot be read one way only, saying why.
 pub fn refusal(gate: &Gate, why: Refusal, html: bool) -> Reply {

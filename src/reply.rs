@@ -1,4 +1,5 @@
-//! The one place for HTTP plumbing shared by pages and the proxy: replies with
+//! The one place for HTTP plumbing shared by pages, templates and the proxy
+//! (a value layer: it imports nothing of stepgate): replies with
 //! the security headers every stepgate answer carries, the strict form
 //! parser, cookies, and `return_to` checks.
 
