@@ -4,11 +4,12 @@
 //!
 //! Layers, lowest first (a module imports only from layers below it):
 //! `util` · `reply` · `config` · `policy` · `request` · `store` · `auth` · `outbound`
-//! · `templates` · `flows` · `gate` · `web` · `proxy` · `runtime`.
+//! · `templates` · `flows` · `gate` · `web` · `edge` · `proxy` · `runtime`.
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod config;
+pub mod edge;
 pub mod flows;
 pub mod gate;
 pub mod outbound;

@@ -15,9 +15,13 @@ use pingora::proxy::FailToProxy;
 use crate::auth::decision::{decide_with, Decision, Facts, StepUpReason};
 use crate::auth::principal::Principal;
 use crate::auth::tokens::StepUpClaims;
+use crate::edge::{
+    canonicalize, client_ip, credentials, header, may_override_method, strip_cookies, Credentials,
+    CLIENT_CLAIMS, REROUTING,
+};
 use crate::gate::{Gate, Shared};
 use crate::reply::{cookie, safe_return_to, wants_html, Reply};
-use crate::request::{self, CanonicalRequest, Refusal};
+use crate::request::{CanonicalRequest, Refusal};
 use crate::store::keys;
 use crate::util::clock;
 use crate::util::metrics;
@@ -83,126 +87,6 @@ fn return_to_of(path: &str, query: Option<&str>) -> String {
         None => safe_return_to(Some(path)),
     }
 }
-
-fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
-    req.headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-/// Parse the request once (RFC 9112 target forms, one valid host, the path
-/// decoded and re-encoded one way), then make the session's request say
-/// exactly that: the canonical target and Host are what the upstream gets.
-fn canonicalize(
-    gate: &Gate,
-    session: &mut Session,
-    trusted: bool,
-) -> Result<CanonicalRequest, Refusal> {
-    let req = session.req_header();
-    let http2 = req.version == http::Version::HTTP_2;
-    let raw = request::Raw {
-        method: req.method.as_str(),
-        target: req.raw_path(),
-        authority: if http2 {
-            req.uri.authority().map(|a| a.as_str().as_bytes())
-        } else {
-            None
-        },
-        hosts: req
-            .headers
-            .get_all("host")
-            .iter()
-            .map(|v| v.as_bytes())
-            .collect(),
-        http10: req.version < http::Version::HTTP_11,
-    };
-    let mut canon = CanonicalRequest::parse(&raw, gate.settings.default_host.as_ref())?;
-    if trusted {
-        // A trusted proxy's X-Forwarded-Host is what many apps take as the
-        // host (Rails, with trusted proxies): then it is the host judged.
-        let xfh: Vec<&[u8]> = req
-            .headers
-            .get_all("x-forwarded-host")
-            .iter()
-            .map(|v| v.as_bytes())
-            .collect();
-        match xfh.as_slice() {
-            [] => {}
-            [one] if !one.contains(&b',') => {
-                canon.host = request::Host::parse(one.trim_ascii())?;
-            }
-            _ => return Err(Refusal::ManyHosts),
-        }
-        // A kept `Forwarded: host=` must name that same host.
-        for v in req.headers.get_all("forwarded").iter() {
-            let v = v.to_str().map_err(|_| Refusal::BadHost)?;
-            for pair in v.split([',', ';']) {
-                let Some((k, h)) = pair.split_once('=') else {
-                    continue;
-                };
-                if k.trim().eq_ignore_ascii_case("host") {
-                    let h = request::Host::parse(h.trim().trim_matches('"').as_bytes())?;
-                    if h.name() != canon.host.name() {
-                        return Err(Refusal::ManyHosts);
-                    }
-                }
-            }
-        }
-    }
-    let target = if gate.settings.upstreams.raw_path {
-        // The client's own bytes, only when they read exactly as the path
-        // that is matched (no parameters, no doubled slashes).
-        let raw = req.raw_path();
-        let path = &raw[..raw.iter().position(|&b| b == b'?').unwrap_or(raw.len())];
-        if !path.starts_with(b"/") || !request::raw_is_faithful(path, &canon.path) {
-            return Err(Refusal::NotFaithful);
-        }
-        raw.to_vec()
-    } else {
-        canon.forward_target().into_bytes()
-    };
-    let req = session.req_header_mut();
-    if !canon.asterisk {
-        req.set_raw_path(&target).map_err(|_| Refusal::BadQuery)?;
-    }
-    req.insert_header("Host", canon.host.authority())
-        .map_err(|_| Refusal::BadHost)?;
-    Ok(canon)
-}
-
-/// Could the app run this POST as another method? Frameworks read a
-/// `_method` field from the query or a form body (which stepgate streams
-/// and does not read), so every form POST counts, and any POST naming
-/// `_method` in its query.
-fn may_override_method(req: &RequestHeader, query: Option<&str>) -> bool {
-    let form = header(req, "content-type").is_some_and(|t| {
-        let t = t.trim_start().to_ascii_lowercase();
-        t.starts_with("application/x-www-form-urlencoded") || t.starts_with("multipart/form-data")
-    });
-    form || query.is_some_and(|q| {
-        q.split('&').any(|kv| {
-            kv.split('=')
-                .next()
-                .is_some_and(|k| k.eq_ignore_ascii_case("_method"))
-        })
-    })
-}
-
-/// Headers that make an app route, or act on, another request than the one
-/// decided (IIS/Symfony `X-Original-URL`, method overrides), or that claim
-/// a client address: removed unless a trusted proxy sent them. Compared in
-/// the `-` spelling, since CGI/WSGI servers read `_` as `-`.
-const REROUTING: [&str; 5] = [
-    "x-original-url",
-    "x-rewrite-url",
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-];
-const CLIENT_CLAIMS: [&str; 4] = [
-    "x-real-ip",
-    "forwarded",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-];
 
 /// A request to stepgate's own paths: its body (at most `MAX_FORM`, within
 /// `timeouts.reserved_body`), then the page or API answer.
@@ -293,85 +177,6 @@ async fn reserved(
     Ok(web::handle(gate, &r).await)
 }
 
-/// The credentials a request carries: the first factor (a bearer token, the
-/// first-factor cookie, or stepgate's own session after a PIN login) and the
-/// step-up token. Marks in `ctx` the credential the app must not receive.
-struct Credentials {
-    access_token: Option<String>,
-    stepup_token: Option<String>,
-    /// Two credentials that could name two users: the app might act for
-    /// the one stepgate did not judge.
-    conflicting: bool,
-}
-
-fn credentials(gate: &Gate, req: &RequestHeader, tls: bool, ctx: &mut Ctx) -> Credentials {
-    let cookies = || req.headers.get_all("cookie").iter().map(|v| v.as_bytes());
-    let bearer = header(req, "authorization").and_then(crate::reply::bearer);
-    let ff_cookies = crate::reply::cookie_values(cookies(), &gate.settings.first_factor.cookie);
-    let conflicting = req.headers.get_all("authorization").iter().count() > 1
-        || ff_cookies.iter().any(|c| c != &ff_cookies[0]);
-    let access_token = bearer
-        .map(str::to_string)
-        .or_else(|| ff_cookies.first().cloned());
-    // After a PIN login, stepgate's own session stands in for an expired or
-    // absent first-factor cookie.
-    let access_token = match gate
-        .settings
-        .pin
-        .login
-        .then(|| cookie(cookies(), gate.login_cookie(tls)))
-        .flatten()
-    {
-        Some(own) => match access_token {
-            Some(t) if gate.verifier.verify(&t, clock::now()).is_ok() => Some(t),
-            _ => Some(own),
-        },
-        None => access_token,
-    };
-    // The app receives only the credential that was judged.
-    ctx.strip_bearer = bearer.is_some() && access_token.as_deref() != bearer;
-    ctx.strip_ff_cookie = ff_cookies
-        .first()
-        .is_some_and(|c| access_token.as_deref() != Some(c.as_str()));
-    let stepup_token = header(req, "x-stepgate-token")
-        .map(str::to_string)
-        .or_else(|| cookie(cookies(), gate.stepup_cookie_name(tls)));
-    Credentials {
-        access_token,
-        stepup_token,
-        conflicting,
-    }
-}
-
-/// The client's address: the socket peer, or, when the peer is a trusted
-/// proxy, the right-most X-Forwarded-For entry that is not one.
-fn client_ip(gate: &Gate, peer: Option<IpAddr>, req: &RequestHeader) -> (String, bool) {
-    let Some(peer) = peer else {
-        return ("unknown".into(), false);
-    };
-    let trusted = |ip: &IpAddr| gate.settings.trusted_proxies.iter().any(|n| n.contains(ip));
-    if !trusted(&peer) {
-        return (peer.to_string(), false);
-    }
-    let mut chain: Vec<IpAddr> = req
-        .headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
-    chain.push(peer);
-    let ip = chain
-        .iter()
-        .rev()
-        .find(|ip| !trusted(ip))
-        .or(chain.first())
-        .copied()
-        .unwrap_or(peer);
-    (ip.to_string(), true)
-}
-
 impl Proxy {
     /// `pin.required` / `pin.offer_setup`: a signed-in user without a PIN is
     /// sent to setup (browser), or refused with ErrorCode 1243 and a
@@ -448,7 +253,10 @@ impl ProxyHttp for Proxy {
             access_token,
             stepup_token,
             conflicting,
-        } = credentials(gate, req, tls, ctx);
+            strip_bearer,
+            strip_ff_cookie,
+        } = credentials(gate, req, tls);
+        (ctx.strip_bearer, ctx.strip_ff_cookie) = (strip_bearer, strip_ff_cookie);
         (ctx.client_ip, ctx.peer_trusted) = client_ip(gate, peer, req);
         let trusted = ctx.peer_trusted;
         let stripped: Vec<String> = req
@@ -909,28 +717,4 @@ fn refresh_jwks_soon(gate: &Arc<Gate>, now: i64) {
             Err(e) => tracing::warn!(target: "stepgate", error = %e, "JWKS refresh failed"),
         }
     });
-}
-
-/// Remove the named cookies from the Cookie header(s), keeping the others.
-fn strip_cookies(req: &mut RequestHeader, names: &[&str]) {
-    let values: Vec<String> = req
-        .headers
-        .get_all("cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::to_string)
-        .collect();
-    if values.is_empty() {
-        return;
-    }
-    let kept: Vec<&str> = values
-        .iter()
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|c| !c.is_empty() && !names.iter().any(|n| c.split('=').next() == Some(n)))
-        .collect();
-    req.remove_header("cookie");
-    if !kept.is_empty() {
-        let _ = req.insert_header("Cookie", kept.join("; "));
-    }
 }

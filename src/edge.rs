@@ -1,0 +1,244 @@
+//! Reading a request at the edge, once: the canonical request (and the
+//! session's request rewritten to it), the credentials, the client's
+//! address, and the headers stepgate owns or refuses to pass on. The proxy's
+//! phases call these; nothing here decides access.
+
+use std::net::IpAddr;
+
+use pingora::http::RequestHeader;
+use pingora::prelude::*;
+
+use crate::gate::Gate;
+use crate::reply::cookie;
+use crate::request::{self, CanonicalRequest, Refusal};
+use crate::util::clock;
+
+pub fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Parse the request once (RFC 9112 target forms, one valid host, the path
+/// decoded and re-encoded one way), then make the session's request say
+/// exactly that: the canonical target and Host are what the upstream gets.
+pub fn canonicalize(
+    gate: &Gate,
+    session: &mut Session,
+    trusted: bool,
+) -> Result<CanonicalRequest, Refusal> {
+    let req = session.req_header();
+    let http2 = req.version == http::Version::HTTP_2;
+    let raw = request::Raw {
+        method: req.method.as_str(),
+        target: req.raw_path(),
+        authority: if http2 {
+            req.uri.authority().map(|a| a.as_str().as_bytes())
+        } else {
+            None
+        },
+        hosts: req
+            .headers
+            .get_all("host")
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect(),
+        http10: req.version < http::Version::HTTP_11,
+    };
+    let mut canon = CanonicalRequest::parse(&raw, gate.settings.default_host.as_ref())?;
+    if trusted {
+        // A trusted proxy's X-Forwarded-Host is what many apps take as the
+        // host (Rails, with trusted proxies): then it is the host judged.
+        let xfh: Vec<&[u8]> = req
+            .headers
+            .get_all("x-forwarded-host")
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        match xfh.as_slice() {
+            [] => {}
+            [one] if !one.contains(&b',') => {
+                canon.host = request::Host::parse(one.trim_ascii())?;
+            }
+            _ => return Err(Refusal::ManyHosts),
+        }
+        // A kept `Forwarded: host=` must name that same host.
+        for v in req.headers.get_all("forwarded").iter() {
+            let v = v.to_str().map_err(|_| Refusal::BadHost)?;
+            for pair in v.split([',', ';']) {
+                let Some((k, h)) = pair.split_once('=') else {
+                    continue;
+                };
+                if k.trim().eq_ignore_ascii_case("host") {
+                    let h = request::Host::parse(h.trim().trim_matches('"').as_bytes())?;
+                    if h.name() != canon.host.name() {
+                        return Err(Refusal::ManyHosts);
+                    }
+                }
+            }
+        }
+    }
+    let target = if gate.settings.upstreams.raw_path {
+        // The client's own bytes, only when they read exactly as the path
+        // that is matched (no parameters, no doubled slashes).
+        let raw = req.raw_path();
+        let path = &raw[..raw.iter().position(|&b| b == b'?').unwrap_or(raw.len())];
+        if !path.starts_with(b"/") || !request::raw_is_faithful(path, &canon.path) {
+            return Err(Refusal::NotFaithful);
+        }
+        raw.to_vec()
+    } else {
+        canon.forward_target().into_bytes()
+    };
+    let req = session.req_header_mut();
+    if !canon.asterisk {
+        req.set_raw_path(&target).map_err(|_| Refusal::BadQuery)?;
+    }
+    req.insert_header("Host", canon.host.authority())
+        .map_err(|_| Refusal::BadHost)?;
+    Ok(canon)
+}
+
+/// Could the app run this POST as another method? Frameworks read a
+/// `_method` field from the query or a form body (which stepgate streams
+/// and does not read), so every form POST counts, and any POST naming
+/// `_method` in its query.
+pub fn may_override_method(req: &RequestHeader, query: Option<&str>) -> bool {
+    let form = header(req, "content-type").is_some_and(|t| {
+        let t = t.trim_start().to_ascii_lowercase();
+        t.starts_with("application/x-www-form-urlencoded") || t.starts_with("multipart/form-data")
+    });
+    form || query.is_some_and(|q| {
+        q.split('&').any(|kv| {
+            kv.split('=')
+                .next()
+                .is_some_and(|k| k.eq_ignore_ascii_case("_method"))
+        })
+    })
+}
+
+/// Headers that make an app route, or act on, another request than the one
+/// decided (IIS/Symfony `X-Original-URL`, method overrides), or that claim
+/// a client address: removed unless a trusted proxy sent them. Compared in
+/// the `-` spelling, since CGI/WSGI servers read `_` as `-`.
+pub const REROUTING: [&str; 5] = [
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+pub const CLIENT_CLAIMS: [&str; 4] = [
+    "x-real-ip",
+    "forwarded",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+];
+
+/// The credentials a request carries: the first factor (a bearer token, the
+/// first-factor cookie, or stepgate's own session after a PIN login) and the
+/// step-up token, and which of them the app must not receive.
+pub struct Credentials {
+    pub access_token: Option<String>,
+    pub stepup_token: Option<String>,
+    /// Two credentials that could name two users: the app might act for
+    /// the one stepgate did not judge.
+    pub conflicting: bool,
+    /// The Authorization / first-factor cookie that is not the judged
+    /// credential: the app must not receive it.
+    pub strip_bearer: bool,
+    pub strip_ff_cookie: bool,
+}
+
+pub fn credentials(gate: &Gate, req: &RequestHeader, tls: bool) -> Credentials {
+    let cookies = || req.headers.get_all("cookie").iter().map(|v| v.as_bytes());
+    let bearer = header(req, "authorization").and_then(crate::reply::bearer);
+    let ff_cookies = crate::reply::cookie_values(cookies(), &gate.settings.first_factor.cookie);
+    let conflicting = req.headers.get_all("authorization").iter().count() > 1
+        || ff_cookies.iter().any(|c| c != &ff_cookies[0]);
+    let access_token = bearer
+        .map(str::to_string)
+        .or_else(|| ff_cookies.first().cloned());
+    // After a PIN login, stepgate's own session stands in for an expired or
+    // absent first-factor cookie.
+    let access_token = match gate
+        .settings
+        .pin
+        .login
+        .then(|| cookie(cookies(), gate.login_cookie(tls)))
+        .flatten()
+    {
+        Some(own) => match access_token {
+            Some(t) if gate.verifier.verify(&t, clock::now()).is_ok() => Some(t),
+            _ => Some(own),
+        },
+        None => access_token,
+    };
+    // The app receives only the credential that was judged.
+    let strip_bearer = bearer.is_some() && access_token.as_deref() != bearer;
+    let strip_ff_cookie = ff_cookies
+        .first()
+        .is_some_and(|c| access_token.as_deref() != Some(c.as_str()));
+    let stepup_token = header(req, "x-stepgate-token")
+        .map(str::to_string)
+        .or_else(|| cookie(cookies(), gate.stepup_cookie_name(tls)));
+    Credentials {
+        access_token,
+        stepup_token,
+        conflicting,
+        strip_bearer,
+        strip_ff_cookie,
+    }
+}
+
+/// The client's address: the socket peer, or, when the peer is a trusted
+/// proxy, the right-most X-Forwarded-For entry that is not one.
+pub fn client_ip(gate: &Gate, peer: Option<IpAddr>, req: &RequestHeader) -> (String, bool) {
+    let Some(peer) = peer else {
+        return ("unknown".into(), false);
+    };
+    let trusted = |ip: &IpAddr| gate.settings.trusted_proxies.iter().any(|n| n.contains(ip));
+    if !trusted(&peer) {
+        return (peer.to_string(), false);
+    }
+    let mut chain: Vec<IpAddr> = req
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    chain.push(peer);
+    let ip = chain
+        .iter()
+        .rev()
+        .find(|ip| !trusted(ip))
+        .or(chain.first())
+        .copied()
+        .unwrap_or(peer);
+    (ip.to_string(), true)
+}
+
+/// Remove the named cookies from the Cookie header(s), keeping the others.
+pub fn strip_cookies(req: &mut RequestHeader, names: &[&str]) {
+    let values: Vec<String> = req
+        .headers
+        .get_all("cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_string)
+        .collect();
+    if values.is_empty() {
+        return;
+    }
+    let kept: Vec<&str> = values
+        .iter()
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && !names.iter().any(|n| c.split('=').next() == Some(n)))
+        .collect();
+    req.remove_header("cookie");
+    if !kept.is_empty() {
+        let _ = req.insert_header("Cookie", kept.join("; "));
+    }
+}
