@@ -10,19 +10,19 @@ const EXAMPLE: &str = r#"
 default: authenticated
 rules:
   - name: health
-match: { path: "/healthz" }
-require: none
+    match: { path: "/healthz" }
+    require: none
   - name: admin-write
-match: { path: "/admin/**", methods: [POST, DELETE] }
-require: step_up
-step_up: { methods: [pin], max_age: 0 }
+    match: { path: "/admin/**", methods: [POST, DELETE] }
+    require: step_up
+    step_up: { methods: [pin], max_age: 0 }
   - name: admin
-match: { host: "app.example.com", path: "/admin/**" }
-require: step_up
-step_up: { methods: [pin, email_otp], max_age: 5m }
+    match: { host: "app.example.com", path: "/admin/**" }
+    require: step_up
+    step_up: { methods: [pin, email_otp], max_age: 5m }
   - name: blocked
-match: { path: "/internal/**" }
-require: deny
+    match: { path: "/internal/**" }
+    require: deny
 "#;
 
 #[test]
@@ -138,7 +138,7 @@ fn case_insensitive_policies_match_any_case() {
     let p = policy("case_insensitive: true\nrules:\n  - { name: a, match: { path: \"/Admin/**\" }, require: deny }\n").unwrap();
     assert_eq!(p.lookup("h", "GET", "/ADMIN/x").rule_name(), "a");
     let p = policy("case_insensitive: false\nrules:\n  - { name: a, match: { path: \"/admin/**\" }, require: deny }\n")
-        .unwrap();
+            .unwrap();
     assert_eq!(p.lookup("h", "GET", "/ADMIN/x").rule_name(), "default");
 }
 

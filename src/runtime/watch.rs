@@ -71,14 +71,10 @@ pub fn spawn(shared: Arc<Shared>) -> Result<(), String> {
     std::thread::Builder::new()
         .name("stepgate-reload".into())
         .spawn(move || {
-            // Building a snapshot takes CPU (a 10,000-rule policy: ~250 ms);
-            // on a busy machine the proxy's workers get the core first and
-            // the reload waits, never the other way round.
-            if let Err(e) =
-                thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)
-            {
-                tracing::debug!(target: "stepgate", error = ?e, "the reload thread keeps the normal priority");
-            }
+            // The reload thread keeps the normal priority: at the lowest one
+            // (nice 19) a busy machine starved it for seconds, so a policy push
+            // applied late. Building a snapshot is cheap next to serving (a
+            // 10,000-rule policy: ~250 ms) and never blocks a worker.
             rt.block_on(async move {
                 let policy_path = || shared.load().settings.policy_path.clone();
                 let mut seen = fingerprint(&shared.config_path, &policy_path());
