@@ -375,6 +375,15 @@ impl Policy {
         let Some(folded) = &self.folded else {
             return exact;
         };
+        // Most paths are lower-case ASCII already: no second reading, and
+        // no allocation, when the rules are too.
+        if self.rules_lower
+            && path
+                .bytes()
+                .all(|b| b.is_ascii() && !b.is_ascii_uppercase())
+        {
+            return exact;
+        }
         let lower = fold(path);
         if self.rules_lower && lower == path {
             return exact;
