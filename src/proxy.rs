@@ -264,10 +264,12 @@ impl ProxyHttp for Proxy {
             .keys()
             .map(|k| k.as_str())
             .filter(|k| {
-                let k = k.replace('_', "-");
-                gate.owns_header(&k)
-                    || REROUTING.contains(&k.as_str())
-                    || (!trusted && CLIENT_CLAIMS.contains(&k.as_str()))
+                let is = |names: &[&str]| {
+                    names
+                        .iter()
+                        .any(|n| crate::reply::header_name_is(k.as_bytes(), n))
+                };
+                gate.owns_header(k) || is(&REROUTING) || (!trusted && is(&CLIENT_CLAIMS))
             })
             .map(str::to_string)
             .collect();

@@ -132,6 +132,17 @@ pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// Is header `name` the one spelled `dashed` (lower case, `-`), in any case
+/// and with `_` for `-` (CGI/WSGI servers read both the same)? Runs for
+/// every header of every request: compares without allocating.
+pub fn header_name_is(name: &[u8], dashed: &str) -> bool {
+    name.len() == dashed.len()
+        && name.iter().zip(dashed.as_bytes()).all(|(x, y)| {
+            let x = x.to_ascii_lowercase();
+            (if x == b'_' { b'-' } else { x }) == *y
+        })
+}
+
 /// The value of cookie `name` across all Cookie headers.
 pub fn cookie<'a>(headers: impl Iterator<Item = &'a [u8]>, name: &str) -> Option<String> {
     cookies_named(headers, name).next().map(str::to_string)

@@ -78,16 +78,10 @@ impl Gate {
     /// Is this request header one stepgate owns (and so strips)?
     /// Runs for every header of every request: compares without allocating.
     pub fn owns_header(&self, name: &str) -> bool {
-        fn same(a: &[u8], b: &[u8]) -> bool {
-            a.len() == b.len()
-                && a.iter().zip(b).all(|(x, y)| {
-                    let x = x.to_ascii_lowercase();
-                    (if x == b'_' { b'-' } else { x }) == *y
-                })
-        }
+        use crate::reply::header_name_is as same;
         let n = name.as_bytes();
-        (n.len() >= 11 && same(&n[..11], b"x-stepgate-"))
-            || self.owned_headers.iter().any(|o| same(n, o.as_bytes()))
+        (n.len() >= 11 && same(&n[..11], "x-stepgate-"))
+            || self.owned_headers.iter().any(|o| same(n, o))
     }
 
     /// The device PIN session cookie.
