@@ -121,6 +121,10 @@ fn hs256_first_factor() -> FirstFactor {
         audience: None,
         login_url: None,
         leeway: Duration::from_secs(30),
+        introspection: None,
+        session_check: None,
+        oidc: None,
+        trusted_header: None,
     }
 }
 
@@ -549,6 +553,7 @@ fn bench_assertion(c: &mut Criterion) {
         acr: "urn:stepgate:acr:step-up",
         auth_time: Some(NOW - 30),
         rule: "admin",
+        ff: "jwt",
         method: "GET",
         path: "/admin/users",
         session: "sid:s1",

@@ -9,7 +9,7 @@ use pingora::http::RequestHeader;
 use pingora::prelude::*;
 
 use crate::gate::Gate;
-use crate::reply::cookie;
+use crate::reply::{cookie, safe_return_to, wants_html, Reply};
 use crate::request::{self, CanonicalRequest, Refusal};
 use crate::util::clock;
 
@@ -241,4 +241,198 @@ pub fn strip_cookies(req: &mut RequestHeader, names: &[&str]) {
     if !kept.is_empty() {
         let _ = req.insert_header("Cookie", kept.join("; "));
     }
+}
+
+/// What the edge read off a request, once: the credentials it carries, how
+/// to answer it, and where it is going.
+pub struct Edge {
+    pub access_token: Option<String>,
+    pub stepup_token: Option<String>,
+    pub html: bool,
+    /// Addressed to stepgate itself (`/.stepgate`, in any case: a
+    /// case-insensitive app must never receive a body meant for stepgate).
+    pub reserved: bool,
+    /// A form POST the app may run as another method.
+    pub overridable: bool,
+    /// The pin-session cookie is present (a PIN login can stand in for a
+    /// full sign-in).
+    pub has_pin_session: bool,
+    /// This request as a `return_to` (path and query, as forwarded).
+    pub return_to: String,
+    pub origin: String,
+    /// The Authorization / first-factor cookie that was not the judged
+    /// credential: removed before forwarding.
+    pub strip_bearer: bool,
+    pub strip_ff_cookie: bool,
+    /// Everything a first-factor source may read, taken before stripping.
+    pub presented: crate::auth::sources::Presented,
+}
+
+/// A request refused before any rule, with the metrics label it counts as.
+pub struct Refused {
+    pub label: &'static str,
+    pub reply: Reply,
+}
+
+/// The client's address and whether it is a trusted proxy.
+pub fn peer(gate: &Gate, session: &Session) -> (String, bool) {
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    client_ip(gate, peer, session.req_header())
+}
+
+/// Step 1 of the request flow: credentials, then every identity header the
+/// client sent is stripped, then the one parse of the request (what it says
+/// is what is forwarded). A request that cannot be judged is answered here.
+///
+/// `trusted`: the peer is one of `trusted_proxies` (see [`peer`]).
+pub fn read(
+    gate: &Gate,
+    session: &mut Session,
+    trusted: bool,
+    client_ip: &str,
+) -> Result<(CanonicalRequest, Edge), Refused> {
+    let tls = gate.settings.tls.is_some();
+    let req = session.req_header();
+    let Credentials {
+        access_token,
+        stepup_token,
+        conflicting,
+        strip_bearer,
+        strip_ff_cookie,
+    } = credentials(gate, req, tls);
+    let presented = crate::auth::sources::Presented {
+        token: access_token.clone(),
+        app_cookies: gate
+            .sources
+            .session_cookies()
+            .and_then(|names| app_cookies(req, names)),
+        trusted_user: gate
+            .sources
+            .trusted_header()
+            .filter(|_| trusted)
+            .and_then(|th| trusted_user(req, th)),
+    };
+    let from_sso = |k: &str| {
+        gate.sources.trusted_header().is_some_and(|th| {
+            crate::reply::header_name_is(k.as_bytes(), &th.user.to_ascii_lowercase())
+                || th.email.as_ref().is_some_and(|e| {
+                    crate::reply::header_name_is(k.as_bytes(), &e.to_ascii_lowercase())
+                })
+        })
+    };
+    let stripped: Vec<String> = req
+        .headers
+        .keys()
+        .map(|k| k.as_str())
+        .filter(|k| {
+            let is = |names: &[&str]| {
+                names
+                    .iter()
+                    .any(|n| crate::reply::header_name_is(k.as_bytes(), n))
+            };
+            gate.owns_header(k)
+                || is(&REROUTING)
+                || (!trusted && (is(&CLIENT_CLAIMS) || from_sso(k)))
+        })
+        .map(str::to_string)
+        .collect();
+    let html = wants_html(header(req, "accept"));
+    let has_pin_session = cookie(
+        req.headers.get_all("cookie").iter().map(|v| v.as_bytes()),
+        gate.pin_session_cookie(tls),
+    )
+    .is_some();
+    let req = session.req_header_mut();
+    for name in stripped {
+        req.remove_header(&name);
+    }
+    let canon = canonicalize(gate, session, trusted).and_then(|c| match conflicting {
+        true => Err(Refusal::ManyCredentials),
+        false => Ok(c),
+    });
+    let canon = match canon {
+        Ok(c) => c,
+        Err(why) => {
+            tracing::info!(target: "stepgate", reason = why.code(), ip = %client_ip, "request refused before any rule: {why}");
+            return Err(Refused {
+                label: "bad_request",
+                reply: crate::web::replies::refusal(gate, why, html),
+            });
+        }
+    };
+    if canon.asterisk {
+        // `OPTIONS *` asks about the server, not a resource: answered here.
+        return Err(Refused {
+            label: "reserved",
+            reply: Reply::text(204, "").add(
+                "Allow",
+                "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS".into(),
+            ),
+        });
+    }
+    let path = canon.path.matched();
+    let reserved = path
+        .get(..10)
+        .is_some_and(|p| p.eq_ignore_ascii_case("/.stepgate"))
+        && matches!(path.as_bytes().get(10), None | Some(b'/'));
+    let overridable =
+        canon.method == "POST" && may_override_method(session.req_header(), canon.query.as_deref());
+    let edge = Edge {
+        access_token,
+        stepup_token,
+        html,
+        reserved,
+        overridable,
+        has_pin_session,
+        return_to: return_to_of(canon.path.wire(), canon.query.as_deref()),
+        origin: origin(session, tls, canon.host.name()),
+        strip_bearer,
+        strip_ff_cookie,
+        presented,
+    };
+    Ok((canon, edge))
+}
+
+/// `scheme://host` of this request, for absolute links.
+pub fn origin(session: &Session, tls: bool, fallback_host: &str) -> String {
+    let host = header(session.req_header(), "host").unwrap_or(fallback_host);
+    format!("{}://{host}", if tls { "https" } else { "http" })
+}
+
+/// Where to come back to after a challenge or a sign-in: this request.
+pub fn return_to_of(path: &str, query: Option<&str>) -> String {
+    match query {
+        Some(q) => safe_return_to(Some(&format!("{path}?{q}"))),
+        None => safe_return_to(Some(path)),
+    }
+}
+
+/// The app's session cookies `session_check` names (and only those), as
+/// one `Cookie` value, in the order the config names them.
+fn app_cookies(req: &RequestHeader, names: &[String]) -> Option<String> {
+    let all = || req.headers.get_all("cookie").iter().map(|v| v.as_bytes());
+    let found: Vec<String> = names
+        .iter()
+        .filter_map(|n| cookie(all(), n).map(|v| format!("{n}={v}")))
+        .collect();
+    (!found.is_empty()).then(|| found.join("; "))
+}
+
+/// `trusted_header`'s user (and email) when sent once, printable and short.
+fn trusted_user(
+    req: &RequestHeader,
+    th: &crate::config::TrustedHeader,
+) -> Option<(String, Option<String>)> {
+    let one = |name: &str| {
+        let mut values = req.headers.get_all(name).iter();
+        let v = values.next()?.to_str().ok()?.trim();
+        let sane =
+            !v.is_empty() && v.len() <= 256 && v.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+        (values.next().is_none() && sane).then(|| v.to_string())
+    };
+    let user = one(&th.user)?;
+    Some((user, th.email.as_deref().and_then(one)))
 }

@@ -12,15 +12,12 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 
-use crate::auth::decision::{decide_with, Decision, Facts, StepUpReason};
-use crate::auth::principal::Principal;
+use crate::auth::decision::{decide_matched, needs_user, Decision, StepUpReason};
+use crate::auth::principal::{AuthError, Principal};
 use crate::auth::tokens::StepUpClaims;
-use crate::edge::{
-    canonicalize, client_ip, credentials, header, may_override_method, strip_cookies, Credentials,
-    CLIENT_CLAIMS, REROUTING,
-};
+use crate::edge::{self, header, strip_cookies, Edge};
 use crate::gate::{Gate, Shared};
-use crate::reply::{cookie, safe_return_to, wants_html, Reply};
+use crate::reply::Reply;
 use crate::request::{CanonicalRequest, Refusal};
 use crate::store::keys;
 use crate::util::clock;
@@ -74,29 +71,10 @@ async fn send(session: &mut Session, reply: Reply) -> Result<()> {
     Ok(())
 }
 
-/// `scheme://host` of this request, for absolute links.
-fn origin(session: &Session, tls: bool, fallback_host: &str) -> String {
-    let host = header(session.req_header(), "host").unwrap_or(fallback_host);
-    format!("{}://{host}", if tls { "https" } else { "http" })
-}
-
-/// Where to come back to after a challenge or a sign-in: this request.
-fn return_to_of(path: &str, query: Option<&str>) -> String {
-    match query {
-        Some(q) => safe_return_to(Some(&format!("{path}?{q}"))),
-        None => safe_return_to(Some(path)),
-    }
-}
-
 /// A request to stepgate's own paths: its body (at most `MAX_FORM`, within
 /// `timeouts.reserved_body`), then the page or API answer.
-async fn reserved(
-    session: &mut Session,
-    ctx: &Ctx,
-    gate: &Gate,
-    access_token: Option<&str>,
-    stepup_token: Option<String>,
-) -> Result<Reply> {
+async fn reserved(session: &mut Session, ctx: &Ctx, gate: &Gate, edge: &Edge) -> Result<Reply> {
+    let stepup_token = edge.stepup_token.clone();
     let Some(canon) = ctx.canon.as_ref() else {
         return Ok(replies::refusal(gate, Refusal::TargetForm, false));
     };
@@ -146,11 +124,8 @@ async fn reserved(
         }
     }
     let now = clock::now();
-    let principal = match access_token {
-        Some(t) => gate.authenticate(t, now),
-        None => Err(crate::auth::principal::AuthError::Missing),
-    };
-    let origin = origin(session, tls, &ctx.host);
+    let principal = gate.identify(&edge.presented, now).await;
+    let origin = edge.origin.clone();
     let req = session.req_header();
     let cookies = req
         .headers
@@ -177,7 +152,154 @@ async fn reserved(
     Ok(web::handle(gate, &r).await)
 }
 
+/// Steps 3-4: the rule, the first factor when the rule needs a user, then
+/// the pure decision.
+async fn judge<'g>(gate: &'g Gate, ctx: &Ctx, edge: &Edge, now: i64) -> Decision<'g> {
+    let Some(canon) = ctx.canon.as_ref() else {
+        return Decision::Deny { rule: "default" };
+    };
+    let m = gate.policy.judge(
+        &ctx.host,
+        &canon.method,
+        canon.path.matched(),
+        edge.overridable,
+    );
+    let principal = match needs_user(&m) {
+        true => Some(
+            gate.sources
+                .authenticate(&gate.verifier, &edge.presented, now)
+                .await,
+        ),
+        false => None,
+    };
+    decide_matched(
+        m,
+        principal,
+        edge.stepup_token.as_deref(),
+        &gate.keys,
+        gate.settings.single_use_window.as_secs() as i64,
+        now,
+        &|sub| gate.revocations.revoked_before(sub),
+    )
+}
+
+/// Step 5 for a request that is not forwarded: the page or JSON that says
+/// why and what to do.
+fn answer(gate: &Arc<Gate>, ctx: &mut Ctx, edge: &Edge, decision: Decision<'_>, now: i64) -> Reply {
+    match decision {
+        Decision::Forward { .. } => replies::denied(gate, edge.html),
+        Decision::Deny { rule } => {
+            ctx.rule = rule.to_string();
+            replies::denied(gate, edge.html)
+        }
+        Decision::Unauthenticated { rule, error } => {
+            ctx.rule = rule.to_string();
+            if error == AuthError::UnknownKey {
+                refresh_jwks_soon(gate, now);
+            }
+            if let AuthError::Unavailable(source) = error {
+                ctx.label = "first_factor_unavailable";
+                return replies::source_unavailable(gate, edge.html, source);
+            }
+            // A device with a PIN session only needs the PIN.
+            let to = if edge.html && gate.settings.pin.login && edge.has_pin_session {
+                Some(format!(
+                    "/.stepgate/pin/login?return_to={}",
+                    crate::reply::url_encode(&edge.return_to)
+                ))
+            } else {
+                login_redirect(gate, &edge.origin, &edge.return_to)
+            };
+            replies::sign_in(gate, edge.html, to, &error)
+        }
+        Decision::StepUp {
+            rule,
+            step_up,
+            principal,
+            reason,
+        } => {
+            ctx.rule = rule.to_string();
+            tracing::info!(target: "audit", event = "challenge", user = %principal.sub, ip = %ctx.client_ip, rule = rule, reason = ?reason);
+            replies::stepup(edge.html, &edge.return_to, step_up, reason)
+        }
+    }
+}
+
 impl Proxy {
+    /// Before anything is read: the drain clock, the request id (the
+    /// client's or a proxy's when it is sane, else ours), and the gateway
+    /// snapshot this request keeps to its end.
+    fn begin(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Arc<Gate>> {
+        crate::gate::drain::head_read();
+        if crate::gate::drain::DRAINING.load(std::sync::atomic::Ordering::Relaxed) {
+            session.set_keepalive(None);
+        }
+        let id = header(session.req_header(), "x-request-id")
+            .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+            .map(str::to_string)
+            .unwrap_or_else(crate::auth::tokens::request_id);
+        session
+            .req_header_mut()
+            .insert_header("X-Request-Id", id.as_str())?;
+        ctx.request_id = id;
+        let gate = self.shared.load();
+        ctx.gate = Some(gate.clone());
+        Ok(gate)
+    }
+
+    /// What a forwarding decision still asks: a single-use step-up is used
+    /// up in the store (once, across replicas), and a user who must set up a
+    /// PIN is sent to do so. `Some(reply)` when the request must not go on.
+    async fn obligations(
+        &self,
+        gate: &Gate,
+        ctx: &mut Ctx,
+        edge: &Edge,
+        consume: Option<(String, i64)>,
+        principal: Option<&Principal>,
+        now: i64,
+    ) -> Option<Reply> {
+        if let Some((jti, exp)) = consume {
+            let ttl = std::time::Duration::from_secs((exp - now).max(1) as u64);
+            match gate
+                .store
+                .put_if_absent(&keys::used_token(&jti), b"1", ttl)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    ctx.label = "challenge";
+                    let canon = ctx.canon.as_ref()?;
+                    let m = gate.policy.judge(
+                        &ctx.host,
+                        &canon.method,
+                        canon.path.matched(),
+                        edge.overridable,
+                    );
+                    if let crate::policy::Require::StepUp(s) = m.require {
+                        return Some(replies::stepup(
+                            edge.html,
+                            &edge.return_to,
+                            s,
+                            StepUpReason::AlreadyUsed,
+                        ));
+                    }
+                }
+                Err(_) => {
+                    ctx.label = "store_unavailable";
+                    return Some(replies::unavailable(gate, edge.html));
+                }
+            }
+        }
+        let reply = self
+            .pin_setup_gate(gate, principal?, edge.html, &edge.return_to)
+            .await;
+        if reply.is_some() {
+            ctx.label = "pin_required";
+        }
+        reply
+    }
+
     /// `pin.required` / `pin.offer_setup`: a signed-in user without a PIN is
     /// sent to setup (browser), or refused with ErrorCode 1243 and a
     /// PINAuthToken (API clients, required PINs only). Known PINs are
@@ -187,7 +309,7 @@ impl Proxy {
         gate: &Gate,
         p: &Principal,
         html: bool,
-        return_to: &(dyn Fn() -> String + Sync),
+        return_to: &str,
     ) -> Option<Reply> {
         let s = &gate.settings.pin;
         if !(s.required || s.offer_setup) {
@@ -200,7 +322,7 @@ impl Proxy {
             Ok(true) if html && (s.required || web::login_is_fresh(gate, p)) => {
                 Some(Reply::redirect(&format!(
                     "/.stepgate/pin/setup?return_to={}",
-                    crate::reply::url_encode(&return_to())
+                    crate::reply::url_encode(return_to)
                 )))
             }
             Ok(true) if !s.required => None,
@@ -225,141 +347,33 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        crate::gate::drain::head_read();
-        if crate::gate::drain::DRAINING.load(std::sync::atomic::Ordering::Relaxed) {
-            session.set_keepalive(None);
-        }
-        // The request id: the client's (or a proxy's) when it is sane, else ours.
-        let id = header(session.req_header(), "x-request-id")
-            .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-            .map(str::to_string)
-            .unwrap_or_else(crate::auth::tokens::request_id);
-        session
-            .req_header_mut()
-            .insert_header("X-Request-Id", id.as_str())?;
-        ctx.request_id = id;
-        let gate_arc = self.shared.load();
-        ctx.gate = Some(gate_arc.clone());
-        let gate = &*gate_arc;
-        let tls = gate.settings.tls.is_some();
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-
-        // 1. Read credentials, then strip every identity header the client sent.
-        let req = session.req_header();
-        let Credentials {
-            access_token,
-            stepup_token,
-            conflicting,
-            strip_bearer,
-            strip_ff_cookie,
-        } = credentials(gate, req, tls);
-        (ctx.strip_bearer, ctx.strip_ff_cookie) = (strip_bearer, strip_ff_cookie);
-        (ctx.client_ip, ctx.peer_trusted) = client_ip(gate, peer, req);
-        let trusted = ctx.peer_trusted;
-        let stripped: Vec<String> = req
-            .headers
-            .keys()
-            .map(|k| k.as_str())
-            .filter(|k| {
-                let is = |names: &[&str]| {
-                    names
-                        .iter()
-                        .any(|n| crate::reply::header_name_is(k.as_bytes(), n))
-                };
-                gate.owns_header(k) || is(&REROUTING) || (!trusted && is(&CLIENT_CLAIMS))
-            })
-            .map(str::to_string)
-            .collect();
-        let html = wants_html(header(req, "accept"));
-        let req = session.req_header_mut();
-        for name in stripped {
-            req.remove_header(&name);
-        }
-
-        // The one parse of the request; what it says is what is forwarded.
-        let canon = match canonicalize(gate, session, trusted).and_then(|c| {
-            if conflicting {
-                Err(Refusal::ManyCredentials)
-            } else {
-                Ok(c)
+        let gate = self.begin(session, ctx)?;
+        // 1. Read the credentials, strip identity headers, parse once.
+        (ctx.client_ip, ctx.peer_trusted) = edge::peer(&gate, session);
+        let edge = match edge::read(&gate, session, ctx.peer_trusted, &ctx.client_ip) {
+            Ok((canon, edge)) => {
+                ctx.host = canon.host.name().to_string();
+                ctx.canon = Some(canon);
+                (ctx.strip_bearer, ctx.strip_ff_cookie) = (edge.strip_bearer, edge.strip_ff_cookie);
+                edge
             }
-        }) {
-            Ok(c) => c,
-            Err(why) => {
-                ctx.label = "bad_request";
-                tracing::info!(target: "stepgate", reason = why.code(), ip = %ctx.client_ip, "request refused before any rule: {why}");
-                send(session, replies::refusal(gate, why, html)).await?;
+            Err(refused) => {
+                ctx.label = refused.label;
+                send(session, refused.reply).await?;
                 return Ok(true);
             }
         };
-        ctx.host = canon.host.name().to_string();
-        if canon.asterisk {
-            // `OPTIONS *` asks about the server, not a resource: answered here.
+        // 2. stepgate's own paths.
+        if edge.reserved {
             ctx.label = "reserved";
-            send(
-                session,
-                Reply::text(204, "").add(
-                    "Allow",
-                    "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS".into(),
-                ),
-            )
-            .await?;
-            return Ok(true);
-        }
-        let method = canon.method.clone();
-        let match_path = canon.path.matched().to_string();
-        let query = canon.query.clone();
-        let wire_path = canon.path.wire().to_string();
-        ctx.canon = Some(canon);
-
-        // 2. stepgate's own paths, case-insensitively: a case-insensitive
-        // app must never receive a `/.STEPGATE/api/…` body meant for stepgate.
-        let lower = match_path.get(..10).map(str::to_ascii_lowercase);
-        if lower.as_deref() == Some("/.stepgate")
-            && matches!(match_path.as_bytes().get(10), None | Some(b'/'))
-        {
-            ctx.label = "reserved";
-            let reply = reserved(
-                session,
-                ctx,
-                gate,
-                access_token.as_deref(),
-                stepup_token.clone(),
-            )
-            .await?;
+            let reply = reserved(session, ctx, &gate, &edge).await?;
             send(session, reply).await?;
             return Ok(true);
         }
-
-        // 3-5. Decide.
-        let policy = &gate.policy;
+        // 3-5. Decide, carry out what the decision asks, or answer.
         let now = clock::now();
-        let overridable =
-            method == "POST" && may_override_method(session.req_header(), query.as_deref());
-        let facts = Facts {
-            host: &ctx.host,
-            method: &method,
-            path: &match_path,
-            access_token: access_token.as_deref(),
-            stepup_token: stepup_token.as_deref(),
-            overridable,
-        };
-        let decision = decide_with(
-            &facts,
-            policy,
-            &gate.verifier,
-            &gate.keys,
-            gate.settings.single_use_window.as_secs() as i64,
-            now,
-            &|sub| gate.revocations.revoked_before(sub),
-        );
+        let decision = judge(&gate, ctx, &edge, now).await;
         ctx.label = decision.label();
-        // Only answers that send the user somewhere need it: built lazily,
-        // off the forwarding path.
-        let return_to = || return_to_of(&wire_path, query.as_deref());
         let reply = match decision {
             Decision::Forward {
                 rule,
@@ -368,92 +382,18 @@ impl ProxyHttp for Proxy {
                 consume,
             } => {
                 ctx.rule = rule.to_string();
-                if let Some((jti, exp)) = consume {
-                    let ttl = std::time::Duration::from_secs((exp - now).max(1) as u64);
-                    match gate
-                        .store
-                        .put_if_absent(&keys::used_token(&jti), b"1", ttl)
-                        .await
-                    {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            ctx.label = "challenge";
-                            let m = policy.judge(&ctx.host, &method, &match_path, overridable);
-                            if let crate::policy::Require::StepUp(s) = m.require {
-                                send(
-                                    session,
-                                    replies::stepup(
-                                        html,
-                                        &return_to(),
-                                        s,
-                                        StepUpReason::AlreadyUsed,
-                                    ),
-                                )
-                                .await?;
-                                return Ok(true);
-                            }
-                        }
-                        Err(_) => {
-                            ctx.label = "store_unavailable";
-                            send(session, replies::unavailable(gate, html)).await?;
-                            return Ok(true);
-                        }
-                    }
+                if let Some(reply) = self
+                    .obligations(&gate, ctx, &edge, consume, principal.as_ref(), now)
+                    .await
+                {
+                    reply
+                } else {
+                    ctx.principal = principal;
+                    ctx.step_up = step_up;
+                    return Ok(false);
                 }
-                if let Some(p) = &principal {
-                    if let Some(reply) = self.pin_setup_gate(gate, p, html, &return_to).await {
-                        ctx.label = "pin_required";
-                        send(session, reply).await?;
-                        return Ok(true);
-                    }
-                }
-                ctx.principal = principal;
-                ctx.step_up = step_up;
-                return Ok(false);
             }
-            Decision::Deny { rule } => {
-                ctx.rule = rule.to_string();
-                replies::denied(gate, html)
-            }
-            Decision::Unauthenticated { rule, error } => {
-                ctx.rule = rule.to_string();
-                if error == crate::auth::principal::AuthError::UnknownKey {
-                    refresh_jwks_soon(&gate_arc, now);
-                }
-                let origin = origin(session, tls, &ctx.host);
-                // A device with a PIN session only needs the PIN (looked
-                // up here, not on every request).
-                let has_pin_session = html
-                    && gate.settings.pin.login
-                    && cookie(
-                        session
-                            .req_header()
-                            .headers
-                            .get_all("cookie")
-                            .iter()
-                            .map(|v| v.as_bytes()),
-                        gate.pin_session_cookie(tls),
-                    )
-                    .is_some();
-                let pin_login = has_pin_session.then(|| {
-                    format!(
-                        "/.stepgate/pin/login?return_to={}",
-                        crate::reply::url_encode(&return_to())
-                    )
-                });
-                let to = pin_login.or_else(|| login_redirect(gate, &origin, &return_to()));
-                replies::sign_in(gate, html, to, &error)
-            }
-            Decision::StepUp {
-                rule,
-                step_up,
-                principal,
-                reason,
-            } => {
-                ctx.rule = rule.to_string();
-                tracing::info!(target: "audit", event = "challenge", user = %principal.sub, ip = %ctx.client_ip, rule = rule, reason = ?reason);
-                replies::stepup(html, &return_to(), step_up, reason)
-            }
+            other => answer(&gate, ctx, &edge, other, now),
         };
         send(session, reply).await?;
         Ok(true)
@@ -493,92 +433,11 @@ impl ProxyHttp for Proxy {
             }
             up.insert_header(h.auth_time.clone(), s.auth_time.to_string())?;
         }
-        // X-Forwarded-*: believed from trusted proxies only, else replaced.
-        let xff = match (
-            ctx.peer_trusted,
-            header(session.req_header(), "x-forwarded-for"),
-        ) {
-            (true, Some(prev)) => format!(
-                "{prev}, {}",
-                session
-                    .client_addr()
-                    .and_then(|a| a.as_inet())
-                    .map(|a| a.ip().to_string())
-                    .unwrap_or_default()
-            ),
-            _ => ctx.client_ip.clone(),
-        };
-        up.insert_header("X-Forwarded-For", xff)?;
-        let proto = if gate.settings.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        if !(ctx.peer_trusted && up.headers.contains_key("x-forwarded-proto")) {
-            up.insert_header("X-Forwarded-Proto", proto)?;
-        }
-        // The host is the canonical one (the request's Host was rewritten
-        // to it)
-        let authority = ctx
-            .canon
-            .as_ref()
-            .map(|c| c.host.authority())
-            .unwrap_or_default();
-        // (a trusted proxy's X-Forwarded-Host was judged: it is this one).
-        up.insert_header("X-Forwarded-Host", authority.as_str())?;
-        if ctx.strip_bearer {
-            up.remove_header("authorization");
-        }
-        if ctx.strip_ff_cookie {
-            strip_cookies(up, &[gate.settings.first_factor.cookie.as_str()]);
-        }
-        // RFC 7239, stepgate's own hop appended to a trusted proxy's.
-        let node = match ctx.client_ip.parse::<IpAddr>() {
-            Ok(IpAddr::V6(ip)) => format!("\"[{ip}]\""),
-            Ok(ip) => ip.to_string(),
-            Err(_) => "unknown".to_string(),
-        };
-        let hop = format!("for={node};host=\"{authority}\";proto={proto}");
-        let forwarded = match (ctx.peer_trusted, header(up, "forwarded")) {
-            (true, Some(prev)) => format!("{prev}, {hop}"),
-            _ => hop,
-        };
-        up.insert_header("Forwarded", forwarded)?;
+        hop_headers(&gate, session, up, ctx)?;
         // The step-up token is stepgate's; the app never needs to see it.
-        strip_cookies(
-            up,
-            &[
-                "stepgate_su",
-                "__Host-stepgate_su",
-                "stepgate_ps",
-                "__Host-stepgate_ps",
-                "stepgate_session",
-                "__Host-stepgate_session",
-                "stepgate_pre",
-                "__Host-stepgate_pre",
-            ],
-        );
-        // The signed assertion, over what the upstream actually receives.
+        strip_cookies(up, &crate::reply::OwnCookie::EVERY_NAME);
         if let Some(p) = &ctx.principal {
-            let su = ctx.step_up.as_ref();
-            let claims = crate::auth::assertion::Claims {
-                sub: &p.sub,
-                email: p.email.as_deref(),
-                amr: su
-                    .map(|s| s.amr.iter().map(String::as_str).collect())
-                    .unwrap_or_default(),
-                acr: if su.is_some() {
-                    "urn:stepgate:acr:step-up"
-                } else {
-                    "urn:stepgate:acr:login"
-                },
-                auth_time: su.map(|s| s.auth_time).or(p.login_time),
-                rule: &ctx.rule,
-                method: up.method.as_str(),
-                path: up.uri.path(),
-                session: &p.session,
-            };
-            let token = gate.assertion.sign(&claims, clock::now());
+            let token = assertion(&gate, up, ctx, p);
             up.insert_header(h.assertion.clone(), token)?;
         }
         Ok(())
@@ -696,6 +555,87 @@ impl ProxyHttp for Proxy {
             latency_ms,
         );
     }
+}
+
+/// The signed assertion, over what the upstream actually receives.
+fn assertion(gate: &Gate, up: &RequestHeader, ctx: &Ctx, p: &Principal) -> String {
+    let su = ctx.step_up.as_ref();
+    let claims = crate::auth::assertion::Claims {
+        sub: &p.sub,
+        email: p.email.as_deref(),
+        amr: su
+            .map(|s| s.amr.iter().map(String::as_str).collect())
+            .unwrap_or_default(),
+        acr: if su.is_some() {
+            "urn:stepgate:acr:step-up"
+        } else {
+            "urn:stepgate:acr:login"
+        },
+        auth_time: su.map(|s| s.auth_time).or(p.login_time),
+        rule: &ctx.rule,
+        ff: p.source,
+        method: up.method.as_str(),
+        path: up.uri.path(),
+        session: &p.session,
+    };
+    gate.assertion.sign(&claims, clock::now())
+}
+
+/// `X-Forwarded-*` and `Forwarded` (RFC 7239): believed from trusted
+/// proxies only, else replaced; the credential that was not judged goes.
+fn hop_headers(gate: &Gate, session: &Session, up: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+    // X-Forwarded-*: believed from trusted proxies only, else replaced.
+    let xff = match (
+        ctx.peer_trusted,
+        header(session.req_header(), "x-forwarded-for"),
+    ) {
+        (true, Some(prev)) => format!(
+            "{prev}, {}",
+            session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default()
+        ),
+        _ => ctx.client_ip.clone(),
+    };
+    up.insert_header("X-Forwarded-For", xff)?;
+    let proto = if gate.settings.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    if !(ctx.peer_trusted && up.headers.contains_key("x-forwarded-proto")) {
+        up.insert_header("X-Forwarded-Proto", proto)?;
+    }
+    // The host is the canonical one (the request's Host was rewritten
+    // to it)
+    let authority = ctx
+        .canon
+        .as_ref()
+        .map(|c| c.host.authority())
+        .unwrap_or_default();
+    // (a trusted proxy's X-Forwarded-Host was judged: it is this one).
+    up.insert_header("X-Forwarded-Host", authority.as_str())?;
+    if ctx.strip_bearer {
+        up.remove_header("authorization");
+    }
+    if ctx.strip_ff_cookie {
+        strip_cookies(up, &[gate.settings.first_factor.cookie.as_str()]);
+    }
+    // RFC 7239, stepgate's own hop appended to a trusted proxy's.
+    let node = match ctx.client_ip.parse::<IpAddr>() {
+        Ok(IpAddr::V6(ip)) => format!("\"[{ip}]\""),
+        Ok(ip) => ip.to_string(),
+        Err(_) => "unknown".to_string(),
+    };
+    let hop = format!("for={node};host=\"{authority}\";proto={proto}");
+    let forwarded = match (ctx.peer_trusted, header(up, "forwarded")) {
+        (true, Some(prev)) => format!("{prev}, {hop}"),
+        _ => hop,
+    };
+    up.insert_header("Forwarded", forwarded)?;
+    Ok(())
 }
 
 /// A token named a key we do not know: the IdP may have rotated its keys.

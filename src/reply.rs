@@ -1,7 +1,8 @@
 //! The one place for HTTP plumbing shared by pages, templates and the proxy
 //! (a value layer: it imports nothing of stepgate): replies with
 //! the security headers every stepgate answer carries, the strict form
-//! parser, cookies, and `return_to` checks.
+//! parser, cookies (stepgate's own, named and set in one place), and
+//! `return_to` checks.
 
 use bytes::Bytes;
 
@@ -144,6 +145,81 @@ pub fn header_name_is(name: &[u8], dashed: &str) -> bool {
 }
 
 /// The value of cookie `name` across all Cookie headers.
+/// stepgate's own cookies. The one place their names (the `__Host-` rule:
+/// over TLS a cookie is `__Host-`-prefixed, `Secure`, `Path=/` and has no
+/// `Domain`, so no sibling host can set or shadow it) and their Set-Cookie
+/// attributes are decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnCookie {
+    /// The step-up token (`stepgate_su`): only sent on same-site requests.
+    StepUp,
+    /// The device PIN session (`stepgate_ps`): sent on top-level navigation
+    /// from other sites too, so a PIN login can follow a link.
+    PinSession,
+    /// stepgate's own first-factor session after a PIN login.
+    Login,
+    /// The nonce behind CSRF tokens of signed-out forms.
+    Nonce,
+}
+
+impl OwnCookie {
+    pub const ALL: [OwnCookie; 4] = [
+        OwnCookie::StepUp,
+        OwnCookie::PinSession,
+        OwnCookie::Login,
+        OwnCookie::Nonce,
+    ];
+
+    /// Every name, with and without `__Host-`: the app never receives them.
+    pub const EVERY_NAME: [&'static str; 8] = {
+        let mut out = [""; 8];
+        let mut i = 0;
+        while i < 4 {
+            out[2 * i] = Self::ALL[i].name(false);
+            out[2 * i + 1] = Self::ALL[i].name(true);
+            i += 1;
+        }
+        out
+    };
+
+    pub const fn name(self, tls: bool) -> &'static str {
+        match (self, tls) {
+            (OwnCookie::StepUp, true) => "__Host-stepgate_su",
+            (OwnCookie::StepUp, false) => "stepgate_su",
+            (OwnCookie::PinSession, true) => "__Host-stepgate_ps",
+            (OwnCookie::PinSession, false) => "stepgate_ps",
+            (OwnCookie::Login, true) => "__Host-stepgate_session",
+            (OwnCookie::Login, false) => "stepgate_session",
+            (OwnCookie::Nonce, true) => "__Host-stepgate_pre",
+            (OwnCookie::Nonce, false) => "stepgate_pre",
+        }
+    }
+
+    fn same_site(self) -> cookie::SameSite {
+        match self {
+            OwnCookie::StepUp | OwnCookie::Nonce => cookie::SameSite::Strict,
+            OwnCookie::PinSession | OwnCookie::Login => cookie::SameSite::Lax,
+        }
+    }
+
+    /// The Set-Cookie value that keeps `value` for `max_age` seconds.
+    pub fn set(self, value: &str, max_age: i64, tls: bool) -> String {
+        cookie::Cookie::build((self.name(tls), value))
+            .path("/")
+            .http_only(true)
+            .same_site(self.same_site())
+            .secure(tls)
+            .max_age(time::Duration::seconds(max_age.max(0)))
+            .build()
+            .to_string()
+    }
+
+    /// The Set-Cookie value that removes it.
+    pub fn clear(self, tls: bool) -> String {
+        self.set("", 0, tls)
+    }
+}
+
 pub fn cookie<'a>(headers: impl Iterator<Item = &'a [u8]>, name: &str) -> Option<String> {
     cookies_named(headers, name).next().map(str::to_string)
 }
@@ -207,6 +283,33 @@ pub fn wants_html(accept: Option<&str>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_cookies_follow_the_host_prefix_rule_over_tls() {
+        for c in OwnCookie::ALL {
+            let v = c.set("tok", 60, true);
+            assert!(
+                v.starts_with("__Host-stepgate_") && v.contains("=tok"),
+                "{v}"
+            );
+            for a in ["Secure", "Path=/", "HttpOnly", "Max-Age=60"] {
+                assert!(v.contains(a), "{v} has {a}");
+            }
+            assert!(!v.to_ascii_lowercase().contains("domain"), "{v}");
+            let plain = c.set("tok", 60, false);
+            assert!(
+                plain.starts_with("stepgate_") && !plain.contains("Secure"),
+                "{plain}"
+            );
+            assert!(c.clear(true).contains("Max-Age=0"));
+        }
+        assert!(OwnCookie::StepUp
+            .set("t", 1, true)
+            .contains("SameSite=Strict"));
+        assert!(OwnCookie::PinSession
+            .set("t", 1, true)
+            .contains("SameSite=Lax"));
+    }
 
     #[test]
     fn forms_are_parsed_strictly() {

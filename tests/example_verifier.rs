@@ -35,6 +35,7 @@ fn claims<'a>(method: &'a str, path: &'a str) -> Claims<'a> {
         acr: "urn:stepgate:acr:step-up",
         auth_time: Some(verify_assertion::now() - 12),
         rule: "admin",
+        ff: "jwt",
         method,
         path,
         session: "sid:1",

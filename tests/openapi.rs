@@ -254,7 +254,8 @@ fn cred_of(s: &Value, op: Value) -> Cred {
     }
 }
 
-/// `(status, ErrorCode)` pairs in source text: `error(STATUS, CODE, …)` calls
+/// `(status, ErrorCode)` pairs in source text: `error(STATUS, CODE, …)` calls,
+/// the `x(STATUS, CODE, …)` rows of the flow-error table in web/respond.rs,
 /// and `"ErrorCode": CODE` literals.
 fn codes_in(src: &str) -> BTreeSet<u64> {
     let mut out = BTreeSet::new();
@@ -264,8 +265,16 @@ fn codes_in(src: &str) -> BTreeSet<u64> {
         let d: String = t.chars().take_while(|c| c.is_ascii_digit()).collect();
         d.parse().ok().map(|n| (n, skipped + d.len()))
     };
-    for (i, _) in src.match_indices("error(") {
-        let rest = &src[i + "error(".len()..];
+    let calls = src
+        .match_indices("error(")
+        .map(|(i, _)| i + "error(".len())
+        .chain(
+            src.match_indices("x(")
+                .filter(|(i, _)| *i > 0 && matches!(src.as_bytes()[i - 1], b' ' | b'.'))
+                .map(|(i, _)| i + "x(".len()),
+        );
+    for start in calls {
+        let rest = &src[start..];
         let Some((_, used)) = num(rest) else { continue };
         let Some(after) = rest[used..].trim_start().strip_prefix(',') else {
             continue;
@@ -297,6 +306,7 @@ fn documented_error_codes_are_the_ones_the_gateway_answers_with() {
     in_code.extend(codes_in(include_str!("../src/web/pin_api.rs")));
     in_code.extend(codes_in(include_str!("../src/proxy.rs")));
     in_code.extend(codes_in(include_str!("../src/web/replies.rs")));
+    in_code.extend(codes_in(include_str!("../src/web/respond.rs")));
     assert!(
         in_code.contains(&1236) && in_code.contains(&901),
         "{in_code:?}"

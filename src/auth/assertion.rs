@@ -7,10 +7,8 @@
 //! Must never: sign with a key that is not in the published JWKS, or reuse an
 //! assertion for a different user, session, rule, method or path.
 
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::Path;
-use std::sync::Mutex;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
@@ -96,6 +94,9 @@ pub struct Claims<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_time: Option<i64>,
     pub rule: &'a str,
+    /// The first-factor source that admitted the user (`jwt`, `pin`,
+    /// `oidc`, `introspection`, `session_check`, `trusted_header`).
+    pub ff: &'a str,
     pub method: &'a str,
     pub path: &'a str,
     /// Not signed: only part of the cache key (the first-factor session).
@@ -119,7 +120,7 @@ pub struct Signer {
     previous: Option<SigningKey>,
     issuer: String,
     audience: String,
-    cache: Mutex<HashMap<u64, (String, i64)>>,
+    cache: crate::util::cache::Expiring<u64, String>,
 }
 
 impl Signer {
@@ -137,7 +138,7 @@ impl Signer {
                 .map_err(|e| format!("assertion.previous_key_file: {e}"))?,
             issuer,
             audience,
-            cache: Mutex::new(HashMap::new()),
+            cache: crate::util::cache::Expiring::new(CACHE_MAX),
         })
     }
 
@@ -156,23 +157,11 @@ impl Signer {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         c.hash(&mut h);
         let key = h.finish();
-        if let Ok(cache) = self.cache.lock() {
-            if let Some((token, iat)) = cache.get(&key) {
-                if now - iat < REUSE && now >= *iat {
-                    return token.clone();
-                }
-            }
+        if let Some(token) = self.cache.get(&key, now) {
+            return token;
         }
         let token = self.sign_fresh(c, now);
-        if let Ok(mut cache) = self.cache.lock() {
-            crate::util::bounded::insert(
-                &mut cache,
-                CACHE_MAX,
-                key,
-                (token.clone(), now),
-                |_, (_, iat)| now - *iat < REUSE,
-            );
-        }
+        self.cache.insert(key, token.clone(), now + REUSE, now);
         token
     }
 
@@ -207,6 +196,7 @@ mod tests {
             acr: "urn:stepgate:step-up",
             auth_time: Some(100),
             rule: "admin",
+            ff: "jwt",
             method: "GET",
             path,
             session: "sid:1",

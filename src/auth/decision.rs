@@ -6,7 +6,7 @@
 use crate::auth::first_factor::Verifier;
 use crate::auth::principal::{AuthError, Principal};
 use crate::auth::tokens::{Keys, StepUpClaims, StepUpTokenError};
-use crate::policy::{Factor, Policy, Require, StepUp};
+use crate::policy::{Factor, Match, Policy, Require, StepUp};
 
 /// What stepgate knows about a request before deciding.
 #[derive(Clone, Copy, Debug)]
@@ -135,6 +135,41 @@ pub fn decide_with<'p>(
     revoked_before: &dyn Fn(&str) -> Option<i64>,
 ) -> Decision<'p> {
     let m = policy.judge(facts.host, facts.method, facts.path, facts.overridable);
+    let principal = needs_user(&m).then(|| match facts.access_token {
+        None => Err(AuthError::Missing),
+        Some(t) => verifier.verify(t, now),
+    });
+    decide_matched(
+        m,
+        principal,
+        facts.stepup_token,
+        keys,
+        single_use_window,
+        now,
+        revoked_before,
+    )
+}
+
+/// Whether the matched rule needs to know the user (so the first factor is
+/// worth asking, which may cost a call to the IdP or the app).
+pub fn needs_user(m: &Match<'_>) -> bool {
+    matches!(m.require, Require::Authenticated | Require::StepUp(_))
+}
+
+/// The decision once the rule is known and, when [`needs_user`], the first
+/// factor has answered (`principal`: `None` when it was not asked). Pure:
+/// whatever I/O the first factor needed happened before, and what the
+/// decision needs done (consuming a single-use step-up) is an obligation in
+/// the answer.
+pub fn decide_matched<'p>(
+    m: Match<'p>,
+    principal: Option<Result<Principal, AuthError>>,
+    stepup_token: Option<&str>,
+    keys: &Keys,
+    single_use_window: i64,
+    now: i64,
+    revoked_before: &dyn Fn(&str) -> Option<i64>,
+) -> Decision<'p> {
     let rule = m.rule_name();
     let step_up = match m.require {
         Require::None => {
@@ -149,15 +184,9 @@ pub fn decide_with<'p>(
         Require::Authenticated => None,
         Require::StepUp(s) => Some(s),
     };
-    let principal = match facts.access_token.map(|t| verifier.verify(t, now)) {
-        None => {
-            return Decision::Unauthenticated {
-                rule,
-                error: AuthError::Missing,
-            }
-        }
-        Some(Err(error)) => return Decision::Unauthenticated { rule, error },
-        Some(Ok(p)) => p,
+    let principal = match principal.unwrap_or(Err(AuthError::Missing)) {
+        Err(error) => return Decision::Unauthenticated { rule, error },
+        Ok(p) => p,
     };
     if session_revoked(&principal, revoked_before) {
         return Decision::Unauthenticated {
@@ -179,7 +208,7 @@ pub fn decide_with<'p>(
         principal,
         reason,
     };
-    let Some(token) = facts.stepup_token else {
+    let Some(token) = stepup_token else {
         return need(principal, StepUpReason::Missing);
     };
     let claims = match keys.verify_stepup(token, &principal, now) {
@@ -271,6 +300,10 @@ rules:
             issuer: None,
             audience: None,
             login_url: None,
+            introspection: None,
+            session_check: None,
+            oidc: None,
+            trusted_header: None,
             leeway: Duration::from_secs(0),
         };
         (
@@ -471,6 +504,7 @@ rules:
     #[test]
     fn pin_login_sessions_end_at_an_invalidation_in_their_own_second() {
         let mut s = Principal {
+            source: "jwt",
             sub: "alice".into(),
             otp_emails: vec![],
             email: None,

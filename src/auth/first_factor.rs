@@ -131,7 +131,7 @@ pub struct Verifier {
     last_forced_refresh: AtomicI64,
     /// Tokens verified in the last minute, so a public-key signature
     /// (0.2-0.4 ms for RS256/ES256) is checked once per token, not per request.
-    cache: std::sync::Mutex<HashMap<String, (Principal, i64)>>,
+    cache: crate::util::cache::Expiring<String, Principal>,
     /// Keys of stepgate's own PIN-login sessions (`sgs.` tokens), when PIN
     /// login is on.
     sessions: Option<Arc<crate::auth::tokens::Keys>>,
@@ -160,7 +160,7 @@ impl Verifier {
                     .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
                 KeySet::from_jwks(&text).map_err(|e| format!("{}: {e}", p.display()))?
             }
-            KeySource::JwksUrl { .. } => KeySet::default(),
+            KeySource::JwksUrl { .. } | KeySource::None => KeySet::default(),
         };
         let mut validation = Validation::new(ff.algorithms[0]);
         validation.algorithms = ff.algorithms.clone();
@@ -188,7 +188,7 @@ impl Verifier {
                 _ => None,
             },
             last_forced_refresh: AtomicI64::new(0),
-            cache: Default::default(),
+            cache: crate::util::cache::Expiring::new(VERIFIED_CACHE_MAX),
             sessions: None,
         })
     }
@@ -199,12 +199,20 @@ impl Verifier {
         self
     }
 
+    pub fn claim_names(&self) -> &ClaimNames {
+        &self.claims
+    }
+
+    pub fn leeway(&self) -> i64 {
+        self.leeway
+    }
+
     pub fn install_jwks(&self, text: &str) -> Result<usize, String> {
         let ks = KeySet::from_jwks(text)?;
         let n = ks.by_kid.len() + ks.anonymous.len();
         self.keys.store(Arc::new(ks));
         // A rotated-out key must stop opening doors at once.
-        self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.cache.clear();
         Ok(n)
     }
 
@@ -233,28 +241,13 @@ impl Verifier {
                 None => Err(AuthError::Malformed),
             };
         }
-        if let Some((p, verified_at)) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(token)
-        {
-            if now - verified_at < VERIFIED_CACHE_SECS
-                && now >= *verified_at
-                && now <= p.expires + self.leeway
-            {
-                return Ok(p.clone());
-            }
+        if let Some(p) = self.cache.get(token, now) {
+            return Ok(p);
         }
         let p = self.verify_uncached(token, now)?;
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        crate::util::bounded::insert(
-            &mut cache,
-            VERIFIED_CACHE_MAX,
-            token.to_string(),
-            (p.clone(), now),
-            |_, (_, at)| now - *at < VERIFIED_CACHE_SECS,
-        );
+        // Remembered for a minute at most, and never past the token's expiry.
+        let until = (now + VERIFIED_CACHE_SECS).min(p.expires + self.leeway + 1);
+        self.cache.insert(token.to_string(), p.clone(), until, now);
         Ok(p)
     }
 
@@ -337,6 +330,7 @@ impl Verifier {
             }
         }
         Ok(Principal {
+            source: "jwt",
             sub,
             otp_emails,
             email: emails.first().cloned(),
@@ -392,6 +386,10 @@ mod tests {
             issuer: Some("idp".into()),
             audience: None,
             login_url: None,
+            introspection: None,
+            session_check: None,
+            oidc: None,
+            trusted_header: None,
             leeway: Duration::from_secs(30),
         }
     }

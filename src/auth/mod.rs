@@ -9,4 +9,5 @@ pub mod decision;
 pub mod first_factor;
 pub mod principal;
 pub mod revocations;
+pub mod sources;
 pub mod tokens;

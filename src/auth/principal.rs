@@ -29,6 +29,10 @@ pub struct Principal {
     /// login: (PIN session id, issued at in Unix ms). Such sessions end when
     /// the PIN session or the user is invalidated.
     pub pin_session: Option<(String, i64)>,
+    /// Which first-factor source admitted this user: `jwt`, `pin` (a PIN
+    /// login session), `oidc`, `introspection`, `session_check` or
+    /// `trusted_header`. Logged, counted and named in the assertion (`ff`).
+    pub source: &'static str,
 }
 
 #[derive(Debug, PartialEq, Eq, Clone)]
@@ -48,6 +52,12 @@ pub enum AuthError {
     MissingClaim(&'static str),
     /// A stepgate PIN-login session that was invalidated.
     Revoked,
+    /// The source that must answer (the IdP, the app) did not: down, slow
+    /// or answering nonsense. Routes that need a user fail closed.
+    Unavailable(&'static str),
+    /// The IdP or the app says this token or session is not (or no longer)
+    /// signed in.
+    Inactive,
 }
 
 impl AuthError {
@@ -65,6 +75,8 @@ impl AuthError {
             AuthError::WrongAudience => "wrong_audience",
             AuthError::MissingClaim(_) => "missing_claim",
             AuthError::Revoked => "revoked",
+            AuthError::Unavailable(_) => "unavailable",
+            AuthError::Inactive => "inactive",
         }
     }
 }

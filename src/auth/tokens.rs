@@ -68,6 +68,9 @@ struct SessionClaims {
     exp: i64,
     /// The first-factor login the PIN session was opened under.
     login_time: Option<i64>,
+    /// What opened it: absent for a PIN login, `oidc` for an OIDC sign-in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    src: Option<String>,
     #[serde(default)]
     emails: Vec<String>,
     #[serde(default)]
@@ -138,7 +141,7 @@ pub struct Keys {
     /// Step-up tokens whose signature was checked, so a session's repeated
     /// requests skip base64 + HMAC + JSON (~3.5 µs); expiry and binding are
     /// still checked on every request.
-    verified: std::sync::Mutex<std::collections::HashMap<String, StepUpClaims>>,
+    verified: crate::util::cache::Expiring<String, StepUpClaims>,
 }
 
 const VERIFIED_MAX: usize = 20_000;
@@ -165,7 +168,7 @@ impl Keys {
             otp: derive(signing, "email-otp"),
             session_enc: EncodingKey::from_secret(&ses),
             session_dec: DecodingKey::from_secret(&ses),
-            verified: Default::default(),
+            verified: crate::util::cache::Expiring::new(VERIFIED_MAX),
         }
     }
 
@@ -187,6 +190,7 @@ impl Keys {
             iat_ms: Some(now_ms),
             exp: now + ttl_secs,
             login_time,
+            src: None,
             emails: profile.emails.clone(),
             otp_emails: profile.otp_emails.clone(),
             username: profile.username.clone(),
@@ -218,6 +222,11 @@ impl Keys {
             return Err(AuthError::Expired);
         }
         Ok(Principal {
+            source: if c.src.as_deref() == Some("oidc") {
+                "oidc"
+            } else {
+                "pin"
+            },
             email: c.emails.first().cloned(),
             emails: c.emails,
             otp_emails: c.otp_emails,
@@ -334,12 +343,7 @@ impl Keys {
         if token.len() > 2048 {
             return Err(StepUpTokenError::Malformed);
         }
-        let cached = self
-            .verified
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(token)
-            .cloned();
+        let cached = self.verified.get(token, now);
         let c = match cached {
             Some(c) => c,
             None => {
@@ -354,15 +358,8 @@ impl Keys {
                 if c.typ != STEPUP_TYP {
                     return Err(StepUpTokenError::Malformed);
                 }
-                if now < c.exp {
-                    crate::util::bounded::insert(
-                        &mut self.verified.lock().unwrap_or_else(|p| p.into_inner()),
-                        VERIFIED_MAX,
-                        token.to_string(),
-                        c.clone(),
-                        |_, v| v.exp > now,
-                    );
-                }
+                self.verified
+                    .insert(token.to_string(), c.clone(), c.exp, now);
                 c
             }
         };
@@ -423,6 +420,7 @@ mod tests {
 
     fn principal(sub: &str, session: &str) -> Principal {
         Principal {
+            source: "jwt",
             username: None,
             phone: None,
             pin_session: None,

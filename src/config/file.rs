@@ -134,6 +134,51 @@ pub(crate) struct FirstFactorFile {
     pub(crate) leeway: Option<Dur>,
     #[serde(default)]
     pub(crate) claims: ClaimsFile,
+    pub(crate) introspection: Option<IntrospectionFile>,
+    pub(crate) session_check: Option<SessionCheckFile>,
+    pub(crate) oidc: Option<OidcFile>,
+    pub(crate) trusted_header: Option<TrustedHeaderFile>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IntrospectionFile {
+    pub(crate) url: String,
+    pub(crate) client_id: String,
+    pub(crate) client_secret: Option<String>,
+    pub(crate) client_secret_file: Option<String>,
+    pub(crate) cache: Option<Dur>,
+    pub(crate) timeout: Option<Dur>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SessionCheckFile {
+    pub(crate) url: String,
+    pub(crate) cookies: Vec<String>,
+    pub(crate) user: String,
+    pub(crate) email: Option<String>,
+    pub(crate) auth_time: Option<String>,
+    pub(crate) cache: Option<Dur>,
+    pub(crate) timeout: Option<Dur>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OidcFile {
+    pub(crate) issuer: String,
+    pub(crate) client_id: String,
+    pub(crate) client_secret: Option<String>,
+    pub(crate) client_secret_file: Option<String>,
+    pub(crate) scopes: Option<Vec<String>>,
+    pub(crate) session_ttl: Option<Dur>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TrustedHeaderFile {
+    pub(crate) user: String,
+    pub(crate) email: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]

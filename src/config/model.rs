@@ -99,7 +99,56 @@ pub enum KeySource {
     Secret(Secret),
     PublicKeyFile(PathBuf),
     JwksFile(PathBuf),
-    JwksUrl { url: String, refresh: Duration },
+    JwksUrl {
+        url: String,
+        refresh: Duration,
+    },
+    /// No JWT source: bearer tokens are opaque (introspection) or absent.
+    None,
+}
+
+/// RFC 7662 token introspection of opaque access tokens.
+#[derive(Clone, Debug)]
+pub struct Introspection {
+    pub url: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// An active answer is reused this long, never past the token's `exp`.
+    pub cache: Duration,
+    pub timeout: Duration,
+}
+
+/// The app's own session, checked by asking the app.
+#[derive(Clone, Debug)]
+pub struct SessionCheck {
+    pub url: String,
+    /// Only these cookies are sent to `url` (and they identify the session).
+    pub cookies: Vec<String>,
+    /// JSON pointers (RFC 6901) into the 200 answer.
+    pub user: String,
+    pub email: Option<String>,
+    pub auth_time: Option<String>,
+    pub cache: Duration,
+    pub timeout: Duration,
+}
+
+/// stepgate signs browsers in itself (authorization code + PKCE).
+#[derive(Clone, Debug)]
+pub struct Oidc {
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub scopes: Vec<String>,
+    /// How long stepgate's own session after an OIDC sign-in lives.
+    pub session_ttl: Duration,
+}
+
+/// The user from headers a fronting SSO proxy sets; believed only from
+/// `trusted_proxies`.
+#[derive(Clone, Debug)]
+pub struct TrustedHeader {
+    pub user: String,
+    pub email: Option<String>,
 }
 
 /// Names of the first-factor claims stepgate reads besides the standard ones.
@@ -134,6 +183,35 @@ pub struct FirstFactor {
     pub audience: Option<String>,
     pub login_url: Option<String>,
     pub leeway: Duration,
+    pub introspection: Option<Introspection>,
+    pub session_check: Option<SessionCheck>,
+    pub oidc: Option<Oidc>,
+    pub trusted_header: Option<TrustedHeader>,
+}
+
+impl FirstFactor {
+    /// Sources in the order a request's user is looked for (README, "First
+    /// factor"): the fronting proxy's header, stepgate's own session, a
+    /// JWT, an opaque token by introspection, the app's session.
+    pub fn source_names(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.trusted_header.is_some() {
+            out.push("trusted_header");
+        }
+        if self.oidc.is_some() {
+            out.push("oidc");
+        }
+        if !matches!(self.key, KeySource::None) {
+            out.push("jwt");
+        }
+        if self.introspection.is_some() {
+            out.push("introspection");
+        }
+        if self.session_check.is_some() {
+            out.push("session_check");
+        }
+        out
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

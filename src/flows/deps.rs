@@ -4,7 +4,7 @@
 //! snapshot holds one (and derefs to it); a unit test builds one with an
 //! in-memory store ([`Deps::for_tests`]), without a gateway or sockets.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::auth::revocations::Revocations;
 use crate::auth::tokens::Keys;
@@ -16,7 +16,7 @@ use crate::store::Store;
 use crate::templates::Pages;
 
 /// PINAuthTokens handed out, by `sub \0 login time`: (token, expiry).
-pub type RequiredPinTokens = std::collections::HashMap<String, (String, i64)>;
+pub type RequiredPinTokens = crate::util::cache::Expiring<String, (String, i64)>;
 
 pub struct Deps {
     pub settings: Settings,
@@ -36,7 +36,7 @@ pub struct Deps {
     /// PINAuthTokens handed out with 1243 answers, by user, so a client that
     /// retries does not mint (and store) a new one per request; carried into
     /// the next snapshot by a reload.
-    pub required_pin_tokens: Arc<Mutex<RequiredPinTokens>>,
+    pub required_pin_tokens: Arc<RequiredPinTokens>,
 }
 
 impl Deps {
@@ -65,34 +65,39 @@ impl Deps {
                 Notifier::new(settings.webhook.clone(), settings.sms.clone()).expect("notifier"),
             ),
             known_pins: Default::default(),
-            required_pin_tokens: Default::default(),
+            required_pin_tokens: Arc::new(RequiredPinTokens::new(10_000)),
             settings,
         }
     }
 }
 
 /// Subjects known to have a PIN (or to have skipped an optional one), per
-/// gateway snapshot; bounded.
-#[derive(Default)]
+/// gateway snapshot; bounded (a forgotten subject costs one store read).
 pub struct KnownPins {
-    set: std::sync::Mutex<std::collections::HashSet<String>>,
+    set: quick_cache::sync::Cache<String, ()>,
+}
+
+impl Default for KnownPins {
+    fn default() -> Self {
+        KnownPins {
+            set: quick_cache::sync::Cache::new(Self::MAX),
+        }
+    }
 }
 
 impl KnownPins {
     const MAX: usize = 200_000;
 
     pub fn contains(&self, sub: &str) -> bool {
-        self.set
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(sub)
+        self.set.get(sub).is_some()
     }
 
     pub fn insert(&self, sub: &str) {
-        let mut s = self.set.lock().unwrap_or_else(|p| p.into_inner());
-        if s.len() >= Self::MAX {
-            s.clear();
-        }
-        s.insert(sub.to_string());
+        self.set.insert(sub.to_string(), ());
+    }
+
+    /// The subject's PIN went away (removed, reset by an admin).
+    pub fn forget(&self, sub: &str) {
+        self.set.remove(sub);
     }
 }

@@ -190,6 +190,7 @@ mod tests {
 
     fn principal(sub: &str, email: &str, username: Option<&str>) -> Principal {
         Principal {
+            source: "jwt",
             sub: sub.into(),
             otp_emails: vec![email.into()],
             email: Some(email.into()),

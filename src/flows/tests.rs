@@ -10,6 +10,7 @@ use crate::flows::profile::Profile;
 
 fn alice() -> Principal {
     Principal {
+        source: "jwt",
         sub: "alice".into(),
         otp_emails: vec!["alice@x.io".into()],
         email: Some("alice@x.io".into()),

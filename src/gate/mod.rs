@@ -28,6 +28,8 @@ pub struct Gate {
     pub deps: Deps,
     pub policy: Policy,
     pub verifier: Arc<Verifier>,
+    /// The first-factor sources besides JWTs (and their caches).
+    pub sources: Arc<crate::auth::sources::Sources>,
     pub assertion: Arc<crate::auth::assertion::Signer>,
     /// Names (lowercase, `_` as `-`) of headers stepgate owns: client copies
     /// are always removed.
@@ -56,6 +58,7 @@ impl Gate {
         Ok(Gate {
             policy: r.policy,
             verifier: Arc::new(verifier),
+            sources: Arc::new(crate::auth::sources::Sources::new(&settings.first_factor)?),
             assertion: r.assertion,
             owned_headers: r.owned_headers,
             deps: Deps {
@@ -69,7 +72,7 @@ impl Gate {
                 revocations: Arc::default(),
                 notifier: r.notifier,
                 known_pins: Default::default(),
-                required_pin_tokens: Default::default(),
+                required_pin_tokens: Arc::new(crate::flows::deps::RequiredPinTokens::new(10_000)),
                 settings,
             },
         })
@@ -86,29 +89,17 @@ impl Gate {
 
     /// The device PIN session cookie.
     pub fn pin_session_cookie(&self, tls: bool) -> &'static str {
-        if tls {
-            "__Host-stepgate_ps"
-        } else {
-            "stepgate_ps"
-        }
+        crate::reply::OwnCookie::PinSession.name(tls)
     }
 
     /// stepgate's own first-factor session after a PIN login.
     pub fn login_cookie(&self, tls: bool) -> &'static str {
-        if tls {
-            "__Host-stepgate_session"
-        } else {
-            "stepgate_session"
-        }
+        crate::reply::OwnCookie::Login.name(tls)
     }
 
     /// The nonce behind CSRF tokens of signed-out forms.
     pub fn nonce_cookie(&self, tls: bool) -> &'static str {
-        if tls {
-            "__Host-stepgate_pre"
-        } else {
-            "stepgate_pre"
-        }
+        crate::reply::OwnCookie::Nonce.name(tls)
     }
 
     /// Verify a first-factor token, including stepgate's own PIN-login
@@ -125,12 +116,25 @@ impl Gate {
         Ok(p)
     }
 
-    pub fn stepup_cookie_name(&self, tls: bool) -> &'static str {
-        if tls {
-            "__Host-stepgate_su"
-        } else {
-            "stepgate_su"
+    /// Who the request's credentials say the user is, from any configured
+    /// source (may ask the IdP or the app), with stepgate's invalidations.
+    pub async fn identify(
+        &self,
+        presented: &crate::auth::sources::Presented,
+        now: i64,
+    ) -> Result<crate::auth::principal::Principal, crate::auth::principal::AuthError> {
+        let p = self
+            .sources
+            .authenticate(&self.verifier, presented, now)
+            .await?;
+        if crate::auth::decision::session_revoked(&p, &|s| self.revocations.revoked_before(s)) {
+            return Err(crate::auth::principal::AuthError::Revoked);
         }
+        Ok(p)
+    }
+
+    pub fn stepup_cookie_name(&self, tls: bool) -> &'static str {
+        crate::reply::OwnCookie::StepUp.name(tls)
     }
 
     /// How long a step-up token lives: as long as the longest `max_age` of the
@@ -254,6 +258,26 @@ impl Shared {
         );
         keep("pin.login", settings.pin.login != o.pin.login);
         keep("first_factor.claims", n.claims != p.claims);
+        keep(
+            "first_factor sources",
+            format!(
+                "{:?}",
+                (
+                    &n.introspection,
+                    &n.session_check,
+                    &n.oidc,
+                    &n.trusted_header
+                )
+            ) != format!(
+                "{:?}",
+                (
+                    &p.introspection,
+                    &p.session_check,
+                    &p.oidc,
+                    &p.trusted_header
+                )
+            ),
+        );
         // Restart-only settings keep their running values.
         settings.pin.login = o.pin.login;
         settings.listen = o.listen.clone();
@@ -283,6 +307,7 @@ impl Shared {
         let gate = Gate {
             policy: r.policy,
             verifier: old.verifier.clone(),
+            sources: old.sources.clone(),
             assertion: r.assertion,
             owned_headers: r.owned_headers,
             deps: Deps {

@@ -11,6 +11,14 @@ use prometheus::{
 pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!("stepgate_requests_total", "Requests by decision (public, authenticated, stepped_up, challenge, unauthenticated, deny, reserved, bad_request, store_unavailable)", &["decision"]).unwrap()
 });
+pub static FIRST_FACTOR: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "stepgate_first_factor_total",
+        "First-factor answers by source (trusted_header, introspection, session_check) and result (admitted, refused, cached, unavailable)",
+        &["source", "result"]
+    )
+    .unwrap()
+});
 pub static REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "stepgate_refused_requests_total",

@@ -13,17 +13,9 @@ use crate::flows::lifecycle;
 use crate::flows::pin;
 use crate::flows::profile::{Identifier, Profile};
 use crate::gate::Gate;
-use crate::reply::{field, parse_form, query_param, safe_return_to, url_encode, Reply};
+use crate::reply::{field, parse_form, query_param, safe_return_to, url_encode, OwnCookie, Reply};
 use crate::util::clock;
 use crate::util::clock::human_time;
-
-fn secure(req: &Req<'_>) -> &'static str {
-    if req.tls {
-        "; Secure"
-    } else {
-        ""
-    }
-}
 
 /// Open a device PIN session for `p` unless this device has a live one;
 /// returns the Set-Cookie value.
@@ -42,10 +34,10 @@ pub(super) async fn device_session_cookie(
         }
     }
     match lifecycle::open_session(gate, Profile::of(p), p.login_time, req.user_agent).await {
-        Ok((token, _)) => Some(format!(
-            "{name}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
-            gate.settings.pin.session_ttl.as_secs(),
-            secure(req)
+        Ok((token, _)) => Some(OwnCookie::PinSession.set(
+            &token,
+            gate.settings.pin.session_ttl.as_secs() as i64,
+            req.tls,
         )),
         Err(e) => {
             tracing::warn!(target: "stepgate", user = %p.sub, error = ?e, "could not open a PIN session");
@@ -237,10 +229,7 @@ fn nonce(gate: &Gate, req: &Req<'_>) -> (String, Option<String>) {
         Some(n) => (n, None),
         None => {
             let n = crate::auth::tokens::random_id();
-            let c = format!(
-                "{name}={n}; Path=/; HttpOnly; SameSite=Strict; Max-Age=3600{}",
-                secure(req)
-            );
+            let c = OwnCookie::Nonce.set(&n, 3600, req.tls);
             (n, Some(c))
         }
     }
@@ -420,7 +409,7 @@ async fn login_page(
         Err(FlowError::StoreUnavailable) => {
             return flow_page(gate, FlowError::StoreUnavailable, return_to)
         }
-        Err(_) => return login_needed(gate, req).add("Set-Cookie", clear_cookie(gate, req)),
+        Err(_) => return login_needed(gate, req).add("Set-Cookie", clear_cookie(req)),
     };
     let who = session
         .profile
@@ -438,12 +427,8 @@ async fn login_page(
     with_nonce(r, set)
 }
 
-fn clear_cookie(gate: &Gate, req: &Req<'_>) -> String {
-    format!(
-        "{}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{}",
-        gate.pin_session_cookie(req.tls),
-        secure(req)
-    )
+fn clear_cookie(req: &Req<'_>) -> String {
+    OwnCookie::PinSession.clear(req.tls)
 }
 
 async fn login_submit(gate: &Gate, req: &Req<'_>) -> Reply {
@@ -461,11 +446,7 @@ async fn login_submit(gate: &Gate, req: &Req<'_>) -> Reply {
             let max_age = (exp - clock::now()).max(1);
             let reply = Reply::redirect(&return_to).add(
                 "Set-Cookie",
-                format!(
-                    "{}={access}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{}",
-                    gate.login_cookie(req.tls),
-                    secure(req)
-                ),
+                OwnCookie::Login.set(&access, max_age, req.tls),
             );
             // The PIN was just entered: that is a PIN step-up for the new
             // session too, so a PIN-protected return_to does not ask again.
@@ -481,14 +462,7 @@ async fn login_submit(gate: &Gate, req: &Req<'_>) -> Reply {
                         crate::util::clock::now_ms(),
                         ttl,
                     );
-                    reply.add(
-                        "Set-Cookie",
-                        format!(
-                            "{}={su}; Path=/; HttpOnly; SameSite=Strict; Max-Age={ttl}{}",
-                            gate.stepup_cookie_name(req.tls),
-                            secure(req)
-                        ),
-                    )
+                    reply.add("Set-Cookie", OwnCookie::StepUp.set(&su, ttl, req.tls))
                 }
                 Err(_) => reply,
             }
@@ -501,7 +475,7 @@ async fn login_submit(gate: &Gate, req: &Req<'_>) -> Reply {
             login_page(gate, req, &return_to, Some(msg), 401).await
         }
         Err(FlowError::SessionInvalid | FlowError::SessionExpired) => {
-            login_needed(gate, req).add("Set-Cookie", clear_cookie(gate, req))
+            login_needed(gate, req).add("Set-Cookie", clear_cookie(req))
         }
         Err(e) => flow_page(gate, e, &return_to),
     }

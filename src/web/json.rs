@@ -1,8 +1,8 @@
 //! The JSON API's shared plumbing: the route table, request bodies, the API
 //! secret check, error bodies, and the one mapping from flow errors to API
 //! answers (status, LoginRadius-style ErrorCode, words for developers). The
-//! pages' wording of the same errors is `web::flow_page`; both take the
-//! status and code from [`status_and_code`].
+//! pages' wording of the same errors is `web::flow_page`; both render
+//! `web::respond::explain`, so they cannot disagree.
 
 use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
@@ -11,7 +11,6 @@ use super::Req;
 use crate::flows::error::FlowError;
 use crate::gate::Gate;
 use crate::reply::Reply;
-use crate::util::clock;
 
 /// Every API operation, as (method, path under /.stepgate/api). The OpenAPI
 /// description in docs/openapi.yaml is checked against this list by a test.
@@ -50,57 +49,20 @@ pub fn error(status: u16, code: u32, message: &str, description: &str) -> Reply 
     )
 }
 
-pub fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
+pub use super::respond::rfc3339;
 
-/// The one mapping from flow errors to API answers.
+/// A flow error as the API tells it: status, ErrorCode and words from
+/// [`respond::explain`](super::respond::explain), the one mapping.
 pub fn flow_error(e: FlowError) -> Reply {
-    match e {
-        FlowError::Locked { until } => Reply::json(
-            429,
-            &json!({"ErrorCode": 1198, "Message": "The account is locked", "Description": format!("Too many failed attempts; locked until {}.", rfc3339(until)), "LockedUntil": rfc3339(until)}),
-        )
-        .add("Retry-After", (until - clock::now()).max(1).to_string()),
-        FlowError::Suspended => error(403, 1198, "The account is locked (suspended)", "Too many failed attempts in a row: the PIN is suspended until it is reset (forgot PIN) or an administrator unlocks the account."),
-        FlowError::WrongPin { remaining } => error(401, 1236, "The PIN is invalid", &format!("{remaining} attempt(s) left before a lockout.")),
-        FlowError::NoPin => error(403, 1235, "No PIN is set", "Set up a PIN on /.stepgate/pin/setup first."),
-        FlowError::PinAlreadySet => error(400, 1247, "A PIN is already set", "Change it instead."),
-        FlowError::PinRule(m) => error(400, 1248, "The PIN does not meet the rules", &m),
-        FlowError::PinMismatch => error(400, 1249, "The PINs differ", "PIN and confirmation must be equal."),
-        FlowError::LoginNotFresh => error(403, 1250, "A recent login is required", "Sign in again, then retry within the enrollment window."),
-        FlowError::StepUpRequired => error(403, 1261, "A step-up is required", "Confirm with your PIN first: step up (PUT /.stepgate/api/stepup/pin) and send the token in X-Stepgate-Token, or send your current PIN as `PIN` with the request."),
-        FlowError::EmailNotInProfile => error(400, 1340, "The email address is not in the profile", "Nothing was sent."),
-        FlowError::NotConfigured => error(501, 1233, "This factor is not configured", "The gateway has no mail settings."),
-        FlowError::Cooldown { retry_after } => {
-            error(429, 1179, "Please wait before asking for another code", &format!("Retry in {retry_after} seconds.")).add("Retry-After", retry_after.to_string())
-        }
-        FlowError::SendLimit { until } => error(429, 1179, "The OTP send limit is reached", &format!("No more codes until {}.", rfc3339(until)))
-            .add("Retry-After", (until - clock::now()).max(1).to_string()),
-        FlowError::MailFailed => error(502, 1251, "The code could not be sent", "The mail server refused or did not answer; nothing was used up, retry."),
-        FlowError::NoCode => error(400, 1252, "No valid code", "The code was used, expired or tried too often; ask for a new one."),
-        FlowError::WrongCode { remaining } => error(401, 1253, "The OTP is invalid", &format!("{remaining} attempt(s) left for this code.")),
-        FlowError::StoreUnavailable => error(503, 1254, "Temporarily unavailable", "The gateway's store does not answer; retry shortly.").add("Retry-After", "5".into()),
-        FlowError::Internal => error(500, 1255, "Internal error", "See the gateway log."),
-        FlowError::WrongCurrentPin { remaining } => error(401, 1241, "The current PIN is invalid", &format!("{remaining} attempt(s) left before a lockout.")),
-        FlowError::AuthTokenInvalid => error(401, 1239, "The PINAuthToken is invalid", "It is unknown or was already used; ask for a new one."),
-        FlowError::AuthTokenExpired => error(401, 1240, "The PINAuthToken has expired", "Ask for a new one."),
-        FlowError::ResetUsed => error(400, 1242, "The reset link was already used", "Ask for a new one with forgot PIN."),
-        FlowError::ResetInvalid => error(400, 1256, "The reset token is invalid or expired", "Ask for a new one with forgot PIN."),
-        FlowError::SessionInvalid => error(401, 1245, "The session token is invalid", "It is unknown, was invalidated, or belongs to another device; sign in fully."),
-        FlowError::SessionExpired => error(401, 1246, "The session token has expired", "Sign in fully to start a new PIN session."),
-        FlowError::WrongAnswers { remaining } => error(401, 1257, "The security answers are not right", &format!("{remaining} attempt(s) left before a lockout.")),
-        FlowError::UnknownQuestion(q) => error(400, 1258, "Unknown security question", &format!("`{q}` is not one of the configured questions (GET /.stepgate/api/securityquestion lists them).")),
-        FlowError::ResetUrlNotAllowed => error(400, 1259, "The reset URL is not allowed", "`resetpinurl` must be listed in `pin.reset_urls`."),
-        FlowError::Disabled(why) => error(501, 1233, "Not enabled on this gateway", why),
-        FlowError::BadAnswer(why) => error(400, 1260, "The answer is not valid", &why),
-        FlowError::ResetCodeRefused => error(401, 1253, "The OTP is invalid", "The code is wrong, used or expired; check it, or ask for a new one."),
+    let x = super::respond::explain(&e, "/");
+    let mut body = json!({"ErrorCode": x.code, "Message": x.message, "Description": x.description});
+    if let Some(until) = x.locked_until {
+        body["LockedUntil"] = json!(rfc3339(until));
+    }
+    let reply = Reply::json(x.status, &body);
+    match x.retry_after {
+        Some(s) => reply.add("Retry-After", s.to_string()),
+        None => reply,
     }
 }
 

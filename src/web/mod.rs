@@ -9,6 +9,7 @@ mod email;
 pub mod json;
 mod pin_api;
 pub mod replies;
+pub mod respond;
 
 use minijinja::context;
 
@@ -20,7 +21,6 @@ use crate::gate::Gate;
 use crate::policy::{Factor, Require};
 use crate::reply::{field, parse_form, query_param, safe_return_to, url_encode, FormError, Reply};
 use crate::util::clock;
-use crate::util::clock::human_time;
 use crate::util::metrics;
 
 /// A request to a reserved path, already read and bounded.
@@ -363,12 +363,10 @@ pub(crate) async fn stepup_success(
     let (token, _) = gate
         .keys
         .issue_stepup_ms(p, factor, crate::util::clock::now_ms(), ttl);
-    let name = gate.stepup_cookie_name(req.tls);
-    let secure = if req.tls { "; Secure" } else { "" };
     crate::flows::lifecycle::remember_profile(gate, p).await;
     let reply = Reply::redirect(return_to).add(
         "Set-Cookie",
-        format!("{name}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={ttl}{secure}"),
+        crate::reply::OwnCookie::StepUp.set(&token, ttl, req.tls),
     );
     if factor != Factor::Pin || !gate.settings.pin.login || p.pin_session.is_some() {
         return reply;
@@ -474,124 +472,36 @@ async fn setup_submit(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
 
 /// The one mapping from flow errors to pages.
 pub fn flow_page(gate: &Gate, e: FlowError, return_to: &str) -> Reply {
-    let pages = &gate.pages;
     match e {
-        FlowError::Locked { until } => {
-            let wait = (until - clock::now()).max(1);
-            pages
-                .message(
-                    429,
-                    "Too many attempts",
-                    &format!(
-                        "Confirmation is locked after too many wrong attempts. Try again after {}.",
-                        human_time(until)
-                    ),
-                    None,
-                )
-                .add("Retry-After", wait.to_string())
+        // A browser with no PIN is sent to set one up, not told about it.
+        FlowError::NoPin => {
+            return Reply::redirect(&format!(
+                "/.stepgate/pin/setup?return_to={}",
+                url_encode(return_to)
+            ))
         }
-        FlowError::Suspended => pages.message(
-            403,
-            "PIN suspended",
-            "Your PIN is suspended after too many wrong tries. Reset it with 'Forgot PIN' or ask your helpdesk.",
-            Some(("/.stepgate/pin/forgot", "Forgot PIN")),
-        ),
         FlowError::LoginNotFresh => {
+            let x = respond::explain(&e, return_to);
             let login = gate
                 .settings
                 .first_factor
                 .login_url
                 .as_ref()
-                .map(|_| "sign in again");
-            let msg = "Setting up a new way to confirm it is you (a PIN or an email address) needs a recent sign-in. Sign out and sign in again, then come back to this page.";
-            match (
-                login,
-                login_redirect(
+                .and(login_redirect(
                     gate,
                     gate.settings.public_url.as_deref().unwrap_or(""),
                     &format!("/.stepgate/challenge?return_to={}", url_encode(return_to)),
-                ),
-            ) {
-                (Some(text), Some(url)) => {
-                    pages.message(403, "Sign in again", msg, Some((&url, text)))
-                }
-                _ => pages.message(403, "Sign in again", msg, None),
-            }
+                ));
+            let link = login.as_deref().map(|url| (url, "sign in again"));
+            return gate.pages.message(x.status, x.heading, &x.text, link);
         }
-        FlowError::StepUpRequired => pages.message(
-            403,
-            "Confirm it is you first",
-            "Saving security answers needs your PIN: enter your current PIN with the answers, or confirm with your PIN first and come back.",
-            Some((
-                &format!("/.stepgate/challenge?return_to={}", url_encode(return_to)),
-                "Confirm it is you",
-            )),
-        ),
-        FlowError::StoreUnavailable => pages
-            .message(
-                503,
-                "Temporarily unavailable",
-                "stepgate cannot check your confirmation right now. Try again in a moment.",
-                None,
-            )
-            .add("Retry-After", "5".into()),
-        FlowError::NoPin => Reply::redirect(&format!(
-            "/.stepgate/pin/setup?return_to={}",
-            url_encode(return_to)
-        )),
-        FlowError::WrongPin { .. }
-        | FlowError::PinMismatch
-        | FlowError::PinRule(_)
-        | FlowError::PinAlreadySet => {
-            pages.message(400, "Not accepted", "The PIN was not accepted.", None)
-        }
-        FlowError::EmailNotInProfile => pages.message(400, "Unknown address", "That address is not one of your profile's addresses; nothing was sent.", None),
-        FlowError::NotConfigured => pages.message(501, "Not available", "Email codes are not set up on this gateway. Choose another method.", None),
-        FlowError::Cooldown { retry_after } => pages
-            .message(429, "Please wait", &format!("A code was sent moments ago. You can ask for a new one in {retry_after} seconds."), None)
-            .add("Retry-After", retry_after.to_string()),
-        FlowError::SendLimit { until } => pages
-            .message(429, "Too many codes", &format!("Too many codes were sent to you in the last hour. You can ask for a new one after {}.", human_time(until)), None)
-            .add("Retry-After", (until - clock::now()).max(1).to_string()),
-        FlowError::MailFailed => pages.message(
-            502,
-            "The code could not be sent",
-            "The mail server did not accept the message. Nothing was used up: try again in a moment.",
-            Some((&format!("/.stepgate/email?return_to={}", url_encode(return_to)), "Try again")),
-        ),
-        FlowError::NoCode => pages.message(
-            400,
-            "No valid code",
-            "This code was already used, has expired, or was tried too often. Ask for a new one.",
-            Some((&format!("/.stepgate/email?return_to={}", url_encode(return_to)), "Send a new code")),
-        ),
-        FlowError::WrongCode { .. } => pages.message(401, "Not accepted", "The code was not accepted.", None),
-        FlowError::WrongCurrentPin { .. } => pages.message(401, "Not accepted", "The current PIN is not right.", None),
-        FlowError::AuthTokenInvalid | FlowError::AuthTokenExpired => pages.message(400, "Link not valid", "This PIN setup token is unknown, used or expired.", None),
-        FlowError::ResetUsed => pages.message(
-            400,
-            "This link was already used",
-            "Each reset link works once. Ask for a new one if you still need to reset your PIN.",
-            Some(("/.stepgate/pin/forgot", "Ask for a new link")),
-        ),
-        FlowError::ResetInvalid => pages.message(
-            400,
-            "This link is not valid",
-            "The reset link has expired or is not complete. Ask for a new one.",
-            Some(("/.stepgate/pin/forgot", "Ask for a new link")),
-        ),
-        FlowError::SessionInvalid | FlowError::SessionExpired => pages.message(401, "Please sign in", "This device's PIN session has ended. Sign in again.", None),
-        FlowError::WrongAnswers { .. } => pages.message(401, "Not accepted", "The answers were not right.", None),
-        FlowError::UnknownQuestion(_) => pages.message(400, "Unknown question", "That question is not offered here.", None),
-        FlowError::ResetUrlNotAllowed => pages.message(400, "Not allowed", "That reset address is not allowed.", None),
-        FlowError::Disabled(why) => pages.message(501, "Not available", why, None),
-        FlowError::BadAnswer(why) => pages.message(400, "Answer not accepted", &why, None),
-        FlowError::ResetCodeRefused => pages.message(401, "Not accepted", "The code is wrong, used or expired.", None),
-        FlowError::Internal => pages.message(
-            500,
-            "Something went wrong",
-            "stepgate hit an internal error; it is in the gateway log.",
-            None,
-        ),
+        _ => {}
+    }
+    let x = respond::explain(&e, return_to);
+    let link = x.link.as_ref().map(|(url, text)| (url.as_str(), *text));
+    let reply = gate.pages.message(x.status, x.heading, &x.text, link);
+    match x.retry_after {
+        Some(s) => reply.add("Retry-After", s.to_string()),
+        None => reply,
     }
 }

@@ -61,6 +61,23 @@ pub fn unavailable(gate: &Gate, html: bool) -> Reply {
     }
 }
 
+/// The first-factor source that must say who the user is (the IdP, the
+/// app) did not answer: closed, with a reason, never a sign-in loop.
+pub fn source_unavailable(gate: &Gate, html: bool, source: &str) -> Reply {
+    if html {
+        gate.pages
+            .message(
+                503,
+                "Temporarily unavailable",
+                "stepgate cannot check your sign-in right now (the sign-in service does not answer). Try again in a moment.",
+                None,
+            )
+            .add("Retry-After", "5".into())
+    } else {
+        Reply::json(503, &serde_json::json!({"error": "temporarily_unavailable", "error_description": format!("the first-factor source `{source}` does not answer")})).add("Retry-After", "5".into())
+    }
+}
+
 pub fn stepup(html: bool, return_to: &str, step_up: &StepUp, reason: StepUpReason) -> Reply {
     metrics::CHALLENGES
         .with_label_values(&[if html { "redirect" } else { "rfc9470" }])

@@ -2,25 +2,24 @@
 //! start-up, with each problem at its `FILE:LINE:COL`. The sections with
 //! most to check (mail, upstreams, first factor, store) are in `sections`.
 
+mod limits;
 mod sections;
+mod sources;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use ipnet::IpNet;
 
 use super::file::*;
 use super::model::*;
 use super::spans::{Diagnostic, Spans};
 use super::values::load_secret;
+use limits::DEFAULT_SIGNING_MIN;
 
 pub(super) struct Builder<'a> {
     pub(super) spans: &'a Spans,
     pub(super) diags: Vec<Diagnostic>,
     pub(super) base: &'a Path,
 }
-
-const DEFAULT_SIGNING_MIN: usize = 32;
 
 impl Builder<'_> {
     pub(super) fn err(&mut self, path: &str, msg: impl Into<String>) {
@@ -32,26 +31,7 @@ impl Builder<'_> {
     }
 
     pub(super) fn build(&mut self, f: FileConfig) -> Option<Settings> {
-        let listen = match f.listen {
-            None => vec!["127.0.0.1:8080".to_string()],
-            Some(OneOrMany::One(a)) => vec![a],
-            Some(OneOrMany::Many(v)) => v,
-        };
-        for (i, a) in listen.iter().enumerate() {
-            if a.parse::<std::net::SocketAddr>().is_err() {
-                let at = if listen.len() == 1 {
-                    "listen".to_string()
-                } else {
-                    format!("listen[{i}]")
-                };
-                self.err(
-                    &at,
-                    format!(
-                        "`{a}` is not an address; write e.g. \"127.0.0.1:8080\" or \"[::]:443\""
-                    ),
-                );
-            }
-        }
+        let listen = self.listen(f.listen);
         let tls = f.tls.map(|t| Tls {
             cert: self.path(&t.cert),
             key: self.path(&t.key),
@@ -100,19 +80,7 @@ impl Builder<'_> {
                 }
             },
         };
-        let mut trusted_proxies = Vec::new();
-        for (i, p) in f.trusted_proxies.iter().enumerate() {
-            let parsed = p
-                .parse::<IpNet>()
-                .or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from));
-            match parsed {
-                Ok(n) => trusted_proxies.push(n),
-                Err(_) => self.err(
-                    &format!("trusted_proxies[{i}]"),
-                    format!("`{p}` is not an IP address or CIDR range such as 10.0.0.0/8"),
-                ),
-            }
-        }
+        let trusted_proxies = self.trusted_proxies(&f.trusted_proxies);
         let policy_path = match f.policy {
             Some(p) => self.path(&p),
             None => {
@@ -125,32 +93,7 @@ impl Builder<'_> {
         };
         let first_factor = self.first_factor(f.first_factor);
         let store = self.store(f.store);
-        let signing = match f.signing {
-            None => {
-                self.err("", "`signing` is missing: give `signing.secret` (at least 32 bytes) or `signing.secret_file`; it signs step-up tokens and CSRF tokens");
-                None
-            }
-            Some(s) => match load_secret(
-                s.secret.as_deref(),
-                s.secret_file.as_deref(),
-                self.base,
-                "signing",
-            ) {
-                Ok(Some(sec)) if sec.expose().len() >= DEFAULT_SIGNING_MIN => Some(sec),
-                Ok(Some(_)) => {
-                    self.err("signing", format!("the signing secret is too short; use at least {DEFAULT_SIGNING_MIN} random bytes (e.g. `openssl rand -hex 32`)"));
-                    None
-                }
-                Ok(None) => {
-                    self.err("signing", "give `secret` or `secret_file`");
-                    None
-                }
-                Err(e) => {
-                    self.err("signing", e);
-                    None
-                }
-            },
-        };
+        let signing = self.signing(f.signing);
         let metrics_listen = f.metrics.map(|m| m.listen);
         if let Some(m) = &metrics_listen {
             if m.parse::<std::net::SocketAddr>().is_err() {
@@ -160,122 +103,8 @@ impl Builder<'_> {
                 );
             }
         }
-        let pin = PinSettings {
-            required: f.pin.required.unwrap_or(false),
-            login: f.pin.login.unwrap_or(true),
-            session_ttl: f
-                .pin
-                .session_ttl
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(7 * 86400)),
-            min_length: f.pin.min_length.unwrap_or(4),
-            max_length: f.pin.max_length.unwrap_or(12),
-            enroll_window: f
-                .pin
-                .enroll_window
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(600)),
-            login_ttl: f
-                .pin
-                .login_ttl
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(900)),
-            offer_setup: f.pin.offer_setup.unwrap_or(false),
-            forgot: match f.pin.forgot.as_deref() {
-                None | Some("link") => ForgotMode::Link,
-                Some("otp") => ForgotMode::Otp,
-                Some(other) => {
-                    self.err("pin.forgot", format!("`{other}`: use link or otp"));
-                    ForgotMode::Link
-                }
-            },
-            reset_ttl: f
-                .pin
-                .reset_ttl
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(900)),
-            reset_urls: f.pin.reset_urls.clone(),
-            auth_token_ttl: f
-                .pin
-                .auth_token_ttl
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(300)),
-            forgot_ip_limit: f.pin.forgot_ip_limit.unwrap_or(10),
-        };
-        if pin.forgot_ip_limit == 0 {
-            self.err("pin.forgot_ip_limit", "must be at least 1");
-        }
-        for (i, u) in pin.reset_urls.iter().enumerate() {
-            if !(u.starts_with("https://") || u.starts_with("http://")) || u.contains('?') {
-                self.err(
-                    &format!("pin.reset_urls[{i}]"),
-                    format!("`{u}` must be an absolute http(s) URL without a query"),
-                );
-            }
-        }
-        for (k, d) in [
-            ("pin.session_ttl", pin.session_ttl),
-            ("pin.login_ttl", pin.login_ttl),
-            ("pin.reset_ttl", pin.reset_ttl),
-            ("pin.auth_token_ttl", pin.auth_token_ttl),
-        ] {
-            if d < Duration::from_secs(60) {
-                self.err(k, "must be at least 1m");
-            }
-        }
-        if pin.min_length < 4 || pin.max_length > 64 || pin.min_length > pin.max_length {
-            self.err(
-                "pin",
-                "PIN lengths must satisfy 4 <= min_length <= max_length <= 64",
-            );
-        }
-        let lockout = Lockout {
-            max_failures: f.lockout.max_failures.unwrap_or(5),
-            window: f
-                .lockout
-                .window
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(900)),
-            duration: f
-                .lockout
-                .duration
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(900)),
-            ip_max_failures: f.lockout.ip_max_failures.unwrap_or(100),
-            max_duration: f
-                .lockout
-                .max_duration
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(86400)),
-            max_consecutive: f.lockout.max_consecutive.unwrap_or(20),
-        };
-        if lockout.max_failures == 0 || lockout.ip_max_failures == 0 {
-            self.err("lockout", "failure limits must be at least 1");
-        }
-        if lockout.window < Duration::from_secs(1) || lockout.duration < Duration::from_secs(1) {
-            self.err("lockout", "`window` and `duration` must be at least 1s");
-        }
-        if lockout.ip_max_failures < lockout.max_failures {
-            self.err(
-                "lockout.ip_max_failures",
-                format!(
-                    "`ip_max_failures` ({}) is below `max_failures` ({}): one user's typos would lock out everyone behind the same address (an office NAT, a VPN); make it far higher (default 100)",
-                    lockout.ip_max_failures, lockout.max_failures
-                ),
-            );
-        }
-        if lockout.max_duration < lockout.duration {
-            self.err(
-                "lockout.max_duration",
-                "`max_duration` caps the growing locks; it must be at least `duration`",
-            );
-        }
-        if lockout.max_consecutive == 0 || lockout.max_consecutive > 100 {
-            self.err(
-                "lockout.max_consecutive",
-                "`max_consecutive` must be 1 to 100 (NIST SP 800-63B: at most 100 failures in a row per account)",
-            );
-        }
+        let pin = self.pin(&f.pin);
+        let lockout = self.lockout(&f.lockout);
         let single_use_window = f
             .step_up
             .single_use_window

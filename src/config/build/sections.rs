@@ -185,10 +185,59 @@ impl Builder<'_> {
             );
             return None;
         };
-        let Some(jwt) = ff.jwt else {
-            self.err("first_factor", "`first_factor.jwt` is missing: give `algorithms` and a key (`secret`, `public_key_file`, `jwks_file` or `jwks_url`)");
-            return None;
+        let others = ff.introspection.is_some()
+            || ff.session_check.is_some()
+            || ff.oidc.is_some()
+            || ff.trusted_header.is_some();
+        let (algorithms, key, issuer, audience) = match ff.jwt {
+            Some(jwt) => self.jwt(jwt)?,
+            None if others => (Vec::new(), KeySource::None, None, None),
+            None => {
+                self.err("first_factor", "say where the signed-in user comes from: `first_factor.jwt` (algorithms and a key), `introspection`, `session_check`, `oidc` or `trusted_header`");
+                return None;
+            }
         };
+        let introspection = ff.introspection.and_then(|i| self.introspection(i));
+        let session_check = ff.session_check.and_then(|c| self.session_check(c));
+        let oidc = ff.oidc.and_then(|o| self.oidc(o));
+        let trusted_header = ff.trusted_header.map(|t| TrustedHeader {
+            user: t.user,
+            email: t.email,
+        });
+        let d = ClaimNames::default();
+        let c = ff.claims;
+        let claims = ClaimNames {
+            email: c.email.unwrap_or(d.email),
+            emails: c.emails.unwrap_or(d.emails),
+            email_verified: c.email_verified.unwrap_or(d.email_verified),
+            phone: c.phone.unwrap_or(d.phone),
+            username: c.username.unwrap_or(d.username),
+        };
+        Some(FirstFactor {
+            claims,
+            cookie: ff.cookie.unwrap_or_else(|| "access_token".into()),
+            algorithms,
+            key,
+            issuer,
+            audience,
+            introspection,
+            session_check,
+            oidc,
+            trusted_header,
+            login_url: ff.login_url,
+            leeway: ff.leeway.map(|d| d.0).unwrap_or(Duration::from_secs(30)),
+        })
+    }
+
+    fn jwt(
+        &mut self,
+        jwt: JwtFile,
+    ) -> Option<(
+        Vec<jsonwebtoken::Algorithm>,
+        KeySource,
+        Option<String>,
+        Option<String>,
+    )> {
         let names = jwt
             .algorithms
             .clone()
@@ -299,25 +348,7 @@ impl Builder<'_> {
                 }
             }
         };
-        let d = ClaimNames::default();
-        let c = ff.claims;
-        let claims = ClaimNames {
-            email: c.email.unwrap_or(d.email),
-            emails: c.emails.unwrap_or(d.emails),
-            email_verified: c.email_verified.unwrap_or(d.email_verified),
-            phone: c.phone.unwrap_or(d.phone),
-            username: c.username.unwrap_or(d.username),
-        };
-        Some(FirstFactor {
-            claims,
-            cookie: ff.cookie.unwrap_or_else(|| "access_token".into()),
-            algorithms,
-            key,
-            issuer: jwt.issuer,
-            audience: jwt.audience,
-            login_url: ff.login_url,
-            leeway: ff.leeway.map(|d| d.0).unwrap_or(Duration::from_secs(30)),
-        })
+        Some((algorithms, key, jwt.issuer, jwt.audience))
     }
 
     pub(super) fn store(&mut self, s: StoreFile) -> Option<StoreSettings> {

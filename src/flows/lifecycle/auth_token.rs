@@ -179,29 +179,14 @@ pub async fn required_pin_token(
     else {
         return Ok(None);
     };
-    let fresh_from = now + deps.settings.pin.auth_token_ttl.as_secs() as i64 - 60;
     let cache_key = format!("{}\0{login_time}", p.sub);
-    if let Some((t, exp)) = deps
-        .required_pin_tokens
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&cache_key)
-        .filter(|(_, exp)| *exp >= fresh_from)
-        .cloned()
-    {
-        return Ok(Some((t, exp)));
+    if let Some(kept) = deps.required_pin_tokens.get(&cache_key, now) {
+        return Ok(Some(kept));
     }
     let (t, exp) = issue_auth_token(deps, &p.sub, AuthTokenFor::Login(login_time)).await?;
-    crate::util::bounded::insert(
-        &mut deps
-            .required_pin_tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()),
-        10_000,
-        cache_key,
-        (t.clone(), exp),
-        |_, (_, e)| *e >= fresh_from,
-    );
+    // Handed out again for a minute, then a fresh one is made.
+    deps.required_pin_tokens
+        .insert(cache_key, (t.clone(), exp), (now + 60).min(exp), now);
     Ok(Some((t, exp)))
 }
 
