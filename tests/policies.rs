@@ -11,6 +11,7 @@ fn check(config: &std::path::Path) -> std::process::Output {
         .arg(config)
         .env("STEPGATE_FIRST_FACTOR_SECRET", "x".repeat(32))
         .env("STEPGATE_SIGNING_SECRET", "y".repeat(32))
+        .env("STEPGATE_INTROSPECTION_SECRET", "z".repeat(32))
         .output()
         .unwrap()
 }
@@ -53,6 +54,24 @@ fn the_example_gateway_config_passes_check() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+#[test]
+fn the_example_first_factor_configs_pass_check() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut n = 0;
+    for entry in std::fs::read_dir(root.join("examples/first-factor")).unwrap() {
+        let path = entry.unwrap().path();
+        let out = check(&path);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        n += 1;
+    }
+    assert_eq!(n, 3, "session-check, introspection, trusted-header");
 }
 
 #[test]

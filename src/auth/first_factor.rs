@@ -162,7 +162,10 @@ impl Verifier {
             }
             KeySource::JwksUrl { .. } | KeySource::None => KeySet::default(),
         };
-        let mut validation = Validation::new(ff.algorithms[0]);
+        // Without a JWT source the list is empty and every JWT is refused
+        // (AlgorithmNotAllowed) before any key is looked for.
+        let mut validation =
+            Validation::new(ff.algorithms.first().copied().unwrap_or(Algorithm::RS256));
         validation.algorithms = ff.algorithms.clone();
         // Time claims are checked against the caller's clock in `verify`.
         validation.validate_exp = false;
