@@ -164,8 +164,9 @@ pub fn credentials(gate: &Gate, req: &RequestHeader, tls: bool) -> Credentials {
         .settings
         .pin
         .login
-        .then(|| cookie(cookies(), gate.login_cookie(tls)))
-        .flatten()
+        .then_some(())
+        .or(gate.oidc.as_ref().map(|_| ()))
+        .and_then(|_| cookie(cookies(), gate.login_cookie(tls)))
     {
         Some(own) => match access_token {
             Some(t) if gate.verifier.verify(&t, clock::now()).is_ok() => Some(t),

@@ -160,21 +160,25 @@ pub enum OwnCookie {
     Login,
     /// The nonce behind CSRF tokens of signed-out forms.
     Nonce,
+    /// Binds an OIDC sign-in to the browser that started it. Lax: the
+    /// provider's redirect back is a cross-site navigation.
+    OidcBrowser,
 }
 
 impl OwnCookie {
-    pub const ALL: [OwnCookie; 4] = [
+    pub const ALL: [OwnCookie; 5] = [
         OwnCookie::StepUp,
         OwnCookie::PinSession,
         OwnCookie::Login,
         OwnCookie::Nonce,
+        OwnCookie::OidcBrowser,
     ];
 
     /// Every name, with and without `__Host-`: the app never receives them.
-    pub const EVERY_NAME: [&'static str; 8] = {
-        let mut out = [""; 8];
+    pub const EVERY_NAME: [&'static str; 10] = {
+        let mut out = [""; 10];
         let mut i = 0;
-        while i < 4 {
+        while i < 5 {
             out[2 * i] = Self::ALL[i].name(false);
             out[2 * i + 1] = Self::ALL[i].name(true);
             i += 1;
@@ -192,13 +196,17 @@ impl OwnCookie {
             (OwnCookie::Login, false) => "stepgate_session",
             (OwnCookie::Nonce, true) => "__Host-stepgate_pre",
             (OwnCookie::Nonce, false) => "stepgate_pre",
+            (OwnCookie::OidcBrowser, true) => "__Host-stepgate_oidc",
+            (OwnCookie::OidcBrowser, false) => "stepgate_oidc",
         }
     }
 
     fn same_site(self) -> cookie::SameSite {
         match self {
             OwnCookie::StepUp | OwnCookie::Nonce => cookie::SameSite::Strict,
-            OwnCookie::PinSession | OwnCookie::Login => cookie::SameSite::Lax,
+            OwnCookie::PinSession | OwnCookie::Login | OwnCookie::OidcBrowser => {
+                cookie::SameSite::Lax
+            }
         }
     }
 

@@ -7,6 +7,7 @@
 pub mod assertion;
 pub mod decision;
 pub mod first_factor;
+pub mod oidc;
 pub mod principal;
 pub mod revocations;
 pub mod sources;

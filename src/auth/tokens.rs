@@ -182,6 +182,20 @@ impl Keys {
         now_ms: i64,
         ttl_secs: i64,
     ) -> (String, i64) {
+        self.issue_session_from(profile, psid, login_time, now_ms, ttl_secs, None)
+    }
+
+    /// [`issue_session`](Self::issue_session) for a sign-in that is not a
+    /// PIN login: `src` names it (`oidc`), and the principal says so.
+    pub fn issue_session_from(
+        &self,
+        profile: &crate::flows::profile::Profile,
+        psid: &str,
+        login_time: Option<i64>,
+        now_ms: i64,
+        ttl_secs: i64,
+        src: Option<&str>,
+    ) -> (String, i64) {
         let now = now_ms.div_euclid(1000);
         let c = SessionClaims {
             sub: profile.sub.clone(),
@@ -190,7 +204,7 @@ impl Keys {
             iat_ms: Some(now_ms),
             exp: now + ttl_secs,
             login_time,
-            src: None,
+            src: src.map(str::to_string),
             emails: profile.emails.clone(),
             otp_emails: profile.otp_emails.clone(),
             username: profile.username.clone(),

@@ -30,6 +30,8 @@ pub struct Gate {
     pub verifier: Arc<Verifier>,
     /// The first-factor sources besides JWTs (and their caches).
     pub sources: Arc<crate::auth::sources::Sources>,
+    /// stepgate's own OIDC sign-in, when `first_factor.oidc` is set.
+    pub oidc: Option<Arc<crate::auth::oidc::OidcClient>>,
     pub assertion: Arc<crate::auth::assertion::Signer>,
     /// Names (lowercase, `_` as `-`) of headers stepgate owns: client copies
     /// are always removed.
@@ -48,7 +50,7 @@ impl Gate {
         let r = Rebuilt::from(&settings, None)?;
         let keys = Arc::new(Keys::new(&settings.signing));
         let mut verifier = Verifier::new(&settings.first_factor)?;
-        if settings.pin.login {
+        if settings.pin.login || settings.first_factor.oidc.is_some() {
             verifier = verifier.with_sessions(keys.clone());
         }
         let store = crate::store::open(&settings.store)?;
@@ -59,6 +61,10 @@ impl Gate {
             policy: r.policy,
             verifier: Arc::new(verifier),
             sources: Arc::new(crate::auth::sources::Sources::new(&settings.first_factor)?),
+            oidc: match &settings.first_factor.oidc {
+                Some(o) => Some(Arc::new(crate::auth::oidc::OidcClient::new(o.clone())?)),
+                None => None,
+            },
             assertion: r.assertion,
             owned_headers: r.owned_headers,
             deps: Deps {
@@ -308,6 +314,7 @@ impl Shared {
             policy: r.policy,
             verifier: old.verifier.clone(),
             sources: old.sources.clone(),
+            oidc: old.oidc.clone(),
             assertion: r.assertion,
             owned_headers: r.owned_headers,
             deps: Deps {

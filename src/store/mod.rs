@@ -137,6 +137,10 @@ pub mod keys {
     fn user(sub: &str) -> String {
         format!("{{u:{}}}", &digest_b64(sub.as_bytes())[..22])
     }
+    /// An OIDC sign-in started and not finished, by its `state`.
+    pub fn oidc_pending(state: &str) -> String {
+        format!("oidc:{}", digest_b64(state.as_bytes()))
+    }
     pub fn pin(sub: &str) -> String {
         format!("{}:pin", user(sub))
     }

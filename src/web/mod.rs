@@ -7,6 +7,7 @@ mod account;
 pub mod api;
 mod email;
 pub mod json;
+mod oidc;
 mod pin_api;
 pub mod replies;
 pub mod respond;
@@ -97,6 +98,9 @@ pub async fn handle(gate: &Gate, req: &Req<'_>) -> Reply {
             r.set("Cache-Control", "public, max-age=300".into());
             r.add("Access-Control-Allow-Origin", "*".into())
         }
+        (_, "/.stepgate/oidc/start" | "/.stepgate/oidc/callback" | "/.stepgate/logout") => {
+            oidc::pages(gate, req).await
+        }
         (_, "/.stepgate/pin/forgot" | "/.stepgate/pin/reset" | "/.stepgate/pin/login") => {
             account::signed_out_pages(gate, req).await
         }
@@ -175,6 +179,13 @@ pub fn login_needed(gate: &Gate, req: &Req<'_>) -> Reply {
 
 /// The configured login URL with `{return_to}` filled in, if any.
 pub fn login_redirect(gate: &Gate, origin: &str, return_to: &str) -> Option<String> {
+    // stepgate signs browsers in itself: to the provider, through stepgate.
+    if gate.oidc.is_some() {
+        return Some(format!(
+            "/.stepgate/oidc/start?return_to={}",
+            url_encode(return_to)
+        ));
+    }
     let login = gate.settings.first_factor.login_url.as_ref()?;
     let base = gate.settings.public_url.as_deref().unwrap_or(origin);
     Some(login.replace("{return_to}", &url_encode(&format!("{base}{return_to}"))))
@@ -482,16 +493,23 @@ pub fn flow_page(gate: &Gate, e: FlowError, return_to: &str) -> Reply {
         }
         FlowError::LoginNotFresh => {
             let x = respond::explain(&e, return_to);
-            let login = gate
-                .settings
-                .first_factor
-                .login_url
-                .as_ref()
-                .and(login_redirect(
-                    gate,
-                    gate.settings.public_url.as_deref().unwrap_or(""),
-                    &format!("/.stepgate/challenge?return_to={}", url_encode(return_to)),
-                ));
+            // With OIDC, the provider is asked for a fresh sign-in.
+            let login = if gate.oidc.is_some() {
+                Some(format!(
+                    "/.stepgate/oidc/start?fresh=1&return_to={}",
+                    url_encode(return_to)
+                ))
+            } else {
+                gate.settings
+                    .first_factor
+                    .login_url
+                    .as_ref()
+                    .and(login_redirect(
+                        gate,
+                        gate.settings.public_url.as_deref().unwrap_or(""),
+                        &format!("/.stepgate/challenge?return_to={}", url_encode(return_to)),
+                    ))
+            };
             let link = login.as_deref().map(|url| (url, "sign in again"));
             return gate.pages.message(x.status, x.heading, &x.text, link);
         }

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod browser;
 pub mod metrics;
+pub mod oidc;
 pub mod receiver;
 pub mod redis;
 pub mod smtp;
@@ -124,6 +125,9 @@ pub struct GatewayOptions {
     /// Replaces the `jwt:` block (four-space indented lines), e.g. to use
     /// `public_key_file` or `jwks_url` instead of the HS256 test secret.
     pub jwt: Option<String>,
+    /// The gateway's port, when the caller must know it before the start
+    /// (an OIDC provider registers the callback URL); else a free one.
+    pub port: Option<u16>,
 }
 
 impl Default for GatewayOptions {
@@ -134,6 +138,7 @@ impl Default for GatewayOptions {
             store: "  kind: memory\n".to_string(),
             first_factor_extra: String::new(),
             jwt: None,
+            port: None,
         }
     }
 }
@@ -173,7 +178,7 @@ impl Gateway {
             .next()
             .and_then(|p| p.parse().ok())
             .unwrap_or(0);
-        let port = free_port();
+        let port = o.port.unwrap_or_else(free_port);
         std::fs::write(dir.path().join("policy.yaml"), &o.policy).unwrap();
         let config = dir.path().join("gateway.yaml");
         let mut f = std::fs::File::create(&config).unwrap();

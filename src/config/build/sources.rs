@@ -123,9 +123,6 @@ impl Builder<'_> {
 
     pub(super) fn oidc(&mut self, o: OidcFile) -> Option<Oidc> {
         let at = "first_factor.oidc";
-        // Refused until the sign-in flow ships: a config that names it must
-        // not start a gateway that silently ignores it.
-        self.err(at, "the OIDC sign-in source is not available in this version yet; use `jwt`, `introspection`, `session_check` or `trusted_header`");
         let issuer = o.issuer.trim_end_matches('/').to_string();
         if !is_http_url(&issuer) {
             self.err(&format!("{at}.issuer"), format!("`{}` is not an http(s) issuer URL (discovery is at {{issuer}}/.well-known/openid-configuration)", o.issuer));
