@@ -50,3 +50,11 @@ if [ "$what" = test ] && ! python3 -c "import flask" 2>/dev/null; then
   echo "install-deps: installing flask"
   python3 -m pip install -q flask 2>/dev/null || python3 -m pip install -q --break-system-packages flask
 fi
+# A real OpenID provider for the OIDC tests (tests/fixtures/oidc: npm's oidc-provider, on Node.js 20.19+).
+oidc_fixture="$(cd "$(dirname "$0")/.." && pwd)/tests/fixtures/oidc"
+if [ "$what" = test ] && [ ! -f "$oidc_fixture/node_modules/.package-lock.json" ]; then
+  echo "install-deps: installing the test OpenID provider's npm packages"
+  node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=19)?0:1)' \
+    || echo "install-deps: warning: Node.js $(node --version) is older than 20.19, which oidc-provider 9 needs" >&2
+  (cd "$oidc_fixture" && npm ci --no-audit --no-fund --loglevel=error)
+fi
