@@ -347,7 +347,7 @@ impl Verifier {
                 .filter(|u| !u.is_empty() && u.len() <= 256),
             phone: c
                 .phone
-                .and_then(|p| crate::flows::profile::normalize_phone(&p)),
+                .and_then(|p| crate::auth::principal::normalize_phone(&p)),
             pin_session: None,
         })
     }

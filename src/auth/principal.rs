@@ -1,6 +1,8 @@
 //! The signed-in user as stepgate knows them, whichever source said so, and
 //! why a first factor was refused.
 
+use serde::{Deserialize, Serialize};
+
 /// Tokens larger than this are refused before any parsing.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 
@@ -79,4 +81,50 @@ impl AuthError {
             AuthError::Inactive => "inactive",
         }
     }
+}
+
+/// What stepgate keeps of a user for PIN recovery and its own sessions:
+/// the addresses, username and phone the first factor named. (Its store
+/// index lives in `flows::profile`.)
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct Profile {
+    pub sub: String,
+    /// Every address, primary first.
+    #[serde(default)]
+    pub emails: Vec<String>,
+    /// Addresses that may receive codes (the verified ones).
+    #[serde(default)]
+    pub otp_emails: Vec<String>,
+    pub username: Option<String>,
+    pub phone: Option<String>,
+}
+
+impl Profile {
+    pub fn of(p: &Principal) -> Profile {
+        Profile {
+            sub: p.sub.clone(),
+            emails: p.emails.clone(),
+            otp_emails: p.otp_emails.clone(),
+            username: p.username.clone(),
+            phone: p.phone.clone(),
+        }
+    }
+}
+
+/// `+1 (555) 010-2000` → `+15550102000`; None without 6 to 15 digits.
+pub fn normalize_phone(raw: &str) -> Option<String> {
+    let t = raw.trim();
+    let plus = t.starts_with('+');
+    let mut digits = String::new();
+    for c in t.chars() {
+        match c {
+            '0'..='9' => digits.push(c),
+            ' ' | '-' | '(' | ')' | '.' | '+' => {}
+            _ => return None,
+        }
+    }
+    if !(6..=15).contains(&digits.len()) {
+        return None;
+    }
+    Some(if plus { format!("+{digits}") } else { digits })
 }

@@ -34,13 +34,13 @@ pub struct Presented {
     pub trusted_user: Option<(String, Option<String>)>,
 }
 
+/// Answers of a source, by a digest of what was presented.
+type Answers = Expiring<String, Result<Principal, AuthError>>;
+
 /// The first-factor sources of one gateway snapshot.
 pub struct Sources {
-    introspection: Option<(
-        Introspection,
-        Expiring<String, Result<Principal, AuthError>>,
-    )>,
-    session_check: Option<(SessionCheck, Expiring<String, Result<Principal, AuthError>>)>,
+    introspection: Option<(Introspection, Answers)>,
+    session_check: Option<(SessionCheck, Answers)>,
     trusted_header: Option<TrustedHeader>,
     jwt: bool,
     http: reqwest::Client,
@@ -149,7 +149,7 @@ impl Sources {
     async fn introspect(
         &self,
         cfg: &Introspection,
-        cache: &Expiring<String, Result<Principal, AuthError>>,
+        cache: &Answers,
         verifier: &Verifier,
         token: &str,
         now: i64,
@@ -207,7 +207,7 @@ impl Sources {
     async fn check_session(
         &self,
         cfg: &SessionCheck,
-        cache: &Expiring<String, Result<Principal, AuthError>>,
+        cache: &Answers,
         cookies: &str,
         now: i64,
     ) -> Result<Principal, AuthError> {

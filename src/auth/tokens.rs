@@ -176,7 +176,7 @@ impl Keys {
     /// at `now_ms` (Unix ms).
     pub fn issue_session(
         &self,
-        profile: &crate::flows::profile::Profile,
+        profile: &crate::auth::principal::Profile,
         psid: &str,
         login_time: Option<i64>,
         now_ms: i64,
@@ -189,7 +189,7 @@ impl Keys {
     /// PIN login: `src` names it (`oidc`), and the principal says so.
     pub fn issue_session_from(
         &self,
-        profile: &crate::flows::profile::Profile,
+        profile: &crate::auth::principal::Profile,
         psid: &str,
         login_time: Option<i64>,
         now_ms: i64,
@@ -505,7 +505,7 @@ mod tests {
     #[test]
     fn pin_login_sessions_round_trip_and_refuse_tampering() {
         let k = keys();
-        let prof = crate::flows::profile::Profile {
+        let prof = crate::auth::principal::Profile {
             sub: "alice".into(),
             emails: vec!["a@x.io".into()],
             otp_emails: vec!["a@x.io".into()],

@@ -7,36 +7,13 @@
 //! same either way), or keep an index entry pointing at a user who no longer
 //! has that value.
 
-use serde::{Deserialize, Serialize};
-
 use crate::auth::principal::Principal;
 use crate::flows::error::FlowError;
 use crate::store::{keys, Store};
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
-pub struct Profile {
-    pub sub: String,
-    /// Every address, primary first.
-    #[serde(default)]
-    pub emails: Vec<String>,
-    /// Addresses that may receive codes (the verified ones).
-    #[serde(default)]
-    pub otp_emails: Vec<String>,
-    pub username: Option<String>,
-    pub phone: Option<String>,
-}
+pub use crate::auth::principal::{normalize_phone, Profile};
 
 impl Profile {
-    pub fn of(p: &Principal) -> Profile {
-        Profile {
-            sub: p.sub.clone(),
-            emails: p.emails.clone(),
-            otp_emails: p.otp_emails.clone(),
-            username: p.username.clone(),
-            phone: p.phone.clone(),
-        }
-    }
-
     /// Index entries this profile owns, as (kind, normalised value).
     fn index_entries(&self) -> Vec<(&'static str, String)> {
         let mut out: Vec<(&'static str, String)> = self
@@ -107,24 +84,6 @@ impl Identifier {
     pub fn key(&self) -> String {
         format!("{}:{}", self.kind(), self.value())
     }
-}
-
-/// `+1 (555) 010-2000` → `+15550102000`; None without 6 to 15 digits.
-pub fn normalize_phone(raw: &str) -> Option<String> {
-    let t = raw.trim();
-    let plus = t.starts_with('+');
-    let mut digits = String::new();
-    for c in t.chars() {
-        match c {
-            '0'..='9' => digits.push(c),
-            ' ' | '-' | '(' | ')' | '.' | '+' => {}
-            _ => return None,
-        }
-    }
-    if !(6..=15).contains(&digits.len()) {
-        return None;
-    }
-    Some(if plus { format!("+{digits}") } else { digits })
 }
 
 pub async fn load(store: &dyn Store, sub: &str) -> Result<Option<Profile>, FlowError> {

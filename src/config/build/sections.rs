@@ -11,6 +11,13 @@ use super::super::is_hmac;
 use super::super::values::load_secret;
 use super::Builder;
 
+type JwtParts = (
+    Vec<jsonwebtoken::Algorithm>,
+    KeySource,
+    Option<String>,
+    Option<String>,
+);
+
 impl Builder<'_> {
     pub(super) fn mail(&mut self, m: MailFile) -> Option<Mail> {
         if !m.from.contains('@') || m.from.parse::<lettre::message::Mailbox>().is_err() {
@@ -229,15 +236,8 @@ impl Builder<'_> {
         })
     }
 
-    fn jwt(
-        &mut self,
-        jwt: JwtFile,
-    ) -> Option<(
-        Vec<jsonwebtoken::Algorithm>,
-        KeySource,
-        Option<String>,
-        Option<String>,
-    )> {
+    /// The JWT source: (algorithms, key, issuer, audience).
+    fn jwt(&mut self, jwt: JwtFile) -> Option<JwtParts> {
         let names = jwt
             .algorithms
             .clone()
