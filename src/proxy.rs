@@ -388,6 +388,9 @@ impl ProxyHttp for Proxy {
                 {
                     reply
                 } else {
+                    if let Some(p) = &principal {
+                        metrics::ADMITTED_BY.with_label_values(&[p.source]).inc();
+                    }
                     ctx.principal = principal;
                     ctx.step_up = step_up;
                     return Ok(false);
@@ -521,6 +524,7 @@ impl ProxyHttp for Proxy {
             .map(|s| s.elapsed().as_secs_f64() * 1000.0)
             .unwrap_or(0.0);
         let user = ctx.principal.as_ref().map(|p| p.sub.as_str()).unwrap_or("");
+        let ff = ctx.principal.as_ref().map(|p| p.source).unwrap_or("");
         if tracing::enabled!(target: "access", tracing::Level::INFO) {
             use crate::util::logwriter::{access_json, Field};
             if access_json(&[
@@ -535,6 +539,7 @@ impl ProxyHttp for Proxy {
                 ("decision", Field::Str(ctx.label)),
                 ("rule", Field::Str(&ctx.rule)),
                 ("user", Field::Str(user)),
+                ("ff", Field::Str(ff)),
                 ("ip", Field::Str(&ctx.client_ip)),
                 ("latency_ms", Field::Float(latency_ms)),
             ]) {
@@ -551,6 +556,7 @@ impl ProxyHttp for Proxy {
             decision = ctx.label,
             rule = %ctx.rule,
             user,
+            ff,
             ip = %ctx.client_ip,
             latency_ms,
         );

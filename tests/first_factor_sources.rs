@@ -308,21 +308,23 @@ fn only_the_named_cookies_go_to_the_app_s_check_and_a_dead_app_fails_closed() {
     assert!(page.text().unwrap().contains("Temporarily unavailable"));
 }
 
-fn trusted_header_gateway(trusted: &str) -> Gateway {
+fn trusted_header_gateway(trusted: &str, metrics: &str) -> Gateway {
     Gateway::start_with(GatewayOptions {
         first_factor_extra:
             "  trusted_header:\n    user: \"Remote-User\"\n    email: \"Remote-Email\"\n".into(),
-        extra_config: format!("trusted_proxies: [\"{trusted}\"]\n"),
+        extra_config: format!("trusted_proxies: [\"{trusted}\"]\n{metrics}"),
         ..Default::default()
     })
 }
 
 #[test]
 fn a_trusted_sso_proxys_header_names_the_user_and_nobody_elses_does() {
-    let g = trusted_header_gateway("127.0.0.1/32");
+    let (metrics, mport) = common::metrics::metrics_config();
+    let g = trusted_header_gateway("127.0.0.1/32", &metrics);
     let c = client();
     let r = c
         .get(g.url("/home"))
+        .header("X-Request-Id", "ff-trusted-1")
         .header("Remote-User", "bob")
         .header("Remote-Email", "bob@sso.test")
         .send()
@@ -340,9 +342,37 @@ fn a_trusted_sso_proxys_header_names_the_user_and_nobody_elses_does() {
     );
     let claims = assertion_claims(&header_in(&echo, "X-Stepgate-Assertion").unwrap());
     assert_eq!(claims["ff"], "trusted_header");
+    assert_eq!(
+        common::metrics::metric(
+            mport,
+            "stepgate_forwarded_by_source_total{source=\"trusted_header\"}"
+        ),
+        1.0
+    );
+    // The access log names the source too.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let found = g
+            .log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| l["request_id"] == "ff-trusted-1");
+        match found {
+            Some(l) => break l,
+            None if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            None => panic!("no access line:\n{}", g.log()),
+        }
+    };
+    assert_eq!(
+        (line["user"].as_str(), line["ff"].as_str()),
+        (Some("bob"), Some("trusted_header")),
+        "{line}"
+    );
 
     // The same header from a peer that is not a trusted proxy: stripped, not believed.
-    let g = trusted_header_gateway("10.0.0.0/8");
+    let g = trusted_header_gateway("10.0.0.0/8", "");
     let r = c
         .get(g.url("/home"))
         .header("Remote-User", "bob")

@@ -12,6 +12,7 @@ fn check(config: &std::path::Path) -> std::process::Output {
         .env("STEPGATE_FIRST_FACTOR_SECRET", "x".repeat(32))
         .env("STEPGATE_SIGNING_SECRET", "y".repeat(32))
         .env("STEPGATE_INTROSPECTION_SECRET", "z".repeat(32))
+        .env("STEPGATE_OIDC_SECRET", "o".repeat(32))
         .output()
         .unwrap()
 }
@@ -71,7 +72,7 @@ fn the_example_first_factor_configs_pass_check() {
         );
         n += 1;
     }
-    assert_eq!(n, 3, "session-check, introspection, trusted-header");
+    assert_eq!(n, 4, "session-check, introspection, trusted-header, oidc");
 }
 
 #[test]

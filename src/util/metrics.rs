@@ -19,6 +19,14 @@ pub static FIRST_FACTOR: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static ADMITTED_BY: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "stepgate_forwarded_by_source_total",
+        "Requests forwarded with a user, by the first-factor source that named them (jwt, pin, oidc, introspection, session_check, trusted_header)",
+        &["source"]
+    )
+    .unwrap()
+});
 pub static REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "stepgate_refused_requests_total",
@@ -145,6 +153,8 @@ pub fn init() {
     LazyLock::force(&REQUESTS);
     LazyLock::force(&CHALLENGES);
     LazyLock::force(&REFUSED);
+    LazyLock::force(&FIRST_FACTOR);
+    LazyLock::force(&ADMITTED_BY);
     LazyLock::force(&STEPUPS);
     LazyLock::force(&LOCKOUTS);
     LazyLock::force(&UPSTREAM_ERRORS);
