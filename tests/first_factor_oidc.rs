@@ -482,3 +482,60 @@ fn a_dead_idp_fails_closed_and_a_wrong_client_secret_is_not_an_open_door() {
         .unwrap();
     assert_eq!(m.status(), 503);
 }
+
+/// The same sign-in in a real headless Chromium: the provider's form typed
+/// in, the PIN set up and used on stepgate's pages, then logout at both ends.
+#[test]
+fn chromium_signs_in_at_the_provider_steps_up_and_logs_out() {
+    use common::browser::{submit_pin, upstream_header};
+    let b = common::webdriver::Browser::start();
+    let s = oidc_setup();
+    b.goto(&s.g.url("/home"));
+    b.wait_for_url("the provider's sign-in form", |u| {
+        u.starts_with(&s.provider.issuer)
+    });
+    let login = b.find("input[name=login]");
+    b.send_keys(&login, "hana");
+    b.send_keys(&b.find("input[name=password]"), "pw");
+    b.click(&b.find("button[type=submit]"));
+    b.wait_for_url("back on the app", |u| u == s.g.url("/home"));
+    assert_eq!(
+        upstream_header(&b, "x-stepgate-user").as_deref(),
+        Some("hana")
+    );
+
+    // A fresh OIDC sign-in may set up a PIN; the protected page then asks for it.
+    b.goto(&s.g.url("/admin/x"));
+    b.wait_for_url("the PIN setup page", |u| {
+        path_of(&s.g, u).starts_with("/.stepgate/pin/setup")
+    });
+    b.send_keys(&b.find("#pin"), "2580");
+    b.send_keys(&b.find("#pin_confirm"), "2580");
+    b.click(&b.find("#submit"));
+    b.wait_for_url("the PIN page", |u| {
+        path_of(&s.g, u).starts_with("/.stepgate/pin?")
+    });
+    submit_pin(&b, "2580");
+    b.wait_for_url("the protected page", |u| u == s.g.url("/admin/x"));
+    assert_eq!(
+        upstream_header(&b, "x-stepgate-amr").as_deref(),
+        Some("pin")
+    );
+
+    // Logout: stepgate's session ends, then the provider's (its confirmation page).
+    b.goto(&s.g.url("/.stepgate/logout"));
+    b.wait_for_url("the provider's logout page", |u| {
+        u.starts_with(&s.provider.issuer)
+    });
+    b.click(&b.find("button[name=logout]"));
+    // Back to the gateway's `/`, which needs a user: signed out at both ends,
+    // so the provider asks for a sign-in again.
+    b.wait_for_url("signed out everywhere: the provider asks again", |u| {
+        u.starts_with(&format!("{}/interaction/", s.provider.issuer))
+    });
+    assert!(
+        b.cookie("stepgate_session").is_none(),
+        "the session cookie is gone"
+    );
+    b.find("input[name=login]");
+}
