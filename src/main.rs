@@ -108,6 +108,11 @@ enum Cmd {
         /// Folder for the demo's config, keys and store (kept between runs).
         #[arg(long, default_value = "stepgate-demo")]
         dir: PathBuf,
+        /// Where "signed in" comes from: `jwt` (a sign-in link sets a JWT
+        /// cookie) or `session-check` (the demo app's own login form and
+        /// session cookie, checked by asking the app, as for a legacy app).
+        #[arg(long, default_value = "jwt", value_parser = ["jwt", "session-check"])]
+        first_factor: String,
     },
     /// Store maintenance.
     #[command(subcommand)]
@@ -315,7 +320,12 @@ fn run(cmd: Cmd) -> Result<(), ExitCode> {
             );
             Ok(())
         }
-        Cmd::Demo { listen, app, dir } => demo(&listen, &app, &dir),
+        Cmd::Demo {
+            listen,
+            app,
+            dir,
+            first_factor,
+        } => demo(&listen, &app, &dir, first_factor == "session-check"),
         Cmd::Upstream { listen, cookie } => {
             server::init_logging("warn", false);
             server::run_upstream(&listen, &cookie).map_err(fail)
@@ -455,7 +465,7 @@ fn mint(
     .map_err(|e| e.to_string())
 }
 
-fn demo(listen: &str, app: &str, dir: &Path) -> Result<(), ExitCode> {
+fn demo(listen: &str, app: &str, dir: &Path, session_check: bool) -> Result<(), ExitCode> {
     std::fs::create_dir_all(dir)
         .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
     let secret_file = |name: &str| -> Result<(), ExitCode> {
@@ -475,8 +485,13 @@ fn demo(listen: &str, app: &str, dir: &Path) -> Result<(), ExitCode> {
     if !policy.exists() {
         std::fs::write(&policy, demo::DEMO_POLICY).map_err(|e| fail(e.to_string()))?;
     }
+    let own_session = if session_check {
+        format!("  session_check:\n    url: \"http://{app}/demo/whoami\"\n    cookies: [\"demo_session\"]\n    user: \"/user/id\"\n    email: \"/user/email\"\n    auth_time: \"/user/login_at\"\n    cache: 10s\n  login_url: \"http://{listen}/demo/signin\"\n")
+    } else {
+        String::new()
+    };
     let cfg = format!(
-        "# Written by `stepgate demo`; edit freely, it is kept between runs.\nlisten: \"{listen}\"\nupstream: \"http://{app}\"\npolicy: policy.yaml\nfirst_factor:\n  cookie: access_token\n  jwt:\n    algorithms: [HS256]\n    secret_file: first-factor.key\nsigning:\n  secret_file: signing.key\nstore:\n  kind: embedded\n  path: stepgate.redb\nmail:\n  from: \"stepgate-demo@example.com\"\n  dir: mailbox\nemail_otp:\n  mode: without_mfa\nsecurity_questions:\n  - {{ id: school, question: \"What was the name of your first school?\" }}\n  - {{ id: street, question: \"In which street did you grow up?\" }}\nlog:\n  format: text\n"
+        "# Written by `stepgate demo`; edit freely, it is kept between runs.\nlisten: \"{listen}\"\nupstream: \"http://{app}\"\npolicy: policy.yaml\nfirst_factor:\n{own_session}  cookie: access_token\n  jwt:\n    algorithms: [HS256]\n    secret_file: first-factor.key\nsigning:\n  secret_file: signing.key\nstore:\n  kind: embedded\n  path: stepgate.redb\nmail:\n  from: \"stepgate-demo@example.com\"\n  dir: mailbox\nemail_otp:\n  mode: without_mfa\nsecurity_questions:\n  - {{ id: school, question: \"What was the name of your first school?\" }}\n  - {{ id: street, question: \"In which street did you grow up?\" }}\nlog:\n  format: text\n"
     );
     let cfg_path = dir.join("gateway.yaml");
     std::fs::write(&cfg_path, cfg).map_err(|e| fail(e.to_string()))?;
@@ -502,8 +517,23 @@ fn demo(listen: &str, app: &str, dir: &Path) -> Result<(), ExitCode> {
         dir.join("mailbox").display()
     );
     println!();
-    println!("Open this link to sign in as demo-user, then visit /admin to meet the PIN step-up:");
-    println!("  http://{listen}/demo/login?token={token}");
+    if session_check {
+        println!("The demo app keeps its own login form and session cookie (first_factor.session_check).");
+        println!("Sign in on the app's own page, then visit /admin to meet the PIN step-up:");
+        println!("  http://{listen}/demo/signin");
+        if !std::fs::read_to_string(&policy)
+            .unwrap_or_default()
+            .contains("/demo/signin")
+        {
+            println!("  (your kept {} has no rule for /demo/signin: add `require: none` for it, or remove the file to get the demo's)", policy.display());
+        }
+    } else {
+        println!(
+            "Open this link to sign in as demo-user, then visit /admin to meet the PIN step-up:"
+        );
+        println!("  http://{listen}/demo/login?token={token}");
+        println!("(Or `stepgate demo --first-factor session-check`: the app's own login form and session.)");
+    }
     println!();
     server::init_logging(&s.log_level, s.log_json);
     server::run(

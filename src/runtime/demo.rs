@@ -2,7 +2,10 @@
 //! shows the headers it received (HTML for browsers, JSON otherwise), counts
 //! and hashes request bodies without holding them, and offers
 //! `/demo/login?token=…` which sets the first-factor cookie, as an identity
-//! provider would. Tests use it as the real upstream that records requests.
+//! provider would. It also plays a legacy app with its own sign-in form and
+//! opaque session cookie (`/demo/signin`, `/demo/signout`, and
+//! `/demo/whoami` for stepgate's `session_check`). Tests use it as the real
+//! upstream that records requests.
 
 use async_trait::async_trait;
 use http::Response;
@@ -12,6 +15,80 @@ use sha2::{Digest, Sha256};
 
 pub struct Echo {
     pub cookie: String,
+}
+
+/// The demo app's own sessions (`demo_session` cookie → user, sign-in time).
+static SESSIONS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, (String, i64)>>,
+> = std::sync::LazyLock::new(Default::default);
+
+const SIGNIN_PAGE: &str = "<!doctype html><html><head><meta charset=utf-8><title>demo app: sign in</title></head><body><h1>Demo app: sign in</h1><p>This is the app's own login form and session cookie; stepgate asks <code>/demo/whoami</code> who it belongs to (<code>first_factor.session_check</code>).</p><form method=post action=/demo/signin><label>User <input id=user name=user value=demo-user></label> <button id=submit>Sign in</button></form></body></html>";
+
+fn reply(status: u16, ctype: &str, body: String, extra: &[(&str, String)]) -> Response<Vec<u8>> {
+    let mut b = Response::builder()
+        .status(status)
+        .header("Content-Type", ctype)
+        .header("Content-Length", body.len().to_string());
+    for (k, v) in extra {
+        b = b.header(*k, v.as_str());
+    }
+    b.body(body.into_bytes()).unwrap()
+}
+
+fn demo_session(req: &pingora::http::RequestHeader) -> Option<(String, (String, i64))> {
+    let id = crate::reply::cookie(
+        req.headers.get_all("cookie").iter().map(|v| v.as_bytes()),
+        "demo_session",
+    )?;
+    let s = SESSIONS.lock().unwrap_or_else(|p| p.into_inner());
+    s.get(&id).cloned().map(|v| (id, v))
+}
+
+/// The legacy-app part: its sign-in form, sign-out and whoami.
+fn own_session_pages(req: &pingora::http::RequestHeader, body: &[u8]) -> Option<Response<Vec<u8>>> {
+    match (req.method.as_str(), req.uri.path()) {
+        ("GET", "/demo/signin") => Some(reply(200, "text/html; charset=utf-8", SIGNIN_PAGE.into(), &[])),
+        ("POST", "/demo/signin") => {
+            let form = crate::reply::parse_form(body).unwrap_or_default();
+            let user = crate::reply::field(&form, "user")
+                .unwrap_or("")
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                .take(64)
+                .collect::<String>();
+            if user.is_empty() {
+                return Some(reply(400, "text/plain", "a user name, please".into(), &[]));
+            }
+            let id = crate::auth::tokens::random_id();
+            SESSIONS
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.clone(), (user, crate::util::clock::now()));
+            Some(reply(303, "text/plain", String::new(), &[
+                ("Location", "/".into()),
+                ("Set-Cookie", format!("demo_session={id}; Path=/; HttpOnly; SameSite=Lax")),
+            ]))
+        }
+        ("POST", "/demo/signout") => {
+            if let Some((id, _)) = demo_session(req) {
+                SESSIONS.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            }
+            Some(reply(303, "text/plain", String::new(), &[
+                ("Location", "/demo/signin".into()),
+                ("Set-Cookie", "demo_session=; Path=/; Max-Age=0".into()),
+            ]))
+        }
+        ("GET", "/demo/whoami") => Some(match demo_session(req) {
+            Some((_, (user, at))) => reply(
+                200,
+                "application/json",
+                serde_json::json!({"user": {"id": user, "email": format!("{user}@example.com"), "login_at": at}}).to_string(),
+                &[],
+            ),
+            None => reply(401, "application/json", "{\"error\":\"signed out\"}".into(), &[]),
+        }),
+        _ => None,
+    }
 }
 
 fn escape(s: &str) -> String {
@@ -27,9 +104,16 @@ impl ServeHttp for Echo {
         let req = session.req_header().clone();
         let mut hasher = Sha256::new();
         let mut bytes = 0u64;
+        let mut form = Vec::new();
         while let Ok(Some(chunk)) = session.read_request_body().await {
             bytes += chunk.len() as u64;
             hasher.update(&chunk);
+            if form.len() < 4096 {
+                form.extend_from_slice(&chunk[..chunk.len().min(4096 - form.len())]);
+            }
+        }
+        if let Some(r) = own_session_pages(&req, &form) {
+            return r;
         }
         let path = req
             .uri
@@ -118,6 +202,12 @@ default: authenticated
 rules:
   - name: demo-login
     match: { path: "/demo/login" }
+    require: none
+  - name: demo-signin
+    match: { path: "/demo/signin" }
+    require: none
+  - name: demo-signout
+    match: { path: "/demo/signout", methods: [POST] }
     require: none
   - name: public
     match: { path: "/public/**" }
