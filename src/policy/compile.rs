@@ -1,0 +1,242 @@
+//! From a policy file's rules to compiled `Rule`s: which files make the
+//! policy, each rule's checks (host, path pattern, methods, step-up) with
+//! its `FILE:LINE:COL`. Never matches requests; that is `matcher`.
+
+use super::*;
+
+pub(super) fn diag_at(file: &str, message: String) -> Diagnostic {
+    Diagnostic {
+        file: file.to_string(),
+        pos: crate::config::spans::Pos { line: 1, col: 1 },
+        message,
+    }
+}
+
+pub(super) fn policy_files(path: &Path) -> Result<Vec<PathBuf>, Vec<Diagnostic>> {
+    let name = path.display().to_string();
+    let meta = std::fs::metadata(path)
+        .map_err(|e| vec![diag_at(&name, format!("cannot read policy: {e}"))])?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| vec![diag_at(&name, format!("cannot list policy directory: {e}"))])?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("yaml") | Some("yml")
+                )
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(vec![diag_at(
+            &name,
+            "the policy directory has no *.yaml files".into(),
+        )]);
+    }
+    Ok(files)
+}
+
+pub(super) fn parse_simple_require(s: &str) -> Option<Require> {
+    match s {
+        "none" => Some(Require::None),
+        "authenticated" => Some(Require::Authenticated),
+        "deny" => Some(Require::Deny),
+        _ => None,
+    }
+}
+
+pub(super) fn compile_rule(rf: RuleFile, at: &str, spans: &Spans) -> Result<Rule, Vec<Diagnostic>> {
+    let mut diags = Vec::new();
+    let pos = spans.pos(at);
+    let name = match rf.name {
+        Some(n) if !n.trim().is_empty() => {
+            if n.chars().any(|c| c.is_control()) {
+                diags.push(spans.diag(
+                    &format!("{at}.name"),
+                    "rule names cannot contain control characters",
+                ));
+            }
+            n
+        }
+        _ => {
+            diags.push(spans.diag(
+                at,
+                "every rule needs a `name` (it is sent upstream as X-Stepgate-Rule)",
+            ));
+            String::new()
+        }
+    };
+    let m = rf.matches.unwrap_or(MatchFile {
+        host: None,
+        path: None,
+        methods: None,
+    });
+    let host = match m.host {
+        Some(h) => match validate_host(&h) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                diags.push(spans.diag(&format!("{at}.match.host"), e));
+                None
+            }
+        },
+        None => None,
+    };
+    let path = m.path.unwrap_or_else(|| "/**".to_string());
+    if let Err(e) = validate_path_pattern(&path) {
+        diags.push(spans.diag(&format!("{at}.match.path"), e));
+    }
+    let mut methods = Vec::new();
+    if let Some(ms) = m.methods {
+        if ms.is_empty() {
+            diags.push(spans.diag(
+                &format!("{at}.match.methods"),
+                "`methods: []` matches nothing; leave it out to match every method",
+            ));
+        }
+        for (j, meth) in ms.iter().enumerate() {
+            let up = meth.to_ascii_uppercase();
+            if METHODS.contains(&up.as_str()) {
+                methods.push(up);
+            } else {
+                diags.push(spans.diag(
+                    &format!("{at}.match.methods[{j}]"),
+                    format!(
+                        "unknown HTTP method `{meth}`; use one of {}",
+                        METHODS.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    let require = match rf.require.as_deref() {
+        None => {
+            diags.push(spans.diag(
+                at,
+                "every rule needs `require`: none, authenticated, step_up or deny",
+            ));
+            Require::Deny
+        }
+        Some("step_up") => {
+            let su = rf.step_up.unwrap_or(StepUpFile {
+                methods: None,
+                max_age: None,
+            });
+            let mut factors = Vec::new();
+            match su.methods {
+                None => factors.push(Factor::Pin),
+                Some(list) => {
+                    if list.is_empty() {
+                        diags.push(spans.diag(
+                            &format!("{at}.step_up.methods"),
+                            "`step_up.methods` is empty; list at least one of pin, email_otp",
+                        ));
+                    }
+                    for (j, f) in list.iter().enumerate() {
+                        match Factor::parse(f) {
+                            Some(f) if !factors.contains(&f) => factors.push(f),
+                            Some(_) => {}
+                            None => diags.push(spans.diag(
+                                &format!("{at}.step_up.methods[{j}]"),
+                                format!("unknown step-up method `{f}`; use pin or email_otp"),
+                            )),
+                        }
+                    }
+                }
+            }
+            Require::StepUp(StepUp {
+                methods: factors,
+                max_age: su.max_age.map(|d| d.0).unwrap_or(DEFAULT_MAX_AGE),
+            })
+        }
+        Some(other) => {
+            if rf.step_up.is_some() {
+                diags.push(spans.diag(
+                    &format!("{at}.step_up"),
+                    format!("`step_up` settings need `require: step_up` (this rule has `require: {other}`)"),
+                ));
+            }
+            match parse_simple_require(other) {
+                Some(r) => r,
+                None => {
+                    diags.push(spans.diag(
+                        &format!("{at}.require"),
+                        format!("`require: {other}` is not valid; use none, authenticated, step_up or deny"),
+                    ));
+                    Require::Deny
+                }
+            }
+        }
+    };
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    Ok(Rule {
+        name,
+        file: spans.file().to_string(),
+        line: pos.line,
+        col: pos.col,
+        host,
+        path,
+        methods,
+        require,
+    })
+}
+
+pub(super) fn validate_host(h: &str) -> Result<String, String> {
+    let h = h.trim().to_ascii_lowercase();
+    if h.is_empty() {
+        return Err("`host` is empty; leave it out to match every host".into());
+    }
+    if h.contains(':') && !h.starts_with('[') {
+        return Err(format!(
+            "`host: {h}` must not carry a port; hosts are matched without the port"
+        ));
+    }
+    if !h.chars().all(|c| {
+        c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '*' | '?' | '_' | '[' | ']' | ':')
+    }) {
+        return Err(format!(
+            "`host: {h}` has characters a host name cannot have"
+        ));
+    }
+    Ok(h)
+}
+
+pub(super) fn validate_path_pattern(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err(format!("path pattern `{p}` must start with `/`"));
+    }
+    if p.contains(['?', '#']) && p.contains('#') {
+        return Err(format!("path pattern `{p}` must not contain `#`"));
+    }
+    if p.contains(';') || p.contains('%') || p.contains('\\') {
+        return Err(format!(
+            "path pattern `{p}` must not contain `;`, `%` or `\\`: requests are matched after decoding and normalization"
+        ));
+    }
+    if p.contains("//") {
+        return Err(format!("path pattern `{p}` has an empty segment (`//`)"));
+    }
+    for seg in matcher::segments(p) {
+        if seg.contains("**") && seg != "**" {
+            return Err(format!(
+                "in `{p}`, `**` must be a whole segment (`/a/**/b`), not part of `{seg}`"
+            ));
+        }
+        if seg == "." || seg == ".." {
+            return Err(format!(
+                "path pattern `{p}` must not contain `.` or `..` segments"
+            ));
+        }
+        if seg.chars().any(|c| c.is_control() || c == ' ') {
+            return Err(format!(
+                "path pattern `{p}` contains spaces or control characters"
+            ));
+        }
+    }
+    Ok(())
+}
