@@ -61,26 +61,38 @@ impl Builder<'_> {
                 self.err("", "`signing` is missing: give `signing.secret` (at least 32 bytes) or `signing.secret_file`; it signs step-up tokens and CSRF tokens");
                 None
             }
-            Some(s) => match load_secret(
-                s.secret.as_deref(),
-                s.secret_file.as_deref(),
-                self.base,
+            Some(s) => self.strong_secret(
                 "signing",
-            ) {
-                Ok(Some(sec)) if sec.expose().len() >= DEFAULT_SIGNING_MIN => Some(sec),
-                Ok(Some(_)) => {
-                    self.err("signing", format!("the signing secret is too short; use at least {DEFAULT_SIGNING_MIN} random bytes (e.g. `openssl rand -hex 32`)"));
-                    None
-                }
-                Ok(None) => {
-                    self.err("signing", "give `secret` or `secret_file`");
-                    None
-                }
-                Err(e) => {
-                    self.err("signing", e);
-                    None
-                }
-            },
+                &s,
+                &format!("the signing secret is too short; use at least {DEFAULT_SIGNING_MIN} random bytes (e.g. `openssl rand -hex 32`)"),
+                "give `secret` or `secret_file`",
+            ),
+        }
+    }
+
+    /// A secret of at least [`DEFAULT_SIGNING_MIN`] bytes from `secret` or
+    /// `secret_file` at `at`; `short` and `missing` say what is wrong.
+    pub(super) fn strong_secret(
+        &mut self,
+        at: &str,
+        s: &SecretFile,
+        short: &str,
+        missing: &str,
+    ) -> Option<Secret> {
+        match load_secret(s.secret.as_deref(), s.secret_file.as_deref(), self.base, at) {
+            Ok(Some(sec)) if sec.expose().len() >= DEFAULT_SIGNING_MIN => Some(sec),
+            Ok(Some(_)) => {
+                self.err(at, short);
+                None
+            }
+            Ok(None) => {
+                self.err(at, missing);
+                None
+            }
+            Err(e) => {
+                self.err(at, e);
+                None
+            }
         }
     }
 

@@ -177,26 +177,14 @@ impl Builder<'_> {
         }
         let api_secret = match f.api {
             None => None,
-            Some(s) => match load_secret(
-                s.secret.as_deref(),
-                s.secret_file.as_deref(),
-                self.base,
+            Some(s) => self.strong_secret(
                 "api",
-            ) {
-                Ok(Some(sec)) if sec.expose().len() >= DEFAULT_SIGNING_MIN => Some(sec),
-                Ok(Some(_)) => {
-                    self.err("api", format!("the API secret is too short; use at least {DEFAULT_SIGNING_MIN} random bytes"));
-                    None
-                }
-                Ok(None) => {
-                    self.err("api", "give `secret` or `secret_file`");
-                    None
-                }
-                Err(e) => {
-                    self.err("api", e);
-                    None
-                }
-            },
+                &s,
+                &format!(
+                    "the API secret is too short; use at least {DEFAULT_SIGNING_MIN} random bytes"
+                ),
+                "give `secret` or `secret_file`",
+            ),
         };
         let a = f.assertion;
         let assertion_audience = a.audience.unwrap_or_else(|| {
@@ -327,30 +315,20 @@ impl Builder<'_> {
                     format!("`{}` must start with http:// or https://", w.url),
                 );
             }
-            match load_secret(
-                w.secret.as_deref(),
-                w.secret_file.as_deref(),
-                self.base,
+            let secret = self.strong_secret(
                 "webhook",
-            ) {
-                Ok(Some(secret)) if secret.expose().len() >= DEFAULT_SIGNING_MIN => Some(Webhook {
-                    url: w.url,
-                    secret,
-                    timeout: w.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(5)),
-                }),
-                Ok(Some(_)) => {
-                    self.err("webhook", format!("the webhook secret is too short; use at least {DEFAULT_SIGNING_MIN} random bytes"));
-                    None
-                }
-                Ok(None) => {
-                    self.err("webhook", "give `secret` or `secret_file`: receivers check the HMAC signature with it");
-                    None
-                }
-                Err(e) => {
-                    self.err("webhook", e);
-                    None
-                }
-            }
+                &SecretFile {
+                    secret: w.secret.clone(),
+                    secret_file: w.secret_file.clone(),
+                },
+                &format!("the webhook secret is too short; use at least {DEFAULT_SIGNING_MIN} random bytes"),
+                "give `secret` or `secret_file`: receivers check the HMAC signature with it",
+            )?;
+            Some(Webhook {
+                url: w.url,
+                secret,
+                timeout: w.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(5)),
+            })
         });
 
         let (Some(upstreams), Some(first_factor), Some(store), Some(signing)) =
