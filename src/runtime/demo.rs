@@ -162,10 +162,28 @@ impl ServeHttp for Echo {
                 .find(|(k, _)| k == "x-stepgate-user")
                 .map(|(_, v)| v.as_str())
                 .unwrap_or("(not signed in)");
+            // What the signed assertion says, decoded for reading (an app
+            // must verify it: README "Verifying the assertion").
+            let claims = headers
+                .iter()
+                .find(|(k, _)| k == "x-stepgate-assertion")
+                .and_then(|(_, v)| v.split('.').nth(1))
+                .and_then(|p| {
+                    use base64::Engine;
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok()
+                })
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .map(|v| {
+                    format!(
+                        "<h2>The assertion's claims (decoded, not verified here)</h2><pre id=\"claims\">{}</pre>",
+                        escape(&serde_json::to_string_pretty(&v).unwrap_or_default())
+                    )
+                })
+                .unwrap_or_default();
             (
                 "text/html; charset=utf-8",
                 format!(
-                    "<!doctype html><html><head><meta charset=utf-8><title>demo app</title></head><body><h1 id=\"app\">Demo app</h1><p>You reached <code id=\"path\">{} {}</code> as <b id=\"user\">{}</b>.</p><p>Try <a href=\"/\">/</a> (signed in), <a href=\"/admin\">/admin</a> (PIN, 5 minutes), <a href=\"/billing\">/billing</a> (PIN or an emailed code; mail lands in the demo's mailbox folder), <a href=\"/public\">/public</a>. Your PIN, security questions and devices: <a id=\"account\" href=\"/.stepgate/account\">security settings</a>.</p><h2>Headers stepgate sent</h2><table>{rows}</table></body></html>",
+                    "<!doctype html><html><head><meta charset=utf-8><title>demo app</title><style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}}table{{border-collapse:collapse;width:100%;table-layout:fixed}}th,td{{border-bottom:1px solid #ddd;padding:.3rem;text-align:left;vertical-align:top}}th{{width:14rem;font-weight:600}}td{{overflow-wrap:anywhere;font-family:monospace;font-size:.85rem}}pre{{background:#f6f6f6;padding:.6rem;overflow-x:auto}}</style></head><body><h1 id=\"app\">Demo app</h1><p>You reached <code id=\"path\">{} {}</code> as <b id=\"user\">{}</b>.</p><p>Try <a href=\"/\">/</a> (signed in), <a href=\"/admin\">/admin</a> (PIN, 5 minutes), <a href=\"/billing\">/billing</a> (PIN or an emailed code; mail lands in the demo's mailbox folder), <a href=\"/public\">/public</a>. Your PIN, security questions and devices: <a id=\"account\" href=\"/.stepgate/account\">security settings</a>.</p>{claims}<h2>Headers stepgate sent</h2><table>{rows}</table></body></html>",
                     escape(req.method.as_str()),
                     escape(&path),
                     escape(user)
