@@ -114,6 +114,16 @@ enum Cmd {
         #[arg(long, default_value = "jwt", value_parser = ["jwt", "session-check"])]
         first_factor: String,
     },
+    /// Helpdesk: see, unlock, reset and revoke a user, on the configured store.
+    Admin {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Print JSON (the API's shapes) instead of sentences.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        what: AdminCmd,
+    },
     /// Store maintenance.
     #[command(subcommand)]
     Store(StoreCmd),
@@ -127,6 +137,22 @@ enum Cmd {
         listen: String,
         #[arg(long, default_value = "access_token")]
         cookie: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// One user: show, unlock, reset-pin (remove the PIN), revoke (step down everywhere).
+    User {
+        #[arg(value_parser = ["show", "unlock", "reset-pin", "revoke"])]
+        action: String,
+        /// The user's id (the access token's `sub`).
+        sub: String,
+    },
+    /// Lift the lock on a client address (an office behind one NAT).
+    Unlock {
+        #[arg(long)]
+        ip: String,
     },
 }
 
@@ -295,6 +321,22 @@ fn run(cmd: Cmd) -> Result<(), ExitCode> {
             if failed > 0 {
                 return Err(ExitCode::from(1));
             }
+            Ok(())
+        }
+        Cmd::Admin { config, json, what } => {
+            use stepgate::runtime::admin::{self, Action};
+            let settings = load(&config)?;
+            let action = match what {
+                AdminCmd::User { action, sub } => match action.as_str() {
+                    "show" => Action::Show(sub),
+                    "unlock" => Action::Unlock(sub),
+                    "reset-pin" => Action::RemovePin(sub),
+                    _ => Action::Revoke(sub),
+                },
+                AdminCmd::Unlock { ip } => Action::UnlockIp(ip),
+            };
+            let out = admin::run(&config, settings, action, json).map_err(fail)?;
+            println!("{out}");
             Ok(())
         }
         Cmd::Store(StoreCmd::Migrate { from, to }) => {

@@ -3,6 +3,7 @@
 //! sessions, resets, PINAuthTokens, setup). Each answers with a value or a
 //! [`error::FlowError`]; turning either into HTTP happens in `http`.
 
+pub mod admin;
 pub mod deps;
 pub mod error;
 pub mod lifecycle;

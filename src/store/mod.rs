@@ -137,6 +137,10 @@ pub mod keys {
     fn user(sub: &str) -> String {
         format!("{{u:{}}}", &digest_b64(sub.as_bytes())[..22])
     }
+    /// A user's last successful step-up (time and factor), for admins.
+    pub fn last_step_up(sub: &str) -> String {
+        format!("{}:lastsu", user(sub))
+    }
     /// An OIDC sign-in started and not finished, by its `state`.
     pub fn oidc_pending(state: &str) -> String {
         format!("oidc:{}", digest_b64(state.as_bytes()))

@@ -27,6 +27,14 @@ pub static ADMITTED_BY: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static ADMIN_ACTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "stepgate_admin_actions_total",
+        "Helpdesk actions (API or CLI) by action: unlock, unlock_ip, remove_pin, revoke",
+        &["action"]
+    )
+    .unwrap()
+});
 pub static REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "stepgate_refused_requests_total",
@@ -155,6 +163,7 @@ pub fn init() {
     LazyLock::force(&REFUSED);
     LazyLock::force(&FIRST_FACTOR);
     LazyLock::force(&ADMITTED_BY);
+    LazyLock::force(&ADMIN_ACTIONS);
     LazyLock::force(&STEPUPS);
     LazyLock::force(&LOCKOUTS);
     LazyLock::force(&UPSTREAM_ERRORS);

@@ -23,6 +23,7 @@ fn token_reply(gate: &Gate, p: &Principal, factor: Factor) -> Reply {
     let (token, c) =
         gate.keys
             .issue_stepup_ms(p, factor, crate::util::clock::now_ms(), gate.stepup_ttl());
+    crate::flows::admin::note_step_up(gate, &p.sub, factor.name());
     Reply::json(
         200,
         &json!({"SecondFactorValidationToken": token, "ExpireIn": rfc3339(c.exp)}),
@@ -67,6 +68,24 @@ pub async fn handle(gate: &Gate, req: &Req<'_>) -> Reply {
         return match req.method {
             "POST" => unlock(gate, req, uid).await,
             _ => error(405, 901, "Method not allowed", "Use POST."),
+        };
+    }
+    if let Some(uid) = route
+        .strip_prefix("/manage/account/")
+        .and_then(|r| r.strip_suffix("/pin"))
+    {
+        return match req.method {
+            "DELETE" => remove_pin(gate, req, uid).await,
+            _ => error(405, 901, "Method not allowed", "Use DELETE."),
+        };
+    }
+    if let Some(uid) = route
+        .strip_prefix("/manage/account/")
+        .filter(|r| !r.contains('/'))
+    {
+        return match req.method {
+            "GET" => show_account(gate, req, uid).await,
+            _ => error(405, 901, "Method not allowed", "Use GET."),
         };
     }
     if route == "/stepup/validate" {
@@ -255,19 +274,54 @@ async fn unlock(gate: &Gate, req: &Req<'_>, uid: &str) -> Reply {
         Ok(u) => u,
         Err(r) => return r,
     };
-    let store = &*gate.store;
-    let cleared = async {
-        pin::clear_lockout(store, &uid).await?;
-        pin::clear_on(store, crate::store::keys::answer_failures(&uid)).await?;
-        pin::clear_on(store, crate::store::keys::reset_otp_failures(&uid)).await
+    match crate::flows::admin::unlock(gate, &uid, &format!("api:{}", req.client_ip)).await {
+        Ok(()) => Reply::json(200, &json!({"IsPosted": true})),
+        Err(e) => flow_error(e),
     }
-    .await;
-    match cleared {
-        Ok(()) => {
-            crate::util::audit::event("unlock", &uid, req.client_ip, "admin");
-            gate.notifier.event("PINUnlocked", &uid, json!({}));
-            Reply::json(200, &json!({"IsPosted": true}))
+}
+
+/// A user's state for a helpdesk: PIN, locks, PIN sessions, last step-up.
+async fn show_account(gate: &Gate, req: &Req<'_>, uid: &str) -> Reply {
+    let uid = match manage_uid(gate, req, uid) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match crate::flows::admin::show(gate, &uid).await {
+        Ok(a) => {
+            let mut v = serde_json::to_value(&a).unwrap_or_default();
+            // Times as RFC 3339, as the rest of the API writes them.
+            for k in ["PINSetAt", "LockedUntil"] {
+                if let Some(t) = v[k].as_i64() {
+                    v[k] = json!(rfc3339(t));
+                }
+            }
+            if let Some(t) = v["LastStepUp"]["At"].as_i64() {
+                v["LastStepUp"]["At"] = json!(rfc3339(t));
+            }
+            if let Some(list) = v["PinSessions"].as_array_mut() {
+                for s in list {
+                    for k in ["Created", "Expires"] {
+                        if let Some(t) = s[k].as_i64() {
+                            s[k] = json!(rfc3339(t));
+                        }
+                    }
+                }
+            }
+            Reply::json(200, &v)
         }
+        Err(e) => flow_error(e),
+    }
+}
+
+/// Remove a user's PIN (a helpdesk's "forgot PIN and the recovery address
+/// is gone"): the next step-up asks for enrollment.
+async fn remove_pin(gate: &Gate, req: &Req<'_>, uid: &str) -> Reply {
+    let uid = match manage_uid(gate, req, uid) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match crate::flows::admin::remove_pin(gate, &uid, &format!("api:{}", req.client_ip)).await {
+        Ok(had) => Reply::json(200, &json!({"IsDeleted": had})),
         Err(e) => flow_error(e),
     }
 }

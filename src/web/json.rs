@@ -22,6 +22,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/stepup/validate"),
     ("POST", "/manage/account/{uid}/invalidate"),
     ("POST", "/manage/account/{uid}/unlock"),
+    ("GET", "/manage/account/{uid}"),
+    ("DELETE", "/manage/account/{uid}/pin"),
     ("PUT", "/pin/change"),
     ("POST", "/pin/forgot/email"),
     ("POST", "/pin/forgot/username"),

@@ -374,6 +374,7 @@ pub(crate) async fn stepup_success(
     let (token, _) = gate
         .keys
         .issue_stepup_ms(p, factor, crate::util::clock::now_ms(), ttl);
+    crate::flows::admin::note_step_up(gate, &p.sub, factor.name());
     crate::flows::lifecycle::remember_profile(gate, p).await;
     let reply = Reply::redirect(return_to).add(
         "Set-Cookie",

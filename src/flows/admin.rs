@@ -1,0 +1,172 @@
+//! What a helpdesk does for a user: see (PIN, locks, PIN sessions, last
+//! step-up, recovery profile), unlock, remove the PIN, step down. One place
+//! for the API (`/.stepgate/api/manage/account/{uid}`) and the CLI
+//! (`stepgate admin`), so both do the same and both leave an audit line,
+//! a metric and a webhook.
+//!
+//! Never reveals a PIN hash or a session token; never acts without a
+//! caller named in the audit line.
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::flows::deps::Deps;
+use crate::flows::error::FlowError;
+use crate::flows::lifecycle;
+use crate::flows::lockout::{self, lock_state};
+use crate::store::keys;
+
+/// A user's state, for people and scripts (LoginRadius-style names).
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct Account {
+    pub uid: String,
+    #[serde(rename = "IsPINSet")]
+    pub is_pin_set: bool,
+    /// When the PIN was set (Unix seconds).
+    #[serde(rename = "PINSetAt")]
+    pub pin_set_at: Option<i64>,
+    /// The PIN lock's end (Unix seconds), when locked now.
+    pub locked_until: Option<i64>,
+    /// Suspended after too many failures in a row: until a reset or unlock.
+    pub suspended: bool,
+    /// Wrong PINs in the current window, and in a row.
+    pub failures: i64,
+    pub consecutive_failures: i64,
+    pub pin_sessions: Vec<SessionView>,
+    pub last_step_up: Option<LastStepUp>,
+    /// Addresses recovery may use (from the user's last sign-in).
+    pub recovery_emails: Vec<String>,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct SessionView {
+    pub id: String,
+    pub device: String,
+    pub created: i64,
+    pub expires: i64,
+}
+
+#[derive(Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct LastStepUp {
+    pub at: i64,
+    pub factor: String,
+}
+
+async fn count(store: &dyn crate::store::Store, key: &str) -> Result<i64, FlowError> {
+    Ok(store
+        .get(key)
+        .await?
+        .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse().ok())
+        .unwrap_or(0))
+}
+
+/// Remember a successful step-up (for `show`), kept 30 days, in the
+/// background: the step-up's answer does not wait for it, and a store that
+/// fails here loses only this note.
+pub fn note_step_up(deps: &Deps, sub: &str, factor: &'static str) {
+    let v = serde_json::to_vec(&LastStepUp {
+        at: crate::util::clock::now(),
+        factor: factor.to_string(),
+    })
+    .unwrap_or_default();
+    let store = deps.store.clone();
+    let key = keys::last_step_up(sub);
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async move {
+            let _ = store.put(&key, &v, Some(lockout::MEMORY)).await;
+        });
+    }
+}
+
+pub async fn show(deps: &Deps, sub: &str) -> Result<Account, FlowError> {
+    let store = &*deps.store;
+    let record = crate::flows::pin::load_record(store, sub).await?;
+    let lock_key = format!("{}:lock", keys::failures(sub));
+    let state = lock_state(store.get(&lock_key).await?);
+    let sessions = lifecycle::sessions(deps, sub).await?;
+    let last = store
+        .get(&keys::last_step_up(sub))
+        .await?
+        .and_then(|v| serde_json::from_slice(&v).ok());
+    let profile = crate::flows::profile::load(store, sub).await?;
+    Ok(Account {
+        uid: sub.to_string(),
+        is_pin_set: record.is_some(),
+        pin_set_at: record.map(|r| r.set_at),
+        locked_until: match state {
+            Some(FlowError::Locked { until }) => Some(until),
+            _ => None,
+        },
+        suspended: state == Some(FlowError::Suspended),
+        failures: count(store, &format!("{}:n", keys::failures(sub))).await?,
+        consecutive_failures: count(store, &format!("{}:streak", keys::failures(sub))).await?,
+        pin_sessions: sessions
+            .into_iter()
+            .map(|s| SessionView {
+                id: s.id,
+                device: s.device,
+                created: s.created,
+                expires: s.expires,
+            })
+            .collect(),
+        last_step_up: last,
+        recovery_emails: profile.map(|p| p.otp_emails).unwrap_or_default(),
+    })
+}
+
+fn done(action: &str, sub: &str, who: &str, event: &'static str, deps: &Deps) {
+    crate::util::audit::event(action, sub, who, "admin");
+    crate::util::metrics::ADMIN_ACTIONS
+        .with_label_values(&[action])
+        .inc();
+    deps.notifier.event(event, sub, json!({"By": who}));
+}
+
+/// Lift the user's PIN lock, suspension and counters, and the locks on
+/// recovery by answers or codes. `who`: the caller, for the audit line.
+pub async fn unlock(deps: &Deps, sub: &str, who: &str) -> Result<(), FlowError> {
+    let store = &*deps.store;
+    lockout::clear_lockout(store, sub).await?;
+    lockout::clear_on(store, keys::answer_failures(sub)).await?;
+    lockout::clear_on(store, keys::reset_otp_failures(sub)).await?;
+    done("unlock", sub, who, "PINUnlocked", deps);
+    Ok(())
+}
+
+/// Lift the lock on a client address (an office behind one NAT).
+pub async fn unlock_ip(deps: &Deps, ip: &str, who: &str) -> Result<(), FlowError> {
+    lockout::clear_on(&*deps.store, keys::ip_failures(ip)).await?;
+    crate::util::audit::event("unlock_ip", "", who, ip);
+    crate::util::metrics::ADMIN_ACTIONS
+        .with_label_values(&["unlock_ip"])
+        .inc();
+    deps.notifier
+        .event("IPUnlocked", "", json!({"IP": ip, "By": who}));
+    Ok(())
+}
+
+/// Remove the PIN: its record, its lockout and the PIN sessions opened with
+/// it. The next step-up asks for enrollment (under the fresh-login rule).
+/// `Ok(false)`: there was no PIN.
+pub async fn remove_pin(deps: &Deps, sub: &str, who: &str) -> Result<bool, FlowError> {
+    let store = &*deps.store;
+    let had = crate::flows::pin::load_record(store, sub).await?.is_some();
+    store.delete(&keys::pin(sub)).await?;
+    lockout::clear_lockout(store, sub).await?;
+    lifecycle::end_sessions(deps, sub, None).await?;
+    deps.known_pins.forget(sub);
+    done("remove_pin", sub, who, "PINRemoved", deps);
+    Ok(had)
+}
+
+/// Step the user down everywhere: every step-up and PIN session ends.
+pub async fn revoke(deps: &Deps, sub: &str, who: &str) -> Result<(), FlowError> {
+    lifecycle::invalidate_user(deps, sub, who).await?;
+    crate::util::metrics::ADMIN_ACTIONS
+        .with_label_values(&["revoke"])
+        .inc();
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! Helpdesk and ops over real processes: a locked user seen and unlocked
+//! by the API and by `stepgate admin`, a PIN removed (enrollment asked
+//! again), every action audited.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::api::*;
+use common::*;
+use serde_json::Value;
+
+const PIN: &str = "2580";
+const WRONG: &str = "1397";
+
+fn gateway() -> Gateway {
+    Gateway::start_with(GatewayOptions {
+        store: "  kind: embedded\n  path: data.redb\n".into(),
+        extra_config: format!(
+            "{}lockout:\n  max_failures: 3\n  window: 10m\n  duration: 10m\n",
+            api_secret_config()
+        ),
+        ..Default::default()
+    })
+}
+
+fn manage(
+    c: &reqwest::blocking::Client,
+    g: &Gateway,
+    method: reqwest::Method,
+    route: &str,
+) -> reqwest::blocking::Response {
+    bearer(
+        c.request(method, api(g, &format!("/manage/account{route}"))),
+        API_SECRET,
+    )
+    .send()
+    .unwrap()
+}
+
+fn admin(g: &Gateway, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(["admin", "--config"])
+        .arg(&g.config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn lock(g: &Gateway, c: &reqwest::blocking::Client, at: &str) {
+    for _ in 0..2 {
+        assert_error(put_pin(g, c, at, WRONG), 401, 1236);
+    }
+    // The third failure starts the lock; the right PIN is refused during it.
+    assert_error(put_pin(g, c, at, WRONG), 429, 1198);
+    assert_error(put_pin(g, c, at, PIN), 429, 1198);
+}
+
+#[test]
+fn a_locked_user_is_seen_and_unlocked_through_the_api_and_steps_up_at_once() {
+    let g = gateway();
+    let c = client();
+    let alice = g.token("alice", &["--email", "alice@x.io", "--login-age", "0"]);
+    enroll_pin(&g, &c, &alice, PIN);
+    lock(&g, &c, &alice);
+
+    // Only with the API secret.
+    let r = c.get(api(&g, "/manage/account/alice")).send().unwrap();
+    assert_error(r, 401, 907);
+    let r = manage(&c, &g, reqwest::Method::GET, "/alice");
+    assert_eq!(r.status(), 200);
+    let a: Value = r.json().unwrap();
+    assert_eq!(a["Uid"], "alice");
+    assert_eq!(a["IsPINSet"], true);
+    assert!(
+        a["LockedUntil"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{a}"
+    );
+    assert_eq!(a["ConsecutiveFailures"], 3, "{a}");
+    assert!(
+        a.get("Phc").is_none() && !a.to_string().contains("argon2"),
+        "no PIN hash: {a}"
+    );
+
+    assert_posted(manage(&c, &g, reqwest::Method::POST, "/alice/unlock"));
+    let r = put_pin(&g, &c, &alice, PIN);
+    assert_eq!(r.status(), 200, "unlocked: the step-up works at once");
+    // The step-up is remembered for the helpdesk.
+    let mut last = Value::Null;
+    for _ in 0..50 {
+        last = manage(&c, &g, reqwest::Method::GET, "/alice")
+            .json()
+            .unwrap();
+        if last["LastStepUp"]["Factor"] == "pin" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(last["LastStepUp"]["Factor"], "pin", "{last}");
+    assert_eq!(last["LockedUntil"], Value::Null);
+
+    // Remove the PIN: the next step-up asks for enrollment.
+    let r = manage(&c, &g, reqwest::Method::DELETE, "/alice/pin");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().unwrap()["IsDeleted"], true);
+    assert_error(put_pin(&g, &c, &alice, PIN), 403, 1235);
+    let a: Value = manage(&c, &g, reqwest::Method::GET, "/alice")
+        .json()
+        .unwrap();
+    assert_eq!(a["IsPINSet"], false);
+    let r = manage(&c, &g, reqwest::Method::DELETE, "/alice/pin");
+    assert_eq!(
+        r.json::<Value>().unwrap()["IsDeleted"],
+        false,
+        "nothing left to delete"
+    );
+
+    let log = g.log();
+    for action in ["\"unlock\"", "\"remove_pin\""] {
+        assert!(log.contains(action), "audit line for {action}:\n{log}");
+    }
+}
+
+#[test]
+fn the_cli_answers_is_alice_locked_and_unlocks_her() {
+    let mut g = gateway();
+    let c = client();
+    let alice = g.token("alice", &["--email", "alice@x.io", "--login-age", "0"]);
+    enroll_pin(&g, &c, &alice, PIN);
+    lock(&g, &c, &alice);
+
+    // While the gateway runs, the embedded store has one writer: the CLI says how to go on.
+    let busy = admin(&g, &["user", "show", "alice"]);
+    assert!(!busy.status.success());
+    let err = String::from_utf8_lossy(&busy.stderr);
+    assert!(
+        err.contains("running gateway") && err.contains("/.stepgate/api/manage/account/"),
+        "{err}"
+    );
+
+    g.stop();
+    let out = admin(&g, &["user", "show", "alice"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("user alice") && text.contains("locked until"),
+        "{text}"
+    );
+    assert!(text.contains("3 in a row"), "{text}");
+    let out = admin(&g, &["--json", "user", "show", "alice"]);
+    let a: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(a["LockedUntil"].is_i64(), "{a}");
+
+    let out = admin(&g, &["user", "unlock", "alice"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("alice: unlocked"));
+    let out = admin(&g, &["unlock", "--ip", "127.0.0.1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = admin(&g, &["user", "show", "alice"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not locked"));
+
+    g.launch();
+    let r = put_pin(&g, &c, &alice, PIN);
+    assert_eq!(
+        r.status(),
+        200,
+        "unlocked by the CLI: the step-up works at once"
+    );
+
+    g.stop();
+    let out = admin(&g, &["user", "reset-pin", "alice"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("PIN removed"),
+        "{out:?}"
+    );
+    g.launch();
+    assert_error(put_pin(&g, &c, &alice, PIN), 403, 1235);
+}
