@@ -52,40 +52,18 @@ pub(super) fn unauthenticated(presented: Option<&crate::auth::principal::AuthErr
 
 pub async fn handle(gate: &Gate, req: &Req<'_>) -> Reply {
     let route = req.path.trim_start_matches("/.stepgate/api");
-    if let Some(uid) = route
-        .strip_prefix("/manage/account/")
-        .and_then(|r| r.strip_suffix("/invalidate"))
-    {
-        return match req.method {
-            "POST" => invalidate(gate, req, uid).await,
-            _ => error(405, 901, "Method not allowed", "Use POST."),
-        };
-    }
-    if let Some(uid) = route
-        .strip_prefix("/manage/account/")
-        .and_then(|r| r.strip_suffix("/unlock"))
-    {
-        return match req.method {
-            "POST" => unlock(gate, req, uid).await,
-            _ => error(405, 901, "Method not allowed", "Use POST."),
-        };
-    }
-    if let Some(uid) = route
-        .strip_prefix("/manage/account/")
-        .and_then(|r| r.strip_suffix("/pin"))
-    {
-        return match req.method {
-            "DELETE" => remove_pin(gate, req, uid).await,
-            _ => error(405, 901, "Method not allowed", "Use DELETE."),
-        };
-    }
-    if let Some(uid) = route
-        .strip_prefix("/manage/account/")
-        .filter(|r| !r.contains('/'))
-    {
-        return match req.method {
-            "GET" => show_account(gate, req, uid).await,
-            _ => error(405, 901, "Method not allowed", "Use GET."),
+    // `/manage/account/{uid}[/{action}]`: the back channel's per-user calls.
+    if let Some(rest) = route.strip_prefix("/manage/account/") {
+        let (uid, action) = rest.split_once('/').unwrap_or((rest, ""));
+        return match (action, req.method) {
+            ("invalidate", "POST") => invalidate(gate, req, uid).await,
+            ("unlock", "POST") => unlock(gate, req, uid).await,
+            ("pin", "DELETE") => remove_pin(gate, req, uid).await,
+            ("", "GET") => show_account(gate, req, uid).await,
+            ("invalidate" | "unlock", _) => error(405, 901, "Method not allowed", "Use POST."),
+            ("pin", _) => error(405, 901, "Method not allowed", "Use DELETE."),
+            ("", _) => error(405, 901, "Method not allowed", "Use GET."),
+            _ => error(404, 901, "Not found", "No such API endpoint."),
         };
     }
     if route == "/stepup/validate" {
