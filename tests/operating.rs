@@ -423,7 +423,9 @@ fn broken_policy_is_refused_logged_with_position_and_counted_then_a_fix_applies(
     eprintln!("fixed policy applied after {t:?}");
     // Counted right after the swap: the new policy may answer a moment first.
     assert!(
-        wait_until(Duration::from_secs(5), || metric(mport, oks) >= ok_before + 1.0).is_some(),
+        wait_until(Duration::from_secs(5), || metric(mport, oks)
+            >= ok_before + 1.0)
+        .is_some(),
         "stepgate_reloads_total{{result=\"ok\"}} went from {ok_before} to {}",
         metric(mport, oks)
     );
