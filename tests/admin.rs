@@ -189,3 +189,64 @@ fn the_cli_answers_is_alice_locked_and_unlocks_her() {
     g.launch();
     assert_error(put_pin(&g, &c, &alice, PIN), 403, 1235);
 }
+
+/// Two gateways on one Redis: `show` (API and CLI, while both run) sees the
+/// PIN sessions opened on either, with their devices.
+#[test]
+fn show_reflects_pin_sessions_opened_on_two_gateways_sharing_redis() {
+    common::redis::require_redis();
+    let pair = common::redis::RedisPair::start(|_, store| GatewayOptions {
+        store,
+        extra_config: api_secret_config(),
+        ..Default::default()
+    });
+    let c = client();
+    let at = pair
+        .a
+        .token("alice", &["--email", "alice@x.io", "--login-age", "0"]);
+    enroll_pin(&pair.a, &c, &at, PIN);
+    let phone = "Mozilla/5.0 (Linux; Android 14; stepgate-admin phone)";
+    let laptop = "Mozilla/5.0 (X11; Linux x86_64; stepgate-admin laptop)";
+    browser_pin_session(&pair.a, &client(), &at, PIN, phone);
+    browser_pin_session(&pair.b, &client(), &at, PIN, laptop);
+
+    let a: Value = manage(&c, &pair.b, reqwest::Method::GET, "/alice")
+        .json()
+        .unwrap();
+    let sessions = a["PinSessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 2, "{a}");
+    let devices: Vec<&str> = sessions
+        .iter()
+        .map(|s| s["Device"].as_str().unwrap())
+        .collect();
+    assert!(devices.iter().any(|d| d.contains("Android")), "{devices:?}");
+    assert!(
+        devices
+            .iter()
+            .any(|d| d.contains("Linux") && !d.contains("Android")),
+        "{devices:?}"
+    );
+
+    // The CLI on the same Redis, while both gateways run.
+    let out = admin(&pair.a, &["--json", "user", "show", "alice"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cli["PinSessions"].as_array().unwrap().len(), 2, "{cli}");
+    assert_eq!(cli["LastStepUp"]["Factor"], "pin", "{cli}");
+
+    // Revoke from the CLI: the sessions end on both gateways.
+    let out = admin(&pair.a, &["user", "revoke", "alice"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a: Value = manage(&c, &pair.a, reqwest::Method::GET, "/alice")
+        .json()
+        .unwrap();
+    assert_eq!(a["PinSessions"].as_array().unwrap().len(), 0, "{a}");
+}
