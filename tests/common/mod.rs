@@ -23,13 +23,24 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_stepgate");
 pub const FIRST_FACTOR_SECRET: &str = "test-first-factor-secret-0123456789abcdef";
 pub const SIGNING_SECRET: &str = "test-signing-secret-0123456789abcdef0123";
 
-/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+/// A free TCP port on 127.0.0.1 (bound and released). Never the same port
+/// twice in one test binary: its tests run in parallel, and two of them
+/// handed one port before either listened would talk to each other's
+/// servers.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub fn wait_for_port(port: u16, within: Duration) {
