@@ -160,13 +160,10 @@ pub fn credentials(gate: &Gate, req: &RequestHeader, tls: bool) -> Credentials {
         .or_else(|| ff_cookies.first().cloned());
     // After a PIN login, stepgate's own session stands in for an expired or
     // absent first-factor cookie.
-    let access_token = match gate
-        .settings
-        .pin
-        .login
-        .then_some(())
-        .or(gate.oidc.as_ref().map(|_| ()))
-        .and_then(|_| cookie(cookies(), gate.login_cookie(tls)))
+    let own_session = gate.settings.pin.login || gate.oidc.is_some();
+    let access_token = match own_session
+        .then(|| cookie(cookies(), gate.login_cookie(tls)))
+        .flatten()
     {
         Some(own) => match access_token {
             Some(t) if gate.verifier.verify(&t, clock::now()).is_ok() => Some(t),
@@ -247,7 +244,6 @@ pub fn strip_cookies(req: &mut RequestHeader, names: &[&str]) {
 /// What the edge read off a request, once: the credentials it carries, how
 /// to answer it, and where it is going.
 pub struct Edge {
-    pub access_token: Option<String>,
     pub stepup_token: Option<String>,
     pub html: bool,
     /// Addressed to stepgate itself (`/.stepgate`, in any case: a
@@ -305,7 +301,7 @@ pub fn read(
         strip_ff_cookie,
     } = credentials(gate, req, tls);
     let presented = crate::auth::sources::Presented {
-        token: access_token.clone(),
+        token: access_token,
         app_cookies: gate
             .sources
             .session_cookies()
@@ -382,7 +378,6 @@ pub fn read(
     let overridable =
         canon.method == "POST" && may_override_method(session.req_header(), canon.query.as_deref());
     let edge = Edge {
-        access_token,
         stepup_token,
         html,
         reserved,

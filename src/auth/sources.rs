@@ -1,7 +1,7 @@
 //! Where "already signed in" comes from, besides JWTs: a fronting SSO
 //! proxy's header, RFC 7662 introspection of opaque tokens, and the app's own
 //! session checked by asking the app. A request's user is the first source
-//! that answers with one, in the order of [`FirstFactor::source_names`]:
+//! that answers with one, in this order:
 //! trusted header, stepgate's own session (PIN login, OIDC), JWT,
 //! introspection, session check.
 //!
@@ -10,8 +10,6 @@
 //! period. A source that does not answer yields `AuthError::Unavailable`:
 //! routes that need a user fail closed on it. This module never decides
 //! access; it only says who the user is.
-
-use std::time::Duration;
 
 use serde_json::Value;
 
@@ -89,12 +87,6 @@ impl Sources {
             .map(|(c, _)| c.cookies.as_slice())
     }
 
-    /// Whether any source needs the network (so a caller knows the answer
-    /// may take a round trip).
-    pub fn asks_out(&self) -> bool {
-        self.introspection.is_some() || self.session_check.is_some()
-    }
-
     /// The user this request presents, from the first source that answers.
     /// Errors: the most telling refusal (an unreachable source wins, so a
     /// down IdP is a 503, not a sign-in loop).
@@ -104,8 +96,9 @@ impl Sources {
         p: &Presented,
         now: i64,
     ) -> Result<Principal, AuthError> {
-        if let (Some(th), Some((user, email))) = (&self.trusted_header, &p.trusted_user) {
-            let _ = th;
+        // Set by the edge only when `trusted_header` is configured and the
+        // peer is a trusted proxy.
+        if let Some((user, email)) = &p.trusted_user {
             count("trusted_header", "admitted");
             return Ok(trusted_principal(user, email.as_deref(), now));
         }
@@ -398,7 +391,9 @@ pub fn session_principal(
         // Step-ups are bound to this app session: a new login needs a new step-up.
         session: format!("app:{}", &session_key[..32]),
         login_time: cfg.auth_time.as_deref().and_then(|p| int_at(body, p)),
-        expires: now + cfg.cache.as_secs() as i64 + Duration::from_secs(300).as_secs() as i64,
+        // The app says nothing of expiry: the answer holds for the cache
+        // period (the principal's own expiry only bounds caches above it).
+        expires: now + cfg.cache.as_secs() as i64 + 300,
         username: None,
         phone: None,
         pin_session: None,
@@ -410,6 +405,7 @@ pub fn session_principal(
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::time::Duration;
 
     #[test]
     fn introspection_needs_active_true_and_a_subject_and_checks_expiry() {

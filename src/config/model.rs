@@ -189,31 +189,6 @@ pub struct FirstFactor {
     pub trusted_header: Option<TrustedHeader>,
 }
 
-impl FirstFactor {
-    /// Sources in the order a request's user is looked for (README, "First
-    /// factor"): the fronting proxy's header, stepgate's own session, a
-    /// JWT, an opaque token by introspection, the app's session.
-    pub fn source_names(&self) -> Vec<&'static str> {
-        let mut out = Vec::new();
-        if self.trusted_header.is_some() {
-            out.push("trusted_header");
-        }
-        if self.oidc.is_some() {
-            out.push("oidc");
-        }
-        if !matches!(self.key, KeySource::None) {
-            out.push("jwt");
-        }
-        if self.introspection.is_some() {
-            out.push("introspection");
-        }
-        if self.session_check.is_some() {
-            out.push("session_check");
-        }
-        out
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreKind {
     Embedded { path: PathBuf },
