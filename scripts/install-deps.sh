@@ -21,6 +21,7 @@ if [ "$what" = test ] || [ "$what" = bench ]; then
   # Upstreams that disagree, for the differential suite (tests/differential.rs).
   command -v nginx >/dev/null || need+=(nginx-light)
   command -v node >/dev/null || need+=(nodejs)
+  command -v npm >/dev/null || need+=(npm)          # installs the test OpenID provider (tests/fixtures/oidc)
   command -v java >/dev/null || need+=(default-jre-headless)
   ls /usr/share/java/tomcat10-catalina.jar >/dev/null 2>&1 || need+=(libtomcat10-java)
 fi
