@@ -460,18 +460,24 @@ fn restart_only_setting_is_reported_while_live_settings_of_the_same_reload_apply
     })
     .expect("the new policy path applies");
     eprintln!("config reload applied after {t:?}");
-    // Restart-only: `threads` is reported, nothing else is.
+    // Restart-only: `threads` is reported, nothing else is. Logged right
+    // after the swap, so the new policy may answer a moment before it.
+    let restart_lines = |log: &str| -> Vec<String> {
+        log_json(log)
+            .into_iter()
+            .filter(|v| {
+                v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("needs a restart"))
+            })
+            .map(|v| v["setting"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let _ = wait_until(Duration::from_secs(5), || {
+        !restart_lines(&g.log()).is_empty()
+    });
     let log = g.log();
-    let restart: Vec<String> = log_json(&log)
-        .into_iter()
-        .filter(|v| {
-            v["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("needs a restart"))
-        })
-        .map(|v| v["setting"].as_str().unwrap_or_default().to_string())
-        .collect();
-    assert_eq!(restart, vec!["threads".to_string()], "{log}");
+    assert_eq!(restart_lines(&log), vec!["threads".to_string()], "{log}");
     // Live: the new lockout limit (2 instead of the default 5) applies.
     let at = g.token("alice", &[]);
     let base = g.url("");
