@@ -371,10 +371,14 @@ pub fn read(
         });
     }
     let path = canon.path.matched();
-    let reserved = path
-        .get(..10)
-        .is_some_and(|p| p.eq_ignore_ascii_case("/.stepgate"))
-        && matches!(path.as_bytes().get(10), None | Some(b'/'));
+    let under = |prefix: &str| {
+        path.get(..prefix.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+            && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/'))
+    };
+    // With `api.loginradius_root`, LoginRadius's own paths are stepgate's
+    // too, in any case: a PIN sent there must never reach the app.
+    let reserved = under("/.stepgate") || (gate.settings.loginradius_root && under("/identity"));
     let overridable =
         canon.method == "POST" && may_override_method(session.req_header(), canon.query.as_deref());
     let edge = Edge {

@@ -105,7 +105,7 @@ async fn reserved(session: &mut Session, ctx: &Ctx, gate: &Gate, edge: &Edge) ->
         Ok(Err(e)) => return Err(e),
         Err(_) => {
             session.set_keepalive(None);
-            let reply = if match_path.starts_with("/.stepgate/api/") {
+            let reply = if web::is_api_path(gate, match_path) {
                 crate::web::json::error(
                     408,
                     901,
@@ -148,6 +148,8 @@ async fn reserved(session: &mut Session, ctx: &Ctx, gate: &Gate, edge: &Edge) ->
         cookies,
         user_agent: header(session.req_header(), "user-agent").unwrap_or(""),
         stepup_token,
+        api_secret_header: header(session.req_header(), "x-loginradius-apisecret"),
+        api_key_header: header(session.req_header(), "x-loginradius-apikey"),
     };
     Ok(web::handle(gate, &r).await)
 }

@@ -65,7 +65,7 @@ pub(crate) struct FileConfig {
     #[serde(default)]
     pub(crate) timeouts: TimeoutsFile,
     pub(crate) mail: Option<MailFile>,
-    pub(crate) api: Option<SecretFile>,
+    pub(crate) api: Option<ApiFile>,
     #[serde(default)]
     pub(crate) assertion: AssertionFile,
     #[serde(default)]
@@ -116,6 +116,19 @@ pub(crate) struct TlsFile {
     pub(crate) key: String,
     /// Send Strict-Transport-Security with this max-age (e.g. 1y = 365d).
     pub(crate) hsts: Option<Dur>,
+}
+
+/// `api:`: the back channel's secret, and LoginRadius wire compatibility.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ApiFile {
+    pub(crate) secret: Option<String>,
+    pub(crate) secret_file: Option<String>,
+    /// LoginRadius's `apikey`: when set, LoginRadius-spelled calls must carry it.
+    pub(crate) key: Option<String>,
+    /// Serve `/identity/v2/…` at the root (never forwarded upstream).
+    #[serde(default)]
+    pub(crate) loginradius_root: bool,
 }
 
 #[derive(Deserialize, Debug)]

@@ -343,6 +343,10 @@ pub struct Settings {
     pub email_otp: EmailOtp,
     /// Back ends authenticate with it on /.stepgate/api/stepup/validate.
     pub api_secret: Option<Secret>,
+    /// `api.key`: LoginRadius's `apikey`, checked on LoginRadius-spelled calls.
+    pub api_key: Option<String>,
+    /// `api.loginradius_root`: `/identity/v2/…` answered at the root.
+    pub loginradius_root: bool,
     pub assertion: AssertionSettings,
     pub upstream_ca: Option<PathBuf>,
     pub upgrade_sock: PathBuf,

@@ -50,8 +50,9 @@ pub(super) fn unauthenticated(presented: Option<&crate::auth::principal::AuthErr
     .add("WWW-Authenticate", www)
 }
 
-pub async fn handle(gate: &Gate, req: &Req<'_>) -> Reply {
-    let route = req.path.trim_start_matches("/.stepgate/api");
+/// Answer stepgate's own spelling of an API call; `route` is the path under
+/// `/.stepgate/api` (the LoginRadius spelling translates to these too).
+pub async fn route(gate: &Gate, req: &Req<'_>, route: &str) -> Reply {
     // `/manage/account/{uid}[/{action}]`: the back channel's per-user calls.
     if let Some(rest) = route.strip_prefix("/manage/account/") {
         let (uid, action) = rest.split_once('/').unwrap_or((rest, ""));
@@ -131,9 +132,24 @@ async fn trigger(gate: &Gate, p: &Principal) -> Reply {
             Err(e) => return flow_error(e),
         },
     };
+    // LoginRadius's whole field set (the SDKs' models read it): factors
+    // stepgate does not offer are false or empty.
     Reply::json(
         200,
-        &json!({"IsPINSet": pin_set, "IsEmailOtpAuthenticatorVerified": verified, "Email": p.otp_emails}),
+        &json!({
+            "IsPINSet": pin_set,
+            "IsPINAuthenticatorVerified": pin_set,
+            "IsEmailOtpAuthenticatorVerified": verified,
+            "Email": p.otp_emails,
+            "IsOTPAuthenticatorVerified": false,
+            "OTPPhoneNo": "",
+            "OTPStatus": null,
+            "IsGoogleAuthenticatorVerified": false,
+            "IsAuthenticatorVerified": false,
+            "IsSecurityQuestionAuthenticatorVerified": false,
+            "IsSecurityQuestionAuthenticatorEnabled": false,
+            "IsSmsOtpAuthenticatorVerified": false,
+        }),
     )
 }
 
@@ -309,15 +325,8 @@ async fn remove_pin(gate: &Gate, req: &Req<'_>, uid: &str) -> Reply {
 /// token must belong to (`Uid` in the body, else `uid` in the query, names
 /// in any case): a token is only ever valid for its own user.
 fn validate(gate: &Gate, req: &Req<'_>) -> Reply {
-    if let Err(r) = check_api_secret(gate, req) {
-        return r;
-    }
-    let m = match body(req) {
+    let m = match secret_and_body(gate, req) {
         Ok(m) => m,
-        Err(r) => return r,
-    };
-    let token = match string_field(&m, "secondfactorvalidationtoken") {
-        Ok(s) => s,
         Err(r) => return r,
     };
     let uid = match m.get("uid") {
@@ -325,7 +334,7 @@ fn validate(gate: &Gate, req: &Req<'_>) -> Reply {
         Some(_) => {
             return error(400, 901, "Invalid field", "`Uid` must be a string.");
         }
-        None => query_param_ci(req.query, "uid"),
+        None => query_param(req.query, "uid"),
     };
     let Some(uid) = uid.filter(|u| !u.is_empty()) else {
         return error(
@@ -335,25 +344,66 @@ fn validate(gate: &Gate, req: &Req<'_>) -> Reply {
             "The body needs `Uid` (or `uid` in the query): the user the token must belong to.",
         );
     };
+    validate_token(gate, &m, &uid, None)
+}
+
+fn secret_and_body(gate: &Gate, req: &Req<'_>) -> Result<serde_json::Map<String, Value>, Reply> {
+    check_api_secret(gate, req)?;
+    body(req)
+}
+
+/// Validation for the user `uid` of a manage path (LoginRadius's
+/// `/manage/account/{uid}/reauth/{pin,2fa}`), of a token made with `factor`
+/// when one is named: a token of another user, or of another factor, is
+/// `IsValid: false`.
+pub(super) fn validate_for(gate: &Gate, req: &Req<'_>, uid: &str, factor: Option<Factor>) -> Reply {
+    let m = match secret_and_body(gate, req) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    if uid.is_empty() || uid.len() > 256 {
+        return error(
+            400,
+            901,
+            "Invalid user id",
+            "The path needs the user's id (sub).",
+        );
+    }
+    validate_token(gate, &m, uid, factor)
+}
+
+fn validate_token(
+    gate: &Gate,
+    m: &serde_json::Map<String, Value>,
+    uid: &str,
+    factor: Option<Factor>,
+) -> Reply {
+    let token = match string_field(m, "secondfactorvalidationtoken") {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
     let valid = match gate.keys.decode_stepup(token, clock::now()) {
         Ok(c) => {
             let revoked = gate
                 .revocations
                 .revoked_before(&c.sub)
                 .is_some_and(|t| c.issued_ms() <= t);
-            bool::from(uid.as_bytes().ct_eq(c.sub.as_bytes())) && !revoked
+            let factor_ok = factor.is_none_or(|f| c.factor() == Some(f));
+            bool::from(uid.as_bytes().ct_eq(c.sub.as_bytes())) && !revoked && factor_ok
         }
         Err(_) => false,
     };
     Reply::json(200, &json!({"IsValid": valid}))
 }
 
-/// A query parameter whose name is matched case-insensitively (LoginRadius
-/// clients spell names variously: `uid`, `Uid`).
-fn query_param_ci(query: Option<&str>, name: &str) -> Option<String> {
-    form_urlencoded::parse(query?.as_bytes())
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.into_owned())
+/// The caller's access token, from Authorization only (see [`route`]).
+pub(super) fn bearer_principal(req: &Req<'_>) -> Result<Principal, Reply> {
+    let from_header = req.authorization.and_then(crate::reply::bearer).is_some();
+    match (&req.principal, from_header) {
+        (Ok(p), true) => Ok(p.clone()),
+        (Err(e), true) => Err(unauthenticated(Some(e))),
+        (_, false) => Err(unauthenticated(None)),
+    }
 }
 
 /// The answer to an API client of a signed-in user without a PIN when

@@ -121,16 +121,18 @@ pub fn check_api_secret(gate: &Gate, req: &Req<'_>) -> Result<(), Reply> {
             "Set `api.secret` in the gateway config.",
         ));
     };
-    let given = req
-        .authorization
-        .and_then(crate::reply::bearer)
-        .unwrap_or("");
-    if !bool::from(given.as_bytes().ct_eq(secret.expose())) {
+    // `Authorization: Bearer <secret>`, or `X-LoginRadius-ApiSecret` as
+    // LoginRadius's SDKs send it.
+    let matches = |given: Option<&str>| {
+        given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(secret.expose())))
+    };
+    let bearer = req.authorization.and_then(crate::reply::bearer);
+    if !(matches(bearer) || matches(req.api_secret_header.map(str::trim))) {
         return Err(error(
             401,
             907,
             "The API secret is invalid",
-            "Send the configured API secret in Authorization: Bearer.",
+            "Send the configured API secret in Authorization: Bearer (or X-LoginRadius-ApiSecret).",
         )
         .add("WWW-Authenticate", "Bearer realm=\"stepgate-api\"".into()));
     }

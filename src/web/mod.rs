@@ -7,6 +7,7 @@ mod account;
 pub mod api;
 mod email;
 pub mod json;
+mod loginradius;
 mod oidc;
 mod pin_api;
 pub mod replies;
@@ -43,6 +44,10 @@ pub struct Req<'a> {
     pub user_agent: &'a str,
     /// A step-up token presented with the request (cookie or header).
     pub stepup_token: Option<String>,
+    /// `X-LoginRadius-ApiSecret`, the API secret as LoginRadius's SDKs send it.
+    pub api_secret_header: Option<&'a str>,
+    /// `X-LoginRadius-ApiKey`.
+    pub api_key_header: Option<&'a str>,
 }
 
 impl Req<'_> {
@@ -83,8 +88,21 @@ pub(crate) fn recent_stepup(gate: &Gate, req: &Req<'_>, p: &Principal) -> bool {
 pub const MAX_FORM: usize = 16 * 1024;
 
 pub async fn handle(gate: &Gate, req: &Req<'_>) -> Reply {
-    if req.path.starts_with("/.stepgate/api/") {
-        return api::handle(gate, req).await;
+    if let Some(which) = api_route(gate, req.path) {
+        // Query names are matched in any case on both spellings.
+        let query = loginradius::normalized_query(req.query);
+        let inner = Req {
+            query: query.as_deref(),
+            principal: req.principal.clone(),
+            cookies: req.cookies.clone(),
+            origin: req.origin.clone(),
+            stepup_token: req.stepup_token.clone(),
+            ..*req
+        };
+        return match which {
+            ApiRoute::Own(route) => api::route(gate, &inner, route).await,
+            ApiRoute::LoginRadius(route) => loginradius::handle(gate, &inner, route).await,
+        };
     }
     match (req.method, req.path) {
         ("GET" | "HEAD", "/.stepgate/health") => Reply::text(200, "ok"),
@@ -106,6 +124,50 @@ pub async fn handle(gate: &Gate, req: &Req<'_>) -> Reply {
         }
         _ => user_pages(gate, req).await,
     }
+}
+
+enum ApiRoute<'p> {
+    /// stepgate's own spelling: the path under `/.stepgate/api`.
+    Own(&'p str),
+    /// LoginRadius's: the path under `/identity/v2`.
+    LoginRadius(&'p str),
+}
+
+/// Which API, if any, a reserved path is addressed to. With
+/// `api.loginradius_root`, every path under `/identity` (in any case) is
+/// LoginRadius's: what is not an operation stepgate serves is answered 404
+/// in LoginRadius's shape, never forwarded.
+fn api_route<'p>(gate: &Gate, path: &'p str) -> Option<ApiRoute<'p>> {
+    if let Some(own) = path.strip_prefix("/.stepgate/api") {
+        if let Some(lr) = own
+            .strip_prefix("/identity/v2")
+            .filter(|r| r.starts_with('/'))
+        {
+            return Some(ApiRoute::LoginRadius(lr));
+        }
+        return own.starts_with('/').then_some(ApiRoute::Own(own));
+    }
+    if gate.settings.loginradius_root && is_identity(path) {
+        let lr = match path.get(..12) {
+            Some(p) if p.eq_ignore_ascii_case("/identity/v2") && path[12..].starts_with('/') => {
+                &path[12..]
+            }
+            _ => path,
+        };
+        return Some(ApiRoute::LoginRadius(lr));
+    }
+    None
+}
+
+fn is_identity(path: &str) -> bool {
+    path.get(..9)
+        .is_some_and(|p| p.eq_ignore_ascii_case("/identity"))
+        && matches!(path.as_bytes().get(9), None | Some(b'/'))
+}
+
+/// Whether a reserved path is answered in JSON (either API spelling).
+pub fn is_api_path(gate: &Gate, path: &str) -> bool {
+    path.starts_with("/.stepgate/api/") || (gate.settings.loginradius_root && is_identity(path))
 }
 
 /// Pages for a signed-in user; without a valid first factor, the way to sign in.

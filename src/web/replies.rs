@@ -29,7 +29,7 @@ pub fn refusal(gate: &Gate, why: Refusal, html: bool) -> Reply {
 }
 
 pub fn too_large(gate: &Gate, path: &str) -> Reply {
-    if path.starts_with("/.stepgate/api/") {
+    if crate::web::is_api_path(gate, path) {
         crate::web::json::error(
             413,
             901,

@@ -175,17 +175,30 @@ impl Builder<'_> {
                 );
             }
         }
-        let api_secret = match f.api {
-            None => None,
-            Some(s) => self.strong_secret(
+        let api = f.api.unwrap_or_default();
+        let api_secret = match (&api.secret, &api.secret_file) {
+            (None, None) => None,
+            _ => self.strong_secret(
                 "api",
-                &s,
+                &SecretFile {
+                    secret: api.secret.clone(),
+                    secret_file: api.secret_file.clone(),
+                },
                 &format!(
                     "the API secret is too short; use at least {DEFAULT_SIGNING_MIN} random bytes"
                 ),
                 "give `secret` or `secret_file`",
             ),
         };
+        let api_key = match api.key.as_deref().map(str::trim) {
+            Some("") => {
+                self.err("api.key", "the API key is empty; remove it or give one");
+                None
+            }
+            Some(k) => Some(k.to_string()),
+            None => None,
+        };
+        let loginradius_root = api.loginradius_root;
         let a = f.assertion;
         let assertion_audience = a.audience.unwrap_or_else(|| {
             match upstreams.as_ref().and_then(|u| {
@@ -363,6 +376,8 @@ impl Builder<'_> {
             mail,
             email_otp,
             api_secret,
+            api_key,
+            loginradius_root,
             assertion,
             upstream_ca,
             upgrade_sock,
