@@ -7,7 +7,7 @@ mod account;
 pub mod api;
 mod email;
 pub mod json;
-mod loginradius;
+pub mod loginradius;
 mod oidc;
 mod pin_api;
 pub mod replies;
