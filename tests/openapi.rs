@@ -1,9 +1,11 @@
 //! Keeps docs/openapi.yaml in sync with the gateway: its API operations are
-//! exactly `stepgate::web::json::ROUTES`, its references resolve, its
-//! error codes are the ones the code answers with, and every documented
-//! operation, called on a running gateway, answers with a documented status
-//! and a body that fits the documented schema (failures and successes,
-//! step-up and PIN lifecycle).
+//! exactly `stepgate::web::json::ROUTES`, and its LoginRadius-spelled ones
+//! exactly `stepgate::web::loginradius::ROUTES`, each naming the own
+//! operation it is; its references resolve, its error codes are the ones
+//! the code answers with, and every documented operation, called on a
+//! running gateway, answers with a documented status and a body that fits
+//! the documented schema (failures and successes, step-up and PIN
+//! lifecycle, both spellings and both forms of LoginRadius's paths).
 
 mod common;
 
@@ -16,6 +18,9 @@ use serde_json::{json, Value};
 
 const SPEC: &str = include_str!("../docs/openapi.yaml");
 const PREFIX: &str = "/.stepgate/api";
+/// LoginRadius's paths as documented (the root form); the prefix form is
+/// `PREFIX` + this.
+const LR: &str = "/identity/v2";
 const HTTP_METHODS: &[&str] = &[
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
 ];
@@ -54,8 +59,8 @@ fn resolve<'a>(spec: &'a Value, v: &'a Value) -> &'a Value {
 }
 
 /// Check `v` against a (small) JSON Schema subset: $ref, oneOf, const, enum,
-/// type, required, properties, additionalProperties: false, items,
-/// format: date-time.
+/// type (one name), required, properties, additionalProperties: false,
+/// items, format: date-time.
 fn check(spec: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
     let schema = resolve(spec, schema);
     if let Some(alts) = schema.get("oneOf").and_then(Value::as_array) {
@@ -126,6 +131,7 @@ fn check(spec: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String
             return Err(format!("{at}: {v} is not an integer"))
         }
         Some("boolean") if !v.is_boolean() => return Err(format!("{at}: {v} is not a boolean")),
+        Some("null") if !v.is_null() => return Err(format!("{at}: {v} is not null")),
         _ => {}
     }
     Ok(())
@@ -175,6 +181,15 @@ fn the_description_is_openapi_3_1_with_resolving_references() {
         assert_eq!(schemes[name]["scheme"], "bearer", "{name}");
     }
     assert_eq!(schemes["stepUpToken"]["name"], "X-Stepgate-Token");
+    let lr = &schemes["loginRadiusApiSecret"];
+    assert_eq!(
+        (&lr["type"], &lr["in"], &lr["name"]),
+        (
+            &json!("apiKey"),
+            &json!("header"),
+            &json!("X-LoginRadius-ApiSecret")
+        )
+    );
 }
 
 #[test]
@@ -218,7 +233,7 @@ fn documented_api_operations_are_exactly_the_routes() {
                     assert_eq!(*security, json!([{ scheme: [] }]), "{m} {p} uses {scheme}");
                 }
             }
-        } else {
+        } else if !p.starts_with(LR) {
             // The only other paths: the application's protected routes.
             assert!(!p.starts_with("/.stepgate"), "{p} is not an API route");
             assert_eq!(
@@ -226,6 +241,115 @@ fn documented_api_operations_are_exactly_the_routes() {
                 "#/components/responses/InsufficientUserAuthentication"
             );
         }
+    }
+}
+
+/// The own operation that an operation of LoginRadius's spelling names in
+/// its `x-stepgate-same-as`.
+fn same_as<'a>(ops: &'a [(String, String, Value)], op: &Value) -> &'a (String, String, Value) {
+    let id = op["x-stepgate-same-as"]
+        .as_str()
+        .expect("an x-stepgate-same-as");
+    ops.iter()
+        .find(|(_, _, o)| o["operationId"] == id)
+        .unwrap_or_else(|| panic!("x-stepgate-same-as {id} is an operationId"))
+}
+
+/// The documented statuses of an operation.
+fn statuses(op: &Value) -> BTreeSet<String> {
+    op["responses"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect()
+}
+
+/// The JSON schema of a documented answer, references followed.
+fn answer_schema<'a>(s: &'a Value, response: &'a Value) -> Option<&'a Value> {
+    resolve(s, response)
+        .pointer("/content/application~1json/schema")
+        .map(|schema| resolve(s, schema))
+}
+
+#[test]
+fn documented_loginradius_operations_are_exactly_its_routes_and_name_their_own() {
+    let s = spec();
+    let ops = operations(&s);
+    let documented: BTreeSet<(String, String)> = ops
+        .iter()
+        .filter(|(_, p, _)| p.starts_with(LR))
+        .map(|(m, p, _)| (m.clone(), p[LR.len()..].to_string()))
+        .collect();
+    let routes: BTreeSet<(String, String)> = stepgate::web::loginradius::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    let only_documented: Vec<_> = documented.difference(&routes).collect();
+    let only_routes: Vec<_> = routes.difference(&documented).collect();
+    assert!(
+        only_documented.is_empty() && only_routes.is_empty(),
+        "docs/openapi.yaml and loginradius::ROUTES differ: documented but not in ROUTES: \
+         {only_documented:?}; in ROUTES but not documented: {only_routes:?}"
+    );
+    assert!(
+        s["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "loginradius"),
+        "the loginradius tag is described"
+    );
+    for (m, p, op) in ops.iter().filter(|(_, p, _)| p.starts_with(LR)) {
+        let what = format!("{m} {p}");
+        assert_eq!(op["tags"], json!(["loginradius"]), "{what}");
+        let (_, own_path, own) = same_as(&ops, op);
+        assert!(
+            own_path.starts_with(PREFIX) && !own_path[PREFIX.len()..].starts_with(LR),
+            "{what} names an operation of the own spelling, not {own_path}"
+        );
+        // Success bodies are the own operation's.
+        for st in statuses(own).iter().filter(|st| st.starts_with('2')) {
+            assert_eq!(
+                answer_schema(&s, &op["responses"][st]),
+                answer_schema(&s, &own["responses"][st]),
+                "{what}: {st} is {own_path}'s"
+            );
+        }
+        // Errors have LoginRadius's shape, except a body too large, refused
+        // before the call is translated.
+        for (st, r) in op["responses"].as_object().unwrap() {
+            if st.starts_with('2') || st == "413" {
+                continue;
+            }
+            assert_eq!(
+                resolve(&s, r).pointer("/content/application~1json/schema/$ref"),
+                Some(&json!("#/components/schemas/LrError")),
+                "{what}: {st} is an LrError"
+            );
+        }
+        // The signed-in user's own questions: the only operation that is not
+        // its own operation's credential and answers (that listing is public).
+        if p == &format!("{LR}/auth/securityquestion/accesstoken") {
+            assert_eq!(op["security"], json!([{ "accessToken": [] }]), "{what}");
+            continue;
+        }
+        // The same credentials; the API secret also in X-LoginRadius-ApiSecret.
+        let mut security = own["security"].clone();
+        if security == json!([{ "apiSecret": [] }]) {
+            security = json!([{ "apiSecret": [] }, { "loginRadiusApiSecret": [] }]);
+        }
+        assert_eq!(
+            op["security"], security,
+            "{what} uses {own_path}'s credentials"
+        );
+        // The same statuses, a 429 as 403, and 401 for `api.key`.
+        let mut expected: BTreeSet<String> = statuses(own)
+            .into_iter()
+            .map(|st| if st == "429" { "403".to_string() } else { st })
+            .collect();
+        expected.insert("401".to_string());
+        assert_eq!(statuses(op), expected, "{what}: the statuses of {own_path}");
     }
 }
 
@@ -304,6 +428,7 @@ fn documented_error_codes_are_the_ones_the_gateway_answers_with() {
     let mut in_code = codes_in(include_str!("../src/web/api.rs"));
     in_code.extend(codes_in(include_str!("../src/web/json.rs")));
     in_code.extend(codes_in(include_str!("../src/web/pin_api.rs")));
+    in_code.extend(codes_in(include_str!("../src/web/loginradius.rs")));
     in_code.extend(codes_in(include_str!("../src/proxy.rs")));
     in_code.extend(codes_in(include_str!("../src/web/replies.rs")));
     in_code.extend(codes_in(include_str!("../src/web/respond.rs")));
@@ -333,7 +458,7 @@ rules:
 
 /// The URL of an operation, path and query parameters filled from the
 /// documented examples.
-fn url_for(g: &Gateway, path: &str, op: &Value, item: &Value) -> String {
+fn url_for(s: &Value, g: &Gateway, path: &str, op: &Value, item: &Value) -> String {
     let mut url = path.to_string();
     let mut query = Vec::new();
     let params = item["parameters"]
@@ -342,6 +467,7 @@ fn url_for(g: &Gateway, path: &str, op: &Value, item: &Value) -> String {
         .flatten()
         .chain(op["parameters"].as_array().into_iter().flatten());
     for p in params {
+        let p = resolve(s, p);
         let example = p["example"].as_str();
         match p["in"].as_str().unwrap() {
             "path" => {
@@ -398,6 +524,8 @@ struct Call<'a> {
     auth: Option<String>,
     step_up: Option<&'a str>,
     body: Option<Value>,
+    /// More request headers.
+    headers: Vec<(&'static str, String)>,
 }
 
 /// A call of an operation with its documented examples, the credential
@@ -410,7 +538,7 @@ fn call_for<'a>(
     op: &Value,
     cred: Option<&str>,
 ) -> Call<'a> {
-    let mut url = url_for(g, path, op, &s["paths"][path]);
+    let mut url = url_for(s, g, path, op, &s["paths"][path]);
     let mut auth = None;
     match (cred_of(s, op.clone()), cred) {
         (Cred::Query(name), Some(v)) => {
@@ -427,6 +555,7 @@ fn call_for<'a>(
         body: op
             .pointer("/requestBody/content/application~1json/example")
             .cloned(),
+        headers: Vec::new(),
     }
 }
 
@@ -445,6 +574,9 @@ fn send(c: &Client, call: &Call<'_>) -> Response {
     }
     if let Some(su) = call.step_up {
         rb = rb.header("X-Stepgate-Token", su);
+    }
+    for (k, v) in &call.headers {
+        rb = rb.header(*k, v);
     }
     if let Some(b) = &call.body {
         rb = rb.json(b);
@@ -493,8 +625,9 @@ fn every_documented_operation_is_served_and_answers_as_documented() {
     //    examples: answered, documented, fitting its schema. Signed-out
     //    operations are called once. (The mailbox must hold only the step-up
     //    code afterwards: alice has no recovery profile yet, so the forgot
-    //    examples send nothing.)
-    for (m, p, op) in &ops {
+    //    examples send nothing.) LoginRadius's paths have a test of their
+    //    own: this gateway does not serve them at the root.
+    for (m, p, op) in ops.iter().filter(|(_, p, _)| !p.starts_with(LR)) {
         let what = format!("{m} {p}");
         let (st, body) = assert_documented(&s, &what, op, send(&c, &call_for(m, p, op, None)));
         if matches!(cred_of(&s, op.clone()), Cred::Public) && p.starts_with(PREFIX) {
@@ -866,5 +999,278 @@ fn the_pin_lifecycle_answers_as_documented() {
         smtp::read_eml_dir(&mailbox, false).len(),
         1,
         "nothing was sent for the unknown address"
+    );
+}
+
+/// A gateway for LoginRadius's paths: the API secret, mail to a folder,
+/// security questions, and `api.loginradius_root` as given.
+fn loginradius_gateway(root: bool) -> Gateway {
+    Gateway::start_with(GatewayOptions {
+        policy: POLICY.to_string(),
+        extra_config: format!(
+            "api:\n  secret: \"{API_SECRET}\"\n  loginradius_root: {root}\nmail:\n  from: \"stepgate@gateway.test\"\n  dir: mailbox\nsecurity_questions:\n  - {{ id: q1, question: \"What was the colour of your first bicycle?\" }}\n  - {{ id: q2, question: \"In which town was your first school?\" }}\n"
+        ),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn loginradius_paths_answer_as_documented_in_both_forms() {
+    let s = spec();
+    // Root form here; the prefix form on a gateway of its own (the forgot
+    // cooldowns would otherwise answer the second call), which does not
+    // serve the root.
+    let g = loginradius_gateway(true);
+    let off = loginradius_gateway(false);
+    let c = client();
+    let all = operations(&s);
+    let ops: Vec<_> = all.iter().filter(|(_, p, _)| p.starts_with(LR)).collect();
+    let code = |v: &Value| v["ErrorCode"].clone();
+
+    // 1. Every operation without credentials, with the documented examples:
+    //    answered, documented, fitting its schema; the same status in the
+    //    prefix form; not stepgate's at the root without loginradius_root.
+    //    (alice has no recovery profile yet: the forgot examples send
+    //    nothing.)
+    for (m, p, op) in &ops {
+        let what = format!("{m} {p}");
+        let (st, body) =
+            assert_documented(&s, &what, op, send(&c, &call_for(&s, &g, m, p, op, None)));
+        match cred_of(&s, op.clone()) {
+            Cred::Public => assert!(
+                ![json!(905), json!(906), json!(907)].contains(&code(&body)),
+                "{what} is public: {body}"
+            ),
+            _ => assert_eq!(st, 401, "{what} needs credentials: {body}"),
+        }
+        let mut prefixed = call_for(&s, &off, m, p, op, None);
+        prefixed.url = prefixed.url.replacen(LR, &format!("{PREFIX}{LR}"), 1);
+        let (st2, body2) = assert_documented(
+            &s,
+            &format!("{what} (prefix form)"),
+            op,
+            send(&c, &prefixed),
+        );
+        assert_eq!(
+            (st2, code(&body2)),
+            (st, code(&body)),
+            "{what}: both forms answer alike: {body} / {body2}"
+        );
+        let r = send(&c, &call_for(&s, &off, m, p, op, None));
+        let text = r.text().unwrap();
+        assert!(
+            !text.contains("ErrorCode"),
+            "{what}: without api.loginradius_root the root path is the app's: {text}"
+        );
+    }
+
+    // 2. With loginradius_root everything under /identity is stepgate's:
+    //    what it does not serve is 404 (405 for another method), in
+    //    LoginRadius's shape, never forwarded.
+    let lr_error = json!({ "$ref": "#/components/schemas/LrError" });
+    for (m, path, want) in [
+        ("POST", "/identity/v2/auth/login", 404),
+        ("POST", "/identity/v2/auth/login/2fa", 404),
+        ("GET", "/identity/v2/auth/socialidentity", 404),
+        ("PUT", "/IDENTITY/v2/auth/password/change", 404),
+        ("GET", "/identity/v1/whatever", 404),
+        ("GET", "/identity", 404),
+        ("DELETE", "/identity/v2/auth/account/reauth/pin", 405),
+    ] {
+        let r = c.request(m.parse().unwrap(), g.url(path)).send().unwrap();
+        assert_eq!(r.status().as_u16(), want, "{m} {path}");
+        let body: Value = r.json().unwrap();
+        check(&s, &lr_error, &body, "body").unwrap_or_else(|e| panic!("{m} {path}: {e}"));
+        assert_eq!(code(&body), json!(901), "{m} {path}");
+    }
+
+    // 3. The successes, in LoginRadius's spelling.
+    let at = g.token("alice", &["--email", EMAIL]);
+    enroll(&g, &c, &at);
+    // An operation with its examples, `cred` where it takes it, `body` or
+    // the example body, at `url` or the example URL, with `headers`; the
+    // status, the body and the Retry-After header.
+    let run = |m: &str,
+               path: &str,
+               cred: Option<&str>,
+               body: Option<Value>,
+               url: Option<&str>,
+               headers: Vec<(&'static str, String)>| {
+        let (m, p, op) = find(&all, m, path);
+        let mut call = call_for(&s, &g, &m, &p, &op, cred);
+        if body.is_some() {
+            call.body = body;
+        }
+        if let Some(u) = url {
+            call.url = g.url(u);
+        }
+        call.headers = headers;
+        let r = send(&c, &call);
+        let retry_after = header(&r, "retry-after");
+        let (st, v) = assert_documented(&s, &format!("{m} {p}"), &op, r);
+        (st, v, retry_after)
+    };
+    let lr = |r: &str| format!("{LR}{r}");
+    let secret = || vec![("X-LoginRadius-ApiSecret", API_SECRET.to_string())];
+
+    // The trigger: LoginRadius's whole field set.
+    let (st, trigger, _) = run(
+        "GET",
+        &lr("/auth/account/reauth/2fa"),
+        Some(&at),
+        None,
+        None,
+        vec![],
+    );
+    assert_eq!(st, 200);
+    assert_eq!(
+        (
+            &trigger["IsPINSet"],
+            &trigger["IsPINAuthenticatorVerified"],
+            &trigger["IsEmailOtpAuthenticatorVerified"],
+            &trigger["Email"],
+            &trigger["OTPStatus"],
+        ),
+        (
+            &json!(true),
+            &json!(true),
+            &json!(true),
+            &json!([EMAIL]),
+            &Value::Null
+        ),
+        "{trigger}"
+    );
+
+    // Step up by PIN; the back end validates it for the uid in the path,
+    // with the secret in X-LoginRadius-ApiSecret, and for the PIN only.
+    let pin = &lr("/auth/account/reauth/pin");
+    let (st, wrong, _) = run(
+        "PUT",
+        pin,
+        Some(&at),
+        Some(json!({"PIN": "1397"})),
+        None,
+        vec![],
+    );
+    assert_eq!((st, code(&wrong)), (401, json!(1236)), "{wrong}");
+    assert_eq!(wrong["IsProviderError"], json!(false));
+    let (st, tok, _) = run("PUT", pin, Some(&at), None, None, vec![]);
+    assert_eq!(st, 200, "{tok}");
+    let su = tok["SecondFactorValidationToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let validate = |factor: &str, uid: &str, token: &str| {
+        let (st, v, _) = run(
+            "POST",
+            &lr(&format!("/manage/account/{{uid}}/reauth/{factor}")),
+            None,
+            Some(json!({ "SecondFactorValidationToken": token })),
+            Some(&lr(&format!("/manage/account/{uid}/reauth/{factor}"))),
+            secret(),
+        );
+        assert_eq!(st, 200, "{v}");
+        v["IsValid"].clone()
+    };
+    assert_eq!(validate("pin", "alice", &su), json!(true));
+    assert_eq!(validate("pin", "bob", &su), json!(false), "another user's");
+    assert_eq!(
+        validate("2fa", "alice", &su),
+        json!(false),
+        "a PIN step-up is not an MFA one"
+    );
+
+    // An email code; a second one at once is 403 with Data here, where the
+    // own spelling answers 429.
+    let (st, posted, _) = run(
+        "GET",
+        &lr("/auth/account/reauth/otp/email"),
+        Some(&at),
+        None,
+        None,
+        vec![],
+    );
+    assert_eq!((st, posted), (200, json!({"IsPosted": true})));
+    let (st, again, retry_after) = run(
+        "GET",
+        &lr("/auth/account/reauth/2fa/otp/email"),
+        Some(&at),
+        None,
+        None,
+        vec![],
+    );
+    assert_eq!((st, code(&again)), (403, json!(1179)), "{again}");
+    assert!(again["Data"]["RetryAfter"].is_i64(), "{again}");
+    assert_eq!(retry_after, again["Data"]["RetryAfter"].to_string());
+    let (st, own, _) = run(
+        "GET",
+        &format!("{PREFIX}/stepup/otp/email"),
+        Some(&at),
+        None,
+        None,
+        vec![],
+    );
+    assert_eq!(
+        (st, code(&own)),
+        (429, json!(1179)),
+        "the own spelling: {own}"
+    );
+    let otp = mailed_code(&g.dir.path().join("mailbox"));
+    let (st, tok, _) = run(
+        "PUT",
+        &lr("/auth/account/reauth/2fa/otp/email/verify"),
+        Some(&at),
+        Some(json!({"EmailId": EMAIL, "Otp": otp})),
+        None,
+        vec![],
+    );
+    assert_eq!(st, 200, "{tok}");
+    let su = tok["SecondFactorValidationToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(validate("2fa", "alice", &su), json!(true));
+    assert_eq!(
+        validate("pin", "alice", &su),
+        json!(false),
+        "an MFA step-up is not a PIN one"
+    );
+
+    // Security answers through the profile update, in LoginRadius's form;
+    // any other profile field refuses the whole update.
+    let account = &lr("/auth/account");
+    let (st, v, _) = run(
+        "PUT",
+        account,
+        Some(&at),
+        Some(json!({"securityquestionanswer": {"q1": "Blue"}, "PIN": PIN})),
+        None,
+        vec![],
+    );
+    assert_eq!((st, v), (200, json!({"IsPosted": true})));
+    let (st, v, _) = run(
+        "PUT",
+        account,
+        Some(&at),
+        Some(json!({"FirstName": "Alice", "securityquestionanswer": {"q2": "Paris"}, "PIN": PIN})),
+        None,
+        vec![],
+    );
+    assert_eq!((st, code(&v)), (400, json!(901)), "{v}");
+    let (st, qs, _) = run(
+        "GET",
+        &lr("/auth/securityquestion/accesstoken"),
+        Some(&at),
+        None,
+        None,
+        vec![],
+    );
+    assert_eq!(
+        (st, qs),
+        (
+            200,
+            json!([{"QuestionId": "q1", "Question": "What was the colour of your first bicycle?"}])
+        ),
+        "only the answer saved"
     );
 }
