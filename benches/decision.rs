@@ -556,6 +556,7 @@ fn bench_assertion(c: &mut Criterion) {
         ff: "jwt",
         method: "GET",
         path: "/admin/users",
+        txn: None,
         session: "sid:s1",
     };
     let mut g = c.benchmark_group("assertion_sign");

@@ -4,7 +4,7 @@
 //!
 //! Layers, lowest first (a module imports only from layers below it):
 //! `util` · `reply` · `config` · `policy` · `request` · `store` · `auth` · `outbound`
-//! · `templates` · `flows` · `gate` · `web` · `edge` · `proxy` · `runtime`.
+//! · `templates` · `flows` · `gate` · `web` · `edge` · `hold` · `proxy` · `runtime`.
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -12,6 +12,7 @@ pub mod config;
 pub mod edge;
 pub mod flows;
 pub mod gate;
+pub mod hold;
 pub mod outbound;
 pub mod policy;
 pub mod proxy;

@@ -409,6 +409,9 @@ fn explain(p: &policy::Policy, method: &str, url: &str, json: bool) -> Result<()
             .collect::<Vec<_>>()
             .into();
         out["max_age_secs"] = s.max_age.as_secs().into();
+        if s.is_bound() {
+            out["bind"] = s.bind.clone().into();
+        }
     }
     if json {
         println!("{out}");
@@ -457,6 +460,12 @@ fn explain(p: &policy::Policy, method: &str, url: &str, json: bool) -> Result<()
                     "  requires: step_up with {}, at most {}s old",
                     methods.join(" or "),
                     s.max_age.as_secs()
+                );
+            }
+            if s.is_bound() {
+                println!(
+                    "  bound to: {} (form field, JSON top-level key or query parameter); a request with other values needs a new step-up",
+                    s.bind.join(", ")
                 );
             }
         }

@@ -17,6 +17,7 @@ use crate::auth::principal::{AuthError, Principal};
 use crate::auth::tokens::StepUpClaims;
 use crate::edge::{self, header, strip_cookies, Edge};
 use crate::gate::{Gate, Shared};
+use crate::hold;
 use crate::reply::Reply;
 use crate::request::{CanonicalRequest, Refusal};
 use crate::store::keys;
@@ -48,6 +49,21 @@ pub struct Ctx {
     /// Host name for logs and upstream choice (empty until parsed).
     host: String,
     started: Option<Instant>,
+    /// The request body as stepgate read it (a bound rule) or put in place
+    /// (a replayed kept request): exactly what goes upstream.
+    body: Option<bytes::Bytes>,
+    /// A bound rule's values in this request (`step_up.bind`).
+    bound: Option<crate::auth::binding::Values>,
+    /// A kept request being replayed: taken from the store when forwarded.
+    kept_id: Option<String>,
+    /// `Set-Cookie` of the step-up that finished a kept request, sent with
+    /// the application's answer to it.
+    response_cookies: Vec<String>,
+}
+
+fn not_kept(why: &'static str) -> replies::Keeping {
+    metrics::KEPT.with_label_values(&["not_kept"]).inc();
+    replies::Keeping::NotKept(why)
 }
 
 /// Write a reply stepgate made itself, with Content-Length so keep-alive
@@ -87,6 +103,9 @@ async fn reserved(session: &mut Session, ctx: &Ctx, gate: &Gate, edge: &Edge) ->
     if declared > MAX_FORM {
         return Ok(replies::too_large(gate, match_path));
     }
+    // A step-up POST may turn into a kept request (`Reply::resend`): Pingora
+    // then needs what was read to send a body upstream at all.
+    session.enable_retry_buffering();
     // A body trickled a byte at a time must not hold the
     // connection: the whole of it within `timeouts.reserved_body`.
     let read = tokio::time::timeout(gate.settings.reserved_body_timeout, async {
@@ -154,18 +173,46 @@ async fn reserved(session: &mut Session, ctx: &Ctx, gate: &Gate, edge: &Edge) ->
     Ok(web::handle(gate, &r).await)
 }
 
-/// Steps 3-4: the rule, the first factor when the rule needs a user, then
-/// the pure decision.
-async fn judge<'g>(gate: &'g Gate, ctx: &Ctx, edge: &Edge, now: i64) -> Decision<'g> {
+/// Steps 3-4: the rule, the first factor when the rule needs a user, the
+/// bound values when the rule binds fields, then the pure decision. `Err`:
+/// a bound request whose values cannot be read is refused.
+async fn judge<'g>(
+    session: &mut Session,
+    gate: &'g Gate,
+    ctx: &mut Ctx,
+    edge: &Edge,
+    now: i64,
+) -> Result<std::result::Result<Decision<'g>, Reply>> {
     let Some(canon) = ctx.canon.as_ref() else {
-        return Decision::Deny { rule: "default" };
+        return Ok(Ok(Decision::Deny { rule: "default" }));
     };
-    let m = gate.policy.judge(
+    let mut m = gate.policy.judge(
         &ctx.host,
         &canon.method,
         canon.path.matched(),
         edge.overridable,
     );
+    // A form POST is judged as every method `_method` could make it; when
+    // that is stricter, the form itself says whether it carries one.
+    if edge.overridable && !matches!(m.require, crate::policy::Require::None) {
+        if let Some(overrides) = form_overrides(session, gate, ctx).await? {
+            if !overrides {
+                let canon = ctx.canon.as_ref().expect("parsed");
+                m = gate
+                    .policy
+                    .judge(&ctx.host, &canon.method, canon.path.matched(), false);
+            }
+        }
+    }
+    let bound = match m.require {
+        crate::policy::Require::StepUp(s) if s.is_bound() => {
+            match bound_digest(session, gate, ctx, &s.bind, edge.html).await? {
+                Ok(d) => Some(d),
+                Err(reply) => return Ok(Err(reply)),
+            }
+        }
+        _ => None,
+    };
     let principal = match needs_user(&m) {
         true => Some(
             gate.sources
@@ -174,20 +221,129 @@ async fn judge<'g>(gate: &'g Gate, ctx: &Ctx, edge: &Edge, now: i64) -> Decision
         ),
         false => None,
     };
-    decide_matched(
+    Ok(Ok(decide_matched(
         m,
         principal,
         edge.stepup_token.as_deref(),
+        bound.as_deref(),
         &gate.keys,
         gate.settings.single_use_window.as_secs() as i64,
         now,
         &|sub| gate.revocations.revoked_before(sub),
-    )
+    )))
+}
+
+/// Whether a form POST carries a method override (`_method`, in any case),
+/// reading its body (at most `kept::MAX_BODY`; it is forwarded as read).
+/// None: it cannot tell (a multipart body, a larger one, `_method` in the
+/// query), and the request stays judged as every method it could become.
+async fn form_overrides(session: &mut Session, gate: &Gate, ctx: &mut Ctx) -> Result<Option<bool>> {
+    let Some(canon) = ctx.canon.as_ref() else {
+        return Ok(None);
+    };
+    let in_query = canon.query.as_deref().is_some_and(|q| {
+        form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k.eq_ignore_ascii_case("_method"))
+    });
+    if in_query || !crate::auth::binding::is_form(header(session.req_header(), "content-type")) {
+        return Ok(None);
+    }
+    let body = match ctx.body.clone() {
+        Some(b) => b,
+        None if !hold::has_body(session) => bytes::Bytes::new(),
+        None => {
+            let declared = header(session.req_header(), "content-length")
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if declared.is_none_or(|n| n > crate::flows::kept::MAX_BODY) {
+                return Ok(None);
+            }
+            match hold::read_body(
+                session,
+                crate::flows::kept::MAX_BODY,
+                gate.settings.reserved_body_timeout,
+            )
+            .await?
+            {
+                hold::Read::Full(b) => {
+                    ctx.body = Some(b.clone());
+                    b
+                }
+                _ => return Ok(None),
+            }
+        }
+    };
+    Ok(Some(
+        form_urlencoded::parse(&body).any(|(k, _)| k.trim().eq_ignore_ascii_case("_method")),
+    ))
+}
+
+/// The digest of a bound rule's values in this request, its body read
+/// whole first (`kept::MAX_BODY` at most: a bound request that is larger
+/// cannot be judged, and is refused).
+async fn bound_digest(
+    session: &mut Session,
+    gate: &Gate,
+    ctx: &mut Ctx,
+    fields: &[String],
+    html: bool,
+) -> Result<std::result::Result<String, Reply>> {
+    use crate::auth::binding;
+    let body = match ctx.body.clone() {
+        Some(b) => b,
+        None if !hold::has_body(session) => bytes::Bytes::new(),
+        None => match hold::read_body(
+            session,
+            crate::flows::kept::MAX_BODY,
+            gate.settings.reserved_body_timeout,
+        )
+        .await?
+        {
+            hold::Read::Full(b) => {
+                ctx.body = Some(b.clone());
+                b
+            }
+            hold::Read::TooLarge => {
+                ctx.label = "bad_request";
+                return Ok(Err(replies::binding_refused(
+                    gate,
+                    html,
+                    "its body is larger than 64 KiB",
+                )));
+            }
+            hold::Read::Slow => {
+                ctx.label = "bad_request";
+                return Ok(Err(replies::binding_refused(
+                    gate,
+                    html,
+                    "its body did not arrive in time",
+                )));
+            }
+        },
+    };
+    let query = ctx.canon.as_ref().and_then(|c| c.query.clone());
+    let ct = header(session.req_header(), "content-type");
+    match binding::values(fields, query.as_deref(), ct, &body) {
+        Ok(v) => {
+            let d = binding::digest(&v);
+            ctx.bound = Some(v);
+            Ok(Ok(d))
+        }
+        Err(e) => {
+            ctx.label = "bad_request";
+            Ok(Err(replies::binding_refused(gate, html, &e.to_string())))
+        }
+    }
 }
 
 /// Step 5 for a request that is not forwarded: the page or JSON that says
 /// why and what to do.
-fn answer(gate: &Arc<Gate>, ctx: &mut Ctx, edge: &Edge, decision: Decision<'_>, now: i64) -> Reply {
+fn answer(
+    gate: &Arc<Gate>,
+    ctx: &mut Ctx,
+    edge: &Edge,
+    decision: Decision<'_>,
+    now: i64,
+    keeping: &replies::Keeping,
+) -> Reply {
     match decision {
         Decision::Forward { .. } => replies::denied(gate, edge.html),
         Decision::Deny { rule } => {
@@ -222,7 +378,13 @@ fn answer(gate: &Arc<Gate>, ctx: &mut Ctx, edge: &Edge, decision: Decision<'_>, 
         } => {
             ctx.rule = rule.to_string();
             tracing::info!(target: "audit", event = "challenge", user = %principal.sub, ip = %ctx.client_ip, rule = rule, reason = ?reason);
-            replies::stepup(edge.html, &edge.return_to, step_up, reason)
+            let method = ctx.canon.as_ref().map_or("GET", |c| c.method.as_str());
+            let f = replies::ForRequest {
+                method,
+                keeping,
+                binding: ctx.bound.as_ref(),
+            };
+            replies::stepup(edge.html, &edge.return_to, step_up, reason, &f)
         }
     }
 }
@@ -279,11 +441,17 @@ impl Proxy {
                         edge.overridable,
                     );
                     if let crate::policy::Require::StepUp(s) = m.require {
+                        let f = replies::ForRequest {
+                            method: &canon.method,
+                            keeping: &replies::Keeping::Nothing,
+                            binding: ctx.bound.as_ref(),
+                        };
                         return Some(replies::stepup(
                             edge.html,
                             &edge.return_to,
                             s,
                             StepUpReason::AlreadyUsed,
+                            &f,
                         ));
                     }
                 }
@@ -298,8 +466,134 @@ impl Proxy {
             .await;
         if reply.is_some() {
             ctx.label = "pin_required";
+            return reply;
         }
-        reply
+        // A kept request goes upstream once, whichever gateway replays it.
+        if let (Some(id), Some(p)) = (ctx.kept_id.clone(), principal) {
+            match crate::flows::kept::take(gate, &id, p).await {
+                Ok(_) => {
+                    metrics::KEPT.with_label_values(&["replayed"]).inc();
+                    crate::util::audit::event("kept_replayed", &p.sub, &ctx.client_ip, &ctx.rule);
+                }
+                Err(e) => {
+                    ctx.label = "kept_gone";
+                    metrics::KEPT.with_label_values(&["gone"]).inc();
+                    return Some(web::flow_page(gate, e, "/"));
+                }
+            }
+        }
+        None
+    }
+
+    /// A browser's request that needs a step-up and has a body: kept (a
+    /// form or JSON body of at most 64 KiB) so it reaches the application
+    /// after the step-up, or not, and the pages say it must be sent again.
+    async fn keep(
+        &self,
+        session: &mut Session,
+        gate: &Gate,
+        ctx: &mut Ctx,
+        edge: &Edge,
+        decision: &Decision<'_>,
+    ) -> Result<replies::Keeping> {
+        use crate::flows::kept;
+        use replies::Keeping;
+        let Decision::StepUp { principal, .. } = decision else {
+            return Ok(Keeping::Nothing);
+        };
+        let Some(canon) = ctx.canon.as_ref() else {
+            return Ok(Keeping::Nothing);
+        };
+        if !edge.html || matches!(canon.method.as_str(), "GET" | "HEAD" | "OPTIONS") {
+            return Ok(Keeping::Nothing);
+        }
+        let method = canon.method.clone();
+        let ct = header(session.req_header(), "content-type").map(str::to_string);
+        let body = match ctx.body.clone() {
+            Some(b) => b,
+            None if !hold::has_body(session) => return Ok(Keeping::Nothing),
+            None => {
+                match hold::read_body(session, kept::MAX_BODY, gate.settings.reserved_body_timeout)
+                    .await?
+                {
+                    hold::Read::Full(b) => b,
+                    hold::Read::TooLarge => return Ok(not_kept("large")),
+                    hold::Read::Slow => return Ok(not_kept("slow")),
+                }
+            }
+        };
+        if body.is_empty() {
+            return Ok(Keeping::Nothing);
+        }
+        if kept::keepable(ct.as_deref(), body.len()).is_err() {
+            return Ok(not_kept(if body.len() > kept::MAX_BODY {
+                "large"
+            } else {
+                "upload"
+            }));
+        }
+        let Ok(target) = std::str::from_utf8(session.req_header().raw_path()).map(str::to_string)
+        else {
+            return Ok(not_kept("upload"));
+        };
+        let k = kept::Kept {
+            method,
+            target,
+            host: ctx.host.clone(),
+            content_type: ct,
+            body: body.to_vec(),
+            sub: principal.sub.clone(),
+            ssn: crate::auth::tokens::session_hash(principal),
+            created_ms: clock::now_ms(),
+        };
+        Ok(match kept::keep(gate, &k).await {
+            Ok(id) => {
+                metrics::KEPT.with_label_values(&["kept"]).inc();
+                Keeping::Kept(id)
+            }
+            Err(_) => not_kept("store"),
+        })
+    }
+
+    /// The step-up POST becomes the kept request it finished: rewritten,
+    /// then read at the edge and judged like any request, with the step-up
+    /// just made. `Err`: the answer instead.
+    fn resend(
+        &self,
+        session: &mut Session,
+        gate: &Gate,
+        ctx: &mut Ctx,
+        r: crate::reply::Resend,
+        headers: Vec<(&'static str, String)>,
+    ) -> std::result::Result<Edge, Reply> {
+        if hold::rewrite(session, &r).is_err() {
+            return Err(web::flow_page(
+                gate,
+                crate::flows::error::FlowError::KeptGone,
+                "/",
+            ));
+        }
+        ctx.body = Some(r.body);
+        ctx.kept_id = Some(r.kept_id);
+        ctx.response_cookies = headers
+            .into_iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+            .map(|(_, v)| v)
+            .collect();
+        let (canon, mut edge) = edge::read(gate, session, ctx.peer_trusted, &ctx.client_ip)
+            .map_err(|refused| refused.reply)?;
+        if edge.reserved {
+            return Err(web::flow_page(
+                gate,
+                crate::flows::error::FlowError::KeptGone,
+                "/",
+            ));
+        }
+        ctx.host = canon.host.name().to_string();
+        ctx.canon = Some(canon);
+        (ctx.strip_bearer, ctx.strip_ff_cookie) = (edge.strip_bearer, edge.strip_ff_cookie);
+        edge.stepup_token = Some(r.stepup_token);
+        Ok(edge)
     }
 
     /// `pin.required` / `pin.offer_setup`: a signed-in user without a PIN is
@@ -352,7 +646,7 @@ impl ProxyHttp for Proxy {
         let gate = self.begin(session, ctx)?;
         // 1. Read the credentials, strip identity headers, parse once.
         (ctx.client_ip, ctx.peer_trusted) = edge::peer(&gate, session);
-        let edge = match edge::read(&gate, session, ctx.peer_trusted, &ctx.client_ip) {
+        let mut edge = match edge::read(&gate, session, ctx.peer_trusted, &ctx.client_ip) {
             Ok((canon, edge)) => {
                 ctx.host = canon.host.name().to_string();
                 ctx.canon = Some(canon);
@@ -368,13 +662,29 @@ impl ProxyHttp for Proxy {
         // 2. stepgate's own paths.
         if edge.reserved {
             ctx.label = "reserved";
-            let reply = reserved(session, ctx, &gate, &edge).await?;
-            send(session, reply).await?;
-            return Ok(true);
+            let mut reply = reserved(session, ctx, &gate, &edge).await?;
+            let Some(resend) = reply.resend.take() else {
+                send(session, reply).await?;
+                return Ok(true);
+            };
+            // A step-up that finished a kept request: that request goes on.
+            match self.resend(session, &gate, ctx, *resend, reply.headers) {
+                Ok(e) => edge = e,
+                Err(reply) => {
+                    send(session, reply).await?;
+                    return Ok(true);
+                }
+            }
         }
         // 3-5. Decide, carry out what the decision asks, or answer.
         let now = clock::now();
-        let decision = judge(&gate, ctx, &edge, now).await;
+        let decision = match judge(session, &gate, ctx, &edge, now).await? {
+            Ok(d) => d,
+            Err(reply) => {
+                send(session, reply).await?;
+                return Ok(true);
+            }
+        };
         ctx.label = decision.label();
         let reply = match decision {
             Decision::Forward {
@@ -398,7 +708,10 @@ impl ProxyHttp for Proxy {
                     return Ok(false);
                 }
             }
-            other => answer(&gate, ctx, &edge, other, now),
+            other => {
+                let keeping = self.keep(session, &gate, ctx, &edge, &other).await?;
+                answer(&gate, ctx, &edge, other, now, &keeping)
+            }
         };
         send(session, reply).await?;
         Ok(true)
@@ -448,12 +761,33 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
+    /// What stepgate read (a bound rule's body) or put in place (a kept
+    /// request) goes upstream, in one piece, instead of a second reading.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if ctx.body.is_some() {
+            *body = match end_of_stream {
+                true => ctx.body.take(),
+                false => Some(bytes::Bytes::new()),
+            };
+        }
+        Ok(())
+    }
+
     async fn response_filter(
         &self,
         _session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        for c in std::mem::take(&mut ctx.response_cookies) {
+            resp.append_header("Set-Cookie", c)?;
+        }
         if !resp.headers.contains_key("x-request-id") {
             resp.insert_header("X-Request-Id", ctx.request_id.as_str())?;
         }
@@ -584,6 +918,18 @@ fn assertion(gate: &Gate, up: &RequestHeader, ctx: &Ctx, p: &Principal) -> Strin
         ff: p.source,
         method: up.method.as_str(),
         path: up.uri.path(),
+        txn: su
+            .and_then(|s| s.txn.as_ref())
+            .map(|t| crate::auth::assertion::AssertedTxn {
+                digest: &t.d,
+                fields: &t.f,
+                values: ctx
+                    .bound
+                    .iter()
+                    .flatten()
+                    .map(|(k, v)| (k.as_str(), v.as_deref()))
+                    .collect(),
+            }),
         session: &p.session,
     };
     gate.assertion.sign(&claims, clock::now())

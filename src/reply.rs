@@ -12,6 +12,24 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub body: Bytes,
+    /// Set by a step-up that finishes a kept request: not this reply but
+    /// the kept request goes on (see [`Resend`]).
+    pub resend: Option<Box<Resend>>,
+}
+
+/// The request a browser sent before its step-up, to be forwarded in place
+/// of the step-up's own POST; the application answers it, and the reply's
+/// `Set-Cookie` headers go with that answer.
+#[derive(Debug, Clone)]
+pub struct Resend {
+    pub kept_id: String,
+    pub method: String,
+    /// Path and query, as first sent.
+    pub target: String,
+    pub content_type: Option<String>,
+    pub body: Bytes,
+    /// The step-up just made, judged in place of the request's cookie.
+    pub stepup_token: String,
 }
 
 const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
@@ -29,6 +47,7 @@ impl Reply {
                 ("Referrer-Policy", "no-referrer".into()),
             ],
             body,
+            resend: None,
         }
     }
     pub fn html(status: u16, body: String) -> Reply {

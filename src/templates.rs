@@ -20,6 +20,8 @@ const BUILTIN: &[(&str, &str)] = &[
         include_str!("../templates/challenge.html"),
     ),
     ("message.html", include_str!("../templates/message.html")),
+    ("pending.html", include_str!("../templates/pending.html")),
+    ("carried.html", include_str!("../templates/carried.html")),
     ("email.html", include_str!("../templates/email.html")),
     (
         "email_code.html",
@@ -138,8 +140,13 @@ impl Pages {
         code: &str,
         ttl: std::time::Duration,
         expires_at: i64,
+        confirm: &[(String, String)],
     ) -> crate::outbound::mail::Outgoing {
-        let ctx = minijinja::context! { site => &self.site, code, minutes => ttl.as_secs().div_ceil(60), expires => crate::util::clock::human_time(expires_at) };
+        let confirm: Vec<minijinja::Value> = confirm
+            .iter()
+            .map(|(name, value)| minijinja::context! { name, value })
+            .collect();
+        let ctx = minijinja::context! { site => &self.site, code, minutes => ttl.as_secs().div_ceil(60), expires => crate::util::clock::human_time(expires_at), confirm };
         let render = |name: &str| {
             self.env.get_template(name).and_then(|t| t.render(&ctx)).unwrap_or_else(|e| {
             tracing::error!(target: "stepgate", template = name, error = %e, "mail template failed");

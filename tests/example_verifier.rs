@@ -38,6 +38,7 @@ fn claims<'a>(method: &'a str, path: &'a str) -> Claims<'a> {
         ff: "jwt",
         method,
         path,
+        txn: None,
         session: "sid:1",
     }
 }

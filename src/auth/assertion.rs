@@ -99,9 +99,22 @@ pub struct Claims<'a> {
     pub ff: &'a str,
     pub method: &'a str,
     pub path: &'a str,
+    /// The transaction the step-up approved (`step_up.bind`), so the app
+    /// can check the approval itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub txn: Option<AssertedTxn<'a>>,
     /// Not signed: only part of the cache key (the first-factor session).
     #[serde(skip)]
     pub session: &'a str,
+}
+
+/// The assertion's `txn` claim: the approved values' digest (see
+/// [`crate::auth::binding`]), the bound field names, and the values.
+#[derive(Serialize, Hash, Clone, Debug)]
+pub struct AssertedTxn<'a> {
+    pub digest: &'a str,
+    pub fields: &'a [String],
+    pub values: std::collections::BTreeMap<&'a str, Option<&'a str>>,
 }
 
 #[derive(Serialize)]
@@ -199,6 +212,7 @@ mod tests {
             ff: "jwt",
             method: "GET",
             path,
+            txn: None,
             session: "sid:1",
         }
     }

@@ -36,6 +36,9 @@ pub enum StepUpReason {
     AlreadyUsed,
     /// The user's step-ups were invalidated after this one was made.
     Revoked,
+    /// A bound rule (`step_up.bind`), and the step-up approved other values
+    /// (or none).
+    OtherValues,
 }
 
 impl StepUpReason {
@@ -50,10 +53,16 @@ impl StepUpReason {
             StepUpReason::WrongFactor => "this resource requires a different step-up method",
             StepUpReason::AlreadyUsed => "this resource requires a new step-up for every request",
             StepUpReason::Revoked => "the step-up was revoked; confirm again",
+            StepUpReason::OtherValues => {
+                "the step-up approved other values; confirm these (see binding)"
+            }
         }
     }
 }
 
+/// Not boxed: a decision lives on the stack for one request, and boxing its
+/// forward case would cost an allocation on every forwarded request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Decision<'p> {
     /// Forward upstream. `principal` is set on authenticated rules.
@@ -143,6 +152,7 @@ pub fn decide_with<'p>(
         m,
         principal,
         facts.stepup_token,
+        None,
         keys,
         single_use_window,
         now,
@@ -161,10 +171,15 @@ pub fn needs_user(m: &Match<'_>) -> bool {
 /// whatever I/O the first factor needed happened before, and what the
 /// decision needs done (consuming a single-use step-up) is an obligation in
 /// the answer.
+/// `bound`: on a rule with `step_up.bind`, the digest of the request's
+/// bound values ([`crate::auth::binding::digest`]); a step-up approves
+/// the request only when it approved that digest (`None` never matches).
+#[allow(clippy::too_many_arguments)]
 pub fn decide_matched<'p>(
     m: Match<'p>,
     principal: Option<Result<Principal, AuthError>>,
     stepup_token: Option<&str>,
+    bound: Option<&str>,
     keys: &Keys,
     single_use_window: i64,
     now: i64,
@@ -221,6 +236,12 @@ pub fn decide_matched<'p>(
     match claims.factor() {
         Some(f) if step_up.accepts(f) => {}
         _ => return need(principal, StepUpReason::WrongFactor),
+    }
+    if step_up.is_bound() {
+        let approved = claims.txn.as_ref().map(|t| t.d.as_str());
+        if approved.is_none() || approved != bound {
+            return need(principal, StepUpReason::OtherValues);
+        }
     }
     let age = now - claims.auth_time;
     if step_up.single_use() {

@@ -5,6 +5,7 @@
 //! obligation or is loaded by the flows.
 
 pub mod assertion;
+pub mod binding;
 pub mod decision;
 pub mod first_factor;
 pub mod oidc;

@@ -103,6 +103,9 @@ pub struct StepUpClaims {
     pub exp: i64,
     pub jti: String,
     typ: String,
+    /// The transaction this step-up approved (`step_up.bind`), when bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txn: Option<crate::auth::binding::Txn>,
 }
 
 impl StepUpClaims {
@@ -136,6 +139,8 @@ pub struct Keys {
     stepup_validation: Validation,
     csrf: Vec<u8>,
     otp: Vec<u8>,
+    /// Seals kept requests (AES-256-GCM): only the gateways hold it.
+    kept: ring::aead::LessSafeKey,
     session_enc: EncodingKey,
     session_dec: DecodingKey,
     /// Step-up tokens whose signature was checked, so a session's repeated
@@ -166,10 +171,53 @@ impl Keys {
             stepup_validation: v,
             csrf: derive(signing, "csrf"),
             otp: derive(signing, "email-otp"),
+            kept: ring::aead::LessSafeKey::new(
+                ring::aead::UnboundKey::new(
+                    &ring::aead::AES_256_GCM,
+                    &derive(signing, "kept-request"),
+                )
+                .expect("a 32-byte key"),
+            ),
             session_enc: EncodingKey::from_secret(&ses),
             session_dec: DecodingKey::from_secret(&ses),
             verified: crate::util::cache::Expiring::new(VERIFIED_MAX),
         }
+    }
+
+    /// Encrypt and authenticate a kept request; `id` is bound in (a sealed
+    /// record cannot be moved to another id). Nonce ‖ ciphertext ‖ tag.
+    pub fn seal_kept(&self, id: &str, plain: &[u8]) -> Vec<u8> {
+        use ring::aead::{Aad, Nonce, NONCE_LEN};
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
+        let mut buf = plain.to_vec();
+        self.kept
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(id.as_bytes()),
+                &mut buf,
+            )
+            .expect("sealing cannot fail");
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&buf);
+        out
+    }
+
+    /// [`Keys::seal_kept`] undone; None when the record was altered, sealed
+    /// for another id or by another key.
+    pub fn open_kept(&self, id: &str, sealed: &[u8]) -> Option<Vec<u8>> {
+        use ring::aead::{Aad, Nonce, NONCE_LEN};
+        if sealed.len() < NONCE_LEN {
+            return None;
+        }
+        let (n, ct) = sealed.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(n).ok()?;
+        let mut buf = ct.to_vec();
+        let plain = self
+            .kept
+            .open_in_place(nonce, Aad::from(id.as_bytes()), &mut buf)
+            .ok()?;
+        Some(plain.to_vec())
     }
 
     /// Mint stepgate's own first-factor session after a PIN login, issued
@@ -309,6 +357,19 @@ impl Keys {
         now_ms: i64,
         ttl_secs: i64,
     ) -> (String, StepUpClaims) {
+        self.issue_bound_stepup_ms(p, factor, now_ms, ttl_secs, None)
+    }
+
+    /// [`Keys::issue_stepup_ms`] approving one transaction: the digest of
+    /// the bound values (`step_up.bind`).
+    pub fn issue_bound_stepup_ms(
+        &self,
+        p: &Principal,
+        factor: Factor,
+        now_ms: i64,
+        ttl_secs: i64,
+        txn: Option<crate::auth::binding::Txn>,
+    ) -> (String, StepUpClaims) {
         let now = now_ms.div_euclid(1000);
         let claims = StepUpClaims {
             sub: p.sub.clone(),
@@ -320,6 +381,7 @@ impl Keys {
             exp: now + ttl_secs,
             jti: random_id(),
             typ: STEPUP_TYP.to_string(),
+            txn,
         };
         let token = encode(&Header::new(Algorithm::HS256), &claims, &self.stepup_enc)
             .expect("HS256 encoding cannot fail");

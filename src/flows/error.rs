@@ -79,6 +79,9 @@ pub enum FlowError {
     /// A reset code refused: wrong, used, expired or no such account (one
     /// answer for all, so it tells nothing about accounts).
     ResetCodeRefused,
+    /// A kept request that is no longer there: sent already, expired, or
+    /// kept for another session.
+    KeptGone,
 }
 
 impl From<StoreError> for FlowError {

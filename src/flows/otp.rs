@@ -37,6 +37,9 @@ struct Pending {
     email: String,
     expires_at: i64,
     purpose: Purpose,
+    /// What the code approves (`step_up.bind`): the values its mail showed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    txn: Option<crate::auth::binding::Txn>,
 }
 
 /// `a***e@example.com`: enough to recognise, not enough to harvest.
@@ -99,6 +102,19 @@ pub async fn send(
     ip: &str,
     enroll_allowed: bool,
 ) -> Result<Sent, FlowError> {
+    send_for(deps, p, email, ip, enroll_allowed, None).await
+}
+
+/// [`send`] for a bound step-up: the mail shows `binding`'s values and the
+/// code approves exactly them ([`verify_for`] hands back what it approves).
+pub async fn send_for(
+    deps: &Deps,
+    p: &Principal,
+    email: &str,
+    ip: &str,
+    enroll_allowed: bool,
+    binding: Option<&crate::auth::binding::Values>,
+) -> Result<Sent, FlowError> {
     let s = &deps.settings.email_otp;
     let email = email.trim().to_ascii_lowercase();
     if !p.otp_emails.contains(&email) {
@@ -147,6 +163,7 @@ pub async fn send(
         email: email.clone(),
         expires_at,
         purpose,
+        txn: binding.map(crate::auth::binding::txn),
     };
     let raw = serde_json::to_vec(&pending).map_err(|_| FlowError::Internal)?;
     // A new code starts with all its tries.
@@ -154,7 +171,10 @@ pub async fn send(
     deps.store
         .put(&keys::otp(&p.sub), &raw, Some(s.ttl))
         .await?;
-    let mail = deps.pages.otp_mail(&email, &code, s.ttl, expires_at);
+    let shown = binding.map(crate::auth::binding::shown).unwrap_or_default();
+    let mail = deps
+        .pages
+        .otp_mail(&email, &code, s.ttl, expires_at, &shown);
     match mailer.send(mail).await {
         Ok(()) => {
             metrics::OTP_SENT.inc();
@@ -199,6 +219,19 @@ pub async fn verify(
     code: &str,
     ip: &str,
 ) -> Result<Purpose, FlowError> {
+    verify_for(deps, p, code, ip)
+        .await
+        .map(|(purpose, _)| purpose)
+}
+
+/// [`verify`], and what the code approves when it was sent for a bound
+/// step-up ([`send_for`]).
+pub async fn verify_for(
+    deps: &Deps,
+    p: &Principal,
+    code: &str,
+    ip: &str,
+) -> Result<(Purpose, Option<crate::auth::binding::Txn>), FlowError> {
     let key = keys::otp(&p.sub);
     let Some(raw) = deps.store.get(&key).await? else {
         metrics::OTP_VERIFICATIONS
@@ -267,7 +300,7 @@ pub async fn verify(
             .with_label_values(&["success"])
             .inc();
         crate::util::audit::event("otp_success", &p.sub, ip, "");
-        return Ok(rec.purpose);
+        return Ok((rec.purpose, rec.txn));
     }
     metrics::OTP_VERIFICATIONS
         .with_label_values(&["failure"])

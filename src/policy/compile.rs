@@ -124,7 +124,30 @@ pub(super) fn compile_rule(rf: RuleFile, at: &str, spans: &Spans) -> Result<Rule
             let su = rf.step_up.unwrap_or(StepUpFile {
                 methods: None,
                 max_age: None,
+                bind: None,
             });
+            let mut bind: Vec<String> = Vec::new();
+            for (j, f) in su.bind.iter().flatten().enumerate() {
+                let at = format!("{at}.step_up.bind[{j}]");
+                if f.is_empty() || f.len() > 64 || f.chars().any(|c| c.is_control()) {
+                    diags.push(spans.diag(
+                        &at,
+                        format!(
+                            "`{f}` is not a field name: 1 to 64 characters, no control characters"
+                        ),
+                    ));
+                } else if bind.contains(f) {
+                    diags.push(spans.diag(&at, format!("`{f}` is listed twice")));
+                } else {
+                    bind.push(f.clone());
+                }
+            }
+            if su.bind.as_ref().is_some_and(|b| b.is_empty()) {
+                diags.push(spans.diag(
+                    &format!("{at}.step_up.bind"),
+                    "`step_up.bind` is empty; list the request fields the step-up confirms, or remove it",
+                ));
+            }
             let mut factors = Vec::new();
             match su.methods {
                 None => factors.push(Factor::Pin),
@@ -150,6 +173,7 @@ pub(super) fn compile_rule(rf: RuleFile, at: &str, spans: &Spans) -> Result<Rule
             Require::StepUp(StepUp {
                 methods: factors,
                 max_age: su.max_age.map(|d| d.0).unwrap_or(DEFAULT_MAX_AGE),
+                bind,
             })
         }
         Some(other) => {

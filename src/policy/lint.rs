@@ -128,6 +128,9 @@ const SENSITIVE: &[&str] = &[
     "delete", "manage", "internal", "secret", "token", "keys",
 ];
 
+/// Longest `max_age` that `lint` finds reasonable for a bound step-up.
+pub const BOUND_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub fn lint(p: &Policy) -> Vec<Warning> {
     let mut out = encoding_warnings(p);
     let norm = |s: &str| {
@@ -185,6 +188,17 @@ pub fn lint(p: &Policy) -> Vec<Warning> {
                     describe(a),
                     a.require.name(),
                     b.name
+                )));
+            }
+        }
+        if let Require::StepUp(s) = &b.require {
+            if s.is_bound() && s.max_age > BOUND_MAX_AGE {
+                out.push(warn(format!(
+                    "rule `{}` binds {} but its step-up stays good for {}s: the same values are approved again for that long; bind is meant for `max_age: 0` (one request per confirmation) or a short max_age (at most {}s)",
+                    b.name,
+                    s.bind.join(", "),
+                    s.max_age.as_secs(),
+                    BOUND_MAX_AGE.as_secs()
                 )));
             }
         }

@@ -60,6 +60,8 @@ struct MatchFile {
 struct StepUpFile {
     methods: Option<Vec<String>>,
     max_age: Option<Dur>,
+    /// Request fields the step-up confirms (transaction binding).
+    bind: Option<Vec<String>>,
 }
 
 // ---------- compiled model ----------
@@ -112,6 +114,10 @@ pub struct StepUp {
     pub methods: Vec<Factor>,
     /// How old a step-up may be. Zero: single use, one request per step-up.
     pub max_age: Duration,
+    /// `bind`: request fields (form field, JSON top-level key or query
+    /// parameter) whose values the step-up approves; a request with other
+    /// values needs a new step-up. Empty: not bound.
+    pub bind: Vec<String>,
 }
 
 impl StepUp {
@@ -120,6 +126,9 @@ impl StepUp {
     }
     pub fn single_use(&self) -> bool {
         self.max_age.is_zero()
+    }
+    pub fn is_bound(&self) -> bool {
+        !self.bind.is_empty()
     }
 }
 
@@ -215,7 +224,7 @@ impl<'a> Match<'a> {
     }
 }
 
-const METHODS: [&str; 9] = [
+pub const METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
 ];
 

@@ -34,7 +34,8 @@ fn lookup_follows_file_order_methods_and_hosts() {
         m.require,
         &Require::StepUp(StepUp {
             methods: vec![Factor::Pin, Factor::EmailOtp],
-            max_age: Duration::from_secs(300)
+            max_age: Duration::from_secs(300),
+            bind: vec![],
         })
     );
     assert_eq!(

@@ -172,6 +172,10 @@ pub mod keys {
     pub fn revoked(sub: &str) -> String {
         format!("{}:revoked", user(sub))
     }
+    /// A kept request (sealed), by its random id.
+    pub fn kept(id: &str) -> String {
+        format!("kept:{id}")
+    }
     pub fn used_token(jti: &str) -> String {
         format!("used:{jti}")
     }

@@ -51,6 +51,14 @@ pub static CHALLENGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static KEPT: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "stepgate_kept_requests_total",
+        "Browser requests with a body that needed a step-up, by outcome (kept, not_kept, replayed, gone)",
+        &["outcome"]
+    )
+    .unwrap()
+});
 pub static STEPUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "stepgate_stepups_total",
@@ -160,6 +168,7 @@ pub static WEBHOOKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub fn init() {
     LazyLock::force(&REQUESTS);
     LazyLock::force(&CHALLENGES);
+    LazyLock::force(&KEPT);
     LazyLock::force(&REFUSED);
     LazyLock::force(&FIRST_FACTOR);
     LazyLock::force(&ADMITTED_BY);

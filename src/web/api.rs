@@ -19,10 +19,39 @@ use crate::reply::{query_param, Reply};
 use crate::util::clock;
 use crate::util::metrics;
 
-fn token_reply(gate: &Gate, p: &Principal, factor: Factor) -> Reply {
-    let (token, c) =
-        gate.keys
-            .issue_stepup_ms(p, factor, crate::util::clock::now_ms(), gate.stepup_ttl());
+/// `"Binding": {"amount": "100", …}` of a step-up call: the values the
+/// token approves on a rule with `step_up.bind` (the RFC 9470 answer of the
+/// refused request names them).
+fn binding_of(
+    m: &serde_json::Map<String, Value>,
+) -> Result<Option<crate::auth::binding::Txn>, Reply> {
+    match m.get("binding") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(o)) if !o.is_empty() && o.len() <= 32 => {
+            Ok(Some(crate::auth::binding::txn(&crate::auth::binding::from_json(o))))
+        }
+        Some(_) => Err(error(
+            400,
+            901,
+            "Invalid field",
+            "`Binding` is an object of the bound fields' values (at most 32), as the step-up challenge's `binding` names them.",
+        )),
+    }
+}
+
+fn token_reply(
+    gate: &Gate,
+    p: &Principal,
+    factor: Factor,
+    txn: Option<crate::auth::binding::Txn>,
+) -> Reply {
+    let (token, c) = gate.keys.issue_bound_stepup_ms(
+        p,
+        factor,
+        crate::util::clock::now_ms(),
+        gate.stepup_ttl(),
+        txn,
+    );
     crate::flows::admin::note_step_up(gate, &p.sub, factor.name());
     Reply::json(
         200,
@@ -162,10 +191,14 @@ async fn stepup_pin(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
         Ok(s) => s,
         Err(r) => return r,
     };
+    let txn = match binding_of(&m) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
     match super::check_stepup_pin(gate, p, req.client_ip, entered).await {
         Ok(()) => {
             crate::flows::lifecycle::remember_profile(gate, p).await;
-            token_reply(gate, p, Factor::Pin)
+            token_reply(gate, p, Factor::Pin, txn)
         }
         Err(e) => flow_error(e),
     }
@@ -206,13 +239,18 @@ async fn verify_otp(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
             return flow_error(FlowError::EmailNotInProfile);
         }
     }
-    match otp::verify(gate, p, code, req.client_ip).await {
-        Ok(_) => {
+    let asked = match binding_of(&m) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match otp::verify_for(gate, p, code, req.client_ip).await {
+        Ok((_, sent_for)) => {
             metrics::STEPUPS
                 .with_label_values(&["email_otp", "success"])
                 .inc();
             crate::flows::lifecycle::remember_profile(gate, p).await;
-            token_reply(gate, p, Factor::EmailOtp)
+            // A code mailed for a transaction approves that one.
+            token_reply(gate, p, Factor::EmailOtp, sent_for.or(asked))
         }
         Err(e) => {
             metrics::STEPUPS
@@ -382,18 +420,27 @@ fn validate_token(
         Ok(s) => s,
         Err(r) => return r,
     };
-    let valid = match gate.keys.decode_stepup(token, clock::now()) {
-        Ok(c) => {
+    let claims = gate
+        .keys
+        .decode_stepup(token, clock::now())
+        .ok()
+        .filter(|c| {
             let revoked = gate
                 .revocations
                 .revoked_before(&c.sub)
                 .is_some_and(|t| c.issued_ms() <= t);
             let factor_ok = factor.is_none_or(|f| c.factor() == Some(f));
             bool::from(uid.as_bytes().ct_eq(c.sub.as_bytes())) && !revoked && factor_ok
+        });
+    let mut out = json!({"IsValid": claims.is_some()});
+    // What a valid token approves, when it was made for one transaction.
+    if let Some(c) = &claims {
+        out["IsBound"] = json!(c.txn.is_some());
+        if let Some(t) = &c.txn {
+            out["Binding"] = json!({"Digest": t.d, "Fields": t.f});
         }
-        Err(_) => false,
-    };
-    Reply::json(200, &json!({"IsValid": valid}))
+    }
+    Reply::json(200, &out)
 }
 
 /// The caller's access token, from Authorization only (see [`route`]).

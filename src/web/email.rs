@@ -4,14 +4,15 @@
 
 use minijinja::context;
 
-use super::{factors_for, flow_page, login_is_fresh, read_form, stepup_success, Req};
+use super::pending::Pending;
+use super::{flow_page, login_is_fresh, read_form, stepup_success, Req};
 use crate::auth::principal::Principal;
 use crate::config::OtpMode;
 use crate::flows::error::FlowError;
 use crate::flows::otp::{self, mask};
 use crate::gate::Gate;
 use crate::policy::Factor;
-use crate::reply::{field, query_param, safe_return_to, url_encode, Reply};
+use crate::reply::{field, Reply};
 use crate::util::clock;
 use crate::util::metrics;
 
@@ -30,10 +31,9 @@ async fn choices(gate: &Gate, p: &Principal) -> Result<(Vec<String>, bool), Flow
 
 fn choose_form(
     gate: &Gate,
-    req: &Req<'_>,
     status: u16,
     p: &Principal,
-    return_to: &str,
+    pending: &Pending,
     (addresses, enrolling): (&[String], bool),
     error: Option<String>,
 ) -> Reply {
@@ -41,23 +41,26 @@ fn choose_form(
         .iter()
         .map(|a| context! { value => a, masked => mask(a) })
         .collect();
-    let other_factors = factors_for(gate, &req.host(), return_to).len() > 1;
-    gate.pages.render(status, "email.html", context! { csrf => gate.keys.csrf_token(p, clock::now()), return_to, addresses => list, enrolling, error, other_factors })
+    let other_factors = pending.factors().len() > 1;
+    gate.pages.render(status, "email.html", context! { csrf => gate.keys.csrf_token(p, clock::now()), return_to => &pending.return_to, addresses => list, enrolling, error, other_factors, ..pending.context() })
 }
 
 pub async fn page(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
-    let return_to = safe_return_to(query_param(req.query, "return_to").as_deref());
+    let pending = match Pending::read(gate, req, p, None).await {
+        Ok(x) => x,
+        Err(e) => return flow_page(gate, e, "/"),
+    };
     if gate.mailer.is_none() {
-        return flow_page(gate, FlowError::NotConfigured, &return_to);
+        return flow_page(gate, FlowError::NotConfigured, &pending.return_to);
     }
     match choices(gate, p).await {
         Ok((addresses, enrolling)) => {
             if enrolling && !login_is_fresh(gate, p) {
-                return flow_page(gate, FlowError::LoginNotFresh, &return_to);
+                return flow_page(gate, FlowError::LoginNotFresh, &pending.return_to);
             }
-            choose_form(gate, req, 200, p, &return_to, (&addresses, enrolling), None)
+            choose_form(gate, 200, p, &pending, (&addresses, enrolling), None)
         }
-        Err(e) => flow_page(gate, e, &return_to),
+        Err(e) => flow_page(gate, e, &pending.return_to),
     }
 }
 
@@ -66,20 +69,25 @@ pub async fn send(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
         Ok(f) => f,
         Err(r) => return r,
     };
-    let return_to = safe_return_to(field(&form, "return_to"));
+    let pending = match Pending::read(gate, req, p, Some(&form)).await {
+        Ok(x) => x,
+        Err(e) => return flow_page(gate, e, "/"),
+    };
+    let return_to = &pending.return_to;
     let email = field(&form, "email").unwrap_or("");
-    match otp::send(gate, p, email, req.client_ip, login_is_fresh(gate, p)).await {
-        Ok(_) => Reply::redirect(&format!("/.stepgate/email/verify?return_to={}", url_encode(&return_to))),
+    // On a bound rule the mail shows what the code approves.
+    match otp::send_for(gate, p, email, req.client_ip, login_is_fresh(gate, p), pending.values.as_ref()).await {
+        Ok(_) => Reply::redirect(&pending.link("/.stepgate/email/verify")),
         Err(FlowError::Cooldown { retry_after }) => match otp::pending(gate, p).await {
             // A code is already on its way: show its form, say why no new one.
-            Ok(Some(sent)) => code_form(gate, 429, p, &return_to, &sent, Some(format!("A code was sent moments ago. You can ask for a new one in {retry_after} seconds."))),
-            _ => flow_page(gate, FlowError::Cooldown { retry_after }, &return_to),
+            Ok(Some(sent)) => code_form(gate, 429, p, &pending, &sent, Some(format!("A code was sent moments ago. You can ask for a new one in {retry_after} seconds."))),
+            _ => flow_page(gate, FlowError::Cooldown { retry_after }, return_to),
         },
         Err(FlowError::EmailNotInProfile) => match choices(gate, p).await {
-            Ok((addresses, enrolling)) => choose_form(gate, req, 400, p, &return_to, (&addresses, enrolling), Some("Choose one of the addresses listed.".into())),
-            Err(e) => flow_page(gate, e, &return_to),
+            Ok((addresses, enrolling)) => choose_form(gate, 400, p, &pending, (&addresses, enrolling), Some("Choose one of the addresses listed.".into())),
+            Err(e) => flow_page(gate, e, return_to),
         },
-        Err(e) => flow_page(gate, e, &return_to),
+        Err(e) => flow_page(gate, e, return_to),
     }
 }
 
@@ -87,26 +95,26 @@ fn code_form(
     gate: &Gate,
     status: u16,
     p: &Principal,
-    return_to: &str,
+    pending: &Pending,
     sent: &otp::Sent,
     error: Option<String>,
 ) -> Reply {
     gate.pages.render(
         status,
         "email_code.html",
-        context! { csrf => gate.keys.csrf_token(p, clock::now()), return_to, masked => &sent.masked, expires => crate::util::clock::human_time(sent.expires_at), length => gate.settings.email_otp.length, error },
+        context! { csrf => gate.keys.csrf_token(p, clock::now()), return_to => &pending.return_to, masked => &sent.masked, expires => crate::util::clock::human_time(sent.expires_at), length => gate.settings.email_otp.length, error, ..pending.context() },
     )
 }
 
 pub async fn code_page(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
-    let return_to = safe_return_to(query_param(req.query, "return_to").as_deref());
+    let pending = match Pending::read(gate, req, p, None).await {
+        Ok(x) => x,
+        Err(e) => return flow_page(gate, e, "/"),
+    };
     match otp::pending(gate, p).await {
-        Ok(Some(sent)) => code_form(gate, 200, p, &return_to, &sent, None),
-        Ok(None) => Reply::redirect(&format!(
-            "/.stepgate/email?return_to={}",
-            url_encode(&return_to)
-        )),
-        Err(e) => flow_page(gate, e, &return_to),
+        Ok(Some(sent)) => code_form(gate, 200, p, &pending, &sent, None),
+        Ok(None) => Reply::redirect(&pending.link("/.stepgate/email")),
+        Err(e) => flow_page(gate, e, &pending.return_to),
     }
 }
 
@@ -115,14 +123,19 @@ pub async fn verify(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
         Ok(f) => f,
         Err(r) => return r,
     };
-    let return_to = safe_return_to(field(&form, "return_to"));
+    let pending = match Pending::read(gate, req, p, Some(&form)).await {
+        Ok(x) => x,
+        Err(e) => return flow_page(gate, e, "/"),
+    };
+    let return_to = &pending.return_to;
     let code = field(&form, "otp").unwrap_or("");
-    match otp::verify(gate, p, code, req.client_ip).await {
-        Ok(_) => {
+    match otp::verify_for(gate, p, code, req.client_ip).await {
+        Ok((_, txn)) => {
             metrics::STEPUPS
                 .with_label_values(&["email_otp", "success"])
                 .inc();
-            stepup_success(gate, req, p, Factor::EmailOtp, &return_to).await
+            // The code approves what its mail showed, nothing else.
+            stepup_success(gate, req, p, Factor::EmailOtp, &pending, txn).await
         }
         Err(FlowError::WrongCode { remaining }) => {
             metrics::STEPUPS
@@ -134,10 +147,10 @@ pub async fn verify(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
                         "That code is not right. {remaining} {} left.",
                         if remaining == 1 { "try" } else { "tries" }
                     );
-                    code_form(gate, 401, p, &return_to, &sent, Some(msg))
+                    code_form(gate, 401, p, &pending, &sent, Some(msg))
                 }
                 // The code burned with that guess.
-                _ => flow_page(gate, FlowError::NoCode, &return_to),
+                _ => flow_page(gate, FlowError::NoCode, return_to),
             }
         }
         Err(e) => {
@@ -149,7 +162,7 @@ pub async fn verify(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
             metrics::STEPUPS
                 .with_label_values(&["email_otp", outcome])
                 .inc();
-            flow_page(gate, e, &return_to)
+            flow_page(gate, e, return_to)
         }
     }
 }

@@ -9,18 +9,18 @@ mod email;
 pub mod json;
 pub mod loginradius;
 mod oidc;
+pub(crate) mod pending;
 mod pin_api;
 pub mod replies;
 pub mod respond;
 
 use minijinja::context;
 
-use crate::auth::decision::offered;
 use crate::auth::principal::{AuthError, Principal};
 use crate::flows::error::FlowError;
 use crate::flows::pin;
 use crate::gate::Gate;
-use crate::policy::{Factor, Require};
+use crate::policy::Factor;
 use crate::reply::{field, parse_form, query_param, safe_return_to, url_encode, FormError, Reply};
 use crate::util::clock;
 use crate::util::metrics;
@@ -204,7 +204,7 @@ async fn user_pages(gate: &Gate, req: &Req<'_>) -> Reply {
         return login_needed(gate, req);
     };
     match (req.method, req.path) {
-        ("GET", "/.stepgate/challenge") => challenge(gate, req, p),
+        ("GET", "/.stepgate/challenge") => challenge(gate, req, p).await,
         ("GET", "/.stepgate/pin") => pin_page(gate, req, p).await,
         ("POST", "/.stepgate/pin") => pin_submit(gate, req, p).await,
         ("GET", "/.stepgate/pin/setup") => setup_page(gate, req, p).await,
@@ -253,38 +253,20 @@ pub fn login_redirect(gate: &Gate, origin: &str, return_to: &str) -> Option<Stri
     Some(login.replace("{return_to}", &url_encode(&format!("{base}{return_to}"))))
 }
 
-/// The factors the rule behind `return_to` on this request's `host`
-/// accepts (PIN when it cannot tell): host-scoped rules are looked up with
-/// the host, as the proxy does.
-pub(crate) fn factors_for(gate: &Gate, host: &str, return_to: &str) -> Vec<Factor> {
-    let policy = &gate.policy;
-    let path = return_to.split('?').next().unwrap_or("/");
-    let path = crate::policy::normalize_path(path)
-        .map(|(m, _)| m)
-        .unwrap_or_else(|_| "/".into());
-    match policy.lookup(host, "GET", &path).require {
-        Require::StepUp(s) => offered(s),
-        _ => vec![Factor::Pin],
-    }
+fn challenge_redirect(pending: &pending::Pending, page: &str) -> Reply {
+    Reply::redirect(&pending.link(page))
 }
 
-fn challenge(gate: &Gate, req: &Req<'_>, _p: &Principal) -> Reply {
-    let return_to = safe_return_to(query_param(req.query, "return_to").as_deref());
-    let factors = factors_for(gate, &req.host(), &return_to);
+async fn challenge(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
+    let pending = match pending::Pending::read(gate, req, p, None).await {
+        Ok(x) => x,
+        Err(e) => return flow_page(gate, e, "/"),
+    };
+    let factors = pending.factors();
     // One factor: no choice to make.
     match factors.as_slice() {
-        [Factor::Pin] => {
-            return Reply::redirect(&format!(
-                "/.stepgate/pin?return_to={}",
-                url_encode(&return_to)
-            ))
-        }
-        [Factor::EmailOtp] => {
-            return Reply::redirect(&format!(
-                "/.stepgate/email?return_to={}",
-                url_encode(&return_to)
-            ))
-        }
+        [Factor::Pin] => return challenge_redirect(&pending, "/.stepgate/pin"),
+        [Factor::EmailOtp] => return challenge_redirect(&pending, "/.stepgate/email"),
         _ => {}
     }
     let list: Vec<_> = factors
@@ -297,36 +279,35 @@ fn challenge(gate: &Gate, req: &Req<'_>, _p: &Principal) -> Reply {
     gate.pages.render(
         200,
         "challenge.html",
-        context! { factors => list, return_to },
+        context! { factors => list, return_to => &pending.return_to, ..pending.context() },
     )
 }
 
 fn pin_form(
     gate: &Gate,
-    req: &Req<'_>,
     status: u16,
     p: &Principal,
-    return_to: &str,
+    pending: &pending::Pending,
     error: Option<String>,
 ) -> Reply {
     let s = &gate.settings.pin;
-    let other_factors = factors_for(gate, &req.host(), return_to).len() > 1;
+    let other_factors = pending.factors().len() > 1;
     gate.pages.render(
         status,
         "pin.html",
-        context! { csrf => gate.keys.csrf_token(p, clock::now()), return_to, error, min_length => s.min_length, max_length => s.max_length, other_factors },
+        context! { csrf => gate.keys.csrf_token(p, clock::now()), return_to => &pending.return_to, error, min_length => s.min_length, max_length => s.max_length, other_factors, ..pending.context() },
     )
 }
 
 async fn pin_page(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
-    let return_to = safe_return_to(query_param(req.query, "return_to").as_deref());
+    let pending = match pending::Pending::read(gate, req, p, None).await {
+        Ok(x) => x,
+        Err(e) => return flow_page(gate, e, "/"),
+    };
     match pin::load_record(&*gate.store, &p.sub).await {
-        Ok(None) => Reply::redirect(&format!(
-            "/.stepgate/pin/setup?return_to={}",
-            url_encode(&return_to)
-        )),
-        Ok(Some(_)) => pin_form(gate, req, 200, p, &return_to, None),
-        Err(e) => flow_page(gate, e, &return_to),
+        Ok(None) => Reply::redirect(&pending.link("/.stepgate/pin/setup")),
+        Ok(Some(_)) => pin_form(gate, 200, p, &pending, None),
+        Err(e) => flow_page(gate, e, &pending.return_to),
     }
 }
 
@@ -378,18 +359,24 @@ async fn pin_submit(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
         Ok(f) => f,
         Err(r) => return r,
     };
-    let return_to = safe_return_to(field(&form, "return_to"));
+    let pending = match pending::Pending::read(gate, req, p, Some(&form)).await {
+        Ok(x) => x,
+        Err(e) => return flow_page(gate, e, "/"),
+    };
     let entered = field(&form, "pin").unwrap_or("");
     match check_stepup_pin(gate, p, req.client_ip, entered).await {
-        Ok(()) => stepup_success(gate, req, p, Factor::Pin, &return_to).await,
+        Ok(()) => {
+            let txn = pending.txn();
+            stepup_success(gate, req, p, Factor::Pin, &pending, txn).await
+        }
         Err(FlowError::WrongPin { remaining }) => {
             let msg = format!(
                 "That PIN is not right. {remaining} {} left before a lockout.",
                 if remaining == 1 { "try" } else { "tries" }
             );
-            pin_form(gate, req, 401, p, &return_to, Some(msg))
+            pin_form(gate, 401, p, &pending, Some(msg))
         }
-        Err(e) => flow_page(gate, e, &return_to),
+        Err(e) => flow_page(gate, e, &pending.return_to),
     }
 }
 
@@ -422,26 +409,39 @@ pub(crate) async fn check_stepup_pin(
     r
 }
 
-/// Issue the step-up token as a cookie and send the browser back. A PIN
-/// step-up also opens a device PIN session (when PIN login is on), unless
-/// this device has one.
+/// Issue the step-up token as a cookie and send the browser back, or, when
+/// the step-up was for a kept request, let that request go on now (the
+/// proxy forwards it in place of this POST; see `Reply::resend`). `txn`:
+/// what the step-up approves on a bound rule. A PIN step-up also opens a
+/// device PIN session (when PIN login is on), unless this device has one.
 pub(crate) async fn stepup_success(
     gate: &Gate,
     req: &Req<'_>,
     p: &Principal,
     factor: Factor,
-    return_to: &str,
+    pending: &pending::Pending,
+    txn: Option<crate::auth::binding::Txn>,
 ) -> Reply {
     let ttl = gate.stepup_ttl();
-    let (token, _) = gate
-        .keys
-        .issue_stepup_ms(p, factor, crate::util::clock::now_ms(), ttl);
+    let (token, _) =
+        gate.keys
+            .issue_bound_stepup_ms(p, factor, crate::util::clock::now_ms(), ttl, txn);
     crate::flows::admin::note_step_up(gate, &p.sub, factor.name());
     crate::flows::lifecycle::remember_profile(gate, p).await;
-    let reply = Reply::redirect(return_to).add(
+    let mut reply = Reply::redirect(&pending.return_to).add(
         "Set-Cookie",
         crate::reply::OwnCookie::StepUp.set(&token, ttl, req.tls),
     );
+    if let Some((id, k)) = &pending.kept {
+        reply.resend = Some(Box::new(crate::reply::Resend {
+            kept_id: id.clone(),
+            method: k.method.clone(),
+            target: k.target.clone(),
+            content_type: k.content_type.clone(),
+            body: bytes::Bytes::from(k.body.clone()),
+            stepup_token: token,
+        }));
+    }
     if factor != Factor::Pin || !gate.settings.pin.login || p.pin_session.is_some() {
         return reply;
     }
@@ -461,28 +461,27 @@ pub fn login_is_fresh(gate: &Gate, p: &Principal) -> bool {
 }
 
 async fn setup_page(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
-    let return_to = safe_return_to(query_param(req.query, "return_to").as_deref());
+    let pending = match pending::Pending::read(gate, req, p, None).await {
+        Ok(x) => x,
+        Err(e) => return flow_page(gate, e, "/"),
+    };
+    let return_to = &pending.return_to;
     match pin::load_record(&*gate.store, &p.sub).await {
-        Ok(Some(_)) => {
-            return Reply::redirect(&format!(
-                "/.stepgate/pin?return_to={}",
-                url_encode(&return_to)
-            ))
-        }
+        Ok(Some(_)) => return Reply::redirect(&pending.link("/.stepgate/pin")),
         Ok(None) => {}
-        Err(e) => return flow_page(gate, e, &return_to),
+        Err(e) => return flow_page(gate, e, return_to),
     }
     if !login_is_fresh(gate, p) {
-        return flow_page(gate, FlowError::LoginNotFresh, &return_to);
+        return flow_page(gate, FlowError::LoginNotFresh, return_to);
     }
-    setup_form(gate, 200, p, &return_to, None)
+    setup_form(gate, 200, p, &pending, None)
 }
 
 fn setup_form(
     gate: &Gate,
     status: u16,
     p: &Principal,
-    return_to: &str,
+    pending: &pending::Pending,
     error: Option<String>,
 ) -> Reply {
     let s = &gate.settings.pin;
@@ -490,7 +489,7 @@ fn setup_form(
     gate.pages.render(
         status,
         "pin_setup.html",
-        context! { csrf => gate.keys.csrf_token(p, clock::now()), return_to, error, min_length => s.min_length, max_length => s.max_length, can_skip },
+        context! { csrf => gate.keys.csrf_token(p, clock::now()), return_to => &pending.return_to, error, min_length => s.min_length, max_length => s.max_length, can_skip, ..pending.context() },
     )
 }
 
@@ -499,9 +498,13 @@ async fn setup_submit(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
         Ok(f) => f,
         Err(r) => return r,
     };
-    let return_to = safe_return_to(field(&form, "return_to"));
+    let pending = match pending::Pending::read(gate, req, p, Some(&form)).await {
+        Ok(x) => x,
+        Err(e) => return flow_page(gate, e, "/"),
+    };
+    let return_to = &pending.return_to;
     if !login_is_fresh(gate, p) {
-        return flow_page(gate, FlowError::LoginNotFresh, &return_to);
+        return flow_page(gate, FlowError::LoginNotFresh, return_to);
     }
     let (pin1, pin2) = (
         field(&form, "pin").unwrap_or(""),
@@ -523,24 +526,18 @@ async fn setup_submit(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
             crate::flows::lifecycle::remember_profile(gate, p).await;
             gate.notifier
                 .event("SetPIN", &p.sub, serde_json::json!({"Method": "setup"}));
-            Reply::redirect(&format!(
-                "/.stepgate/pin?return_to={}",
-                url_encode(&return_to)
-            ))
+            Reply::redirect(&pending.link("/.stepgate/pin"))
         }
         Err(FlowError::PinMismatch) => setup_form(
             gate,
             400,
             p,
-            &return_to,
+            &pending,
             Some("The two PINs differ. Enter the same PIN twice.".into()),
         ),
-        Err(FlowError::PinRule(msg)) => setup_form(gate, 400, p, &return_to, Some(msg)),
-        Err(FlowError::PinAlreadySet) => Reply::redirect(&format!(
-            "/.stepgate/pin?return_to={}",
-            url_encode(&return_to)
-        )),
-        Err(e) => flow_page(gate, e, &return_to),
+        Err(FlowError::PinRule(msg)) => setup_form(gate, 400, p, &pending, Some(msg)),
+        Err(FlowError::PinAlreadySet) => Reply::redirect(&pending.link("/.stepgate/pin")),
+        Err(e) => flow_page(gate, e, return_to),
     }
 }
 

@@ -78,15 +78,54 @@ pub fn source_unavailable(gate: &Gate, html: bool, source: &str) -> Reply {
     }
 }
 
-pub fn stepup(html: bool, return_to: &str, step_up: &StepUp, reason: StepUpReason) -> Reply {
+/// What became of a browser request's body when it needed a step-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Keeping {
+    /// No body (or not a browser): nothing to keep.
+    Nothing,
+    /// Kept under this id; it goes upstream after the step-up.
+    Kept(String),
+    /// Not kept; the code (`large`, `upload`, `store`) says why, and the
+    /// page tells the user the form must be sent again.
+    NotKept(&'static str),
+}
+
+/// What a step-up is for: the request's method (the challenge offers the
+/// factors of the rule for that method), its kept body, and on a bound
+/// rule the values it asks to approve.
+pub struct ForRequest<'a> {
+    pub method: &'a str,
+    pub keeping: &'a Keeping,
+    pub binding: Option<&'a crate::auth::binding::Values>,
+}
+
+/// `/.stepgate/challenge` with everything the pages carry along.
+pub fn challenge_url(return_to: &str, f: &ForRequest<'_>) -> String {
+    let mut url = format!("/.stepgate/challenge?return_to={}", url_encode(return_to));
+    if f.method != "GET" && f.method != "HEAD" {
+        url.push_str(&format!("&method={}", url_encode(f.method)));
+    }
+    match f.keeping {
+        Keeping::Kept(id) => url.push_str(&format!("&kept={}", url_encode(id))),
+        Keeping::NotKept(why) => url.push_str(&format!("&resend={why}")),
+        Keeping::Nothing => {}
+    }
+    url
+}
+
+pub fn stepup(
+    html: bool,
+    return_to: &str,
+    step_up: &StepUp,
+    reason: StepUpReason,
+    f: &ForRequest<'_>,
+) -> Reply {
     metrics::CHALLENGES
         .with_label_values(&[if html { "redirect" } else { "rfc9470" }])
         .inc();
+    let challenge = challenge_url(return_to, f);
     if html {
-        return Reply::redirect(&format!(
-            "/.stepgate/challenge?return_to={}",
-            url_encode(return_to)
-        ));
+        return Reply::redirect(&challenge);
     }
     // RFC 9470: tell API clients what authentication would be enough.
     let methods: Vec<&str> = step_up.methods.iter().map(|f| f.name()).collect();
@@ -96,24 +135,45 @@ pub fn stepup(html: bool, return_to: &str, step_up: &StepUp, reason: StepUpReaso
         reason.describe(),
         methods.join(" ")
     );
-    Reply::json(
-        401,
-        &serde_json::json!({
-            "error": "insufficient_user_authentication",
-            "error_description": reason.describe(),
-            "methods": methods,
-            "max_age": max_age,
-            "challenge": format!("/.stepgate/challenge?return_to={}", url_encode(return_to)),
-            "endpoints": {
-                "trigger": "/.stepgate/api/stepup/trigger",
-                "pin": "/.stepgate/api/stepup/pin",
-                "email_otp_send": "/.stepgate/api/stepup/otp/email",
-                "email_otp_verify": "/.stepgate/api/stepup/otp/email",
-                "present_token_in": "X-Stepgate-Token",
-            },
-        }),
-    )
-    .add("WWW-Authenticate", www)
+    let mut body = serde_json::json!({
+        "error": "insufficient_user_authentication",
+        "error_description": reason.describe(),
+        "methods": methods,
+        "max_age": max_age,
+        "challenge": challenge,
+        "endpoints": {
+            "trigger": "/.stepgate/api/stepup/trigger",
+            "pin": "/.stepgate/api/stepup/pin",
+            "email_otp_send": "/.stepgate/api/stepup/otp/email",
+            "email_otp_verify": "/.stepgate/api/stepup/otp/email",
+            "present_token_in": "X-Stepgate-Token",
+        },
+    });
+    if let Some(v) = f.binding {
+        // What the step-up must approve: send it as `Binding` with the
+        // step-up call.
+        body["bind"] = serde_json::json!(step_up.bind);
+        body["binding"] = crate::auth::binding::to_json(v);
+    }
+    Reply::json(401, &body).add("WWW-Authenticate", www)
+}
+
+/// A bound rule's request whose values cannot be read unambiguously:
+/// refused (400), never guessed.
+pub fn binding_refused(gate: &Gate, html: bool, why: &str) -> Reply {
+    if html {
+        gate.pages.message(
+            400,
+            "This request cannot be confirmed",
+            &format!("stepgate cannot tell what this request asks to approve: {why}."),
+            None,
+        )
+    } else {
+        Reply::json(
+            400,
+            &serde_json::json!({"error": "invalid_request", "error_description": format!("the request's confirmed fields cannot be read: {why}")}),
+        )
+    }
 }
 
 /// A `deny` rule's answer.

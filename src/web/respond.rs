@@ -258,6 +258,14 @@ pub fn explain(e: &FlowError, return_to: &str) -> Explained {
             "Link not valid",
             "This PIN setup token has expired.".into(),
         ),
+        FlowError::KeptGone => x(
+            410,
+            1262,
+            "The kept request is gone",
+            "It was sent already, expired (10 minutes) or was kept for another session; send the request again.".into(),
+            "This form is no longer waiting",
+            "The form you sent was already delivered, or waited too long (10 minutes). Go back to the application and send it again if it still needs sending.".into(),
+        ),
         FlowError::ResetUsed => Explained {
             link: forgot(),
             ..x(
