@@ -688,7 +688,7 @@ fn every_documented_operation_is_served_and_answers_as_documented() {
         None,
         Some(json!({"secondfactorvalidationtoken": su, "uid": "alice"})),
     );
-    assert_eq!((st, v), (200, json!({"IsValid": true})));
+    assert_eq!((st, v), (200, json!({"IsValid": true, "IsBound": false})));
     // Step-down: the token stops counting, here and for the back end.
     let (m, p, op) = find("POST", &api("/manage/account/{uid}/invalidate"));
     let mut call = call_for(&m, &p, &op, Some(API_SECRET));
