@@ -551,6 +551,7 @@ impl Proxy {
                 metrics::KEPT.with_label_values(&["kept"]).inc();
                 Keeping::Kept(id)
             }
+            Err(crate::flows::error::FlowError::SendLimit { .. }) => not_kept("many"),
             Err(_) => not_kept("store"),
         })
     }

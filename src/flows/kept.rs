@@ -65,8 +65,20 @@ pub fn keepable(content_type: Option<&str>, len: usize) -> Result<(), &'static s
     Err("files and uploads are not kept")
 }
 
-/// Keep `k` for its user; the id to finish it with.
+/// How many requests one user may have kept at a time (per [`TTL`]): a
+/// signed-in user cannot fill the store with 64 KiB bodies.
+pub const MAX_PER_USER: i64 = 20;
+
+/// Keep `k` for its user; the id to finish it with. `Err(SendLimit)` when
+/// the user has [`MAX_PER_USER`] kept already.
 pub async fn keep(deps: &Deps, k: &Kept) -> Result<String, FlowError> {
+    let count = deps.store.incr(&keys::kept_count(&k.sub), TTL).await?;
+    if count.value > MAX_PER_USER {
+        deps.store.decr(&keys::kept_count(&k.sub)).await?;
+        return Err(FlowError::SendLimit {
+            until: count.expires_at_ms.div_ceil(1000) as i64,
+        });
+    }
     let id = crate::auth::tokens::random_id();
     let plain = serde_json::to_vec(k).map_err(|_| FlowError::Internal)?;
     let sealed = deps.keys.seal_kept(&id, &plain);

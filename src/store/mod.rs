@@ -176,6 +176,10 @@ pub mod keys {
     pub fn kept(id: &str) -> String {
         format!("kept:{id}")
     }
+    /// How many requests a user has kept in the last [`crate::flows::kept::TTL`].
+    pub fn kept_count(sub: &str) -> String {
+        format!("{}:kept", user(sub))
+    }
     pub fn used_token(jti: &str) -> String {
         format!("used:{jti}")
     }

@@ -25,6 +25,7 @@ fn resend_text(code: &str) -> Option<&'static str> {
         "upload" => "Files and uploads are not kept: after confirming, send the form again.",
         "slow" => "The form you sent did not arrive completely: after confirming, send it again.",
         "store" => "The form you sent could not be kept: after confirming, send it again.",
+        "many" => "You have many forms waiting for a confirmation already, so this one was not kept: after confirming, send it again.",
         _ => return None,
     })
 }
@@ -75,9 +76,15 @@ impl Pending {
                 .filter(|m| crate::policy::METHODS.contains(&m.as_str()))
                 .unwrap_or_else(|| "GET".into()),
         };
-        let (path, query) = match return_to.split_once('?') {
+        // The kept request's own target, as it will be judged; else where
+        // the user was going.
+        let target = match &kept {
+            Some((_, k)) => k.target.clone(),
+            None => return_to.clone(),
+        };
+        let (path, query) = match target.split_once('?') {
             Some((p, q)) => (p.to_string(), Some(q.to_string())),
-            None => (return_to.clone(), None),
+            None => (target.clone(), None),
         };
         let path = crate::policy::normalize_path(&path)
             .map(|(m, _)| m)
