@@ -51,6 +51,15 @@ if [ "$what" = test ] && ! python3 -c "import flask" 2>/dev/null; then
   echo "install-deps: installing flask"
   python3 -m pip install -q flask 2>/dev/null || python3 -m pip install -q --break-system-packages flask
 fi
+# LoginRadius's own Python SDK, driven against the gateway by tests/loginradius_sdk.rs
+# (module LoginRadius). It uses `requests` only when distutils imports (Python 3.11;
+# from 3.12 on, setuptools' copy), else it falls back to urllib3.
+if [ "$what" = test ] && ! python3 -c "import LoginRadius, distutils.version" 2>/dev/null; then
+  echo "install-deps: installing loginradius-v2"
+  lr_pkgs="loginradius-v2==11.7.0"
+  python3 -c "import distutils.version" 2>/dev/null || lr_pkgs="$lr_pkgs setuptools"
+  python3 -m pip install -q $lr_pkgs 2>/dev/null || python3 -m pip install -q --break-system-packages $lr_pkgs
+fi
 # A real OpenID provider for the OIDC tests (tests/fixtures/oidc: npm's oidc-provider, on Node.js 20.19+).
 oidc_fixture="$(cd "$(dirname "$0")/.." && pwd)/tests/fixtures/oidc"
 if [ "$what" = test ] && [ ! -f "$oidc_fixture/node_modules/.package-lock.json" ]; then
@@ -58,4 +67,10 @@ if [ "$what" = test ] && [ ! -f "$oidc_fixture/node_modules/.package-lock.json" 
   node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=19)?0:1)' \
     || echo "install-deps: warning: Node.js $(node --version) is older than 20.19, which oidc-provider 9 needs" >&2
   (cd "$oidc_fixture" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+# LoginRadius's own Node SDK for tests/loginradius_sdk.rs (tests/fixtures/loginradius: npm's loginradius-sdk).
+lr_fixture="$(cd "$(dirname "$0")/.." && pwd)/tests/fixtures/loginradius"
+if [ "$what" = test ] && [ ! -f "$lr_fixture/node_modules/.package-lock.json" ]; then
+  echo "install-deps: installing LoginRadius's Node SDK"
+  (cd "$lr_fixture" && npm ci --no-audit --no-fund --loglevel=error)
 fi
