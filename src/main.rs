@@ -154,6 +154,8 @@ enum AdminCmd {
         #[arg(long)]
         ip: String,
     },
+    /// Every lock and suspension in force, users and addresses, on every gateway sharing the store.
+    Locks,
 }
 
 #[derive(Subcommand)]
@@ -334,6 +336,7 @@ fn run(cmd: Cmd) -> Result<(), ExitCode> {
                     _ => Action::Revoke(sub),
                 },
                 AdminCmd::Unlock { ip } => Action::UnlockIp(ip),
+                AdminCmd::Locks => Action::Locks,
             };
             let out = admin::run(&config, settings, action, json).map_err(fail)?;
             println!("{out}");

@@ -83,7 +83,29 @@ fn a_locked_user_is_seen_and_unlocked_through_the_api_and_steps_up_at_once() {
         "no PIN hash: {a}"
     );
 
+    // The list of locks in force, over the API.
+    let locks = || -> Value {
+        bearer(c.get(api(&g, "/manage/locks")), API_SECRET)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    let list = locks();
+    assert!(
+        list.as_array().unwrap().iter().any(|l| l["Uid"] == "alice"
+            && l["Scope"] == "user"
+            && l["LockedUntil"].as_str().is_some_and(|t| t.ends_with('Z'))),
+        "{list}"
+    );
+    assert_error(c.get(api(&g, "/manage/locks")).send().unwrap(), 401, 907);
+
     assert_posted(manage(&c, &g, reqwest::Method::POST, "/alice/unlock"));
+    let list = locks();
+    assert!(
+        !list.as_array().unwrap().iter().any(|l| l["Uid"] == "alice"),
+        "an unlocked user is not listed: {list}"
+    );
     let r = put_pin(&g, &c, &alice, PIN);
     assert_eq!(r.status(), 200, "unlocked: the step-up works at once");
     // The step-up is remembered for the helpdesk.
@@ -155,6 +177,28 @@ fn the_cli_answers_is_alice_locked_and_unlocks_her() {
     let out = admin(&g, &["--json", "user", "show", "alice"]);
     let a: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(a["LockedUntil"].is_i64(), "{a}");
+    // "Who is locked out?": the list of locks in force names alice.
+    let out = admin(&g, &["locks"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("user alice: PIN and email codes locked until"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("stepgate admin user unlock alice"), "{text}");
+    let out = admin(&g, &["--json", "locks"]);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mine: Vec<&Value> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["Uid"] == "alice")
+        .collect();
+    assert_eq!(mine.len(), 1, "{list}");
+    assert_eq!(mine[0]["Scope"], "user");
+    assert_eq!(mine[0]["Kind"], "pin");
+    assert_eq!(mine[0]["Suspended"], false);
+    assert!(mine[0]["LockedUntil"].is_string(), "{list}");
 
     let out = admin(&g, &["user", "unlock", "alice"]);
     assert!(
@@ -171,6 +215,12 @@ fn the_cli_answers_is_alice_locked_and_unlocks_her() {
     );
     let out = admin(&g, &["user", "show", "alice"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("not locked"));
+    let out = admin(&g, &["locks"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "no locks in force",
+        "a lifted lock is not listed"
+    );
 
     g.launch();
     let r = put_pin(&g, &c, &alice, PIN);
@@ -249,4 +299,34 @@ fn show_reflects_pin_sessions_opened_on_two_gateways_sharing_redis() {
         .json()
         .unwrap();
     assert_eq!(a["PinSessions"].as_array().unwrap().len(), 0, "{a}");
+
+    // A lock made on one gateway is listed by the other and by the CLI
+    // (the registry on Redis), and gone from both once lifted.
+    for _ in 0..5 {
+        let _ = put_pin(&pair.a, &c, &at, WRONG);
+    }
+    let listed = |out: &std::process::Output| -> Vec<Value> {
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+        v.as_array().unwrap().clone()
+    };
+    let api_list: Value = bearer(c.get(api(&pair.b, "/manage/locks")), API_SECRET)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(
+        api_list
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["Uid"] == "alice"),
+        "{api_list}"
+    );
+    let cli = listed(&admin(&pair.b, &["--json", "locks"]));
+    assert!(cli.iter().any(|l| l["Uid"] == "alice"), "{cli:?}");
+    let out = admin(&pair.b, &["user", "unlock", "alice"]);
+    assert!(out.status.success());
+    let cli = listed(&admin(&pair.a, &["--json", "locks"]));
+    assert!(!cli.iter().any(|l| l["Uid"] == "alice"), "{cli:?}");
 }

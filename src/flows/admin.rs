@@ -138,7 +138,14 @@ pub async fn unlock(deps: &Deps, sub: &str, who: &str) -> Result<(), FlowError> 
 
 /// Lift the lock on a client address (an office behind one NAT).
 pub async fn unlock_ip(deps: &Deps, ip: &str, who: &str) -> Result<(), FlowError> {
-    lockout::clear_on(&*deps.store, keys::ip_failures(ip)).await?;
+    // The PIN's lockout and recovery's (answers, reset codes) on this address.
+    for k in [
+        keys::ip_failures(ip),
+        keys::ip_answer_failures(ip),
+        keys::ip_reset_failures(ip),
+    ] {
+        lockout::clear_on(&*deps.store, k).await?;
+    }
     crate::util::audit::event("unlock_ip", "", who, ip);
     crate::util::metrics::ADMIN_ACTIONS
         .with_label_values(&["unlock_ip"])
@@ -146,6 +153,12 @@ pub async fn unlock_ip(deps: &Deps, ip: &str, who: &str) -> Result<(), FlowError
     deps.notifier
         .event("IPUnlocked", "", json!({"IP": ip, "By": who}));
     Ok(())
+}
+
+/// Every lock and suspension in force (users and addresses), on every
+/// gateway sharing the store.
+pub async fn locks(deps: &Deps) -> Result<Vec<lockout::LockInfo>, FlowError> {
+    lockout::locks(&*deps.store).await
 }
 
 /// Remove the PIN: its record, its lockout and the PIN sessions opened with

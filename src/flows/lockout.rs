@@ -209,6 +209,67 @@ pub async fn clear_on(store: &dyn Store, user_key: String) -> Result<(), FlowErr
     Ok(())
 }
 
+/// The registry of locks (see [`locks`]).
+pub const LOCKS: &str = "locks";
+
+fn lock_member(scope: &str, kind: &str, who: &str) -> String {
+    format!("{scope}:{kind}:{who}")
+}
+
+/// A lock as admins see it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct LockInfo {
+    /// `user` or `ip`.
+    pub scope: String,
+    /// `pin` (PIN and email codes) or `recovery` (security answers, reset codes).
+    pub kind: String,
+    pub uid: Option<String>,
+    pub ip: Option<String>,
+    /// Unix time the lock ends; `None` while suspended.
+    pub locked_until: Option<i64>,
+    pub suspended: bool,
+}
+
+/// Every lock and suspension in force, on every gateway sharing the store:
+/// the registry's entries, each checked against its lock (one that ended or
+/// was lifted is dropped from the registry).
+pub async fn locks(store: &dyn Store) -> Result<Vec<LockInfo>, FlowError> {
+    let mut out = Vec::new();
+    for (member, raw) in store.registry("", LOCKS).await? {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&raw) else {
+            continue;
+        };
+        let Some(lock_key) = v["lock_key"].as_str() else {
+            continue;
+        };
+        let state = store.get(lock_key).await?;
+        let (suspended, until) = match state.as_deref() {
+            None => {
+                let _ = store.unregister("", LOCKS, &member).await;
+                continue;
+            }
+            Some(SUSPENDED) => (true, None),
+            Some(b) => (
+                false,
+                std::str::from_utf8(b)
+                    .ok()
+                    .and_then(|t| t.parse::<i64>().ok()),
+            ),
+        };
+        out.push(LockInfo {
+            scope: v["scope"].as_str().unwrap_or("user").to_string(),
+            kind: v["kind"].as_str().unwrap_or("pin").to_string(),
+            uid: v["sub"].as_str().map(str::to_string),
+            ip: v["ip"].as_str().map(str::to_string),
+            locked_until: until,
+            suspended,
+        });
+    }
+    out.sort_by(|a, b| (&a.scope, &a.uid, &a.ip, &a.kind).cmp(&(&b.scope, &b.uid, &b.ip, &b.kind)));
+    Ok(out)
+}
+
 /// Lift `sub`'s PIN lockout, suspension included, on every gateway: after a
 /// PIN reset (the user proved a recovery channel) or an admin unlock.
 pub async fn clear_lockout(store: &dyn Store, sub: &str) -> Result<(), FlowError> {
@@ -270,6 +331,7 @@ impl<'a> Attempt<'a> {
         };
         let user = if self.suspends && streak >= l.max_consecutive as i64 {
             s.put(&self.user.lock, SUSPENDED, None).await?;
+            self.note(&self.user, "user", sub, ip, None).await;
             // Exactly one failure reaches the cap (the counter is atomic).
             if streak == l.max_consecutive as i64 {
                 metrics::LOCKOUTS.with_label_values(&["suspended"]).inc();
@@ -310,6 +372,39 @@ impl<'a> Attempt<'a> {
         })
     }
 
+    /// Enter a lock in the registry admins list (`stepgate admin locks`):
+    /// who, which lockout, until when (`None`: suspended). Best effort: the
+    /// lock holds whether or not the index could be written.
+    async fn note(
+        &self,
+        k: &Keys,
+        scope: &str,
+        sub: &str,
+        ip: &str,
+        until: Option<(i64, Duration)>,
+    ) {
+        let kind = if self.suspends { "pin" } else { "recovery" };
+        let who = if scope == "ip" { ip } else { sub };
+        let value = serde_json::json!({
+            "scope": scope,
+            "kind": kind,
+            "sub": (scope != "ip").then_some(sub),
+            "ip": (scope == "ip").then_some(ip),
+            "until": until.map(|(u, _)| u),
+            "lock_key": k.lock,
+        });
+        let _ = self
+            .store
+            .register(
+                "",
+                LOCKS,
+                &lock_member(scope, kind, who),
+                value.to_string().as_bytes(),
+                until.map(|(_, d)| d),
+            )
+            .await;
+    }
+
     /// Start a lock of `d` on scope `k`, unless one holds already. Returns
     /// the lock that holds, and whether this call started it. The lock is
     /// written before the window's counters go, so a guess counted in
@@ -333,6 +428,7 @@ impl<'a> Attempt<'a> {
         }
         s.delete(&k.slots).await?;
         s.delete(&k.failures).await?;
+        self.note(k, scope, sub, ip, Some((until, d))).await;
         metrics::LOCKOUTS.with_label_values(&[scope]).inc();
         crate::util::audit::event("lockout", sub, ip, scope);
         tracing::info!(target: "stepgate", user = sub, ip, scope, seconds = d.as_secs(), "lockout started");

@@ -20,6 +20,7 @@ pub enum Action {
     RemovePin(String),
     Revoke(String),
     UnlockIp(String),
+    Locks,
 }
 
 fn who() -> String {
@@ -103,6 +104,14 @@ pub fn run(
                     serde_json::json!({"IsPosted": true}),
                 ))
             }
+            Action::Locks => {
+                let list = admin::locks(&gate).await.map_err(failed)?;
+                Ok(if json {
+                    serde_json::to_string_pretty(&locks_json(&list)).unwrap_or_default()
+                } else {
+                    describe_locks(&list)
+                })
+            }
             Action::UnlockIp(ip) => {
                 admin::unlock_ip(&gate, &ip, &who).await.map_err(failed)?;
                 Ok(say(
@@ -113,6 +122,55 @@ pub fn run(
             }
         }
     })
+}
+
+/// `admin locks --json` and `GET /manage/locks`: times as RFC 3339.
+pub fn locks_json(list: &[crate::flows::lockout::LockInfo]) -> serde_json::Value {
+    serde_json::Value::Array(
+        list.iter()
+            .map(|l| {
+                let mut v = serde_json::to_value(l).unwrap_or_default();
+                if let Some(t) = l.locked_until {
+                    v["LockedUntil"] = serde_json::json!(crate::web::respond::rfc3339(t));
+                }
+                v
+            })
+            .collect(),
+    )
+}
+
+/// `admin locks` for people: one line per lock.
+pub fn describe_locks(list: &[crate::flows::lockout::LockInfo]) -> String {
+    if list.is_empty() {
+        return "no locks in force".into();
+    }
+    let mut out = vec![format!("{} lock(s) in force:", list.len())];
+    for l in &list[..] {
+        let who = match (&l.uid, &l.ip) {
+            (Some(u), _) => format!("user {u}"),
+            (None, Some(ip)) => format!("address {ip}"),
+            _ => "?".into(),
+        };
+        let what = if l.kind == "pin" {
+            "PIN and email codes"
+        } else {
+            "PIN recovery"
+        };
+        let state = match (l.suspended, l.locked_until) {
+            (true, _) => "SUSPENDED until unlocked".to_string(),
+            (false, Some(t)) => format!("locked until {}", human_time(t)),
+            (false, None) => "locked".into(),
+        };
+        let fix = match &l.uid {
+            Some(u) => format!("stepgate admin user unlock {u}"),
+            None => format!(
+                "stepgate admin unlock --ip {}",
+                l.ip.as_deref().unwrap_or("")
+            ),
+        };
+        out.push(format!("  {who}: {what} {state} (lift: {fix})"));
+    }
+    out.join("\n")
 }
 
 fn say(json: bool, text: &str, body: serde_json::Value) -> String {

@@ -110,6 +110,38 @@ pub trait Store: Send + Sync {
             })
             .collect())
     }
+    /// A small index every gateway shares, for what admins list (locks):
+    /// `member` → `value` in the registry `name`, ending after `ttl` (or
+    /// kept). Not the truth of anything: listings check what they show.
+    async fn register(
+        &self,
+        prefix: &str,
+        name: &str,
+        member: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        self.put(&format!("{prefix}registry:{name}:{member}"), value, ttl)
+            .await
+    }
+    async fn unregister(&self, prefix: &str, name: &str, member: &str) -> Result<(), StoreError> {
+        self.delete(&format!("{prefix}registry:{name}:{member}"))
+            .await
+    }
+    /// The live members of registry `name`, with their values.
+    async fn registry(
+        &self,
+        prefix: &str,
+        name: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let p = format!("{prefix}registry:{name}:");
+        Ok(self
+            .entries()
+            .await?
+            .into_iter()
+            .filter_map(|(k, v, _)| k.strip_prefix(&p).map(|m| (m.to_string(), v)))
+            .collect())
+    }
     /// Call `f` for invalidations other gateways record (stores shared by
     /// several gateways push them; a single-process store has nothing to push).
     fn watch_revocations(&self, _prefix: &str, _f: crate::store::OnRevoke) {}
@@ -316,6 +348,29 @@ impl Store for Bounded {
     }
     fn watch_revocations(&self, _prefix: &str, f: crate::store::OnRevoke) {
         self.inner.watch_revocations(&self.prefix, f)
+    }
+    async fn register(
+        &self,
+        _prefix: &str,
+        name: &str,
+        member: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        bounded!(
+            self,
+            self.inner.register(&self.prefix, name, member, value, ttl)
+        )
+    }
+    async fn unregister(&self, _prefix: &str, name: &str, member: &str) -> Result<(), StoreError> {
+        bounded!(self, self.inner.unregister(&self.prefix, name, member))
+    }
+    async fn registry(
+        &self,
+        _prefix: &str,
+        name: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        bounded!(self, self.inner.registry(&self.prefix, name))
     }
     async fn sweep(&self) -> Result<usize, StoreError> {
         self.inner.sweep().await

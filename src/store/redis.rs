@@ -268,6 +268,52 @@ impl Store for RedisStore {
         };
         with_conn!(self, |c| c.publish::<_, _, ()>(&name, message).await)
     }
+    /// A hash of members and a sorted set of their ends (the hash's name is
+    /// its own hash tag, so both live on one Cluster slot).
+    async fn register(
+        &self,
+        prefix: &str,
+        name: &str,
+        member: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let key = format!("{prefix}registry:{name}");
+        with_conn!(self, |c| c.hset::<_, _, _, ()>(&key, member, value).await)?;
+        match ttl {
+            Some(t) => {
+                let end = (now_ms() + ms(t)) as f64;
+                with_conn!(self, |c| c
+                    .zadd::<_, _, _, ()>(expiry_set(&key), member, end)
+                    .await)
+            }
+            None => with_conn!(self, |c| c.zrem::<_, _, ()>(expiry_set(&key), member).await),
+        }
+    }
+    async fn unregister(&self, prefix: &str, name: &str, member: &str) -> Result<(), StoreError> {
+        let key = format!("{prefix}registry:{name}");
+        with_conn!(self, |c| c.hdel::<_, _, ()>(&key, member).await)?;
+        with_conn!(self, |c| c.zrem::<_, _, ()>(expiry_set(&key), member).await)
+    }
+    async fn registry(
+        &self,
+        prefix: &str,
+        name: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let key = format!("{prefix}registry:{name}");
+        let now = now_ms() as f64;
+        let ended = with_conn!(self, |c| c
+            .zrangebyscore::<_, _, _, Vec<String>>(expiry_set(&key), "-inf", now)
+            .await)?;
+        for m in &ended {
+            let _ = self.unregister(prefix, name, m).await;
+        }
+        let all = with_conn!(self, |c| c.hgetall::<_, Vec<(String, Vec<u8>)>>(&key).await)?;
+        Ok(all
+            .into_iter()
+            .filter(|(m, _)| !ended.contains(m))
+            .collect())
+    }
     async fn revocations(&self, prefix: &str) -> Result<Vec<Revocation>, StoreError> {
         let name = format!("{prefix}revocations");
         let all = with_conn!(self, |c| c.hgetall::<_, Vec<(String, i64)>>(&name).await)?;

@@ -96,6 +96,12 @@ pub async fn route(gate: &Gate, req: &Req<'_>, route: &str) -> Reply {
             _ => error(404, 901, "Not found", "No such API endpoint."),
         };
     }
+    if route == "/manage/locks" {
+        return match req.method {
+            "GET" => locks(gate, req).await,
+            _ => error(405, 901, "Method not allowed", "Use GET."),
+        };
+    }
     if route == "/stepup/validate" {
         return match req.method {
             "POST" => validate(gate, req),
@@ -341,6 +347,17 @@ async fn show_account(gate: &Gate, req: &Req<'_>, uid: &str) -> Reply {
             }
             Reply::json(200, &v)
         }
+        Err(e) => flow_error(e),
+    }
+}
+
+/// Every lock and suspension in force, for a helpdesk.
+async fn locks(gate: &Gate, req: &Req<'_>) -> Reply {
+    if let Err(r) = check_api_secret(gate, req) {
+        return r;
+    }
+    match crate::flows::admin::locks(gate).await {
+        Ok(list) => Reply::json(200, &crate::runtime::admin::locks_json(&list)),
         Err(e) => flow_error(e),
     }
 }

@@ -24,6 +24,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/manage/account/{uid}/unlock"),
     ("GET", "/manage/account/{uid}"),
     ("DELETE", "/manage/account/{uid}/pin"),
+    ("GET", "/manage/locks"),
     ("PUT", "/pin/change"),
     ("POST", "/pin/forgot/email"),
     ("POST", "/pin/forgot/username"),
