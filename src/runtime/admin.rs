@@ -145,7 +145,7 @@ pub fn describe_locks(list: &[crate::flows::lockout::LockInfo]) -> String {
         return "no locks in force".into();
     }
     let mut out = vec![format!("{} lock(s) in force:", list.len())];
-    for l in &list[..] {
+    for l in list {
         let who = match (&l.uid, &l.ip) {
             (Some(u), _) => format!("user {u}"),
             (None, Some(ip)) => format!("address {ip}"),
