@@ -9,8 +9,47 @@ use std::time::Duration;
 use bytes::Bytes;
 use pingora::prelude::*;
 
+use crate::auth::binding::{self, Values};
+use crate::auth::principal::Principal;
 use crate::edge::header;
-use crate::reply::Resend;
+use crate::flows::kept;
+use crate::gate::Gate;
+use crate::reply::{Reply, Resend};
+use crate::request::CanonicalRequest;
+use crate::util::{clock, metrics};
+use crate::web::replies::{self, Keeping};
+
+/// What one request's body became, kept in its context.
+#[derive(Default)]
+pub struct Held {
+    /// The body as stepgate read it (a bound rule, a form's `_method`
+    /// check) or put in place (a replayed kept request): exactly what goes
+    /// upstream, through `request_body_filter`.
+    pub body: Option<Bytes>,
+    /// A bound rule's values in this request (`step_up.bind`).
+    pub bound: Option<Values>,
+    /// A kept request being replayed: taken from the store when forwarded.
+    pub kept_id: Option<String>,
+    /// `Set-Cookie` of the step-up that finished a kept request, sent with
+    /// the application's answer to it.
+    pub response_cookies: Vec<String>,
+}
+
+impl Held {
+    /// Replaying `r`: its body goes upstream, its id is taken when
+    /// forwarded, the step-up's cookies go with the answer. The step-up
+    /// token to judge the request with.
+    pub fn replaying(&mut self, r: Resend, headers: Vec<(&'static str, String)>) -> String {
+        self.body = Some(r.body);
+        self.kept_id = Some(r.kept_id);
+        self.response_cookies = headers
+            .into_iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+            .map(|(_, v)| v)
+            .collect();
+        r.stepup_token
+    }
+}
 
 pub enum Read {
     /// The whole body.
@@ -80,4 +119,159 @@ pub fn rewrite(session: &mut Session, r: &Resend) -> Result<()> {
     }
     req.insert_header("Content-Length", r.body.len().to_string())?;
     Ok(())
+}
+
+/// Whether a form POST carries a method override (`_method`, in any case),
+/// reading its body (at most `kept::MAX_BODY`; it is forwarded as read).
+/// None: it cannot tell (a multipart body, a larger one, `_method` in the
+/// query), and the request stays judged as every method it could become.
+pub async fn form_overrides(
+    session: &mut Session,
+    gate: &Gate,
+    held: &mut Held,
+    canon: &CanonicalRequest,
+) -> Result<Option<bool>> {
+    let in_query = canon.query.as_deref().is_some_and(|q| {
+        form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k.eq_ignore_ascii_case("_method"))
+    });
+    if in_query || !binding::is_form(header(session.req_header(), "content-type")) {
+        return Ok(None);
+    }
+    let body = match held.body.clone() {
+        Some(b) => b,
+        None if !has_body(session) => bytes::Bytes::new(),
+        None => {
+            let declared = header(session.req_header(), "content-length")
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if declared.is_none_or(|n| n > kept::MAX_BODY) {
+                return Ok(None);
+            }
+            match read_body(session, kept::MAX_BODY, gate.settings.reserved_body_timeout).await? {
+                Read::Full(b) => {
+                    held.body = Some(b.clone());
+                    b
+                }
+                _ => return Ok(None),
+            }
+        }
+    };
+    Ok(Some(
+        form_urlencoded::parse(&body).any(|(k, _)| k.trim().eq_ignore_ascii_case("_method")),
+    ))
+}
+
+/// The digest of a bound rule's values in this request, its body read
+/// whole first (`kept::MAX_BODY` at most: a bound request that is larger
+/// cannot be judged, and is refused).
+pub async fn bound_digest(
+    session: &mut Session,
+    gate: &Gate,
+    held: &mut Held,
+    canon: &CanonicalRequest,
+    fields: &[String],
+    html: bool,
+) -> Result<std::result::Result<String, Reply>> {
+    let body = match held.body.clone() {
+        Some(b) => b,
+        None if !has_body(session) => bytes::Bytes::new(),
+        None => {
+            match read_body(session, kept::MAX_BODY, gate.settings.reserved_body_timeout).await? {
+                Read::Full(b) => {
+                    held.body = Some(b.clone());
+                    b
+                }
+                Read::TooLarge => {
+                    return Ok(Err(replies::binding_refused(
+                        gate,
+                        html,
+                        "its body is larger than 64 KiB",
+                    )));
+                }
+                Read::Slow => {
+                    return Ok(Err(replies::binding_refused(
+                        gate,
+                        html,
+                        "its body did not arrive in time",
+                    )));
+                }
+            }
+        }
+    };
+    let query = canon.query.clone();
+    let ct = header(session.req_header(), "content-type");
+    match binding::values(fields, query.as_deref(), ct, &body) {
+        Ok(v) => {
+            let d = binding::digest(&v);
+            held.bound = Some(v);
+            Ok(Ok(d))
+        }
+        Err(e) => Ok(Err(replies::binding_refused(gate, html, &e.to_string()))),
+    }
+}
+
+/// A browser's request that needs a step-up and has a body: kept (a form
+/// or JSON body of at most 64 KiB) so it reaches the application after the
+/// step-up, or not, and the pages say it must be sent again.
+pub async fn keep(
+    session: &mut Session,
+    gate: &Gate,
+    held: &Held,
+    canon: &CanonicalRequest,
+    host: &str,
+    principal: &Principal,
+) -> Result<Keeping> {
+    if matches!(canon.method.as_str(), "GET" | "HEAD" | "OPTIONS") {
+        return Ok(Keeping::Nothing);
+    }
+    let method = canon.method.clone();
+    let ct = header(session.req_header(), "content-type").map(str::to_string);
+    let body = match held.body.clone() {
+        Some(b) => b,
+        None if !has_body(session) => return Ok(Keeping::Nothing),
+        None => {
+            match read_body(session, kept::MAX_BODY, gate.settings.reserved_body_timeout).await? {
+                Read::Full(b) => b,
+                Read::TooLarge => return Ok(not_kept("large")),
+                Read::Slow => return Ok(not_kept("slow")),
+            }
+        }
+    };
+    if body.is_empty() {
+        return Ok(Keeping::Nothing);
+    }
+    if kept::keepable(ct.as_deref(), body.len()).is_err() {
+        return Ok(not_kept(if body.len() > kept::MAX_BODY {
+            "large"
+        } else {
+            "upload"
+        }));
+    }
+    let Ok(target) = std::str::from_utf8(session.req_header().raw_path()).map(str::to_string)
+    else {
+        return Ok(not_kept("upload"));
+    };
+    let k = kept::Kept {
+        method,
+        target,
+        host: host.to_string(),
+        content_type: ct,
+        body: body.to_vec(),
+        sub: principal.sub.clone(),
+        ssn: crate::auth::tokens::session_hash(principal),
+        created_ms: clock::now_ms(),
+    };
+    Ok(match kept::keep(gate, &k).await {
+        Ok(id) => {
+            metrics::KEPT.with_label_values(&["kept"]).inc();
+            Keeping::Kept(id)
+        }
+        Err(crate::flows::error::FlowError::SendLimit { .. }) => not_kept("many"),
+        Err(_) => not_kept("store"),
+    })
+}
+
+/// Not kept, and why (for the page).
+pub fn not_kept(why: &'static str) -> Keeping {
+    metrics::KEPT.with_label_values(&["not_kept"]).inc();
+    Keeping::NotKept(why)
 }

@@ -49,21 +49,9 @@ pub struct Ctx {
     /// Host name for logs and upstream choice (empty until parsed).
     host: String,
     started: Option<Instant>,
-    /// The request body as stepgate read it (a bound rule) or put in place
-    /// (a replayed kept request): exactly what goes upstream.
-    body: Option<bytes::Bytes>,
-    /// A bound rule's values in this request (`step_up.bind`).
-    bound: Option<crate::auth::binding::Values>,
-    /// A kept request being replayed: taken from the store when forwarded.
-    kept_id: Option<String>,
-    /// `Set-Cookie` of the step-up that finished a kept request, sent with
-    /// the application's answer to it.
-    response_cookies: Vec<String>,
-}
-
-fn not_kept(why: &'static str) -> replies::Keeping {
-    metrics::KEPT.with_label_values(&["not_kept"]).inc();
-    replies::Keeping::NotKept(why)
+    /// The body stepgate read or put in place, what it found in it, a kept
+    /// request being replayed.
+    held: hold::Held,
 }
 
 /// Write a reply stepgate made itself, with Content-Length so keep-alive
@@ -195,7 +183,7 @@ async fn judge<'g>(
     // A form POST is judged as every method `_method` could make it; when
     // that is stricter, the form itself says whether it carries one.
     if edge.overridable && !matches!(m.require, crate::policy::Require::None) {
-        if let Some(overrides) = form_overrides(session, gate, ctx).await? {
+        if let Some(overrides) = hold::form_overrides(session, gate, &mut ctx.held, canon).await? {
             if !overrides {
                 let canon = ctx.canon.as_ref().expect("parsed");
                 m = gate
@@ -206,9 +194,15 @@ async fn judge<'g>(
     }
     let bound = match m.require {
         crate::policy::Require::StepUp(s) if s.is_bound() => {
-            match bound_digest(session, gate, ctx, &s.bind, edge.html).await? {
+            let canon = ctx.canon.as_ref().expect("parsed");
+            match hold::bound_digest(session, gate, &mut ctx.held, canon, &s.bind, edge.html)
+                .await?
+            {
                 Ok(d) => Some(d),
-                Err(reply) => return Ok(Err(reply)),
+                Err(reply) => {
+                    ctx.label = "bad_request";
+                    return Ok(Err(reply));
+                }
             }
         }
         _ => None,
@@ -231,107 +225,6 @@ async fn judge<'g>(
         now,
         &|sub| gate.revocations.revoked_before(sub),
     )))
-}
-
-/// Whether a form POST carries a method override (`_method`, in any case),
-/// reading its body (at most `kept::MAX_BODY`; it is forwarded as read).
-/// None: it cannot tell (a multipart body, a larger one, `_method` in the
-/// query), and the request stays judged as every method it could become.
-async fn form_overrides(session: &mut Session, gate: &Gate, ctx: &mut Ctx) -> Result<Option<bool>> {
-    let Some(canon) = ctx.canon.as_ref() else {
-        return Ok(None);
-    };
-    let in_query = canon.query.as_deref().is_some_and(|q| {
-        form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k.eq_ignore_ascii_case("_method"))
-    });
-    if in_query || !crate::auth::binding::is_form(header(session.req_header(), "content-type")) {
-        return Ok(None);
-    }
-    let body = match ctx.body.clone() {
-        Some(b) => b,
-        None if !hold::has_body(session) => bytes::Bytes::new(),
-        None => {
-            let declared = header(session.req_header(), "content-length")
-                .and_then(|v| v.trim().parse::<usize>().ok());
-            if declared.is_none_or(|n| n > crate::flows::kept::MAX_BODY) {
-                return Ok(None);
-            }
-            match hold::read_body(
-                session,
-                crate::flows::kept::MAX_BODY,
-                gate.settings.reserved_body_timeout,
-            )
-            .await?
-            {
-                hold::Read::Full(b) => {
-                    ctx.body = Some(b.clone());
-                    b
-                }
-                _ => return Ok(None),
-            }
-        }
-    };
-    Ok(Some(
-        form_urlencoded::parse(&body).any(|(k, _)| k.trim().eq_ignore_ascii_case("_method")),
-    ))
-}
-
-/// The digest of a bound rule's values in this request, its body read
-/// whole first (`kept::MAX_BODY` at most: a bound request that is larger
-/// cannot be judged, and is refused).
-async fn bound_digest(
-    session: &mut Session,
-    gate: &Gate,
-    ctx: &mut Ctx,
-    fields: &[String],
-    html: bool,
-) -> Result<std::result::Result<String, Reply>> {
-    use crate::auth::binding;
-    let body = match ctx.body.clone() {
-        Some(b) => b,
-        None if !hold::has_body(session) => bytes::Bytes::new(),
-        None => match hold::read_body(
-            session,
-            crate::flows::kept::MAX_BODY,
-            gate.settings.reserved_body_timeout,
-        )
-        .await?
-        {
-            hold::Read::Full(b) => {
-                ctx.body = Some(b.clone());
-                b
-            }
-            hold::Read::TooLarge => {
-                ctx.label = "bad_request";
-                return Ok(Err(replies::binding_refused(
-                    gate,
-                    html,
-                    "its body is larger than 64 KiB",
-                )));
-            }
-            hold::Read::Slow => {
-                ctx.label = "bad_request";
-                return Ok(Err(replies::binding_refused(
-                    gate,
-                    html,
-                    "its body did not arrive in time",
-                )));
-            }
-        },
-    };
-    let query = ctx.canon.as_ref().and_then(|c| c.query.clone());
-    let ct = header(session.req_header(), "content-type");
-    match binding::values(fields, query.as_deref(), ct, &body) {
-        Ok(v) => {
-            let d = binding::digest(&v);
-            ctx.bound = Some(v);
-            Ok(Ok(d))
-        }
-        Err(e) => {
-            ctx.label = "bad_request";
-            Ok(Err(replies::binding_refused(gate, html, &e.to_string())))
-        }
-    }
 }
 
 /// Step 5 for a request that is not forwarded: the page or JSON that says
@@ -382,7 +275,7 @@ fn answer(
             let f = replies::ForRequest {
                 method,
                 keeping,
-                binding: ctx.bound.as_ref(),
+                binding: ctx.held.bound.as_ref(),
             };
             replies::stepup(edge.html, &edge.return_to, step_up, reason, &f)
         }
@@ -444,7 +337,7 @@ impl Proxy {
                         let f = replies::ForRequest {
                             method: &canon.method,
                             keeping: &replies::Keeping::Nothing,
-                            binding: ctx.bound.as_ref(),
+                            binding: ctx.held.bound.as_ref(),
                         };
                         return Some(replies::stepup(
                             edge.html,
@@ -469,7 +362,7 @@ impl Proxy {
             return reply;
         }
         // A kept request goes upstream once, whichever gateway replays it.
-        if let (Some(id), Some(p)) = (ctx.kept_id.clone(), principal) {
+        if let (Some(id), Some(p)) = (ctx.held.kept_id.clone(), principal) {
             match crate::flows::kept::take(gate, &id, p).await {
                 Ok(_) => {
                     metrics::KEPT.with_label_values(&["replayed"]).inc();
@@ -483,77 +376,6 @@ impl Proxy {
             }
         }
         None
-    }
-
-    /// A browser's request that needs a step-up and has a body: kept (a
-    /// form or JSON body of at most 64 KiB) so it reaches the application
-    /// after the step-up, or not, and the pages say it must be sent again.
-    async fn keep(
-        &self,
-        session: &mut Session,
-        gate: &Gate,
-        ctx: &mut Ctx,
-        edge: &Edge,
-        decision: &Decision<'_>,
-    ) -> Result<replies::Keeping> {
-        use crate::flows::kept;
-        use replies::Keeping;
-        let Decision::StepUp { principal, .. } = decision else {
-            return Ok(Keeping::Nothing);
-        };
-        let Some(canon) = ctx.canon.as_ref() else {
-            return Ok(Keeping::Nothing);
-        };
-        if !edge.html || matches!(canon.method.as_str(), "GET" | "HEAD" | "OPTIONS") {
-            return Ok(Keeping::Nothing);
-        }
-        let method = canon.method.clone();
-        let ct = header(session.req_header(), "content-type").map(str::to_string);
-        let body = match ctx.body.clone() {
-            Some(b) => b,
-            None if !hold::has_body(session) => return Ok(Keeping::Nothing),
-            None => {
-                match hold::read_body(session, kept::MAX_BODY, gate.settings.reserved_body_timeout)
-                    .await?
-                {
-                    hold::Read::Full(b) => b,
-                    hold::Read::TooLarge => return Ok(not_kept("large")),
-                    hold::Read::Slow => return Ok(not_kept("slow")),
-                }
-            }
-        };
-        if body.is_empty() {
-            return Ok(Keeping::Nothing);
-        }
-        if kept::keepable(ct.as_deref(), body.len()).is_err() {
-            return Ok(not_kept(if body.len() > kept::MAX_BODY {
-                "large"
-            } else {
-                "upload"
-            }));
-        }
-        let Ok(target) = std::str::from_utf8(session.req_header().raw_path()).map(str::to_string)
-        else {
-            return Ok(not_kept("upload"));
-        };
-        let k = kept::Kept {
-            method,
-            target,
-            host: ctx.host.clone(),
-            content_type: ct,
-            body: body.to_vec(),
-            sub: principal.sub.clone(),
-            ssn: crate::auth::tokens::session_hash(principal),
-            created_ms: clock::now_ms(),
-        };
-        Ok(match kept::keep(gate, &k).await {
-            Ok(id) => {
-                metrics::KEPT.with_label_values(&["kept"]).inc();
-                Keeping::Kept(id)
-            }
-            Err(crate::flows::error::FlowError::SendLimit { .. }) => not_kept("many"),
-            Err(_) => not_kept("store"),
-        })
     }
 
     /// The step-up POST becomes the kept request it finished: rewritten,
@@ -574,13 +396,7 @@ impl Proxy {
                 "/",
             ));
         }
-        ctx.body = Some(r.body);
-        ctx.kept_id = Some(r.kept_id);
-        ctx.response_cookies = headers
-            .into_iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
-            .map(|(_, v)| v)
-            .collect();
+        let token = ctx.held.replaying(r, headers);
         let (canon, mut edge) = edge::read(gate, session, ctx.peer_trusted, &ctx.client_ip)
             .map_err(|refused| refused.reply)?;
         if edge.reserved {
@@ -593,7 +409,7 @@ impl Proxy {
         ctx.host = canon.host.name().to_string();
         ctx.canon = Some(canon);
         (ctx.strip_bearer, ctx.strip_ff_cookie) = (edge.strip_bearer, edge.strip_ff_cookie);
-        edge.stepup_token = Some(r.stepup_token);
+        edge.stepup_token = Some(token);
         Ok(edge)
     }
 
@@ -710,7 +526,12 @@ impl ProxyHttp for Proxy {
                 }
             }
             other => {
-                let keeping = self.keep(session, &gate, ctx, &edge, &other).await?;
+                let keeping = match (&other, ctx.canon.as_ref()) {
+                    (Decision::StepUp { principal, .. }, Some(canon)) if edge.html => {
+                        hold::keep(session, &gate, &ctx.held, canon, &ctx.host, principal).await?
+                    }
+                    _ => replies::Keeping::Nothing,
+                };
                 answer(&gate, ctx, &edge, other, now, &keeping)
             }
         };
@@ -771,9 +592,9 @@ impl ProxyHttp for Proxy {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if ctx.body.is_some() {
+        if ctx.held.body.is_some() {
             *body = match end_of_stream {
-                true => ctx.body.take(),
+                true => ctx.held.body.take(),
                 false => Some(bytes::Bytes::new()),
             };
         }
@@ -786,7 +607,7 @@ impl ProxyHttp for Proxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        for c in std::mem::take(&mut ctx.response_cookies) {
+        for c in std::mem::take(&mut ctx.held.response_cookies) {
             resp.append_header("Set-Cookie", c)?;
         }
         if !resp.headers.contains_key("x-request-id") {
@@ -925,6 +746,7 @@ fn assertion(gate: &Gate, up: &RequestHeader, ctx: &Ctx, p: &Principal) -> Strin
                 digest: &t.d,
                 fields: &t.f,
                 values: ctx
+                    .held
                     .bound
                     .iter()
                     .flatten()

@@ -107,7 +107,8 @@ pub fn run(
             Action::Locks => {
                 let list = admin::locks(&gate).await.map_err(failed)?;
                 Ok(if json {
-                    serde_json::to_string_pretty(&locks_json(&list)).unwrap_or_default()
+                    serde_json::to_string_pretty(&crate::web::api::locks_json(&list))
+                        .unwrap_or_default()
                 } else {
                     describe_locks(&list)
                 })
@@ -122,21 +123,6 @@ pub fn run(
             }
         }
     })
-}
-
-/// `admin locks --json` and `GET /manage/locks`: times as RFC 3339.
-pub fn locks_json(list: &[crate::flows::lockout::LockInfo]) -> serde_json::Value {
-    serde_json::Value::Array(
-        list.iter()
-            .map(|l| {
-                let mut v = serde_json::to_value(l).unwrap_or_default();
-                if let Some(t) = l.locked_until {
-                    v["LockedUntil"] = serde_json::json!(crate::web::respond::rfc3339(t));
-                }
-                v
-            })
-            .collect(),
-    )
 }
 
 /// `admin locks` for people: one line per lock.

@@ -351,13 +351,28 @@ async fn show_account(gate: &Gate, req: &Req<'_>, uid: &str) -> Reply {
     }
 }
 
+/// `admin locks --json` and `GET /manage/locks`: times as RFC 3339.
+pub fn locks_json(list: &[crate::flows::lockout::LockInfo]) -> serde_json::Value {
+    serde_json::Value::Array(
+        list.iter()
+            .map(|l| {
+                let mut v = serde_json::to_value(l).unwrap_or_default();
+                if let Some(t) = l.locked_until {
+                    v["LockedUntil"] = serde_json::json!(rfc3339(t));
+                }
+                v
+            })
+            .collect(),
+    )
+}
+
 /// Every lock and suspension in force, for a helpdesk.
 async fn locks(gate: &Gate, req: &Req<'_>) -> Reply {
     if let Err(r) = check_api_secret(gate, req) {
         return r;
     }
     match crate::flows::admin::locks(gate).await {
-        Ok(list) => Reply::json(200, &crate::runtime::admin::locks_json(&list)),
+        Ok(list) => Reply::json(200, &locks_json(&list)),
         Err(e) => flow_error(e),
     }
 }
