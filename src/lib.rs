@@ -4,13 +4,14 @@
 //!
 //! Layers, lowest first (a module imports only from layers below it):
 //! `util` · `reply` · `config` · `policy` · `request` · `store` · `auth` · `outbound`
-//! · `templates` · `flows` · `gate` · `web` · `edge` · `hold` · `proxy` · `runtime`.
+//! · `templates` · `flows` · `gate` · `web` · `edge` · `hold` · `forward` · `proxy` · `runtime`.
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod config;
 pub mod edge;
 pub mod flows;
+pub mod forward;
 pub mod gate;
 pub mod hold;
 pub mod outbound;

@@ -3,7 +3,6 @@
 //! `/.stepgate/`, decide, forward with injected headers. No policy logic,
 //! token parsing or HTML lives here.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,7 +14,8 @@ use pingora::proxy::FailToProxy;
 use crate::auth::decision::{decide_matched, needs_user, Decision, StepUpReason};
 use crate::auth::principal::{AuthError, Principal};
 use crate::auth::tokens::StepUpClaims;
-use crate::edge::{self, header, strip_cookies, Edge};
+use crate::edge::{self, header, Edge};
+use crate::forward;
 use crate::gate::{Gate, Shared};
 use crate::hold;
 use crate::reply::Reply;
@@ -558,29 +558,22 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let gate = ctx.gate.clone().unwrap_or_else(|| self.shared.load());
-        let h = &gate.settings.headers;
-        // Every forwarded request says which rule let it through.
-        up.insert_header(h.rule.clone(), ctx.rule.as_str())?;
-        if let Some(p) = &ctx.principal {
-            up.insert_header(h.user.clone(), p.sub.as_str())?;
-            if let Some(e) = &p.email {
-                up.insert_header(h.email.clone(), e.as_str())?;
-            }
-        }
-        if let Some(s) = &ctx.step_up {
-            if let Some(amr) = s.amr.first() {
-                up.insert_header(h.amr.clone(), amr.as_str())?;
-            }
-            up.insert_header(h.auth_time.clone(), s.auth_time.to_string())?;
-        }
-        hop_headers(&gate, session, up, ctx)?;
-        // The step-up token is stepgate's; the app never needs to see it.
-        strip_cookies(up, &crate::reply::OwnCookie::EVERY_NAME);
-        if let Some(p) = &ctx.principal {
-            let token = assertion(&gate, up, ctx, p);
-            up.insert_header(h.assertion.clone(), token)?;
-        }
-        Ok(())
+        let f = forward::Forwarding {
+            rule: &ctx.rule,
+            principal: ctx.principal.as_ref(),
+            step_up: ctx.step_up.as_ref(),
+            bound: ctx.held.bound.as_ref(),
+            authority: ctx
+                .canon
+                .as_ref()
+                .map(|c| c.host.authority())
+                .unwrap_or_default(),
+            client_ip: &ctx.client_ip,
+            peer_trusted: ctx.peer_trusted,
+            strip_bearer: ctx.strip_bearer,
+            strip_ff_cookie: ctx.strip_ff_cookie,
+        };
+        forward::upstream_request(&gate, session, up, &f)
     }
 
     /// What stepgate read (a bound rule's body) or put in place (a kept
@@ -719,100 +712,6 @@ impl ProxyHttp for Proxy {
             latency_ms,
         );
     }
-}
-
-/// The signed assertion, over what the upstream actually receives.
-fn assertion(gate: &Gate, up: &RequestHeader, ctx: &Ctx, p: &Principal) -> String {
-    let su = ctx.step_up.as_ref();
-    let claims = crate::auth::assertion::Claims {
-        sub: &p.sub,
-        email: p.email.as_deref(),
-        amr: su
-            .map(|s| s.amr.iter().map(String::as_str).collect())
-            .unwrap_or_default(),
-        acr: if su.is_some() {
-            "urn:stepgate:acr:step-up"
-        } else {
-            "urn:stepgate:acr:login"
-        },
-        auth_time: su.map(|s| s.auth_time).or(p.login_time),
-        rule: &ctx.rule,
-        ff: p.source,
-        method: up.method.as_str(),
-        path: up.uri.path(),
-        txn: su
-            .and_then(|s| s.txn.as_ref())
-            .map(|t| crate::auth::assertion::AssertedTxn {
-                digest: &t.d,
-                fields: &t.f,
-                values: ctx
-                    .held
-                    .bound
-                    .iter()
-                    .flatten()
-                    .map(|(k, v)| (k.as_str(), v.as_deref()))
-                    .collect(),
-            }),
-        session: &p.session,
-    };
-    gate.assertion.sign(&claims, clock::now())
-}
-
-/// `X-Forwarded-*` and `Forwarded` (RFC 7239): believed from trusted
-/// proxies only, else replaced; the credential that was not judged goes.
-fn hop_headers(gate: &Gate, session: &Session, up: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
-    // X-Forwarded-*: believed from trusted proxies only, else replaced.
-    let xff = match (
-        ctx.peer_trusted,
-        header(session.req_header(), "x-forwarded-for"),
-    ) {
-        (true, Some(prev)) => format!(
-            "{prev}, {}",
-            session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip().to_string())
-                .unwrap_or_default()
-        ),
-        _ => ctx.client_ip.clone(),
-    };
-    up.insert_header("X-Forwarded-For", xff)?;
-    let proto = if gate.settings.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    if !(ctx.peer_trusted && up.headers.contains_key("x-forwarded-proto")) {
-        up.insert_header("X-Forwarded-Proto", proto)?;
-    }
-    // The host is the canonical one (the request's Host was rewritten
-    // to it)
-    let authority = ctx
-        .canon
-        .as_ref()
-        .map(|c| c.host.authority())
-        .unwrap_or_default();
-    // (a trusted proxy's X-Forwarded-Host was judged: it is this one).
-    up.insert_header("X-Forwarded-Host", authority.as_str())?;
-    if ctx.strip_bearer {
-        up.remove_header("authorization");
-    }
-    if ctx.strip_ff_cookie {
-        strip_cookies(up, &[gate.settings.first_factor.cookie.as_str()]);
-    }
-    // RFC 7239, stepgate's own hop appended to a trusted proxy's.
-    let node = match ctx.client_ip.parse::<IpAddr>() {
-        Ok(IpAddr::V6(ip)) => format!("\"[{ip}]\""),
-        Ok(ip) => ip.to_string(),
-        Err(_) => "unknown".to_string(),
-    };
-    let hop = format!("for={node};host=\"{authority}\";proto={proto}");
-    let forwarded = match (ctx.peer_trusted, header(up, "forwarded")) {
-        (true, Some(prev)) => format!("{prev}, {hop}"),
-        _ => hop,
-    };
-    up.insert_header("Forwarded", forwarded)?;
-    Ok(())
 }
 
 /// A token named a key we do not know: the IdP may have rotated its keys.

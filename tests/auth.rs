@@ -934,7 +934,8 @@ fn single_use_rule_accepts_a_step_up_token_only_once() {
         .text()
         .unwrap()
         .contains("<code id=\"path\">POST /admin/delete</code>"));
-    assert_browser_challenge(&post(&su, true), "%2Fadmin%2Fdelete");
+    // The challenge knows it is for a POST (its rule's factors are offered).
+    assert_browser_challenge(&post(&su, true), "%2Fadmin%2Fdelete&method=POST");
     assert_api_challenge(post(&su, false), 0);
     // API client: X-Stepgate-Token, with a new step-up.
     let su2 = step_up(&g, &c, &at, false);

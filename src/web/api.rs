@@ -399,6 +399,9 @@ fn validate(gate: &Gate, req: &Req<'_>) -> Reply {
         Ok(m) => m,
         Err(r) => return r,
     };
+    if let Err(r) = string_field(&m, "secondfactorvalidationtoken") {
+        return r;
+    }
     let uid = match m.get("uid") {
         Some(Value::String(u)) => Some(u.clone()),
         Some(_) => {
