@@ -1,7 +1,8 @@
-//! Request bodies stepgate holds: read whole before deciding on a rule that
-//! binds fields (the values judged are the bytes forwarded), kept for a
-//! step-up, or put in place of a step-up's own POST when a kept request is
-//! replayed. Whatever stepgate read goes upstream from `Ctx::body` through
+//! Request bodies stepgate holds: a reserved path's form or JSON (read
+//! whole, bounded in size and time, then answered by `web`), a body read
+//! whole before deciding on a rule that binds fields (the values judged are
+//! the bytes forwarded), kept for a step-up, or put in place of a step-up's
+//! own POST when a kept request is replayed. Whatever stepgate read goes upstream from `Ctx::body` through
 //! `request_body_filter`, never a second reading of the client.
 
 use std::time::Duration;
@@ -15,9 +16,10 @@ use crate::edge::header;
 use crate::flows::kept;
 use crate::gate::Gate;
 use crate::reply::{Reply, Resend};
-use crate::request::CanonicalRequest;
+use crate::request::{CanonicalRequest, Refusal};
 use crate::util::{clock, metrics};
 use crate::web::replies::{self, Keeping};
+use crate::web::{self, MAX_FORM};
 
 /// What one request's body became, kept in its context.
 #[derive(Default)]
@@ -274,4 +276,96 @@ pub async fn keep(
 pub fn not_kept(why: &'static str) -> Keeping {
     metrics::KEPT.with_label_values(&["not_kept"]).inc();
     Keeping::NotKept(why)
+}
+
+/// A request to stepgate's own paths: its body (at most `MAX_FORM`, within
+/// `timeouts.reserved_body`), then the page or API answer.
+pub async fn reserved(
+    session: &mut Session,
+    canon: Option<&CanonicalRequest>,
+    client_ip: &str,
+    gate: &Gate,
+    edge: &crate::edge::Edge,
+) -> Result<Reply> {
+    let stepup_token = edge.stepup_token.clone();
+    let Some(canon) = canon else {
+        return Ok(replies::refusal(gate, Refusal::TargetForm, false));
+    };
+    let (method, match_path, query) = (&canon.method, canon.path.matched(), canon.query.as_deref());
+    let tls = gate.settings.tls.is_some();
+    let declared = header(session.req_header(), "content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = Vec::new();
+    if declared > MAX_FORM {
+        return Ok(replies::too_large(gate, match_path));
+    }
+    // A step-up POST may turn into a kept request (`Reply::resend`): Pingora
+    // then needs what was read to send a body upstream at all.
+    session.enable_retry_buffering();
+    // A body trickled a byte at a time must not hold the
+    // connection: the whole of it within `timeouts.reserved_body`.
+    let read = tokio::time::timeout(gate.settings.reserved_body_timeout, async {
+        while let Some(chunk) = session.read_request_body().await? {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_FORM {
+                return Ok(false);
+            }
+        }
+        Ok::<bool, Box<Error>>(true)
+    })
+    .await;
+    match read {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => return Ok(replies::too_large(gate, match_path)),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            session.set_keepalive(None);
+            let reply = if web::is_api_path(gate, match_path) {
+                crate::web::json::error(
+                    408,
+                    901,
+                    "Request timeout",
+                    "The request body did not arrive in time.",
+                )
+            } else {
+                gate.pages.message(
+                    408,
+                    "Too slow",
+                    "The form did not arrive in time; send it again.",
+                    None,
+                )
+            };
+            return Ok(reply);
+        }
+    }
+    let now = clock::now();
+    let principal = gate.identify(&edge.presented, now).await;
+    let origin = edge.origin.clone();
+    let req = session.req_header();
+    let cookies = req
+        .headers
+        .get_all("cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let r = web::Req {
+        method,
+        path: match_path,
+        query,
+        principal,
+        body: &body,
+        content_type: header(session.req_header(), "content-type"),
+        authorization: header(session.req_header(), "authorization"),
+        client_ip,
+        tls,
+        origin,
+        cookies,
+        user_agent: header(session.req_header(), "user-agent").unwrap_or(""),
+        stepup_token,
+        api_secret_header: header(session.req_header(), "x-loginradius-apisecret"),
+        api_key_header: header(session.req_header(), "x-loginradius-apikey"),
+    };
+    Ok(web::handle(gate, &r).await)
 }

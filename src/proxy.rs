@@ -19,11 +19,11 @@ use crate::forward;
 use crate::gate::{Gate, Shared};
 use crate::hold;
 use crate::reply::Reply;
-use crate::request::{CanonicalRequest, Refusal};
+use crate::request::CanonicalRequest;
 use crate::store::keys;
 use crate::util::clock;
 use crate::util::metrics;
-use crate::web::{self, login_redirect, replies, MAX_FORM};
+use crate::web::{self, login_redirect, replies};
 
 pub struct Proxy {
     pub shared: Arc<Shared>,
@@ -73,92 +73,6 @@ async fn send(session: &mut Session, reply: Reply) -> Result<()> {
         session.write_response_body(Some(reply.body), true).await?;
     }
     Ok(())
-}
-
-/// A request to stepgate's own paths: its body (at most `MAX_FORM`, within
-/// `timeouts.reserved_body`), then the page or API answer.
-async fn reserved(session: &mut Session, ctx: &Ctx, gate: &Gate, edge: &Edge) -> Result<Reply> {
-    let stepup_token = edge.stepup_token.clone();
-    let Some(canon) = ctx.canon.as_ref() else {
-        return Ok(replies::refusal(gate, Refusal::TargetForm, false));
-    };
-    let (method, match_path, query) = (&canon.method, canon.path.matched(), canon.query.as_deref());
-    let tls = gate.settings.tls.is_some();
-    let declared = header(session.req_header(), "content-length")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(0);
-    let mut body = Vec::new();
-    if declared > MAX_FORM {
-        return Ok(replies::too_large(gate, match_path));
-    }
-    // A step-up POST may turn into a kept request (`Reply::resend`): Pingora
-    // then needs what was read to send a body upstream at all.
-    session.enable_retry_buffering();
-    // A body trickled a byte at a time must not hold the
-    // connection: the whole of it within `timeouts.reserved_body`.
-    let read = tokio::time::timeout(gate.settings.reserved_body_timeout, async {
-        while let Some(chunk) = session.read_request_body().await? {
-            body.extend_from_slice(&chunk);
-            if body.len() > MAX_FORM {
-                return Ok(false);
-            }
-        }
-        Ok::<bool, Box<Error>>(true)
-    })
-    .await;
-    match read {
-        Ok(Ok(true)) => {}
-        Ok(Ok(false)) => return Ok(replies::too_large(gate, match_path)),
-        Ok(Err(e)) => return Err(e),
-        Err(_) => {
-            session.set_keepalive(None);
-            let reply = if web::is_api_path(gate, match_path) {
-                crate::web::json::error(
-                    408,
-                    901,
-                    "Request timeout",
-                    "The request body did not arrive in time.",
-                )
-            } else {
-                gate.pages.message(
-                    408,
-                    "Too slow",
-                    "The form did not arrive in time; send it again.",
-                    None,
-                )
-            };
-            return Ok(reply);
-        }
-    }
-    let now = clock::now();
-    let principal = gate.identify(&edge.presented, now).await;
-    let origin = edge.origin.clone();
-    let req = session.req_header();
-    let cookies = req
-        .headers
-        .get_all("cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect::<Vec<_>>()
-        .join("; ");
-    let r = web::Req {
-        method,
-        path: match_path,
-        query,
-        principal,
-        body: &body,
-        content_type: header(session.req_header(), "content-type"),
-        authorization: header(session.req_header(), "authorization"),
-        client_ip: &ctx.client_ip,
-        tls,
-        origin,
-        cookies,
-        user_agent: header(session.req_header(), "user-agent").unwrap_or(""),
-        stepup_token,
-        api_secret_header: header(session.req_header(), "x-loginradius-apisecret"),
-        api_key_header: header(session.req_header(), "x-loginradius-apikey"),
-    };
-    Ok(web::handle(gate, &r).await)
 }
 
 /// Steps 3-4: the rule, the first factor when the rule needs a user, the
@@ -479,7 +393,8 @@ impl ProxyHttp for Proxy {
         // 2. stepgate's own paths.
         if edge.reserved {
             ctx.label = "reserved";
-            let mut reply = reserved(session, ctx, &gate, &edge).await?;
+            let mut reply =
+                hold::reserved(session, ctx.canon.as_ref(), &ctx.client_ip, &gate, &edge).await?;
             let Some(resend) = reply.resend.take() else {
                 send(session, reply).await?;
                 return Ok(true);
