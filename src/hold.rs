@@ -366,6 +366,7 @@ pub async fn reserved(
         stepup_token,
         api_secret_header: header(session.req_header(), "x-loginradius-apisecret"),
         api_key_header: header(session.req_header(), "x-loginradius-apikey"),
+        actor: header(session.req_header(), "x-audit-actor"),
     };
     Ok(web::handle(gate, &r).await)
 }

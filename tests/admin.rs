@@ -18,7 +18,7 @@ fn gateway() -> Gateway {
     Gateway::start_with(GatewayOptions {
         store: "  kind: embedded\n  path: data.redb\n".into(),
         extra_config: format!(
-            "{}lockout:\n  max_failures: 3\n  window: 10m\n  duration: 10m\n",
+            "{}lockout:\n  max_failures: 3\n  ip_max_failures: 5\n  window: 10m\n  duration: 10m\n",
             api_secret_config()
         ),
         ..Default::default()
@@ -152,13 +152,46 @@ fn the_cli_answers_is_alice_locked_and_unlocks_her() {
     enroll_pin(&g, &c, &alice, PIN);
     lock(&g, &c, &alice);
 
-    // While the gateway runs, the embedded store has one writer: the CLI says how to go on.
-    let busy = admin(&g, &["user", "show", "alice"]);
-    assert!(!busy.status.success());
-    let err = String::from_utf8_lossy(&busy.stderr);
+    // While the gateway runs, the embedded store has one writer: the CLI
+    // goes through the running gateway's API (with the configured secret).
+    let out = admin(&g, &["user", "show", "alice"]);
+    let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        err.contains("running gateway") && err.contains("/.stepgate/api/manage/account/"),
-        "{err}"
+        out.status.success() && text.contains("user alice") && text.contains("locked until"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = admin(&g, &["--json", "user", "show", "alice"]);
+    let a: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(a["LockedUntil"].is_i64(), "the CLI's own shape: {a}");
+    // An office behind one address: bob's typos on top of alice's lock it.
+    let bob = g.token("bob", &["--email", "bob@x.io", "--login-age", "0"]);
+    enroll_pin(&g, &c, &bob, PIN);
+    assert_error(put_pin(&g, &c, &bob, WRONG), 401, 1236);
+    assert_error(put_pin(&g, &c, &bob, WRONG), 429, 1198);
+    let out = admin(&g, &["locks"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("user alice") && text.contains("address 127.0.0.1"),
+        "users and addresses locked now, while the gateway runs: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = admin(&g, &["unlock", "--ip", "127.0.0.1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = admin(&g, &["--json", "locks"]);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        !list.as_array().unwrap().iter().any(|l| l["Scope"] == "ip"),
+        "{list}"
+    );
+    assert!(
+        g.log().contains("for cli:"),
+        "the audit line names the CLI user: {}",
+        g.log()
     );
 
     g.stop();

@@ -17,7 +17,7 @@ use crate::flows::lockout::{self, lock_state};
 use crate::store::keys;
 
 /// A user's state, for people and scripts (LoginRadius-style names).
-#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(rename_all = "PascalCase")]
 pub struct Account {
     pub uid: String,
@@ -39,7 +39,7 @@ pub struct Account {
     pub recovery_emails: Vec<String>,
 }
 
-#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(rename_all = "PascalCase")]
 pub struct SessionView {
     pub id: String,

@@ -217,7 +217,7 @@ fn lock_member(scope: &str, kind: &str, who: &str) -> String {
 }
 
 /// A lock as admins see it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct LockInfo {
     /// `user` or `ip`.

@@ -47,15 +47,25 @@ pub fn run(
             settings.listen.first().cloned().unwrap_or_default()
         )
     });
-    let gate = Gate::build(settings).map_err(|e| {
-        if embedded && (e.contains("lock") || e.contains("already open") || e.contains("in use")) {
-            format!(
-                "{e}\nThe embedded store is in use by a running gateway (it has one writer). Ask that gateway instead, with the API secret:\n  curl -H \"Authorization: Bearer $SECRET\" {api_hint}/.stepgate/api/manage/account/USER"
-            )
-        } else {
-            format!("{}: {e}", config.display())
+    let via = ApiTarget::of(&settings);
+    let gate = match Gate::build(settings) {
+        Ok(g) => g,
+        // The embedded store has one writer: a running gateway holds it, so
+        // the command goes through that gateway's API.
+        Err(e)
+            if embedded
+                && (e.contains("lock") || e.contains("already open") || e.contains("in use")) =>
+        {
+            return match via {
+                Some(t) => t.run(action, json),
+                None => Err(format!(
+                    "{e}\nThe embedded store is in use by a running gateway (it has one writer). Set `api.secret` in {} so this command can go through that gateway, or ask it yourself:\n  curl -H \"Authorization: Bearer $SECRET\" {api_hint}/.stepgate/api/manage/account/USER",
+                    config.display()
+                )),
+            };
         }
-    })?;
+        Err(e) => return Err(format!("{}: {e}", config.display())),
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -157,6 +167,182 @@ pub fn describe_locks(list: &[crate::flows::lockout::LockInfo]) -> String {
         out.push(format!("  {who}: {what} {state} (lift: {fix})"));
     }
     out.join("\n")
+}
+
+/// The running gateway's admin API, on its own listener (loopback when it
+/// listens on every address), with the configured API secret.
+struct ApiTarget {
+    base: String,
+    secret: String,
+}
+
+impl ApiTarget {
+    fn of(s: &Settings) -> Option<ApiTarget> {
+        let secret = String::from_utf8(s.api_secret.as_ref()?.expose().to_vec()).ok()?;
+        let listen = s.listen.first()?;
+        let addr: std::net::SocketAddr = listen.parse().ok()?;
+        let host = match addr.ip() {
+            std::net::IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".to_string(),
+            std::net::IpAddr::V6(ip) if ip.is_unspecified() => "[::1]".to_string(),
+            std::net::IpAddr::V4(ip) => ip.to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        };
+        let scheme = if s.tls.is_some() { "https" } else { "http" };
+        Some(ApiTarget {
+            base: format!("{scheme}://{host}:{}/.stepgate/api", addr.port()),
+            secret,
+        })
+    }
+
+    fn run(self, action: Action, json: bool) -> Result<String, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(self.call(action, json))
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str) -> Result<serde_json::Value, String> {
+        // Its own listener, on this machine: the certificate names the
+        // public host, not this address.
+        let c = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let url = format!("{}{path}", self.base);
+        let r = c
+            .request(method, &url)
+            .bearer_auth(&self.secret)
+            .header("X-Audit-Actor", who())
+            .send()
+            .await
+            .map_err(|e| format!("the running gateway did not answer at {url}: {e}"))?;
+        let status = r.status();
+        let v: serde_json::Value = r
+            .json()
+            .await
+            .map_err(|e| format!("the running gateway answered {status} without JSON: {e}"))?;
+        if !status.is_success() {
+            return Err(format!(
+                "{} ({}; the running gateway answered {status})",
+                v["Message"].as_str().unwrap_or("refused"),
+                v["Description"].as_str().unwrap_or("")
+            ));
+        }
+        Ok(v)
+    }
+
+    async fn call(&self, action: Action, json: bool) -> Result<String, String> {
+        use reqwest::Method;
+        let enc = |s: &str| crate::reply::url_encode(s);
+        match action {
+            Action::Show(sub) => {
+                let mut v = self
+                    .send(Method::GET, &format!("/manage/account/{}", enc(&sub)))
+                    .await?;
+                unformat_times(&mut v);
+                let a: admin::Account = serde_json::from_value(v).map_err(|e| e.to_string())?;
+                Ok(if json {
+                    serde_json::to_string_pretty(&a).unwrap_or_default()
+                } else {
+                    describe(&a)
+                })
+            }
+            Action::Unlock(sub) => {
+                let v = self
+                    .send(
+                        Method::POST,
+                        &format!("/manage/account/{}/unlock", enc(&sub)),
+                    )
+                    .await?;
+                Ok(say(
+                    json,
+                    &format!("{sub}: unlocked (PIN lock, suspension and counters lifted)"),
+                    v,
+                ))
+            }
+            Action::RemovePin(sub) => {
+                let v = self
+                    .send(
+                        Method::DELETE,
+                        &format!("/manage/account/{}/pin", enc(&sub)),
+                    )
+                    .await?;
+                let text = if v["IsDeleted"] == true {
+                    format!("{sub}: PIN removed; the next step-up asks them to set one up")
+                } else {
+                    format!("{sub}: had no PIN; nothing removed")
+                };
+                Ok(say(json, &text, v))
+            }
+            Action::Revoke(sub) => {
+                let v = self
+                    .send(
+                        Method::POST,
+                        &format!("/manage/account/{}/invalidate", enc(&sub)),
+                    )
+                    .await?;
+                Ok(say(
+                    json,
+                    &format!("{sub}: stepped down everywhere (step-ups and PIN sessions ended)"),
+                    v,
+                ))
+            }
+            Action::UnlockIp(ip) => {
+                let v = self
+                    .send(Method::POST, &format!("/manage/ip/{}/unlock", enc(&ip)))
+                    .await?;
+                Ok(say(json, &format!("{ip}: address unlocked"), v))
+            }
+            Action::Locks => {
+                let v = self.send(Method::GET, "/manage/locks").await?;
+                if json {
+                    return Ok(serde_json::to_string_pretty(&v).unwrap_or_default());
+                }
+                let mut v = v;
+                for l in v.as_array_mut().into_iter().flatten() {
+                    unformat_times(l);
+                }
+                let list: Vec<crate::flows::lockout::LockInfo> =
+                    serde_json::from_value(v).map_err(|e| e.to_string())?;
+                Ok(describe_locks(&list))
+            }
+        }
+    }
+}
+
+/// The API writes times as RFC 3339; the CLI's shapes hold Unix seconds.
+fn unformat_times(v: &mut serde_json::Value) {
+    use time::format_description::well_known::Rfc3339;
+    let unix = |x: &mut serde_json::Value| {
+        if let Some(t) = x
+            .as_str()
+            .and_then(|s| time::OffsetDateTime::parse(s, &Rfc3339).ok())
+        {
+            *x = serde_json::json!(t.unix_timestamp());
+        }
+    };
+    for k in ["PINSetAt", "LockedUntil"] {
+        if let Some(x) = v.get_mut(k) {
+            unix(x);
+        }
+    }
+    if let Some(x) = v.get_mut("LastStepUp").and_then(|l| l.get_mut("At")) {
+        unix(x);
+    }
+    for s in v
+        .get_mut("PinSessions")
+        .and_then(|p| p.as_array_mut())
+        .into_iter()
+        .flatten()
+    {
+        for k in ["Created", "Expires"] {
+            if let Some(x) = s.get_mut(k) {
+                unix(x);
+            }
+        }
+    }
 }
 
 fn say(json: bool, text: &str, body: serde_json::Value) -> String {

@@ -96,6 +96,15 @@ pub async fn route(gate: &Gate, req: &Req<'_>, route: &str) -> Reply {
             _ => error(404, 901, "Not found", "No such API endpoint."),
         };
     }
+    if let Some(ip) = route
+        .strip_prefix("/manage/ip/")
+        .and_then(|r| r.strip_suffix("/unlock"))
+    {
+        return match req.method {
+            "POST" => unlock_ip(gate, req, ip).await,
+            _ => error(405, 901, "Method not allowed", "Use POST."),
+        };
+    }
     if route == "/manage/locks" {
         return match req.method {
             "GET" => locks(gate, req).await,
@@ -312,7 +321,7 @@ async fn unlock(gate: &Gate, req: &Req<'_>, uid: &str) -> Reply {
         Ok(u) => u,
         Err(r) => return r,
     };
-    match crate::flows::admin::unlock(gate, &uid, &format!("api:{}", req.client_ip)).await {
+    match crate::flows::admin::unlock(gate, &uid, &caller(req)).await {
         Ok(()) => Reply::json(200, &json!({"IsPosted": true})),
         Err(e) => flow_error(e),
     }
@@ -366,6 +375,38 @@ pub fn locks_json(list: &[crate::flows::lockout::LockInfo]) -> serde_json::Value
     )
 }
 
+/// Who an admin call is made by, for the audit line: the caller's address,
+/// and whom it acts for when it says (`X-Audit-Actor`, e.g. `cli:alice`).
+fn caller(req: &Req<'_>) -> String {
+    match req
+        .actor
+        .filter(|a| !a.is_empty() && a.len() <= 64 && a.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        Some(a) => format!("api:{} for {a}", req.client_ip),
+        None => format!("api:{}", req.client_ip),
+    }
+}
+
+/// Lift the locks on a client address (an office behind one NAT).
+async fn unlock_ip(gate: &Gate, req: &Req<'_>, ip: &str) -> Reply {
+    if let Err(r) = check_api_secret(gate, req) {
+        return r;
+    }
+    let ip = percent_encoding::percent_decode_str(ip).decode_utf8_lossy();
+    let Ok(addr) = ip.parse::<std::net::IpAddr>() else {
+        return error(
+            400,
+            901,
+            "Invalid address",
+            "The path needs an IPv4 or IPv6 address.",
+        );
+    };
+    match crate::flows::admin::unlock_ip(gate, &addr.to_string(), &caller(req)).await {
+        Ok(()) => Reply::json(200, &json!({"IsPosted": true})),
+        Err(e) => flow_error(e),
+    }
+}
+
 /// Every lock and suspension in force, for a helpdesk.
 async fn locks(gate: &Gate, req: &Req<'_>) -> Reply {
     if let Err(r) = check_api_secret(gate, req) {
@@ -384,7 +425,7 @@ async fn remove_pin(gate: &Gate, req: &Req<'_>, uid: &str) -> Reply {
         Ok(u) => u,
         Err(r) => return r,
     };
-    match crate::flows::admin::remove_pin(gate, &uid, &format!("api:{}", req.client_ip)).await {
+    match crate::flows::admin::remove_pin(gate, &uid, &caller(req)).await {
         Ok(had) => Reply::json(200, &json!({"IsDeleted": had})),
         Err(e) => flow_error(e),
     }

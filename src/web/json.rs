@@ -25,6 +25,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/manage/account/{uid}"),
     ("DELETE", "/manage/account/{uid}/pin"),
     ("GET", "/manage/locks"),
+    ("POST", "/manage/ip/{ip}/unlock"),
     ("PUT", "/pin/change"),
     ("POST", "/pin/forgot/email"),
     ("POST", "/pin/forgot/username"),

@@ -48,6 +48,9 @@ pub struct Req<'a> {
     pub api_secret_header: Option<&'a str>,
     /// `X-LoginRadius-ApiKey`.
     pub api_key_header: Option<&'a str>,
+    /// `X-Audit-Actor`: who an admin call acts for (the CLI sends its
+    /// user), named in the audit line beside the caller's address.
+    pub actor: Option<&'a str>,
 }
 
 impl Req<'_> {

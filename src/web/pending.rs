@@ -35,7 +35,8 @@ pub struct Pending {
     /// The method of the request the step-up is for.
     pub method: String,
     pub kept: Option<(String, Kept)>,
-    resend: Option<&'static str>,
+    /// Why a body was not kept: its code (carried along) and the words.
+    resend: Option<(String, &'static str)>,
     pub step_up: Option<StepUp>,
     /// A bound rule's values in that request.
     pub values: Option<Values>,
@@ -107,7 +108,7 @@ impl Pending {
             return_to,
             method,
             kept,
-            resend: get("resend").as_deref().and_then(resend_text),
+            resend: get("resend").and_then(|c| resend_text(&c).map(|t| (c, t))),
             step_up,
             values,
         })
@@ -132,6 +133,9 @@ impl Pending {
             Some((id, _)) => out.push(("kept", id.clone())),
             None if self.method != "GET" => out.push(("method", self.method.clone())),
             None => {}
+        }
+        if let Some((code, _)) = &self.resend {
+            out.push(("resend", code.clone()));
         }
         out
     }
@@ -171,7 +175,7 @@ impl Pending {
             carry => self.carry(),
             carried,
             confirm,
-            resend => self.resend,
+            resend => self.resend.as_ref().map(|(_, text)| *text),
             kept => self.kept.is_some(),
         }
     }
