@@ -260,7 +260,7 @@ pub async fn keep(
         body: body.to_vec(),
         sub: principal.sub.clone(),
         ssn: crate::auth::tokens::session_hash(principal),
-        created_ms: clock::now_ms(),
+        created_ms: gate.store.now_ms(),
     };
     Ok(match kept::keep(gate, &k).await {
         Ok(id) => {

@@ -68,7 +68,7 @@ async fn count(store: &dyn crate::store::Store, key: &str) -> Result<i64, FlowEr
 /// fails here loses only this note.
 pub fn note_step_up(deps: &Deps, sub: &str, factor: &'static str) {
     let v = serde_json::to_vec(&LastStepUp {
-        at: crate::util::clock::now(),
+        at: deps.store.now(),
         factor: factor.to_string(),
     })
     .unwrap_or_default();
@@ -85,7 +85,7 @@ pub async fn show(deps: &Deps, sub: &str) -> Result<Account, FlowError> {
     let store = &*deps.store;
     let record = crate::flows::pin::load_record(store, sub).await?;
     let lock_key = format!("{}:lock", keys::failures(sub));
-    let state = lock_state(store.get(&lock_key).await?);
+    let state = lock_state(store.get(&lock_key).await?, store.now());
     let sessions = lifecycle::sessions(deps, sub).await?;
     let last = store
         .get(&keys::last_step_up(sub))

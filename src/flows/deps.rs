@@ -43,6 +43,12 @@ impl Deps {
     /// Deps over an in-memory store, from a config text (the gateway's YAML;
     /// `upstream`, `policy`, `first_factor` and `signing` may be left out).
     pub fn for_tests(extra: &str) -> Deps {
+        Deps::for_tests_at(extra, crate::util::clock::Clock::system())
+    }
+
+    /// [`Deps::for_tests`] on `clock` (a fake one moves the flows' time and
+    /// the store's expiries together).
+    pub fn for_tests_at(extra: &str, clock: crate::util::clock::Clock) -> Deps {
         let text = format!(
             "upstream: http://127.0.0.1:9\npolicy: p.yaml\nfirst_factor: {{ jwt: {{ secret: \"test-first-factor-secret-0123456789abcdef\" }} }}\nsigning: {{ secret: \"test-signing-secret-0123456789abcdef0123\" }}\nstore: {{ kind: memory }}\n{extra}"
         );
@@ -51,7 +57,7 @@ impl Deps {
                 .expect("test settings are valid");
         Deps {
             keys: Arc::new(Keys::new(&settings.signing)),
-            store: Arc::new(crate::store::memory::MemoryStore::default()),
+            store: Arc::new(crate::store::memory::MemoryStore::with_clock(clock)),
             hasher: Arc::new(Hasher::new(1)),
             pages: Pages::new(None, &settings.site_title).expect("built-in templates"),
             mailer: settings

@@ -90,7 +90,7 @@ fn open(deps: &Deps, id: &str, sealed: &[u8], p: &Principal) -> Result<Kept, Flo
     let plain = deps.keys.open_kept(id, sealed).ok_or(FlowError::KeptGone)?;
     let k: Kept = serde_json::from_slice(&plain).map_err(|_| FlowError::KeptGone)?;
     let ssn = crate::auth::tokens::session_hash(p);
-    let expired = crate::util::clock::now_ms() - k.created_ms > TTL.as_millis() as i64;
+    let expired = deps.store.now_ms() - k.created_ms > TTL.as_millis() as i64;
     if k.sub != p.sub || k.ssn != ssn || expired {
         return Err(FlowError::KeptGone);
     }

@@ -134,7 +134,7 @@ pub(crate) async fn reserve_scope<'a>(
         // Guesses in flight fill what the window allows; whether they fail
         // decides whether a lock starts. Ask to retry in a moment.
         return Err(FlowError::Locked {
-            until: crate::util::clock::now() + 1,
+            until: store.now() + 1,
         });
     }
     Ok(Attempt {
@@ -150,13 +150,13 @@ pub(crate) async fn reserve_scope<'a>(
 }
 
 /// What a lock key holds, as the answer to a guess.
-pub(crate) fn lock_state(raw: Option<Vec<u8>>) -> Option<FlowError> {
+pub(crate) fn lock_state(raw: Option<Vec<u8>>, now: i64) -> Option<FlowError> {
     let raw = raw?;
     if raw == SUSPENDED {
         return Some(FlowError::Suspended);
     }
     let until: i64 = std::str::from_utf8(&raw).ok()?.parse().ok()?;
-    (until > crate::util::clock::now()).then_some(FlowError::Locked { until })
+    (until > now).then_some(FlowError::Locked { until })
 }
 
 /// Err(Suspended) or Err(Locked) when the user's or the IP's lock holds.
@@ -165,8 +165,8 @@ pub(crate) async fn refuse_if_locked(
     user: &Keys,
     ip: &Keys,
 ) -> Result<(), FlowError> {
-    let u = lock_state(store.get(&user.lock).await?);
-    let i = lock_state(store.get(&ip.lock).await?);
+    let u = lock_state(store.get(&user.lock).await?, store.now());
+    let i = lock_state(store.get(&ip.lock).await?, store.now());
     match (u, i) {
         (None, None) => Ok(()),
         (Some(FlowError::Suspended), _) | (_, Some(FlowError::Suspended)) => {
@@ -187,8 +187,8 @@ pub(crate) fn lock_duration(base: Duration, n: i64, cap: Duration) -> Duration {
 }
 
 /// Time left until `expires_at_ms`, at least 1 ms.
-pub(crate) fn until_ms(expires_at_ms: u64) -> Duration {
-    Duration::from_millis(expires_at_ms.saturating_sub(crate::store::now_ms()).max(1))
+pub(crate) fn until_ms(expires_at_ms: u64, now_ms: i64) -> Duration {
+    Duration::from_millis(expires_at_ms.saturating_sub(now_ms.max(0) as u64).max(1))
 }
 
 pub(crate) async fn refresh(store: &dyn Store, key: &str) -> Result<i64, FlowError> {
@@ -312,11 +312,14 @@ impl<'a> Attempt<'a> {
         let l = self.lockout;
         let s = self.store;
         let user_failures = s
-            .incr(&self.user.failures, until_ms(self.user_window_ms))
+            .incr(
+                &self.user.failures,
+                until_ms(self.user_window_ms, s.now_ms()),
+            )
             .await?
             .value;
         let ip_failures = s
-            .incr(&self.ip.failures, until_ms(self.ip_window_ms))
+            .incr(&self.ip.failures, until_ms(self.ip_window_ms, s.now_ms()))
             .await?
             .value;
         let ip_lock = if ip_failures >= l.ip_max_failures as i64 {
@@ -419,12 +422,12 @@ impl<'a> Attempt<'a> {
     ) -> Result<(Option<FlowError>, bool), FlowError> {
         let s = self.store;
         // Rounded up: the lock never reads as over before its key expires.
-        let until = (crate::store::now_ms() + d.as_millis() as u64).div_ceil(1000) as i64;
+        let until = (s.now_ms().max(0) as u64 + d.as_millis() as u64).div_ceil(1000) as i64;
         if !s
             .put_if_absent(&k.lock, until.to_string().as_bytes(), d)
             .await?
         {
-            return Ok((lock_state(s.get(&k.lock).await?), false));
+            return Ok((lock_state(s.get(&k.lock).await?, s.now()), false));
         }
         s.delete(&k.slots).await?;
         s.delete(&k.failures).await?;

@@ -128,7 +128,7 @@ pub async fn send_for(
     let Some(mailer) = deps.mailer.clone() else {
         return Err(FlowError::NotConfigured);
     };
-    let now = crate::util::clock::now();
+    let now = deps.store.now();
     let cool_key = keys::otp_cooldown(&p.sub);
     if !deps
         .store
@@ -240,7 +240,7 @@ pub async fn verify_for(
         return Err(FlowError::NoCode);
     };
     let rec: Pending = serde_json::from_slice(&raw).map_err(|_| FlowError::Internal)?;
-    let now = crate::util::clock::now();
+    let now = deps.store.now();
     if now >= rec.expires_at {
         metrics::OTP_VERIFICATIONS
             .with_label_values(&["expired"])

@@ -208,7 +208,7 @@ pub async fn store_pin(
     let phc = hasher.hash(pin.to_string()).await?;
     let rec = serde_json::to_vec(&PinRecord {
         phc,
-        set_at: crate::util::clock::now(),
+        set_at: store.now(),
     })
     .map_err(|_| FlowError::Internal)?;
     store.put(&keys::pin(sub), &rec, None).await?;

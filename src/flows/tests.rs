@@ -169,3 +169,104 @@ async fn a_code_to_an_address_outside_the_profile_is_never_sent() {
     assert_eq!(r.err(), Some(FlowError::EmailNotInProfile));
     assert_eq!(std::fs::read_dir(mailbox.path()).unwrap().count(), 0);
 }
+
+/// Time moved by hand: a code expires, a lock ends, a kept request goes,
+/// without a test waiting for any of it.
+#[tokio::test]
+async fn deadlines_follow_the_clock_the_flows_and_the_store_share() {
+    use crate::util::clock::Clock;
+    use std::time::Duration;
+    let mailbox = tempfile::tempdir().unwrap();
+    let clock = Clock::fake(crate::util::clock::now_ms());
+    let d = Deps::for_tests_at(
+        &format!(
+            "mail: {{ from: \"stepgate@x.io\", dir: \"{}\" }}\nlockout: {{ max_failures: 3, duration: 10m, window: 10m }}\n",
+            mailbox.path().display()
+        ),
+        clock.clone(),
+    );
+    let p = alice();
+
+    // An emailed code: good until its TTL, gone after it.
+    otp::send(&d, &p, "alice@x.io", "10.0.0.1", false)
+        .await
+        .unwrap();
+    let mail = std::fs::read_dir(mailbox.path())
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .next()
+        .unwrap();
+    let len = d.settings.email_otp.length;
+    let code = mail
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|w| w.len() == len)
+        .unwrap()
+        .to_string();
+    clock.advance(d.settings.email_otp.ttl + Duration::from_secs(1));
+    assert_eq!(
+        otp::verify(&d, &p, &code, "10.0.0.1").await.err(),
+        Some(FlowError::NoCode),
+        "an expired code is refused"
+    );
+
+    // A lock: refused while it holds, the right PIN works once it ended.
+    enrolled(&d, &p, "2580").await;
+    let verify = |pin_: &'static str| {
+        let d = &d;
+        async move {
+            pin::verify(
+                &*d.store,
+                &d.hasher,
+                &d.settings.lockout,
+                "alice",
+                "10.0.0.1",
+                pin_,
+                None,
+            )
+            .await
+        }
+    };
+    for _ in 0..2 {
+        assert!(matches!(
+            verify("1397").await,
+            Err(FlowError::WrongPin { .. })
+        ));
+    }
+    let until = match verify("1397").await {
+        Err(FlowError::Locked { until }) => until,
+        other => panic!("the third failure locks: {other:?}"),
+    };
+    // (rounded up to the second: it never reads as over before its key expires)
+    assert!(
+        (600..=601).contains(&(until - clock.now())),
+        "the lock ends on the flows' clock: {} s from it",
+        until - clock.now()
+    );
+    assert!(matches!(
+        verify("2580").await,
+        Err(FlowError::Locked { .. })
+    ));
+    clock.advance(Duration::from_secs(601));
+    assert_eq!(verify("2580").await, Ok(()), "the lock ended");
+
+    // A kept request waits 10 minutes, not longer.
+    let k = super::kept::Kept {
+        method: "POST".into(),
+        target: "/transfer".into(),
+        host: "app.test".into(),
+        content_type: Some("application/x-www-form-urlencoded".into()),
+        body: b"amount=1".to_vec(),
+        sub: p.sub.clone(),
+        ssn: crate::auth::tokens::session_hash(&p),
+        created_ms: d.store.now_ms(),
+    };
+    let id = super::kept::keep(&d, &k).await.unwrap();
+    clock.advance(Duration::from_secs(599));
+    assert!(super::kept::peek(&d, &id, &p).await.is_ok());
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(
+        super::kept::take(&d, &id, &p).await,
+        Err(FlowError::KeptGone),
+        "gone after 10 minutes"
+    );
+}

@@ -6,38 +6,63 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{now_ms, Counter, Store, StoreError};
+use super::{Counter, Store, StoreError};
+use crate::util::clock::Clock;
 
+/// Expiries run on `clock` (the system's, or a test's fake one).
 #[derive(Default)]
 pub struct MemoryStore {
     map: Mutex<HashMap<String, (Vec<u8>, u64)>>,
-}
-
-fn deadline(ttl: Option<Duration>) -> u64 {
-    ttl.map(|t| now_ms() + t.as_millis() as u64).unwrap_or(0)
-}
-
-fn live(exp: u64) -> bool {
-    exp == 0 || exp > now_ms()
+    clock: Clock,
 }
 
 impl MemoryStore {
-    fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, (Vec<u8>, u64)>) -> T) -> T {
+    /// A store whose expiries (and [`Store::now_ms`]) follow `clock`.
+    pub fn with_clock(clock: Clock) -> MemoryStore {
+        MemoryStore {
+            map: Mutex::default(),
+            clock,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now_ms().max(0) as u64
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, (Vec<u8>, u64)>, Time) -> T) -> T {
+        let now = self.now();
         let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if m.len() > 10_000 {
-            m.retain(|_, (_, exp)| live(*exp));
+            m.retain(|_, (_, exp)| *exp == 0 || *exp > now);
         }
-        f(&mut m)
+        f(&mut m, Time(now))
+    }
+}
+
+/// The store's time for one operation.
+#[derive(Clone, Copy)]
+struct Time(u64);
+
+impl Time {
+    fn deadline(self, ttl: Option<Duration>) -> u64 {
+        ttl.map(|t| self.0 + t.as_millis() as u64).unwrap_or(0)
+    }
+    fn live(self, exp: u64) -> bool {
+        exp == 0 || exp > self.0
     }
 }
 
 #[async_trait]
 impl Store for MemoryStore {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.with(|m| m.get(key).filter(|(_, e)| live(*e)).map(|(v, _)| v.clone())))
+        Ok(self.with(|m, t| {
+            m.get(key)
+                .filter(|(_, e)| t.live(*e))
+                .map(|(v, _)| v.clone())
+        }))
     }
     async fn put(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
-        self.with(|m| m.insert(key.to_string(), (value.to_vec(), deadline(ttl))));
+        self.with(|m, t| m.insert(key.to_string(), (value.to_vec(), t.deadline(ttl))));
         Ok(())
     }
     async fn put_if_absent(
@@ -46,27 +71,27 @@ impl Store for MemoryStore {
         value: &[u8],
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        Ok(self.with(|m| {
-            if m.get(key).is_some_and(|(_, e)| live(*e)) {
+        Ok(self.with(|m, t| {
+            if m.get(key).is_some_and(|(_, e)| t.live(*e)) {
                 false
             } else {
-                m.insert(key.to_string(), (value.to_vec(), deadline(Some(ttl))));
+                m.insert(key.to_string(), (value.to_vec(), t.deadline(Some(ttl))));
                 true
             }
         }))
     }
     async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.with(|m| m.remove(key).filter(|(_, e)| live(*e)).map(|(v, _)| v)))
+        Ok(self.with(|m, t| m.remove(key).filter(|(_, e)| t.live(*e)).map(|(v, _)| v)))
     }
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.with(|m| m.remove(key));
+        self.with(|m, _| m.remove(key));
         Ok(())
     }
     async fn incr(&self, key: &str, ttl: Duration) -> Result<Counter, StoreError> {
-        self.with(|m| {
-            let (value, exp) = match m.get(key).filter(|(_, e)| live(*e)) {
+        self.with(|m, t| {
+            let (value, exp) = match m.get(key).filter(|(_, e)| t.live(*e)) {
                 Some((v, e)) => (parse(key, v)? + 1, *e),
-                None => (1, deadline(Some(ttl))),
+                None => (1, t.deadline(Some(ttl))),
             };
             m.insert(key.to_string(), (value.to_string().into_bytes(), exp));
             Ok(Counter {
@@ -76,8 +101,8 @@ impl Store for MemoryStore {
         })
     }
     async fn decr(&self, key: &str) -> Result<(), StoreError> {
-        self.with(|m| {
-            if let Some((v, e)) = m.get(key).filter(|(_, e)| live(*e)).cloned() {
+        self.with(|m, t| {
+            if let Some((v, e)) = m.get(key).filter(|(_, e)| t.live(*e)).cloned() {
                 let n = (parse(key, &v)? - 1).max(0);
                 m.insert(key.to_string(), (n.to_string().into_bytes(), e));
             }
@@ -85,9 +110,9 @@ impl Store for MemoryStore {
         })
     }
     async fn expire(&self, key: &str, ttl: Duration) -> Result<(), StoreError> {
-        self.with(|m| {
+        self.with(|m, t| {
             if let Some(entry) = m.get_mut(key) {
-                entry.1 = deadline(Some(ttl));
+                entry.1 = t.deadline(Some(ttl));
             }
         });
         Ok(())
@@ -95,10 +120,13 @@ impl Store for MemoryStore {
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
+    fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
     async fn entries(&self) -> Result<Vec<(String, Vec<u8>, Option<u64>)>, StoreError> {
-        Ok(self.with(|m| {
+        Ok(self.with(|m, t| {
             m.iter()
-                .filter(|(_, (_, e))| live(*e))
+                .filter(|(_, (_, e))| t.live(*e))
                 .map(|(k, (v, e))| (k.clone(), v.clone(), (*e != 0).then_some(*e)))
                 .collect()
         }))

@@ -65,6 +65,15 @@ pub trait Store: Send + Sync {
     /// Set a new expiry on an existing key.
     async fn expire(&self, key: &str, ttl: Duration) -> Result<(), StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
+    /// The time this store's expiries run on (Unix ms): the system's, or a
+    /// test's fake clock ([`memory::MemoryStore::with_clock`]). Flows read
+    /// the time here, so their deadlines and the store's agree.
+    fn now_ms(&self) -> i64 {
+        crate::util::clock::now_ms()
+    }
+    fn now(&self) -> i64 {
+        self.now_ms().div_euclid(1000)
+    }
     /// Every live entry as (key, value, expiry in Unix ms), for migrations.
     /// Only the file-backed and memory stores can list themselves.
     async fn entries(&self) -> Result<Vec<(String, Vec<u8>, Option<u64>)>, StoreError> {
@@ -333,6 +342,9 @@ impl Store for Bounded {
     }
     async fn ping(&self) -> Result<(), StoreError> {
         bounded!(self, self.inner.ping())
+    }
+    fn now_ms(&self) -> i64 {
+        self.inner.now_ms()
     }
     async fn revoke(
         &self,

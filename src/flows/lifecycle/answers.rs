@@ -116,7 +116,7 @@ pub(crate) async fn answers_allowed(
             if fresh_login(
                 p.login_time,
                 deps.settings.pin.enroll_window,
-                crate::util::clock::now(),
+                deps.store.now(),
             ) =>
         {
             Ok(())

@@ -56,7 +56,7 @@ pub async fn issue_auth_token(
     counted("auth_token", async {
         let token = secret_token();
         let ttl = deps.settings.pin.auth_token_ttl;
-        let exp = crate::util::clock::now() + ttl.as_secs() as i64;
+        let exp = deps.store.now() + ttl.as_secs() as i64;
         let rec = AuthTokenRecord {
             sub: uid.to_string(),
             exp,
@@ -103,7 +103,7 @@ pub async fn set_by_auth_token(
             .await?
             .ok_or(FlowError::AuthTokenInvalid)?;
         let rec: AuthTokenRecord = parse(&raw)?;
-        let now = crate::util::clock::now();
+        let now = deps.store.now();
         if rec.exp <= now {
             return Err(FlowError::AuthTokenExpired);
         }
@@ -147,7 +147,7 @@ pub async fn set_by_auth_token(
                 &profile,
                 &s.id,
                 None,
-                crate::util::clock::now_ms(),
+                deps.store.now_ms(),
                 deps.settings.pin.login_ttl.as_secs() as i64,
             );
             (Some((t, s.expires)), Some(access))
@@ -172,7 +172,7 @@ pub async fn required_pin_token(
     deps: &Deps,
     p: &Principal,
 ) -> Result<Option<(String, i64)>, FlowError> {
-    let now = crate::util::clock::now();
+    let now = deps.store.now();
     let Some(login_time) = p
         .login_time
         .filter(|_| fresh_login(p.login_time, deps.settings.pin.enroll_window, now))

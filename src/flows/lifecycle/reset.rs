@@ -190,7 +190,7 @@ pub(crate) async fn forgot_inner(
         return Ok(());
     };
     let s = &deps.settings.pin;
-    let now = crate::util::clock::now();
+    let now = deps.store.now();
     let exp = now + s.reset_ttl.as_secs() as i64;
     let minutes = s.reset_ttl.as_secs().div_ceil(60);
     let (outgoing, undo_key) = if let Identifier::Phone(to) = id {
@@ -327,7 +327,7 @@ pub async fn check_reset_token(deps: &Deps, token: &str) -> Result<(), FlowError
     match deps.store.get(&keys::reset_token(&d)).await? {
         Some(raw) => {
             let rec: ResetRecord = parse(&raw)?;
-            if rec.exp <= crate::util::clock::now() {
+            if rec.exp <= deps.store.now() {
                 return Err(FlowError::ResetInvalid);
             }
             Ok(())
@@ -369,7 +369,7 @@ pub async fn reset_by_token(
         }
         deps.store.delete(&keys::reset_token(&d)).await?;
         let rec: ResetRecord = parse(&raw)?;
-        if rec.exp <= crate::util::clock::now() {
+        if rec.exp <= deps.store.now() {
             return Err(FlowError::ResetInvalid);
         }
         finish_reset(deps, &rec.sub, new, ip, "token").await
@@ -410,7 +410,7 @@ pub async fn reset_by_otp(
         };
         let max = deps.settings.email_otp.max_tries as i64;
         let ok = match &rec {
-            Some(rec) if rec.exp > crate::util::clock::now() && rec.channel == channel_of(id) => {
+            Some(rec) if rec.exp > deps.store.now() && rec.channel == channel_of(id) => {
                 let tries = deps
                     .store
                     .incr(&keys::reset_otp_tries(&sub), deps.settings.pin.reset_ttl)

@@ -75,7 +75,7 @@ pub async fn open_session(
     ua: &str,
 ) -> Result<(String, PinSession), FlowError> {
     let token = secret_token();
-    let now_ms = crate::util::clock::now_ms();
+    let now_ms = deps.store.now_ms();
     let now = now_ms.div_euclid(1000);
     let ttl = deps.settings.pin.session_ttl;
     let s = PinSession {
@@ -133,7 +133,7 @@ pub async fn load_session(deps: &Deps, token: &str) -> Result<PinSession, FlowEr
     {
         return Err(FlowError::SessionInvalid);
     }
-    if crate::util::clock::now() >= s.expires {
+    if deps.store.now() >= s.expires {
         return Err(FlowError::SessionExpired);
     }
     Ok(s)
@@ -145,7 +145,7 @@ pub async fn sessions(deps: &Deps, sub: &str) -> Result<Vec<PinSession>, FlowErr
         return Ok(Vec::new());
     };
     let list: Vec<SessionRef> = serde_json::from_slice(&raw).unwrap_or_default();
-    let now = crate::util::clock::now();
+    let now = deps.store.now();
     let cut = deps.revocations.revoked_before(sub);
     let mut out = Vec::new();
     for r in list.iter().filter(|r| r.expires > now) {
@@ -187,7 +187,7 @@ pub fn ended_session_ttl(expires: i64, now: i64, login_ttl: Duration) -> Duratio
 /// long as anything it gave could still be presented.
 pub(crate) async fn end(deps: &Deps, s: &PinSession) -> Result<(), FlowError> {
     deps.store.delete(&keys::pin_session(&s.id)).await?;
-    let now_ms = crate::util::clock::now_ms();
+    let now_ms = deps.store.now_ms();
     let ttl = ended_session_ttl(
         s.expires,
         now_ms.div_euclid(1000),
@@ -225,7 +225,7 @@ pub async fn end_sessions(deps: &Deps, sub: &str, keep: Option<&str>) -> Result<
 pub async fn invalidate_user(deps: &Deps, sub: &str, ip: &str) -> Result<(), FlowError> {
     counted("invalidate", async {
         deps.revocations
-            .revoke(&*deps.store, sub, crate::util::clock::now_ms(), None)
+            .revoke(&*deps.store, sub, deps.store.now_ms(), None)
             .await?;
         // Sessions are already dead by the revocation time; dropping the
         // records keeps the account page tidy.
@@ -277,7 +277,7 @@ pub async fn pin_login(
             &s.profile,
             &s.id,
             s.login_time,
-            crate::util::clock::now_ms(),
+            deps.store.now_ms(),
             deps.settings.pin.login_ttl.as_secs() as i64,
         );
         crate::util::audit::event("pin_login", &s.sub, ip, &s.id);
