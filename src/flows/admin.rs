@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::flows::deps::Deps;
 use crate::flows::error::FlowError;
 use crate::flows::lifecycle;
-use crate::flows::lockout::{self, lock_state};
+use crate::flows::lockout;
 use crate::store::keys;
 
 /// A user's state, for people and scripts (LoginRadius-style names).
@@ -83,9 +83,7 @@ pub fn note_step_up(deps: &Deps, sub: &str, factor: &'static str) {
 
 pub async fn show(deps: &Deps, sub: &str) -> Result<Account, FlowError> {
     let store = &*deps.store;
-    let record = crate::flows::pin::load_record(store, sub).await?;
-    let lock_key = format!("{}:lock", keys::failures(sub));
-    let state = lock_state(store.get(&lock_key).await?, store.now());
+    let pin = crate::flows::pin::state(store, sub).await?;
     let sessions = lifecycle::sessions(deps, sub).await?;
     let last = store
         .get(&keys::last_step_up(sub))
@@ -94,13 +92,13 @@ pub async fn show(deps: &Deps, sub: &str) -> Result<Account, FlowError> {
     let profile = crate::flows::profile::load(store, sub).await?;
     Ok(Account {
         uid: sub.to_string(),
-        is_pin_set: record.is_some(),
-        pin_set_at: record.map(|r| r.set_at),
-        locked_until: match state {
-            Some(FlowError::Locked { until }) => Some(until),
+        is_pin_set: pin.is_set(),
+        pin_set_at: pin.set_at(),
+        locked_until: match pin {
+            crate::flows::pin::PinState::Locked { until, .. } => Some(until),
             _ => None,
         },
-        suspended: state == Some(FlowError::Suspended),
+        suspended: matches!(pin, crate::flows::pin::PinState::Suspended { .. }),
         failures: count(store, &format!("{}:n", keys::failures(sub))).await?,
         consecutive_failures: count(store, &format!("{}:streak", keys::failures(sub))).await?,
         pin_sessions: sessions

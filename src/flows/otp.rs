@@ -86,6 +86,7 @@ pub async fn purpose_for(deps: &Deps, p: &Principal, email: &str) -> Result<Purp
 }
 
 /// What a send answers: where it went and until when the code is good.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sent {
     pub masked: String,
     pub expires_at: i64,
@@ -196,6 +197,25 @@ pub async fn send_for(
             Err(FlowError::MailFailed)
         }
     }
+}
+
+/// Where a user's step-up code stands. A code is sent, then verified
+/// (taken), burned (too many tries) or expired; the last three look the
+/// same from outside, and say so: there is no code to enter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OtpState {
+    /// None waiting: never sent, verified, burned or expired.
+    NoCode,
+    /// Sent, and enterable until `Sent::expires_at`.
+    Sent(Sent),
+}
+
+/// The user's code state now (on the store's clock).
+pub async fn state(deps: &Deps, p: &Principal) -> Result<OtpState, FlowError> {
+    Ok(match pending(deps, p).await? {
+        Some(sent) if sent.expires_at > deps.store.now() => OtpState::Sent(sent),
+        _ => OtpState::NoCode,
+    })
 }
 
 /// Where a pending code went, for the code page.

@@ -159,6 +159,51 @@ pub async fn load_record(store: &dyn Store, sub: &str) -> Result<Option<PinRecor
     }
 }
 
+/// Where a user's PIN stands: the one answer pages, the API and admins ask
+/// instead of reading a record and a lock apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PinState {
+    /// No PIN: the next step-up asks for enrollment.
+    NotSet,
+    /// Set (at this Unix time), usable now.
+    Set { set_at: i64 },
+    /// Set, and locked by failures until this Unix time.
+    Locked { set_at: i64, until: i64 },
+    /// Set, and suspended by `lockout.max_consecutive` failures in a row,
+    /// until a reset or an admin unlock.
+    Suspended { set_at: i64 },
+}
+
+impl PinState {
+    pub fn is_set(&self) -> bool {
+        !matches!(self, PinState::NotSet)
+    }
+    pub fn set_at(&self) -> Option<i64> {
+        match self {
+            PinState::NotSet => None,
+            PinState::Set { set_at }
+            | PinState::Locked { set_at, .. }
+            | PinState::Suspended { set_at } => Some(*set_at),
+        }
+    }
+}
+
+/// `sub`'s PIN state now (on the store's clock).
+pub async fn state(store: &dyn Store, sub: &str) -> Result<PinState, FlowError> {
+    let Some(record) = load_record(store, sub).await? else {
+        return Ok(PinState::NotSet);
+    };
+    let lock_key = format!("{}:lock", keys::failures(sub));
+    let set_at = record.set_at;
+    Ok(
+        match crate::flows::lockout::lock_state(store.get(&lock_key).await?, store.now()) {
+            Some(FlowError::Suspended) => PinState::Suspended { set_at },
+            Some(FlowError::Locked { until }) => PinState::Locked { set_at, until },
+            _ => PinState::Set { set_at },
+        },
+    )
+}
+
 /// Verify `pin` for `sub`, under the lockout. Ok(()) on a right PIN.
 /// `on_suspend` is told when this guess suspends the PIN.
 pub async fn verify(

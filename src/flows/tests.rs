@@ -173,7 +173,7 @@ async fn a_code_to_an_address_outside_the_profile_is_never_sent() {
 /// Time moved by hand: a code expires, a lock ends, a kept request goes,
 /// without a test waiting for any of it.
 #[tokio::test]
-async fn deadlines_follow_the_clock_the_flows_and_the_store_share() {
+async fn states_and_deadlines_follow_the_clock_the_flows_and_the_store_share() {
     use crate::util::clock::Clock;
     use std::time::Duration;
     let mailbox = tempfile::tempdir().unwrap();
@@ -202,7 +202,16 @@ async fn deadlines_follow_the_clock_the_flows_and_the_store_share() {
         .find(|w| w.len() == len)
         .unwrap()
         .to_string();
+    assert!(matches!(
+        otp::state(&d, &p).await,
+        Ok(otp::OtpState::Sent(_))
+    ));
     clock.advance(d.settings.email_otp.ttl + Duration::from_secs(1));
+    assert_eq!(
+        otp::state(&d, &p).await,
+        Ok(otp::OtpState::NoCode),
+        "expired"
+    );
     assert_eq!(
         otp::verify(&d, &p, &code, "10.0.0.1").await.err(),
         Some(FlowError::NoCode),
@@ -210,7 +219,16 @@ async fn deadlines_follow_the_clock_the_flows_and_the_store_share() {
     );
 
     // A lock: refused while it holds, the right PIN works once it ended.
+    assert_eq!(
+        pin::state(&*d.store, "alice").await,
+        Ok(pin::PinState::NotSet)
+    );
     enrolled(&d, &p, "2580").await;
+    let set_at = clock.now();
+    assert_eq!(
+        pin::state(&*d.store, "alice").await,
+        Ok(pin::PinState::Set { set_at })
+    );
     let verify = |pin_: &'static str| {
         let d = &d;
         async move {
@@ -246,7 +264,16 @@ async fn deadlines_follow_the_clock_the_flows_and_the_store_share() {
         verify("2580").await,
         Err(FlowError::Locked { .. })
     ));
+    assert_eq!(
+        pin::state(&*d.store, "alice").await,
+        Ok(pin::PinState::Locked { set_at, until })
+    );
     clock.advance(Duration::from_secs(601));
+    assert_eq!(
+        pin::state(&*d.store, "alice").await,
+        Ok(pin::PinState::Set { set_at }),
+        "the lock ended on the clock"
+    );
     assert_eq!(verify("2580").await, Ok(()), "the lock ended");
 
     // A kept request waits 10 minutes, not longer.

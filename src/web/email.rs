@@ -111,9 +111,9 @@ pub async fn code_page(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
         Ok(x) => x,
         Err(e) => return flow_page(gate, e, "/"),
     };
-    match otp::pending(gate, p).await {
-        Ok(Some(sent)) => code_form(gate, 200, p, &pending, &sent, None),
-        Ok(None) => Reply::redirect(&pending.link("/.stepgate/email")),
+    match otp::state(gate, p).await {
+        Ok(otp::OtpState::Sent(sent)) => code_form(gate, 200, p, &pending, &sent, None),
+        Ok(otp::OtpState::NoCode) => Reply::redirect(&pending.link("/.stepgate/email")),
         Err(e) => flow_page(gate, e, &pending.return_to),
     }
 }

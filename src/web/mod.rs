@@ -307,9 +307,10 @@ async fn pin_page(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
         Ok(x) => x,
         Err(e) => return flow_page(gate, e, "/"),
     };
-    match pin::load_record(&*gate.store, &p.sub).await {
-        Ok(None) => Reply::redirect(&pending.link("/.stepgate/pin/setup")),
-        Ok(Some(_)) => pin_form(gate, 200, p, &pending, None),
+    match pin::state(&*gate.store, &p.sub).await {
+        Ok(pin::PinState::NotSet) => Reply::redirect(&pending.link("/.stepgate/pin/setup")),
+        // A locked or suspended PIN's form says so when it is sent.
+        Ok(_) => pin_form(gate, 200, p, &pending, None),
         Err(e) => flow_page(gate, e, &pending.return_to),
     }
 }
