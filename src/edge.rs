@@ -102,17 +102,18 @@ pub fn canonicalize(
 /// and does not read), so every form POST counts, and any POST naming
 /// `_method` in its query.
 pub fn may_override_method(req: &RequestHeader, query: Option<&str>) -> bool {
-    let form = header(req, "content-type").is_some_and(|t| {
-        let t = t.trim_start().to_ascii_lowercase();
-        t.starts_with("application/x-www-form-urlencoded") || t.starts_with("multipart/form-data")
-    });
-    form || query.is_some_and(|q| {
-        q.split('&').any(|kv| {
-            kv.split('=')
-                .next()
-                .is_some_and(|k| k.eq_ignore_ascii_case("_method"))
-        })
-    })
+    // Any body can carry `_method`: Rack reads it from a body of no or any
+    // form type, Laravel from JSON too. Only a POST known to have none
+    // (and no `_method` in its query) is plainly a POST.
+    let body = header(req, "transfer-encoding").is_some()
+        || header(req, "content-length").is_some_and(|n| n.trim() != "0");
+    body || query.is_some_and(query_overrides)
+}
+
+/// Whether a query names `_method` as any app would read it (decoded,
+/// `;` as a separator, PHP's name mangling).
+pub fn query_overrides(q: &str) -> bool {
+    crate::auth::binding::overrides_method(Some(q), None, b"") != Some(false)
 }
 
 /// Headers that make an app route, or act on, another request than the one
@@ -346,8 +347,15 @@ pub fn read(
     for name in stripped {
         req.remove_header(&name);
     }
+    let content_types = session
+        .req_header()
+        .headers
+        .get_all("content-type")
+        .iter()
+        .count();
     let canon = canonicalize(gate, session, trusted).and_then(|c| match conflicting {
         true => Err(Refusal::ManyCredentials),
+        false if content_types > 1 => Err(Refusal::ManyContentTypes),
         false => Ok(c),
     });
     let canon = match canon {
@@ -371,14 +379,14 @@ pub fn read(
         });
     }
     let path = canon.path.matched();
-    let under = |prefix: &str| {
-        path.get(..prefix.len())
-            .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
-            && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/'))
-    };
+    // The first segment as any server may read it: in any case (Unicode
+    // folding, as rules match), and without the trailing dots and spaces
+    // Windows drops.
+    let first = path.split('/').nth(1).unwrap_or("");
+    let first = crate::policy::fold(first.trim_end_matches(['.', ' ', '\u{a0}']));
     // With `api.loginradius_root`, LoginRadius's own paths are stepgate's
     // too, in any case: a PIN sent there must never reach the app.
-    let reserved = under("/.stepgate") || (gate.settings.loginradius_root && under("/identity"));
+    let reserved = first == ".stepgate" || (gate.settings.loginradius_root && first == "identity");
     let overridable =
         canon.method == "POST" && may_override_method(session.req_header(), canon.query.as_deref());
     let edge = Edge {

@@ -35,6 +35,44 @@ pub struct Held {
     /// `Set-Cookie` of the step-up that finished a kept request, sent with
     /// the application's answer to it.
     pub response_cookies: Vec<String>,
+    /// A read of the body stopped before its end (too large, too slow):
+    /// what was read is not the body, so nothing may be judged on it.
+    pub partial: bool,
+}
+
+/// A body sent with a `Content-Encoding` (deflate, gzip…): apps that
+/// inflate it read other bytes than stepgate would, so stepgate judges,
+/// keeps and checks no such body.
+fn encoded(session: &Session) -> bool {
+    header(session.req_header(), "content-encoding")
+        .is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"))
+}
+
+/// Read the whole body into `held` (once), or say it cannot be.
+async fn whole_body(
+    session: &mut Session,
+    gate: &Gate,
+    held: &mut Held,
+) -> Result<std::result::Result<Bytes, Read>> {
+    if let Some(b) = &held.body {
+        return Ok(Ok(b.clone()));
+    }
+    if held.partial {
+        return Ok(Err(Read::Slow));
+    }
+    if !has_body(session) {
+        return Ok(Ok(Bytes::new()));
+    }
+    match read_body(session, kept::MAX_BODY, gate.settings.reserved_body_timeout).await? {
+        Read::Full(b) => {
+            held.body = Some(b.clone());
+            Ok(Ok(b))
+        }
+        other => {
+            held.partial = true;
+            Ok(Err(other))
+        }
+    }
 }
 
 impl Held {
@@ -114,8 +152,19 @@ pub fn rewrite(session: &mut Session, r: &Resend) -> Result<()> {
     req.set_method(method);
     // The target's bytes as the browser first sent them.
     req.set_raw_path(r.target.as_bytes())?;
-    req.remove_header("transfer-encoding");
-    req.remove_header("content-type");
+    // Nothing of the step-up POST's body framing goes with the kept body.
+    for h in [
+        "transfer-encoding",
+        "content-type",
+        "content-encoding",
+        "content-range",
+        "content-md5",
+        "digest",
+        "content-digest",
+        "expect",
+    ] {
+        req.remove_header(h);
+    }
     if let Some(ct) = &r.content_type {
         req.insert_header("Content-Type", ct.as_str())?;
     }
@@ -133,33 +182,34 @@ pub async fn form_overrides(
     held: &mut Held,
     canon: &CanonicalRequest,
 ) -> Result<Option<bool>> {
-    let in_query = canon.query.as_deref().is_some_and(|q| {
-        form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k.eq_ignore_ascii_case("_method"))
-    });
-    if in_query || !binding::is_form(header(session.req_header(), "content-type")) {
+    if canon
+        .query
+        .as_deref()
+        .is_some_and(crate::edge::query_overrides)
+    {
         return Ok(None);
     }
-    let body = match held.body.clone() {
-        Some(b) => b,
-        None if !has_body(session) => bytes::Bytes::new(),
-        None => {
-            let declared = header(session.req_header(), "content-length")
-                .and_then(|v| v.trim().parse::<usize>().ok());
-            if declared.is_none_or(|n| n > kept::MAX_BODY) {
-                return Ok(None);
-            }
-            match read_body(session, kept::MAX_BODY, gate.settings.reserved_body_timeout).await? {
-                Read::Full(b) => {
-                    held.body = Some(b.clone());
-                    b
-                }
-                _ => return Ok(None),
-            }
-        }
+    let ct = header(session.req_header(), "content-type").map(str::to_string);
+    let (form, json) = (
+        binding::is_form(ct.as_deref()),
+        binding::is_json(ct.as_deref()),
+    );
+    if encoded(session) || (has_body(session) && !form && !json) {
+        return Ok(None);
+    }
+    let declared =
+        header(session.req_header(), "content-length").and_then(|v| v.trim().parse::<usize>().ok());
+    if held.body.is_none() && has_body(session) && declared.is_none_or(|n| n > kept::MAX_BODY) {
+        return Ok(None);
+    }
+    let Ok(body) = whole_body(session, gate, held).await? else {
+        return Ok(None);
     };
-    Ok(Some(
-        form_urlencoded::parse(&body).any(|(k, _)| k.trim().eq_ignore_ascii_case("_method")),
-    ))
+    if body.is_empty() {
+        return Ok(Some(false));
+    }
+    // Every spelling an app reads as `_method` (PHP mangling, arrays, `;`).
+    Ok(binding::overrides_method(None, ct.as_deref(), &body))
 }
 
 /// The digest of a bound rule's values in this request, its body read
@@ -173,31 +223,16 @@ pub async fn bound_digest(
     fields: &[String],
     html: bool,
 ) -> Result<std::result::Result<String, Reply>> {
-    let body = match held.body.clone() {
-        Some(b) => b,
-        None if !has_body(session) => bytes::Bytes::new(),
-        None => {
-            match read_body(session, kept::MAX_BODY, gate.settings.reserved_body_timeout).await? {
-                Read::Full(b) => {
-                    held.body = Some(b.clone());
-                    b
-                }
-                Read::TooLarge => {
-                    return Ok(Err(replies::binding_refused(
-                        gate,
-                        html,
-                        "its body is larger than 64 KiB",
-                    )));
-                }
-                Read::Slow => {
-                    return Ok(Err(replies::binding_refused(
-                        gate,
-                        html,
-                        "its body did not arrive in time",
-                    )));
-                }
-            }
-        }
+    let refuse = |why: &str| Ok(Err(replies::binding_refused(gate, html, why)));
+    if encoded(session) {
+        return refuse(
+            "its body is compressed (Content-Encoding), and apps read it after inflating it",
+        );
+    }
+    let body = match whole_body(session, gate, held).await? {
+        Ok(b) => b,
+        Err(Read::TooLarge) => return refuse("its body is larger than 64 KiB"),
+        Err(_) => return refuse("its body did not arrive in time"),
     };
     let query = canon.query.clone();
     let ct = header(session.req_header(), "content-type");
@@ -214,29 +249,41 @@ pub async fn bound_digest(
 /// A browser's request that needs a step-up and has a body: kept (a form
 /// or JSON body of at most 64 KiB) so it reaches the application after the
 /// step-up, or not, and the pages say it must be sent again.
+#[allow(clippy::too_many_arguments)]
 pub async fn keep(
     session: &mut Session,
     gate: &Gate,
-    held: &Held,
+    held: &mut Held,
     canon: &CanonicalRequest,
     host: &str,
+    origin: &str,
     principal: &Principal,
 ) -> Result<Keeping> {
-    if matches!(canon.method.as_str(), "GET" | "HEAD" | "OPTIONS") {
+    if matches!(canon.method.as_str(), "GET" | "HEAD" | "OPTIONS") || !has_body(session) {
         return Ok(Keeping::Nothing);
+    }
+    // Only the site's own forms: a cross-site POST must not ride on the
+    // user's next step-up (it is refused its cookie-less way as before).
+    let req = session.req_header();
+    let fetch_site = header(req, "sec-fetch-site").map(|v| v.trim().to_ascii_lowercase());
+    let from_elsewhere = fetch_site
+        .as_deref()
+        .is_some_and(|v| v != "same-origin" && v != "none")
+        || header(req, "origin")
+            .map(str::trim)
+            .is_some_and(|o| !o.eq_ignore_ascii_case(origin));
+    if from_elsewhere {
+        return Ok(not_kept("cross"));
+    }
+    if encoded(session) {
+        return Ok(not_kept("upload"));
     }
     let method = canon.method.clone();
     let ct = header(session.req_header(), "content-type").map(str::to_string);
-    let body = match held.body.clone() {
-        Some(b) => b,
-        None if !has_body(session) => return Ok(Keeping::Nothing),
-        None => {
-            match read_body(session, kept::MAX_BODY, gate.settings.reserved_body_timeout).await? {
-                Read::Full(b) => b,
-                Read::TooLarge => return Ok(not_kept("large")),
-                Read::Slow => return Ok(not_kept("slow")),
-            }
-        }
+    let body = match whole_body(session, gate, held).await? {
+        Ok(b) => b,
+        Err(Read::TooLarge) => return Ok(not_kept("large")),
+        Err(_) => return Ok(not_kept("slow")),
     };
     if body.is_empty() {
         return Ok(Keeping::Nothing);

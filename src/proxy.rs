@@ -94,16 +94,17 @@ async fn judge<'g>(
         canon.path.matched(),
         edge.overridable,
     );
-    // A form POST is judged as every method `_method` could make it; when
-    // that is stricter, the form itself says whether it carries one.
-    if edge.overridable && !matches!(m.require, crate::policy::Require::None) {
-        if let Some(overrides) = hold::form_overrides(session, gate, &mut ctx.held, canon).await? {
-            if !overrides {
-                let canon = ctx.canon.as_ref().expect("parsed");
-                m = gate
-                    .policy
-                    .judge(&ctx.host, &canon.method, canon.path.matched(), false);
-            }
+    // A POST with a body is judged as every method `_method` could make
+    // it; when that is stricter than the POST's own rule, the body itself
+    // (read, at most 64 KiB) says whether it names one.
+    if edge.overridable {
+        let plain = gate
+            .policy
+            .judge(&ctx.host, &canon.method, canon.path.matched(), false);
+        if !std::ptr::eq(plain.require, m.require)
+            && hold::form_overrides(session, gate, &mut ctx.held, canon).await? == Some(false)
+        {
+            m = plain;
         }
     }
     let bound = match m.require {
@@ -443,7 +444,16 @@ impl ProxyHttp for Proxy {
             other => {
                 let keeping = match (&other, ctx.canon.as_ref()) {
                     (Decision::StepUp { principal, .. }, Some(canon)) if edge.html => {
-                        hold::keep(session, &gate, &ctx.held, canon, &ctx.host, principal).await?
+                        hold::keep(
+                            session,
+                            &gate,
+                            &mut ctx.held,
+                            canon,
+                            &ctx.host,
+                            &edge.origin,
+                            principal,
+                        )
+                        .await?
                     }
                     _ => replies::Keeping::Nothing,
                 };
@@ -452,6 +462,19 @@ impl ProxyHttp for Proxy {
         };
         send(session, reply).await?;
         Ok(true)
+    }
+
+    /// What Pingora's error lines say about a request: method, host and
+    /// path, never the query (PIN session tokens, PINAuthTokens and access
+    /// tokens travel there on LoginRadius's paths).
+    fn request_summary(&self, session: &Session, _ctx: &Ctx) -> String {
+        let req = session.req_header();
+        format!(
+            "{} {}, Host: {}",
+            req.method,
+            req.uri.path(),
+            header(req, "host").unwrap_or("-")
+        )
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {

@@ -77,8 +77,43 @@ pub fn is_json(ct: Option<&str>) -> bool {
     m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
 }
 
+/// The names an app may read a parameter `k` as, lower case: as sent;
+/// PHP's (leading whitespace dropped, `.` and ` ` and an unmatched `[` read
+/// as `_`); and an array's base (`amount[]`, `amount[x]`, qs and PHP).
+fn readings(k: &str) -> Vec<String> {
+    let k = k.trim_start().to_lowercase();
+    let php = |s: &str| -> String {
+        let mut out = String::with_capacity(s.len());
+        let mut bracket_done = false;
+        for (i, c) in s.char_indices() {
+            match c {
+                '.' | ' ' => out.push('_'),
+                '[' if !bracket_done && !s[i..].contains(']') => {
+                    bracket_done = true;
+                    out.push('_')
+                }
+                c => out.push(c),
+            }
+        }
+        out
+    };
+    let mut out = vec![k.clone(), php(&k)];
+    if let Some(i) = k.find('[') {
+        out.push(k[..i].to_string());
+        out.push(php(&k[..i]));
+    }
+    out
+}
+
+/// Whether an app may read the parameter `k` as `field` (any case, PHP's
+/// name mangling, array syntax).
+pub fn same_name(k: &str, field: &str) -> bool {
+    let f = field.to_lowercase();
+    readings(k).contains(&f)
+}
+
 /// Record `name = value` for a bound field, refusing a second sighting and
-/// another case of a bound name.
+/// any other spelling an app may read as a bound name.
 fn note(fields: &[String], out: &mut Values, name: &str, value: String) -> Result<(), BindError> {
     for f in fields {
         if f == name {
@@ -88,9 +123,83 @@ fn note(fields: &[String], out: &mut Values, name: &str, value: String) -> Resul
             out.insert(f.clone(), Some(value));
             return Ok(());
         }
-        if f.eq_ignore_ascii_case(name) || f.to_lowercase() == name.to_lowercase() {
+        if same_name(name, f) {
             return Err(BindError::Ambiguous(f.clone()));
         }
+    }
+    Ok(())
+}
+
+/// Whether a request names a method override (`_method`) in its query or
+/// its form or JSON body, under any spelling an app reads as it. `None`: the
+/// body cannot be read (another type), so it cannot be told.
+pub fn overrides_method(
+    query: Option<&str>,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Option<bool> {
+    let field = ["_method".to_string()];
+    if let Some(q) = query {
+        match values(&field, Some(q), None, b"") {
+            Ok(v) if v.values().any(Option::is_some) => return Some(true),
+            Ok(_) => {}
+            Err(_) => return Some(true),
+        }
+    }
+    if body.is_empty() {
+        return Some(false);
+    }
+    if !is_form(content_type) && !is_json(content_type) {
+        return None;
+    }
+    match values(&field, None, content_type, body) {
+        Ok(v) => Some(v.values().any(Option::is_some)),
+        // Named twice or in two spellings: it is there.
+        Err(BindError::Ambiguous(_)) => Some(true),
+        Err(_) => None,
+    }
+}
+
+/// `a=1&b=2` strictly: escapes must decode to UTF-8 (a lossy decoding would
+/// let two byte strings share one approval).
+fn pairs(text: &[u8]) -> Result<Vec<(String, String)>, BindError> {
+    let text = std::str::from_utf8(text).map_err(|_| BindError::Malformed)?;
+    let decode = |s: &str| -> Result<String, BindError> {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8()
+            .map(|c| c.into_owned())
+            .map_err(|_| BindError::Malformed)
+    };
+    let mut out = Vec::new();
+    for piece in text.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = piece.split_once('=').unwrap_or((piece, ""));
+        out.push((decode(k)?, decode(v)?));
+    }
+    Ok(out)
+}
+
+/// Rack 2 (Rails up to 7.0, Sinatra) also splits on `;`: a bound name in a
+/// `;`-joined piece would be read by such an app and not by the rest.
+fn semicolon_names(fields: &[String], text: &[u8]) -> Result<(), BindError> {
+    let text = String::from_utf8_lossy(text);
+    for piece in text.split('&') {
+        for sub in piece.split(';').skip(1) {
+            let k = sub.split('=').next().unwrap_or("");
+            let k = k.replace('+', " ");
+            let k = percent_encoding::percent_decode_str(&k).decode_utf8_lossy();
+            if let Some(f) = fields.iter().find(|f| same_name(&k, f)) {
+                return Err(BindError::Ambiguous(f.clone()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A parameter list (a query or a form body), for the bound fields.
+fn note_all(fields: &[String], out: &mut Values, text: &[u8]) -> Result<(), BindError> {
+    semicolon_names(fields, text)?;
+    for (k, v) in pairs(text)? {
+        note(fields, out, &k, v)?;
     }
     Ok(())
 }
@@ -104,20 +213,13 @@ pub fn values(
 ) -> Result<Values, BindError> {
     let mut out: Values = fields.iter().map(|f| (f.clone(), None)).collect();
     if let Some(q) = query {
-        for (k, v) in form_urlencoded::parse(q.as_bytes()) {
-            note(fields, &mut out, &k, v.into_owned())?;
-        }
+        note_all(fields, &mut out, q.as_bytes())?;
     }
     if body.is_empty() {
         return Ok(out);
     }
     if is_form(content_type) {
-        if std::str::from_utf8(body).is_err() {
-            return Err(BindError::Malformed);
-        }
-        for (k, v) in form_urlencoded::parse(body) {
-            note(fields, &mut out, &k, v.into_owned())?;
-        }
+        note_all(fields, &mut out, body)?;
     } else if is_json(content_type) {
         let top: TopLevel = serde_json::from_slice(body).map_err(|e| {
             match e.to_string().strip_prefix("duplicate key ") {
@@ -127,10 +229,13 @@ pub fn values(
                 None => BindError::Malformed,
             }
         })?;
-        for (k, v) in top.0 {
-            let text = match v {
-                Value::String(s) => s,
-                other => other.to_string(),
+        for (k, raw) in top.0 {
+            // A string's value; anything else as its exact text (a number
+            // too large for a float stays itself).
+            let raw = raw.get().trim();
+            let text = match raw.starts_with('"') {
+                true => serde_json::from_str::<String>(raw).map_err(|_| BindError::Malformed)?,
+                false => raw.to_string(),
             };
             note(fields, &mut out, &k, text)?;
         }
@@ -202,8 +307,8 @@ pub fn shown(values: &Values) -> Vec<(String, String)> {
 }
 
 /// A JSON object's top level, refusing duplicate keys (parsers disagree on
-/// which of two one keeps).
-struct TopLevel(Vec<(String, Value)>);
+/// which of two one keeps); values kept as their text.
+struct TopLevel(Vec<(String, Box<serde_json::value::RawValue>)>);
 
 impl<'de> Deserialize<'de> for TopLevel {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -214,8 +319,10 @@ impl<'de> Deserialize<'de> for TopLevel {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<TopLevel, A::Error> {
-                let mut out: Vec<(String, Value)> = Vec::new();
-                while let Some((k, v)) = m.next_entry::<String, Value>()? {
+                let mut out: Vec<(String, Box<serde_json::value::RawValue>)> = Vec::new();
+                while let Some((k, v)) =
+                    m.next_entry::<String, Box<serde_json::value::RawValue>>()?
+                {
                     if out.iter().any(|(seen, _)| *seen == k) {
                         return Err(de::Error::custom(format!("duplicate key `{k}`")));
                     }
@@ -303,6 +410,52 @@ mod tests {
             Err(BindError::Unreadable)
         );
         assert_eq!(amb(None, JSON, b"{"), Err(BindError::Malformed));
+    }
+
+    #[test]
+    fn spellings_other_apps_read_as_a_bound_name_are_refused() {
+        let fields = f(&["amount", "to_account"]);
+        let v = |body: &[u8]| values(&fields, None, FORM, body);
+        for body in [
+            &b"amount=100&to_account=bob&+amount=9"[..],
+            b"amount=100&to_account=bob&%20amount=9",
+            b"amount=100&to_account=bob&to.account=mallory",
+            b"amount=100&to_account=bob&to+account=mallory",
+            b"amount=100&to_account=bob&to[account=mallory",
+            b"amount=100&to_account=bob&amount[]=9",
+            b"amount=100&to_account=bob&amount[x]=9",
+            b"amount[0]=9&amount=100&to_account=bob",
+            b"amount=100&x=1;amount=9&to_account=bob",
+        ] {
+            assert!(
+                matches!(v(body), Err(BindError::Ambiguous(_))),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let q = values(
+            &fields,
+            Some("amount=100&to_account=bob&x=1;amount=999"),
+            None,
+            b"",
+        );
+        assert!(matches!(q, Err(BindError::Ambiguous(_))));
+        // Bytes that are not UTF-8 are not one lossy value.
+        assert_eq!(
+            v(b"amount=100&to_account=bob%FE"),
+            Err(BindError::Malformed)
+        );
+        // Numbers stay their text.
+        let j = values(
+            &fields,
+            None,
+            JSON,
+            br#"{"amount":100000000000000000001,"to_account":"b"}"#,
+        )
+        .unwrap();
+        assert_eq!(j["amount"].as_deref(), Some("100000000000000000001"));
+        // Unrelated names are fine.
+        assert!(v(b"amount=100&to_account=bob&memo=x.y&note[1]=z").is_ok());
     }
 
     #[test]

@@ -131,7 +131,11 @@ pub async fn take(deps: &Deps, id: &str, p: &Principal) -> Result<Kept, FlowErro
         .await?
         .ok_or(FlowError::KeptGone)?;
     match open(deps, id, &sealed, p) {
-        Ok(k) => Ok(k),
+        Ok(k) => {
+            // Sent on: its place in the user's quota is free again.
+            let _ = deps.store.decr(&keys::kept_count(&k.sub)).await;
+            Ok(k)
+        }
         Err(e) => {
             if deps.keys.open_kept(id, &sealed).is_some() {
                 restore_sealed(deps, id, &sealed).await;

@@ -210,6 +210,33 @@ impl Require {
     }
 }
 
+/// What a request that could be run as two methods must meet: the
+/// stricter rule's requirement. Two step-ups neither of which asks all the
+/// other does (other factors, other bound fields) cannot both be met by one
+/// step-up: such a request is refused.
+fn stricter<'a>(a: Match<'a>, b: Match<'a>) -> Match<'a> {
+    static INCOMPARABLE: Require = Require::Deny;
+    match (a.require, b.require) {
+        (Require::StepUp(x), Require::StepUp(y)) => {
+            let covers = |x: &StepUp, y: &StepUp| {
+                x.methods.iter().all(|f| y.methods.contains(f))
+                    && x.max_age <= y.max_age
+                    && y.bind.iter().all(|f| x.bind.contains(f))
+            };
+            match (covers(x, y), covers(y, x)) {
+                (true, _) => a,
+                (_, true) => b,
+                _ => Match {
+                    rule: a.rule,
+                    require: &INCOMPARABLE,
+                },
+            }
+        }
+        _ if b.require.strength() > a.require.strength() => b,
+        _ => a,
+    }
+}
+
 /// The outcome of a lookup: a rule, or the policy's default.
 #[derive(Clone, Copy, Debug)]
 pub struct Match<'a> {
@@ -418,13 +445,7 @@ impl Policy {
         ["PUT", "PATCH", "DELETE"]
             .iter()
             .map(|m| self.lookup(host, m, path))
-            .fold(first, |best, m| {
-                if m.require.strength() > best.require.strength() {
-                    m
-                } else {
-                    best
-                }
-            })
+            .fold(first, stricter)
     }
 
     fn find(&self, index: &matcher::Index, host: &str, method: &str, path: &str) -> Match<'_> {

@@ -50,6 +50,9 @@ pub enum Refusal {
     NotFaithful,
     /// Two Authorization headers, or two different first-factor cookies.
     ManyCredentials,
+    /// More than one Content-Type header: apps read the first or the last,
+    /// so what the body is depends on who reads it.
+    ManyContentTypes,
 }
 
 impl Refusal {
@@ -76,6 +79,9 @@ impl Refusal {
             Refusal::NotFaithful => {
                 "this gateway forwards paths as sent, and this one reads differently once normalized (a `;parameter` or a doubled `/`)"
             }
+            Refusal::ManyContentTypes => {
+                "the request has more than one Content-Type header, so servers disagree on what its body is"
+            }
         }
     }
 
@@ -96,6 +102,7 @@ impl Refusal {
             Refusal::BadQuery => "bad_query",
             Refusal::NotFaithful => "not_faithful",
             Refusal::ManyCredentials => "many_credentials",
+            Refusal::ManyContentTypes => "many_content_types",
         }
     }
 }

@@ -25,6 +25,7 @@ fn resend_text(code: &str) -> Option<&'static str> {
         "upload" => "Files and uploads are not kept: after confirming, send the form again.",
         "slow" => "The form you sent did not arrive completely: after confirming, send it again.",
         "store" => "The form you sent could not be kept: after confirming, send it again.",
+        "cross" => "The form was sent from another site, so it was not kept: after confirming, send it again from this site if you meant to.",
         "many" => "You have many forms waiting for a confirmation already, so this one was not kept: after confirming, send it again.",
         _ => return None,
     })
@@ -90,7 +91,20 @@ impl Pending {
         let path = crate::policy::normalize_path(&path)
             .map(|(m, _)| m)
             .unwrap_or_else(|_| "/".into());
-        let step_up = match gate.policy.lookup(&req.host(), &method, &path).require {
+        // Judged as the proxy will: a kept form that names `_method` (or
+        // cannot be read) as every method the app could run it as.
+        let overridable = kept.as_ref().is_some_and(|(_, k)| {
+            crate::auth::binding::overrides_method(
+                query.as_deref(),
+                k.content_type.as_deref(),
+                &k.body,
+            ) != Some(false)
+        });
+        let step_up = match gate
+            .policy
+            .judge(&req.host(), &method, &path, overridable)
+            .require
+        {
             Require::StepUp(s) => Some(s.clone()),
             _ => None,
         };
@@ -177,6 +191,16 @@ impl Pending {
             confirm,
             resend => self.resend.as_ref().map(|(_, text)| *text),
             kept => self.kept.is_some(),
+            // What will be sent, so the user sees what they confirm.
+            kept_request => self.kept.as_ref().map(|(_, k)| {
+                let path = k.target.split('?').next().unwrap_or("/").to_string();
+                let fields: Vec<String> = if crate::auth::binding::is_form(k.content_type.as_deref()) {
+                    form_urlencoded::parse(&k.body).map(|(n, _)| n.into_owned()).take(12).collect()
+                } else {
+                    Vec::new()
+                };
+                context! { method => &k.method, path, fields => fields.join(", ") }
+            }),
         }
     }
 }
