@@ -382,8 +382,7 @@ pub fn read(
     // The first segment as any server may read it: in any case (Unicode
     // folding, as rules match), and without the trailing dots and spaces
     // Windows drops.
-    let first = path.split('/').nth(1).unwrap_or("");
-    let first = crate::policy::fold(first.trim_end_matches(['.', ' ', '\u{a0}']));
+    let first = crate::policy::first_segment(path);
     // With `api.loginradius_root`, LoginRadius's own paths are stepgate's
     // too, in any case: a PIN sent there must never reach the app.
     let reserved = first == ".stepgate" || (gate.settings.loginradius_root && first == "identity");

@@ -524,3 +524,11 @@ pub fn normalize_path(raw: &str) -> Result<(String, String), BadPath> {
 
 #[cfg(test)]
 mod tests;
+
+/// A path's first segment as any server may read it: in any case (Unicode
+/// folding, as rules match), without the trailing dots and spaces Windows
+/// drops. What decides whether a path is stepgate's own.
+pub fn first_segment(path: &str) -> String {
+    let first = path.split('/').nth(1).unwrap_or("");
+    fold(first.trim_end_matches(['.', ' ', '\u{a0}']))
+}

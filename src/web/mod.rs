@@ -163,9 +163,7 @@ fn api_route<'p>(gate: &Gate, path: &'p str) -> Option<ApiRoute<'p>> {
 }
 
 fn is_identity(path: &str) -> bool {
-    path.get(..9)
-        .is_some_and(|p| p.eq_ignore_ascii_case("/identity"))
-        && matches!(path.as_bytes().get(9), None | Some(b'/'))
+    crate::policy::first_segment(path) == "identity"
 }
 
 /// Whether a reserved path is answered in JSON (either API spelling).
