@@ -56,6 +56,19 @@ pub struct Txn {
     pub d: String,
     /// The bound field names, sorted.
     pub f: Vec<String>,
+    /// The rule it was approved on, when the step-up page knew it: the
+    /// approval then opens that rule only (another operation with the same
+    /// fields needs its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r: Option<String>,
+}
+
+impl Txn {
+    /// This approval, for rule `rule` only.
+    pub fn on_rule(mut self, rule: Option<&str>) -> Txn {
+        self.r = rule.map(str::to_string);
+        self
+    }
 }
 
 /// Media type of a `Content-Type`, lower case, without parameters.
@@ -257,6 +270,7 @@ pub fn txn(values: &Values) -> Txn {
     Txn {
         d: digest(values),
         f: values.keys().cloned().collect(),
+        r: None,
     }
 }
 

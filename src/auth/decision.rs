@@ -239,7 +239,12 @@ pub fn decide_matched<'p>(
     }
     if step_up.is_bound() {
         let approved = claims.txn.as_ref().map(|t| t.d.as_str());
-        if approved.is_none() || approved != bound {
+        let other_rule = claims
+            .txn
+            .as_ref()
+            .and_then(|t| t.r.as_deref())
+            .is_some_and(|r| r != rule);
+        if approved.is_none() || approved != bound || other_rule {
             return need(principal, StepUpReason::OtherValues);
         }
     }
@@ -568,5 +573,74 @@ rules:
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_bound_approval_opens_its_values_on_its_rule_only() {
+        use crate::auth::binding;
+        let policy = Policy::from_sources(&[(
+            "p.yaml".into(),
+            r#"
+default: authenticated
+rules:
+  - { name: transfer, match: { path: "/transfer" }, require: step_up, step_up: { methods: [pin], max_age: 5m, bind: [amount, to] } }
+  - { name: wire, match: { path: "/wire" }, require: step_up, step_up: { methods: [pin], max_age: 5m, bind: [amount, to] } }
+"#
+            .into(),
+        )])
+        .unwrap();
+        let (_, verifier, keys) = setup();
+        let at = access("alice");
+        let p = verifier.verify(&at, 1_000).unwrap();
+        let values = binding::values(
+            &["amount".to_string(), "to".to_string()],
+            Some("amount=100&to=bob"),
+            None,
+            b"",
+        )
+        .unwrap();
+        let d = binding::digest(&values);
+        let decide_on = |path: &str, token: &str, bound: &str| {
+            let m = policy.judge("app", "POST", path, false);
+            decide_matched(
+                m,
+                Some(Ok(p.clone())),
+                Some(token),
+                Some(bound),
+                &keys,
+                30,
+                1_000,
+                &|_| None,
+            )
+            .label()
+        };
+        let (on_transfer, _) = keys.issue_bound_stepup_ms(
+            &p,
+            Factor::Pin,
+            1_000_000,
+            300,
+            Some(binding::txn(&values).on_rule(Some("transfer"))),
+        );
+        assert_eq!(decide_on("/transfer", &on_transfer, &d), "stepped_up");
+        assert_eq!(
+            decide_on("/transfer", &on_transfer, "other-digest"),
+            "challenge"
+        );
+        assert_eq!(
+            decide_on("/wire", &on_transfer, &d),
+            "challenge",
+            "another operation"
+        );
+        // An API client's approval names no rule: its values open any rule binding them.
+        let (any_rule, _) = keys.issue_bound_stepup_ms(
+            &p,
+            Factor::Pin,
+            1_000_000,
+            300,
+            Some(binding::txn(&values)),
+        );
+        assert_eq!(decide_on("/wire", &any_rule, &d), "stepped_up");
+        let (unbound, _) = keys.issue_stepup_ms(&p, Factor::Pin, 1_000_000, 300);
+        assert_eq!(decide_on("/transfer", &unbound, &d), "challenge");
     }
 }

@@ -114,7 +114,7 @@ pub async fn send_for(
     email: &str,
     ip: &str,
     enroll_allowed: bool,
-    binding: Option<&crate::auth::binding::Values>,
+    binding: Option<(&crate::auth::binding::Values, Option<&str>)>,
 ) -> Result<Sent, FlowError> {
     let s = &deps.settings.email_otp;
     let email = email.trim().to_ascii_lowercase();
@@ -164,7 +164,7 @@ pub async fn send_for(
         email: email.clone(),
         expires_at,
         purpose,
-        txn: binding.map(crate::auth::binding::txn),
+        txn: binding.map(|(v, rule)| crate::auth::binding::txn(v).on_rule(rule)),
     };
     let raw = serde_json::to_vec(&pending).map_err(|_| FlowError::Internal)?;
     // A new code starts with all its tries.
@@ -172,7 +172,9 @@ pub async fn send_for(
     deps.store
         .put(&keys::otp(&p.sub), &raw, Some(s.ttl))
         .await?;
-    let shown = binding.map(crate::auth::binding::shown).unwrap_or_default();
+    let shown = binding
+        .map(|(v, _)| crate::auth::binding::shown(v))
+        .unwrap_or_default();
     let mail = deps
         .pages
         .otp_mail(&email, &code, s.ttl, expires_at, &shown);

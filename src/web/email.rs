@@ -76,7 +76,7 @@ pub async fn send(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
     let return_to = &pending.return_to;
     let email = field(&form, "email").unwrap_or("");
     // On a bound rule the mail shows what the code approves.
-    match otp::send_for(gate, p, email, req.client_ip, login_is_fresh(gate, p), pending.values.as_ref()).await {
+    match otp::send_for(gate, p, email, req.client_ip, login_is_fresh(gate, p), pending.binding()).await {
         Ok(_) => Reply::redirect(&pending.link("/.stepgate/email/verify")),
         Err(FlowError::Cooldown { retry_after }) => match otp::pending(gate, p).await {
             // A code is already on its way: show its form, say why no new one.

@@ -39,6 +39,8 @@ pub struct Pending {
     /// Why a body was not kept: its code (carried along) and the words.
     resend: Option<(String, &'static str)>,
     pub step_up: Option<StepUp>,
+    /// The rule's name (an approval made here opens that rule only).
+    rule: Option<String>,
     /// A bound rule's values in that request.
     pub values: Option<Values>,
 }
@@ -100,11 +102,9 @@ impl Pending {
                 &k.body,
             ) != Some(false)
         });
-        let step_up = match gate
-            .policy
-            .judge(&req.host(), &method, &path, overridable)
-            .require
-        {
+        let m = gate.policy.judge(&req.host(), &method, &path, overridable);
+        let rule = Some(m.rule_name().to_string());
+        let step_up = match m.require {
             Require::StepUp(s) => Some(s.clone()),
             _ => None,
         };
@@ -124,6 +124,7 @@ impl Pending {
             kept,
             resend: get("resend").and_then(|c| resend_text(&c).map(|t| (c, t))),
             step_up,
+            rule,
             values,
         })
     }
@@ -136,9 +137,16 @@ impl Pending {
         }
     }
 
+    /// The values a code mailed now shows and approves, with the rule.
+    pub fn binding(&self) -> Option<(&Values, Option<&str>)> {
+        self.values.as_ref().map(|v| (v, self.rule.as_deref()))
+    }
+
     /// What a step-up made now approves, on a bound rule.
     pub fn txn(&self) -> Option<Txn> {
-        self.values.as_ref().map(binding::txn)
+        self.values
+            .as_ref()
+            .map(|v| binding::txn(v).on_rule(self.rule.as_deref()))
     }
 
     fn fields(&self) -> Vec<(&'static str, String)> {
