@@ -12,16 +12,14 @@
 
 mod common;
 
-use common::api::{api, api_secret_config, bearer, API_SECRET};
+use common::api::{api_secret_config, bearer, API_SECRET};
+use common::transfer::*;
 use common::*;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use reqwest::blocking::{Client, Response};
 use serde_json::{json, Value};
 
@@ -60,137 +58,6 @@ rules:
 // The recording app
 // ---------------------------------------------------------------------------
 
-/// A running `transfer_app.py`, killed on drop.
-struct App {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One request the app received.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Seen {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-impl App {
-    fn start() -> App {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("requests.jsonl");
-        let port_file = dir.path().join("port");
-        let stderr = dir.path().join("app.log");
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/transfer_app.py"
-        );
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg("--log")
-            .arg(&log)
-            .arg("--port-file")
-            .arg(&port_file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start python3 {script}: {e}"));
-        let start = Instant::now();
-        let port = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "transfer_app.py exited early ({status}):\n{}",
-                    std::fs::read_to_string(&stderr).unwrap_or_default()
-                );
-            }
-            if let Some(p) = std::fs::read_to_string(&port_file)
-                .ok()
-                .and_then(|p| p.trim().parse().ok())
-            {
-                break p;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "transfer_app.py did not start"
-            );
-            std::thread::sleep(Duration::from_millis(25));
-        };
-        wait_for_port(port, Duration::from_secs(15));
-        App {
-            child,
-            port,
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn requests(&self) -> Vec<Seen> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .split_inclusive('\n')
-            .filter(|l| l.ends_with('\n') && !l.trim().is_empty())
-            .map(|l| {
-                let v: Value = serde_json::from_str(l).unwrap();
-                Seen {
-                    method: v["method"].as_str().unwrap().to_string(),
-                    path: v["path"].as_str().unwrap().to_string(),
-                    headers: v["headers"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|h| {
-                            (
-                                h[0].as_str().unwrap().to_string(),
-                                h[1].as_str().unwrap().to_string(),
-                            )
-                        })
-                        .collect(),
-                    body: base64::engine::general_purpose::STANDARD
-                        .decode(v["body_b64"].as_str().unwrap())
-                        .unwrap(),
-                }
-            })
-            .collect()
-    }
-
-    /// Every request so far, after a moment for one that should not come.
-    fn settled(&self) -> Vec<Seen> {
-        std::thread::sleep(Duration::from_millis(300));
-        self.requests()
-    }
-
-    /// The requests for `path` (without its query), settled.
-    fn settled_to(&self, path: &str) -> Vec<Seen> {
-        self.settled()
-            .into_iter()
-            .filter(|r| r.path.split('?').next() == Some(path))
-            .collect()
-    }
-}
-
 fn gateway(app: &App) -> Gateway {
     Gateway::start_in_front_of(
         &app.url(),
@@ -212,25 +79,6 @@ fn alice(g: &Gateway, c: &Client) -> String {
 // ---------------------------------------------------------------------------
 // API clients
 // ---------------------------------------------------------------------------
-
-/// `PUT /.stepgate/api/stepup/pin` approving `binding` (none: unbound).
-fn api_pin_token(g: &Gateway, c: &Client, at: &str, binding: Option<Value>) -> String {
-    let mut body = json!({ "PIN": PIN });
-    if let Some(b) = binding {
-        body["Binding"] = b;
-    }
-    let r = bearer(c.put(api(g, "/stepup/pin")), at)
-        .json(&body)
-        .send()
-        .unwrap();
-    let status = r.status();
-    let v: Value = r.json().unwrap();
-    assert_eq!(status, 200, "the API step-up: {v}");
-    v["SecondFactorValidationToken"]
-        .as_str()
-        .expect("a token")
-        .to_string()
-}
 
 /// An API client's POST (JSON accepted, the access token as a bearer, the
 /// step-up token when given), with this content type (none: no header)
@@ -339,57 +187,6 @@ impl Browser<'_> {
         }
         answer(rb.send().unwrap())
     }
-
-    /// The form of `page` posting to `action`, its hidden fields and
-    /// `fields`, as a browser encodes it.
-    fn form_of(page: &str, action: &str, fields: &[(&str, &str)]) -> String {
-        let mut form = hidden_fields(page, action);
-        for (k, v) in fields {
-            form.push((k.to_string(), v.to_string()));
-        }
-        form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(&form)
-            .finish()
-    }
-}
-
-fn unescape(s: &str) -> String {
-    s.replace("&quot;", "\"")
-        .replace("&#x27;", "'")
-        .replace("&#39;", "'")
-        .replace("&#x2f;", "/")
-        .replace("&#x2F;", "/")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&amp;", "&")
-}
-
-fn hidden_fields(page: &str, action: &str) -> Vec<(String, String)> {
-    let start = page
-        .find(&format!("action=\"{action}\""))
-        .unwrap_or_else(|| panic!("no form posting to {action} in:\n{page}"));
-    let form = &page[start..];
-    let form = &form[..form.find("</form>").expect("the form ends")];
-    let mut out = Vec::new();
-    for input in form.split("<input").skip(1) {
-        let tag = &input[..input.find('>').unwrap()];
-        if !tag.contains("type=\"hidden\"") {
-            continue;
-        }
-        let attr = |name: &str| {
-            let i = tag.find(&format!("{name}=\""))? + name.len() + 2;
-            Some(unescape(&tag[i..][..tag[i..].find('"')?]))
-        };
-        out.push((attr("name").unwrap(), attr("value").unwrap_or_default()));
-    }
-    out
-}
-
-fn param(url: &str, name: &str) -> Option<String> {
-    let q = url.split_once('?').map(|(_, q)| q).unwrap_or("");
-    form_urlencoded::parse(q.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
 }
 
 /// A browser's POST to the challenge, kept: its redirect; returns the PIN
@@ -485,7 +282,7 @@ fn two_content_type_headers_are_refused_at_the_edge() {
     let g = gateway(&app);
     let c = client();
     let at = alice(&g, &c);
-    let su = api_pin_token(&g, &c, &at, Some(bob_100()));
+    let su = api_pin_token(&g, &c, &at, PIN, Some(bob_100()));
 
     // stepgate would read the form, an app that takes the last header the
     // JSON (and the other way round).
@@ -521,7 +318,7 @@ fn a_compressed_body_is_never_judged_kept_or_checked_for_method() {
     let g = gateway(&app);
     let c = client();
     let at = alice(&g, &c);
-    let su = api_pin_token(&g, &c, &at, Some(bob_100()));
+    let su = api_pin_token(&g, &c, &at, PIN, Some(bob_100()));
     let deflate = [("Content-Encoding", "deflate")];
 
     // The bound rule: whatever its bytes read as, the app reads what they
@@ -598,7 +395,7 @@ fn every_spelling_an_app_reads_as_a_bound_name_is_refused() {
     let g = gateway(&app);
     let c = client();
     let at = alice(&g, &c);
-    let su = api_pin_token(&g, &c, &at, Some(bob_100()));
+    let su = api_pin_token(&g, &c, &at, PIN, Some(bob_100()));
 
     for body in [
         // PHP drops leading whitespace: ` amount`.
@@ -643,7 +440,7 @@ fn a_bound_name_after_a_semicolon_in_the_query_is_refused() {
     let g = gateway(&app);
     let c = client();
     let at = alice(&g, &c);
-    let su = api_pin_token(&g, &c, &at, Some(bob_100()));
+    let su = api_pin_token(&g, &c, &at, PIN, Some(bob_100()));
 
     let target = "/transfer5?amount=100&to_account=bob&x=1;amount=999";
     let r = api_post(&g, &c, &at, Some(&su), target, None, "", &[]);
@@ -744,7 +541,7 @@ fn an_override_to_a_method_needing_other_factors_is_denied() {
     let g = gateway(&app);
     let c = client();
     let at = alice(&g, &c);
-    let su = api_pin_token(&g, &c, &at, None);
+    let su = api_pin_token(&g, &c, &at, PIN, None);
 
     // POST /doc/* needs the PIN, DELETE /doc/* an emailed code: a PIN
     // step-up must not let a POST run as the DELETE.
@@ -882,6 +679,7 @@ fn values_are_compared_as_exact_text_never_a_lossy_reading() {
             &g,
             &c,
             &at,
+            PIN,
             Some(json!({"amount": "100", "to_account": approved})),
         );
         for body in [
@@ -901,6 +699,7 @@ fn values_are_compared_as_exact_text_never_a_lossy_reading() {
         &g,
         &c,
         &at,
+        PIN,
         Some(json!({"amount": "1e+20", "to_account": "bob"})),
     );
     let r = api_post(&g, &c, &at, Some(&su), "/transfer5", Some(JSON), other, &[]);
@@ -910,6 +709,7 @@ fn values_are_compared_as_exact_text_never_a_lossy_reading() {
         &g,
         &c,
         &at,
+        PIN,
         Some(json!({"amount": approved, "to_account": "bob"})),
     );
     let r = api_post(&g, &c, &at, Some(&su), "/transfer5", Some(JSON), other, &[]);
@@ -950,7 +750,7 @@ fn a_replayed_request_drops_the_step_up_posts_content_encoding() {
     let pin_url = kept_pin_url(&a, "a browser's POST to /settings");
     let page = b.get(&pin_url);
     assert_eq!(page.status, 200, "{pin_url}: {}", page.body);
-    let form = Browser::form_of(&page.body, "/.stepgate/pin", &[("pin", PIN)]);
+    let form = form_of(&page.body, "/.stepgate/pin", &[("pin", PIN)]);
     // A plain form, labelled gzip: the app would try to inflate the kept
     // body.
     let done = b.post(
@@ -1052,7 +852,7 @@ fn finished_kept_requests_free_their_quota_slots() {
         let pin_url = kept_pin_url(&a, &format!("POST number {}", i + 1));
         let page = b.get(&pin_url);
         assert_eq!(page.status, 200, "{pin_url}: {}", page.body);
-        let form = Browser::form_of(&page.body, "/.stepgate/pin", &[("pin", PIN)]);
+        let form = form_of(&page.body, "/.stepgate/pin", &[("pin", PIN)]);
         let done = b.post("/.stepgate/pin", FORM, form.as_bytes(), &[]);
         assert_eq!(done.status, 201, "number {}: {}", i + 1, done.body);
     }

@@ -27,11 +27,11 @@ mod common;
 use common::api::{api, api_secret_config, bearer, API_SECRET};
 use common::redis::{redis_store, require_redis, Redis};
 use common::smtp::SmtpServer;
+use common::transfer::*;
 use common::*;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use base64::Engine as _;
 use reqwest::blocking::{Client, Response};
@@ -73,150 +73,6 @@ const TARGET: &str = "/transfer?channel=web&ref=a%2Fb";
 // ---------------------------------------------------------------------------
 // The recording app
 // ---------------------------------------------------------------------------
-
-/// A running `transfer_app.py`, killed on drop.
-struct App {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    stderr: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One request the app received.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    /// Path and query as sent.
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Seen {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn headers_named(&self, name: &str) -> usize {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .count()
-    }
-}
-
-impl App {
-    fn start() -> App {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("requests.jsonl");
-        let port_file = dir.path().join("port");
-        let stderr = dir.path().join("app.log");
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/transfer_app.py"
-        );
-        let child = Command::new("python3")
-            .arg(script)
-            .arg("--log")
-            .arg(&log)
-            .arg("--port-file")
-            .arg(&port_file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start python3 {script}: {e}"));
-        let mut app = App {
-            child,
-            port: 0,
-            log,
-            stderr,
-            _dir: dir,
-        };
-        let start = Instant::now();
-        loop {
-            if let Some(status) = app.child.try_wait().unwrap() {
-                panic!(
-                    "transfer_app.py exited early ({status}):\n{}",
-                    std::fs::read_to_string(&app.stderr).unwrap_or_default()
-                );
-            }
-            if let Some(p) = std::fs::read_to_string(&port_file)
-                .ok()
-                .and_then(|p| p.trim().parse().ok())
-            {
-                app.port = p;
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "transfer_app.py did not start"
-            );
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        wait_for_port(app.port, Duration::from_secs(15));
-        app
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Every request so far, oldest first.
-    fn requests(&self) -> Vec<Seen> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .split_inclusive('\n')
-            .filter(|l| l.ends_with('\n') && !l.trim().is_empty())
-            .map(|l| {
-                let v: Value = serde_json::from_str(l).unwrap();
-                Seen {
-                    method: v["method"].as_str().unwrap().to_string(),
-                    path: v["path"].as_str().unwrap().to_string(),
-                    headers: v["headers"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|h| {
-                            (
-                                h[0].as_str().unwrap().to_string(),
-                                h[1].as_str().unwrap().to_string(),
-                            )
-                        })
-                        .collect(),
-                    body: base64::engine::general_purpose::STANDARD
-                        .decode(v["body_b64"].as_str().unwrap())
-                        .unwrap(),
-                }
-            })
-            .collect()
-    }
-
-    /// The requests for `path` (without its query), after a moment for
-    /// one that should not come to show up.
-    fn settled_to(&self, path: &str) -> Vec<Seen> {
-        std::thread::sleep(Duration::from_millis(300));
-        self.to(path)
-    }
-
-    fn to(&self, path: &str) -> Vec<Seen> {
-        self.requests()
-            .into_iter()
-            .filter(|r| r.path.split('?').next() == Some(path))
-            .collect()
-    }
-}
 
 /// A gateway with `POLICY` in front of `app`, and `extra` config.
 fn gateway(app: &App, extra: &str) -> Gateway {
@@ -356,49 +212,8 @@ impl<'a> Browser<'a> {
     /// Submit the form of `page` that posts to `action` as a browser would:
     /// its hidden fields as the page has them, and `fields`.
     fn submit(&self, page: &str, action: &str, fields: &[(&str, &str)]) -> Answer {
-        let mut form = hidden_fields(page, action);
-        for (k, v) in fields {
-            form.push((k.to_string(), v.to_string()));
-        }
-        let body = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(&form)
-            .finish();
-        self.post(action, FORM, body)
+        self.post(action, FORM, form_of(page, action, fields))
     }
-}
-
-/// `&amp;`, `&quot;`… back to text.
-fn unescape(s: &str) -> String {
-    s.replace("&quot;", "\"")
-        .replace("&#x27;", "'")
-        .replace("&#39;", "'")
-        .replace("&#x2f;", "/")
-        .replace("&#x2F;", "/")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&amp;", "&")
-}
-
-/// The hidden fields (name, value) of the form posting to `action`.
-fn hidden_fields(page: &str, action: &str) -> Vec<(String, String)> {
-    let start = page
-        .find(&format!("action=\"{action}\""))
-        .unwrap_or_else(|| panic!("no form posting to {action} in:\n{page}"));
-    let form = &page[start..];
-    let form = &form[..form.find("</form>").expect("the form ends")];
-    let mut out = Vec::new();
-    for input in form.split("<input").skip(1) {
-        let tag = &input[..input.find('>').unwrap()];
-        if !tag.contains("type=\"hidden\"") {
-            continue;
-        }
-        let attr = |name: &str| {
-            let i = tag.find(&format!("{name}=\""))? + name.len() + 2;
-            Some(unescape(&tag[i..][..tag[i..].find('"')?]))
-        };
-        out.push((attr("name").unwrap(), attr("value").unwrap_or_default()));
-    }
-    out
 }
 
 /// The bound value a page shows for `name` (`<dd id="confirm-NAME">`).
@@ -406,21 +221,6 @@ fn confirmed(page: &str, name: &str) -> Option<String> {
     let marker = format!("id=\"confirm-{name}\">");
     let i = page.find(&marker)? + marker.len();
     Some(unescape(&page[i..][..page[i..].find("</dd>")?]))
-}
-
-/// The query parameters of a URL (or a path), decoded.
-fn params(url: &str) -> Vec<(String, String)> {
-    let q = url.split_once('?').map(|(_, q)| q).unwrap_or("");
-    form_urlencoded::parse(q.as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect()
-}
-
-fn param(url: &str, name: &str) -> Option<String> {
-    params(url)
-        .into_iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v)
 }
 
 /// The challenge a kept POST of `body` to `TARGET` was sent to: checks the
@@ -1018,25 +818,6 @@ fn api_request(
     rb.send().unwrap()
 }
 
-/// A PIN step-up through the API approving `binding` (none: unbound).
-fn api_pin_token(g: &Gateway, c: &Client, at: &str, binding: Option<Value>) -> String {
-    let mut body = json!({ "PIN": PIN });
-    if let Some(b) = binding {
-        body["Binding"] = b;
-    }
-    let r = bearer(c.put(api(g, "/stepup/pin")), at)
-        .json(&body)
-        .send()
-        .unwrap();
-    let status = r.status();
-    let v: Value = r.json().unwrap();
-    assert_eq!(status, 200, "the API step-up: {v}");
-    v["SecondFactorValidationToken"]
-        .as_str()
-        .expect("a token")
-        .to_string()
-}
-
 /// 401 (RFC 9470) naming the bound fields and these values.
 fn assert_challenged(r: Response, binding: Value, what: &str) {
     let status = r.status().as_u16();
@@ -1094,7 +875,7 @@ fn an_api_step_up_approves_exactly_the_values_it_names() {
     );
 
     // The step-up approving amount 100 to bob.
-    let su = api_pin_token(&g, &c, &at, Some(bob_100.clone()));
+    let su = api_pin_token(&g, &c, &at, PIN, Some(bob_100.clone()));
     let v = c
         .post(api(&g, "/stepup/validate"))
         .header("Authorization", format!("Bearer {API_SECRET}"))
@@ -1138,7 +919,7 @@ fn an_api_step_up_approves_exactly_the_values_it_names() {
     );
 
     // Other values need their own step-up.
-    let su = api_pin_token(&g, &c, &at, Some(bob_100.clone()));
+    let su = api_pin_token(&g, &c, &at, PIN, Some(bob_100.clone()));
     assert_challenged(
         api_request(
             &g,
@@ -1236,7 +1017,7 @@ fn an_api_step_up_approves_exactly_the_values_it_names() {
     assert_eq!(app.to("/transfer").len(), 2);
 
     // An unbound step-up does not approve a bound transfer.
-    let plain = api_pin_token(&g, &c, &at, None);
+    let plain = api_pin_token(&g, &c, &at, PIN, None);
     assert_challenged(
         api_request(
             &g,

@@ -11,6 +11,7 @@ pub mod oidc;
 pub mod receiver;
 pub mod redis;
 pub mod smtp;
+pub mod transfer;
 pub mod webdriver;
 
 use std::io::Write;
