@@ -89,30 +89,17 @@ pub fn run(
                     describe(&a)
                 })
             }
-            Action::Unlock(sub) => {
-                admin::unlock(&gate, &sub, &who).await.map_err(failed)?;
-                Ok(say(
-                    json,
-                    &format!("{sub}: unlocked (PIN lock, suspension and counters lifted)"),
-                    serde_json::json!({"IsPosted": true}),
-                ))
+            Action::Unlock(ref sub) => {
+                admin::unlock(&gate, sub, &who).await.map_err(failed)?;
+                Ok(say(json, &action, serde_json::json!({"IsPosted": true})))
             }
-            Action::RemovePin(sub) => {
-                let had = admin::remove_pin(&gate, &sub, &who).await.map_err(failed)?;
-                let text = if had {
-                    format!("{sub}: PIN removed; the next step-up asks them to set one up")
-                } else {
-                    format!("{sub}: had no PIN; nothing removed")
-                };
-                Ok(say(json, &text, serde_json::json!({"IsDeleted": had})))
+            Action::RemovePin(ref sub) => {
+                let had = admin::remove_pin(&gate, sub, &who).await.map_err(failed)?;
+                Ok(say(json, &action, serde_json::json!({"IsDeleted": had})))
             }
-            Action::Revoke(sub) => {
-                admin::revoke(&gate, &sub, &who).await.map_err(failed)?;
-                Ok(say(
-                    json,
-                    &format!("{sub}: stepped down everywhere (step-ups and PIN sessions ended)"),
-                    serde_json::json!({"IsPosted": true}),
-                ))
+            Action::Revoke(ref sub) => {
+                admin::revoke(&gate, sub, &who).await.map_err(failed)?;
+                Ok(say(json, &action, serde_json::json!({"IsPosted": true})))
             }
             Action::Locks => {
                 let list = admin::locks(&gate).await.map_err(failed)?;
@@ -123,13 +110,9 @@ pub fn run(
                     describe_locks(&list)
                 })
             }
-            Action::UnlockIp(ip) => {
-                admin::unlock_ip(&gate, &ip, &who).await.map_err(failed)?;
-                Ok(say(
-                    json,
-                    &format!("{ip}: address unlocked"),
-                    serde_json::json!({"IsPosted": true}),
-                ))
+            Action::UnlockIp(ref ip) => {
+                admin::unlock_ip(&gate, ip, &who).await.map_err(failed)?;
+                Ok(say(json, &action, serde_json::json!({"IsPosted": true})))
             }
         }
     })
@@ -249,51 +232,26 @@ impl ApiTarget {
                     describe(&a)
                 })
             }
-            Action::Unlock(sub) => {
-                let v = self
-                    .send(
-                        Method::POST,
-                        &format!("/manage/account/{}/unlock", enc(&sub)),
-                    )
-                    .await?;
-                Ok(say(
-                    json,
-                    &format!("{sub}: unlocked (PIN lock, suspension and counters lifted)"),
-                    v,
-                ))
+            Action::Unlock(ref sub) => {
+                let path = format!("/manage/account/{}/unlock", enc(sub));
+                let v = self.send(Method::POST, &path).await?;
+                Ok(say(json, &action, v))
             }
-            Action::RemovePin(sub) => {
-                let v = self
-                    .send(
-                        Method::DELETE,
-                        &format!("/manage/account/{}/pin", enc(&sub)),
-                    )
-                    .await?;
-                let text = if v["IsDeleted"] == true {
-                    format!("{sub}: PIN removed; the next step-up asks them to set one up")
-                } else {
-                    format!("{sub}: had no PIN; nothing removed")
-                };
-                Ok(say(json, &text, v))
+            Action::RemovePin(ref sub) => {
+                let path = format!("/manage/account/{}/pin", enc(sub));
+                let v = self.send(Method::DELETE, &path).await?;
+                Ok(say(json, &action, v))
             }
-            Action::Revoke(sub) => {
-                let v = self
-                    .send(
-                        Method::POST,
-                        &format!("/manage/account/{}/invalidate", enc(&sub)),
-                    )
-                    .await?;
-                Ok(say(
-                    json,
-                    &format!("{sub}: stepped down everywhere (step-ups and PIN sessions ended)"),
-                    v,
-                ))
+            Action::Revoke(ref sub) => {
+                let path = format!("/manage/account/{}/invalidate", enc(sub));
+                let v = self.send(Method::POST, &path).await?;
+                Ok(say(json, &action, v))
             }
-            Action::UnlockIp(ip) => {
+            Action::UnlockIp(ref ip) => {
                 let v = self
-                    .send(Method::POST, &format!("/manage/ip/{}/unlock", enc(&ip)))
+                    .send(Method::POST, &format!("/manage/ip/{}/unlock", enc(ip)))
                     .await?;
-                Ok(say(json, &format!("{ip}: address unlocked"), v))
+                Ok(say(json, &action, v))
             }
             Action::Locks => {
                 let v = self.send(Method::GET, "/manage/locks").await?;
@@ -345,11 +303,26 @@ fn unformat_times(v: &mut serde_json::Value) {
     }
 }
 
-fn say(json: bool, text: &str, body: serde_json::Value) -> String {
+/// What a done action answers: the API's body for scripts, else a
+/// sentence (the same whether the store was reached directly or through a
+/// running gateway's API).
+fn say(json: bool, action: &Action, body: serde_json::Value) -> String {
     if json {
-        body.to_string()
-    } else {
-        text.to_string()
+        return body.to_string();
+    }
+    match action {
+        Action::Unlock(sub) => {
+            format!("{sub}: unlocked (PIN lock, suspension and counters lifted)")
+        }
+        Action::RemovePin(sub) if body["IsDeleted"] == true => {
+            format!("{sub}: PIN removed; the next step-up asks them to set one up")
+        }
+        Action::RemovePin(sub) => format!("{sub}: had no PIN; nothing removed"),
+        Action::Revoke(sub) => {
+            format!("{sub}: stepped down everywhere (step-ups and PIN sessions ended)")
+        }
+        Action::UnlockIp(ip) => format!("{ip}: address unlocked"),
+        Action::Show(_) | Action::Locks => body.to_string(),
     }
 }
 
