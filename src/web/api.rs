@@ -120,12 +120,7 @@ pub async fn route(gate: &Gate, req: &Req<'_>, route: &str) -> Reply {
     // The API takes the access token from Authorization only, never from
     // the cookie: a cross-site link must not be able to send codes or spend
     // a user's cooldown and hourly cap.
-    let from_header = req.authorization.and_then(crate::reply::bearer).is_some();
-    let principal = if from_header {
-        req.principal.clone()
-    } else {
-        Err(crate::auth::principal::AuthError::Missing)
-    };
+    let principal = header_principal(req);
     let p = match &principal {
         Ok(p) => p,
         Err(e)
@@ -286,9 +281,18 @@ async fn verify_otp(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
 /// A manage call: the API secret, and the user id from the path.
 fn manage_uid(gate: &Gate, req: &Req<'_>, uid: &str) -> Result<String, Reply> {
     check_api_secret(gate, req)?;
-    let uid = percent_encoding::percent_decode_str(uid)
+    checked_uid(decode_uid(uid))
+}
+
+/// A user id as a manage path carries it (percent-encoded).
+pub(super) fn decode_uid(raw: &str) -> String {
+    percent_encoding::percent_decode_str(raw)
         .decode_utf8_lossy()
-        .into_owned();
+        .into_owned()
+}
+
+/// A user id a manage call can act on: not empty, at most 256 bytes.
+fn checked_uid(uid: String) -> Result<String, Reply> {
     if uid.is_empty() || uid.len() > 256 {
         return Err(error(
             400,
@@ -475,15 +479,10 @@ pub(super) fn validate_for(gate: &Gate, req: &Req<'_>, uid: &str, factor: Option
         Ok(m) => m,
         Err(r) => return r,
     };
-    if uid.is_empty() || uid.len() > 256 {
-        return error(
-            400,
-            901,
-            "Invalid user id",
-            "The path needs the user's id (sub).",
-        );
+    match checked_uid(uid.to_string()) {
+        Ok(uid) => validate_token(gate, &m, &uid, factor),
+        Err(r) => r,
     }
-    validate_token(gate, &m, uid, factor)
 }
 
 fn validate_token(
@@ -519,14 +518,17 @@ fn validate_token(
     Reply::json(200, &out)
 }
 
-/// The caller's access token, from Authorization only (see [`route`]).
-pub(super) fn bearer_principal(req: &Req<'_>) -> Result<Principal, Reply> {
-    let from_header = req.authorization.and_then(crate::reply::bearer).is_some();
-    match (&req.principal, from_header) {
-        (Ok(p), true) => Ok(p.clone()),
-        (Err(e), true) => Err(unauthenticated(Some(e))),
-        (_, false) => Err(unauthenticated(None)),
+/// The caller from the access token in Authorization only (see [`route`]).
+fn header_principal(req: &Req<'_>) -> Result<Principal, crate::auth::principal::AuthError> {
+    match req.authorization.and_then(crate::reply::bearer) {
+        Some(_) => req.principal.clone(),
+        None => Err(crate::auth::principal::AuthError::Missing),
     }
+}
+
+/// [`header_principal`], or the 401 that says why not.
+pub(super) fn bearer_principal(req: &Req<'_>) -> Result<Principal, Reply> {
+    header_principal(req).map_err(|e| unauthenticated(Some(&e)))
 }
 
 /// The answer to an API client of a signed-in user without a PIN when

@@ -75,9 +75,7 @@ fn call(method: &str, route: &str) -> Result<Call, Reply> {
                 if method != "POST" {
                     return Err(not_allowed("POST"));
                 }
-                let uid = percent_encoding::percent_decode_str(uid)
-                    .decode_utf8_lossy()
-                    .into_owned();
+                let uid = super::api::decode_uid(uid);
                 return Ok(Call::Validate { uid, factor });
             }
         }
