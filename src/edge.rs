@@ -379,13 +379,11 @@ pub fn read(
         });
     }
     let path = canon.path.matched();
-    // The first segment as any server may read it: in any case (Unicode
-    // folding, as rules match), and without the trailing dots and spaces
-    // Windows drops.
-    let first = crate::policy::first_segment(path);
+    // The first segment as any server may read it (`policy::first_segment_is`).
     // With `api.loginradius_root`, LoginRadius's own paths are stepgate's
     // too, in any case: a PIN sent there must never reach the app.
-    let reserved = first == ".stepgate" || (gate.settings.loginradius_root && first == "identity");
+    let reserved = crate::policy::first_segment_is(path, ".stepgate")
+        || (gate.settings.loginradius_root && crate::policy::first_segment_is(path, "identity"));
     let overridable =
         canon.method == "POST" && may_override_method(session.req_header(), canon.query.as_deref());
     let edge = Edge {

@@ -525,10 +525,16 @@ pub fn normalize_path(raw: &str) -> Result<(String, String), BadPath> {
 #[cfg(test)]
 mod tests;
 
-/// A path's first segment as any server may read it: in any case (Unicode
-/// folding, as rules match), without the trailing dots and spaces Windows
-/// drops. What decides whether a path is stepgate's own.
-pub fn first_segment(path: &str) -> String {
+/// Whether a path's first segment reads as `name` (lower case ASCII) to
+/// any server: in any case (Unicode folding, as rules match), without the
+/// trailing dots and spaces Windows drops. What decides whether a path is
+/// stepgate's own; runs for every request, so an ASCII segment is compared
+/// without allocating.
+pub fn first_segment_is(path: &str, name: &str) -> bool {
     let first = path.split('/').nth(1).unwrap_or("");
-    fold(first.trim_end_matches(['.', ' ', '\u{a0}']))
+    let first = first.trim_end_matches(['.', ' ', '\u{a0}']);
+    if first.is_ascii() {
+        return first.eq_ignore_ascii_case(name);
+    }
+    fold(first) == name
 }

@@ -163,7 +163,7 @@ fn api_route<'p>(gate: &Gate, path: &'p str) -> Option<ApiRoute<'p>> {
 }
 
 fn is_identity(path: &str) -> bool {
-    crate::policy::first_segment(path) == "identity"
+    crate::policy::first_segment_is(path, "identity")
 }
 
 /// Whether a reserved path is answered in JSON (either API spelling).
