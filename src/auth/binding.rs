@@ -120,7 +120,7 @@ fn readings(k: &str) -> Vec<String> {
 
 /// Whether an app may read the parameter `k` as `field` (any case, PHP's
 /// name mangling, array syntax).
-pub fn same_name(k: &str, field: &str) -> bool {
+fn same_name(k: &str, field: &str) -> bool {
     let f = field.to_lowercase();
     readings(k).contains(&f)
 }

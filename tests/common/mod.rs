@@ -405,3 +405,38 @@ fn post_pin_form(
     form.extend([("csrf", csrf.as_str()), ("return_to", "/admin/x")]);
     as_browser(c.post(g.url(path))).form(&form).send().unwrap()
 }
+
+/// The JSON lines a recording fixture wrote (`http_receiver.py`,
+/// `transfer_app.py`), complete lines only (one being written has no
+/// newline yet), oldest first.
+pub fn records(log: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .split_inclusive('\n')
+        .filter(|l| l.ends_with('\n') && !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("a bad record line ({e}): {l}")))
+        .collect()
+}
+
+/// A record's `headers`: `[[name, value], …]` in the order received.
+pub fn record_headers(v: &serde_json::Value) -> Vec<(String, String)> {
+    v["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h[0].as_str().unwrap().to_string(),
+                h[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// A record's exact body (`body_b64`).
+pub fn record_body(v: &serde_json::Value) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(v["body_b64"].as_str().unwrap())
+        .unwrap()
+}

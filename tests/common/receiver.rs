@@ -9,8 +9,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-
 /// How the receiver answers the next POSTs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -178,30 +176,12 @@ impl Receiver {
 
     /// Every POST recorded so far, oldest first.
     pub fn requests(&self) -> Vec<Recorded> {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        text.split_inclusive('\n')
-            // A line still being written has no newline yet.
-            .filter(|l| l.ends_with('\n') && !l.trim().is_empty())
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l)
-                    .unwrap_or_else(|e| panic!("a bad record line ({e}): {l}"));
-                Recorded {
-                    path: v["path"].as_str().unwrap().to_string(),
-                    headers: v["headers"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|h| {
-                            (
-                                h[0].as_str().unwrap().to_string(),
-                                h[1].as_str().unwrap().to_string(),
-                            )
-                        })
-                        .collect(),
-                    body: base64::engine::general_purpose::STANDARD
-                        .decode(v["body_b64"].as_str().unwrap())
-                        .unwrap(),
-                }
+        super::records(&self.log)
+            .iter()
+            .map(|v| Recorded {
+                path: v["path"].as_str().unwrap().to_string(),
+                headers: super::record_headers(v),
+                body: super::record_body(v),
             })
             .collect()
     }

@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
 
@@ -112,30 +111,13 @@ impl App {
 
     /// Every request so far, oldest first.
     pub fn requests(&self) -> Vec<Seen> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .split_inclusive('\n')
-            .filter(|l| l.ends_with('\n') && !l.trim().is_empty())
-            .map(|l| {
-                let v: Value = serde_json::from_str(l).unwrap();
-                Seen {
-                    method: v["method"].as_str().unwrap().to_string(),
-                    path: v["path"].as_str().unwrap().to_string(),
-                    headers: v["headers"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|h| {
-                            (
-                                h[0].as_str().unwrap().to_string(),
-                                h[1].as_str().unwrap().to_string(),
-                            )
-                        })
-                        .collect(),
-                    body: base64::engine::general_purpose::STANDARD
-                        .decode(v["body_b64"].as_str().unwrap())
-                        .unwrap(),
-                }
+        super::records(&self.log)
+            .iter()
+            .map(|v| Seen {
+                method: v["method"].as_str().unwrap().to_string(),
+                path: v["path"].as_str().unwrap().to_string(),
+                headers: super::record_headers(v),
+                body: super::record_body(v),
             })
             .collect()
     }
