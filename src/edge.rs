@@ -9,7 +9,7 @@ use pingora::http::RequestHeader;
 use pingora::prelude::*;
 
 use crate::gate::Gate;
-use crate::reply::{cookie, safe_return_to, wants_html, Reply};
+use crate::reply::{cookie, safe_return_to, wants_html, Cookies, Reply};
 use crate::request::{self, CanonicalRequest, Refusal};
 use crate::util::clock;
 
@@ -150,36 +150,32 @@ pub struct Credentials {
     pub strip_ff_cookie: bool,
 }
 
-pub fn credentials(gate: &Gate, req: &RequestHeader, tls: bool) -> Credentials {
-    let cookies = || req.headers.get_all("cookie").iter().map(|v| v.as_bytes());
+pub fn credentials(gate: &Gate, req: &RequestHeader, jar: &Cookies<'_>, tls: bool) -> Credentials {
     let bearer = header(req, "authorization").and_then(crate::reply::bearer);
-    let ff_cookies = crate::reply::cookie_values(cookies(), &gate.settings.first_factor.cookie);
+    let mut ff_cookies = jar.all(&gate.settings.first_factor.cookie);
+    let ff_first = ff_cookies.next();
     let conflicting = req.headers.get_all("authorization").iter().count() > 1
-        || ff_cookies.iter().any(|c| c != &ff_cookies[0]);
-    let access_token = bearer
-        .map(str::to_string)
-        .or_else(|| ff_cookies.first().cloned());
+        || ff_cookies.any(|c| Some(c) != ff_first);
+    let access_token = bearer.or(ff_first).map(str::to_string);
     // After a PIN login, stepgate's own session stands in for an expired or
     // absent first-factor cookie.
     let own_session = gate.settings.pin.login || gate.oidc.is_some();
     let access_token = match own_session
-        .then(|| cookie(cookies(), gate.login_cookie(tls)))
+        .then(|| jar.first(gate.login_cookie(tls)))
         .flatten()
     {
         Some(own) => match access_token {
             Some(t) if gate.verifier.verify(&t, clock::now()).is_ok() => Some(t),
-            _ => Some(own),
+            _ => Some(own.to_string()),
         },
         None => access_token,
     };
     // The app receives only the credential that was judged.
     let strip_bearer = bearer.is_some() && access_token.as_deref() != bearer;
-    let strip_ff_cookie = ff_cookies
-        .first()
-        .is_some_and(|c| access_token.as_deref() != Some(c.as_str()));
+    let strip_ff_cookie = ff_first.is_some_and(|c| access_token.as_deref() != Some(c));
     let stepup_token = header(req, "x-stepgate-token")
-        .map(str::to_string)
-        .or_else(|| cookie(cookies(), gate.stepup_cookie_name(tls)));
+        .or_else(|| jar.first(gate.stepup_cookie_name(tls)))
+        .map(str::to_string);
     Credentials {
         access_token,
         stepup_token,
@@ -220,25 +216,33 @@ pub fn client_ip(gate: &Gate, peer: Option<IpAddr>, req: &RequestHeader) -> (Str
 
 /// Remove the named cookies from the Cookie header(s), keeping the others.
 pub fn strip_cookies(req: &mut RequestHeader, names: &[&str]) {
-    let values: Vec<String> = req
-        .headers
-        .get_all("cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::to_string)
-        .collect();
-    if values.is_empty() {
+    // One pass over the bytes (the values were checked when the request was
+    // read): the kept pairs are copied as they come, and the header is only
+    // rewritten when something was left out.
+    let all = req.headers.get_all("cookie");
+    let mut kept: Vec<u8> = Vec::with_capacity(all.iter().map(|v| v.len()).sum());
+    let mut dropped = false;
+    for pair in all.iter().flat_map(|v| v.as_bytes().split(|b| *b == b';')) {
+        let pair = pair.trim_ascii();
+        if pair.is_empty() {
+            continue;
+        }
+        let name = pair.split(|b| *b == b'=').next().unwrap_or(pair);
+        if names.iter().any(|n| n.as_bytes() == name) {
+            dropped = true;
+            continue;
+        }
+        if !kept.is_empty() {
+            kept.extend_from_slice(b"; ");
+        }
+        kept.extend_from_slice(pair);
+    }
+    if !dropped {
         return;
     }
-    let kept: Vec<&str> = values
-        .iter()
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|c| !c.is_empty() && !names.iter().any(|n| c.split('=').next() == Some(n)))
-        .collect();
     req.remove_header("cookie");
     if !kept.is_empty() {
-        let _ = req.insert_header("Cookie", kept.join("; "));
+        let _ = req.insert_header("Cookie", kept);
     }
 }
 
@@ -294,13 +298,14 @@ pub fn read(
 ) -> Result<(CanonicalRequest, Edge), Refused> {
     let tls = gate.settings.tls.is_some();
     let req = session.req_header();
+    let jar = Cookies::of(req.headers.get_all("cookie").iter().map(|v| v.as_bytes()));
     let Credentials {
         access_token,
         stepup_token,
         conflicting,
         strip_bearer,
         strip_ff_cookie,
-    } = credentials(gate, req, tls);
+    } = credentials(gate, req, &jar, tls);
     let presented = crate::auth::sources::Presented {
         token: access_token,
         app_cookies: gate
@@ -338,11 +343,8 @@ pub fn read(
         .map(str::to_string)
         .collect();
     let html = wants_html(header(req, "accept"));
-    let has_pin_session = cookie(
-        req.headers.get_all("cookie").iter().map(|v| v.as_bytes()),
-        gate.pin_session_cookie(tls),
-    )
-    .is_some();
+    let has_pin_session = jar.first(gate.pin_session_cookie(tls)).is_some();
+    drop(jar);
     let req = session.req_header_mut();
     for name in stripped {
         req.remove_header(&name);
@@ -440,4 +442,60 @@ fn trusted_user(
     };
     let user = one(&th.user)?;
     Some((user, th.email.as_deref().and_then(one)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_cookies;
+    use pingora::http::RequestHeader;
+
+    fn with_cookies(values: &[&[u8]]) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        for v in values {
+            req.append_header("Cookie", v.to_vec()).unwrap();
+        }
+        req
+    }
+
+    fn cookies(req: &RequestHeader) -> Vec<Vec<u8>> {
+        req.headers
+            .get_all("cookie")
+            .iter()
+            .map(|v| v.as_bytes().to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn named_cookies_go_and_the_others_stay_in_order() {
+        let mut req = with_cookies(&[b"a=1; stepgate_su=x;b=2", b" c=3 ;stepgate_su=y"]);
+        strip_cookies(&mut req, &["stepgate_su"]);
+        assert_eq!(cookies(&req), [b"a=1; b=2; c=3".to_vec()]);
+    }
+
+    #[test]
+    fn a_request_without_them_is_left_as_sent() {
+        let mut req = with_cookies(&[b"a=1", b"stepgate_suffix=2; xstepgate_su=3"]);
+        strip_cookies(&mut req, &["stepgate_su"]);
+        assert_eq!(
+            cookies(&req),
+            [
+                b"a=1".to_vec(),
+                b"stepgate_suffix=2; xstepgate_su=3".to_vec()
+            ]
+        );
+    }
+
+    #[test]
+    fn only_named_cookies_leave_no_header() {
+        let mut req = with_cookies(&[b"stepgate_su=x; access_token"]);
+        strip_cookies(&mut req, &["stepgate_su", "access_token"]);
+        assert!(cookies(&req).is_empty());
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_do_not_hide_a_named_cookie() {
+        let mut req = with_cookies(&[b"n=\xe9t\xe9; stepgate_su=x"]);
+        strip_cookies(&mut req, &["stepgate_su"]);
+        assert_eq!(cookies(&req), [b"n=\xe9t\xe9".to_vec()]);
+    }
 }

@@ -256,6 +256,38 @@ pub fn cookie_values<'a>(headers: impl Iterator<Item = &'a [u8]>, name: &str) ->
     cookies_named(headers, name).map(str::to_string).collect()
 }
 
+/// A request's cookies, read once: (name, value) pairs in the order sent,
+/// values without their quotes. Lookups then cost no further parsing.
+pub struct Cookies<'a>(Vec<(&'a str, &'a str)>);
+
+impl<'a> Cookies<'a> {
+    pub fn of(headers: impl Iterator<Item = &'a [u8]>) -> Cookies<'a> {
+        Cookies(
+            headers
+                .filter_map(|h| std::str::from_utf8(h).ok())
+                .flat_map(|h| h.split(';'))
+                .filter_map(|part| {
+                    let (k, v) = part.trim().split_once('=')?;
+                    Some((k, v.trim_matches('"')))
+                })
+                .collect(),
+        )
+    }
+
+    /// The first value of `name`.
+    pub fn first(&self, name: &str) -> Option<&'a str> {
+        self.0.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
+    }
+
+    /// Every value of `name`, in order (a client may send it twice).
+    pub fn all<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a str> + 's {
+        self.0
+            .iter()
+            .filter(move |(k, _)| *k == name)
+            .map(|(_, v)| *v)
+    }
+}
+
 fn cookies_named<'a, 'n>(
     headers: impl Iterator<Item = &'a [u8]> + 'n,
     name: &'n str,

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod deps;
 pub mod error;
+pub mod hasher;
 pub mod kept;
 pub mod lifecycle;
 pub mod lockout;

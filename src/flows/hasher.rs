@@ -1,0 +1,110 @@
+//! Argon2id on threads of its own: the only place PINs (and security
+//! answers) are hashed or checked.
+//!
+//! Must never: hash on an async worker, or run more hashes at once than it
+//! was given cores (each holds ~19 MiB).
+
+use std::sync::Arc;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+
+use crate::flows::error::FlowError;
+
+/// Called on the hashing thread after each Argon2 run, to give its memory
+/// block (19 MiB) back to the OS; the binary sets it for its allocator
+/// (an idle hashing thread's heap would otherwise keep the block).
+pub static RELEASE_MEMORY: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+fn release_memory() {
+    if let Some(f) = RELEASE_MEMORY.get() {
+        f();
+    }
+}
+
+/// Runs Argon2 on its own threads, one per permitted core, started on first
+/// use at the lowest scheduling priority (nice 19): PIN checks never stall
+/// proxying, a storm of them queues instead of exhausting memory (each hash
+/// uses ~19 MiB), and when cores are short the proxy workers win.
+pub struct Hasher {
+    parallel: usize,
+    argon: Argon2<'static>,
+    queue: std::sync::OnceLock<std::sync::mpsc::Sender<Job>>,
+}
+
+type Job = Box<dyn FnOnce(&Argon2<'static>) + Send>;
+
+impl Hasher {
+    pub fn new(parallel: usize) -> Hasher {
+        Hasher {
+            parallel: parallel.max(1),
+            argon: Argon2::default(),
+            queue: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn start(&self) -> std::sync::mpsc::Sender<Job> {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..self.parallel {
+            let rx = rx.clone();
+            let argon = self.argon.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("stepgate-pin-{i}"))
+                .spawn(move || {
+                    if let Err(e) = thread_priority::set_current_thread_priority(
+                        thread_priority::ThreadPriority::Min,
+                    ) {
+                        tracing::debug!(target: "stepgate", error = ?e, "PIN hashing keeps the normal priority");
+                    }
+                    loop {
+                        let job = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
+                            Ok(job) => job,
+                            Err(_) => return,
+                        };
+                        job(&argon);
+                        release_memory();
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(target: "stepgate", error = %e, "cannot start a PIN hashing thread");
+            }
+        }
+        tx
+    }
+
+    /// Run `f` on a hashing thread and wait for its answer.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Argon2<'static>) -> T + Send + 'static,
+    ) -> Result<T, FlowError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |argon| {
+            let _ = tx.send(f(argon));
+        });
+        self.queue
+            .get_or_init(|| self.start())
+            .send(job)
+            .map_err(|_| FlowError::Internal)?;
+        rx.await.map_err(|_| FlowError::Internal)
+    }
+
+    pub async fn hash(self: &Arc<Self>, secret: String) -> Result<String, FlowError> {
+        self.run(move |argon| {
+            let salt = SaltString::generate(&mut rand::rngs::OsRng);
+            argon
+                .hash_password(secret.as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(|_| FlowError::Internal)
+        })
+        .await?
+    }
+
+    pub async fn verify(self: &Arc<Self>, secret: String, phc: String) -> Result<bool, FlowError> {
+        self.run(move |argon| {
+            let parsed = PasswordHash::new(&phc).map_err(|_| FlowError::Internal)?;
+            Ok(argon.verify_password(secret.as_bytes(), &parsed).is_ok())
+        })
+        .await?
+    }
+}
