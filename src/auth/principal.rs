@@ -85,18 +85,88 @@ impl AuthError {
 
 /// What stepgate keeps of a user for PIN recovery and its own sessions:
 /// the addresses, username and phone the first factor named. (Its store
-/// index lives in `flows::profile`.)
+/// index lives in `flows::profile`.) Stored as [`StoredProfile`].
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(from = "StoredProfile", into = "StoredProfile")]
 pub struct Profile {
     pub sub: String,
     /// Every address, primary first.
-    #[serde(default)]
     pub emails: Vec<String>,
     /// Addresses that may receive codes (the verified ones).
-    #[serde(default)]
     pub otp_emails: Vec<String>,
     pub username: Option<String>,
     pub phone: Option<String>,
+}
+
+/// A profile as stored: one-letter names, nothing empty, and the code
+/// addresses left out when they are all the addresses (the usual case).
+/// Records of earlier versions (full names, every field) read the same.
+#[derive(Serialize, Deserialize)]
+struct StoredProfile {
+    #[serde(default, rename = "s")]
+    sub: String,
+    /// Only records of earlier versions name it so; in those, absent code
+    /// addresses mean none.
+    #[serde(default, rename = "sub", skip_serializing)]
+    earlier_sub: Option<String>,
+    #[serde(
+        default,
+        rename = "e",
+        alias = "emails",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    emails: Vec<String>,
+    /// Absent: the same as `emails`.
+    #[serde(
+        default,
+        rename = "o",
+        alias = "otp_emails",
+        skip_serializing_if = "Option::is_none"
+    )]
+    otp_emails: Option<Vec<String>>,
+    #[serde(
+        default,
+        rename = "u",
+        alias = "username",
+        skip_serializing_if = "Option::is_none"
+    )]
+    username: Option<String>,
+    #[serde(
+        default,
+        rename = "p",
+        alias = "phone",
+        skip_serializing_if = "Option::is_none"
+    )]
+    phone: Option<String>,
+}
+
+impl From<StoredProfile> for Profile {
+    fn from(s: StoredProfile) -> Profile {
+        let (sub, otp_emails) = match s.earlier_sub {
+            Some(sub) => (sub, s.otp_emails.unwrap_or_default()),
+            None => (s.sub, s.otp_emails.unwrap_or_else(|| s.emails.clone())),
+        };
+        Profile {
+            otp_emails,
+            sub,
+            emails: s.emails,
+            username: s.username,
+            phone: s.phone,
+        }
+    }
+}
+
+impl From<Profile> for StoredProfile {
+    fn from(p: Profile) -> StoredProfile {
+        StoredProfile {
+            otp_emails: (p.otp_emails != p.emails).then_some(p.otp_emails),
+            earlier_sub: None,
+            sub: p.sub,
+            emails: p.emails,
+            username: p.username,
+            phone: p.phone,
+        }
+    }
 }
 
 impl Profile {
@@ -127,4 +197,54 @@ pub fn normalize_phone(raw: &str) -> Option<String> {
         return None;
     }
     Some(if plus { format!("+{digits}") } else { digits })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Profile;
+
+    fn bob() -> Profile {
+        Profile {
+            sub: "bob".into(),
+            emails: vec!["bob@x.io".into(), "b@y.io".into()],
+            otp_emails: vec!["bob@x.io".into(), "b@y.io".into()],
+            username: None,
+            phone: Some("+15550102000".into()),
+        }
+    }
+
+    #[test]
+    fn a_profile_is_stored_small_and_reads_back() {
+        let p = bob();
+        let raw = serde_json::to_string(&p).unwrap();
+        assert_eq!(
+            raw,
+            r#"{"s":"bob","e":["bob@x.io","b@y.io"],"p":"+15550102000"}"#
+        );
+        assert_eq!(serde_json::from_str::<Profile>(&raw).unwrap(), p);
+        let unverified = Profile {
+            otp_emails: vec!["b@y.io".into()],
+            ..bob()
+        };
+        let raw = serde_json::to_string(&unverified).unwrap();
+        assert!(raw.contains(r#""o":["b@y.io"]"#), "{raw}");
+        assert_eq!(serde_json::from_str::<Profile>(&raw).unwrap(), unverified);
+        let none = Profile {
+            otp_emails: vec![],
+            ..bob()
+        };
+        let back: Profile = serde_json::from_str(&serde_json::to_string(&none).unwrap()).unwrap();
+        assert_eq!(back, none, "no code address stays none");
+    }
+
+    #[test]
+    fn records_of_earlier_versions_read_as_they_meant() {
+        let full = r#"{"sub":"bob","emails":["bob@x.io","b@y.io"],"otp_emails":["bob@x.io","b@y.io"],"username":null,"phone":"+15550102000"}"#;
+        assert_eq!(serde_json::from_str::<Profile>(full).unwrap(), bob());
+        // Written before code addresses were kept: none, not every address.
+        let older = r#"{"sub":"bob","emails":["bob@x.io"],"username":"bob"}"#;
+        let p: Profile = serde_json::from_str(older).unwrap();
+        assert_eq!(p.sub, "bob");
+        assert!(p.otp_emails.is_empty(), "{p:?}");
+    }
 }

@@ -86,11 +86,22 @@ impl Identifier {
     }
 }
 
+/// `sub`'s profile. A record in an earlier, larger form is rewritten in the
+/// compact one as it is read (only if it did not change in between).
 pub async fn load(store: &dyn Store, sub: &str) -> Result<Option<Profile>, FlowError> {
-    match store.get(&keys::profile(sub)).await? {
-        None => Ok(None),
-        Some(raw) => Ok(serde_json::from_slice(&raw).ok()),
+    let key = keys::profile(sub);
+    let Some(raw) = store.get(&key).await? else {
+        return Ok(None);
+    };
+    let Ok(p) = serde_json::from_slice::<Profile>(&raw) else {
+        return Ok(None);
+    };
+    if let Ok(compact) = serde_json::to_vec(&p) {
+        if compact != raw {
+            let _ = store.swap(&key, &raw, &compact).await;
+        }
     }
+    Ok(Some(p))
 }
 
 /// Record what the first-factor token says about `p`, and keep the indexes
@@ -213,5 +224,17 @@ mod tests {
                 .unwrap(),
             None
         );
+    }
+
+    #[tokio::test]
+    async fn an_earlier_record_is_rewritten_compact_when_read() {
+        let store = MemoryStore::default();
+        let full = br#"{"sub":"ann","emails":["ann@x.io"],"otp_emails":["ann@x.io"],"username":null,"phone":null}"#;
+        store.put(&keys::profile("ann"), full, None).await.unwrap();
+        let p = load(&store, "ann").await.unwrap().unwrap();
+        assert_eq!(p.otp_emails, ["ann@x.io"]);
+        let now = store.get(&keys::profile("ann")).await.unwrap().unwrap();
+        assert_eq!(now, br#"{"s":"ann","e":["ann@x.io"]}"#);
+        assert_eq!(load(&store, "ann").await.unwrap(), Some(p));
     }
 }

@@ -123,6 +123,58 @@ async fn pin_sessions_end_when_the_user_is_invalidated() {
 }
 
 #[tokio::test]
+async fn a_pin_session_is_stored_small_and_carries_the_users_profile() {
+    let d = Deps::for_tests("");
+    let p = alice();
+    crate::flows::profile::remember(&*d.store, &p)
+        .await
+        .unwrap();
+    let ua = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0";
+    let (token, s) = lifecycle::open_session(&d, Profile::of(&p), p.login_time, ua)
+        .await
+        .unwrap();
+    let raw = d
+        .store
+        .get(&crate::store::keys::pin_session(&s.id))
+        .await
+        .unwrap()
+        .unwrap();
+    let stored = String::from_utf8(raw).unwrap();
+    assert!(!stored.contains("alice@x.io"), "no profile copy: {stored}");
+    assert!(!stored.contains(&s.id), "no copy of its own key: {stored}");
+    assert!(stored.len() < 110, "{} bytes: {stored}", stored.len());
+    let loaded = lifecycle::load_session(&d, &token).await.unwrap();
+    assert_eq!(loaded.profile, Profile::of(&p));
+    assert_eq!(loaded.device, "Firefox on Linux");
+}
+
+#[tokio::test]
+async fn a_pin_session_stored_by_an_earlier_version_still_works() {
+    let d = Deps::for_tests("");
+    let token = "earlier-version-session-token";
+    let id = crate::auth::tokens::token_digest(token);
+    let now = d.store.now();
+    let old = serde_json::json!({
+        "id": id, "sub": "alice",
+        "profile": {"sub": "alice", "emails": ["old@x.io"], "otp_emails": ["old@x.io"], "username": null, "phone": null},
+        "created": now, "created_ms": now * 1000, "expires": now + 600,
+        "ua": crate::flows::lifecycle::ua_digest("Firefox"), "device": "Firefox", "login_time": null
+    });
+    d.store
+        .put(
+            &crate::store::keys::pin_session(&id),
+            old.to_string().as_bytes(),
+            None,
+        )
+        .await
+        .unwrap();
+    let s = lifecycle::load_session(&d, token).await.unwrap();
+    assert_eq!((s.id.as_str(), s.sub.as_str()), (id.as_str(), "alice"));
+    assert_eq!(s.profile.emails, ["old@x.io"], "its own copy is used");
+    assert_eq!(s.expires, now + 600);
+}
+
+#[tokio::test]
 async fn an_email_code_is_mailed_and_used_once() {
     let mailbox = tempfile::tempdir().unwrap();
     let d = Deps::for_tests(&format!(

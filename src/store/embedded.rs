@@ -159,6 +159,22 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+    async fn swap(&self, key: &str, expected: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+        let (key, expected, raw) = (
+            key.to_string(),
+            expected.to_vec(),
+            encode(value, deadline(None)),
+        );
+        self.write(move |t| match current(t, &key)? {
+            Some((v, _)) if v == expected => {
+                t.insert(key.as_str(), raw.as_slice())
+                    .map_err(unavailable)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        })
+        .await
+    }
     async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let key = key.to_string();
         self.write(move |t| {
@@ -199,9 +215,15 @@ impl Store for EmbeddedStore {
         let key = key.to_string();
         self.write(move |t| {
             if let Some((v, e)) = current(t, &key)? {
-                let n = (parse(&key, &v)? - 1).max(0);
-                t.insert(key.as_str(), encode(n.to_string().as_bytes(), e).as_slice())
-                    .map_err(unavailable)?;
+                match parse(&key, &v)? - 1 {
+                    n if n > 0 => {
+                        t.insert(key.as_str(), encode(n.to_string().as_bytes(), e).as_slice())
+                            .map_err(unavailable)?;
+                    }
+                    _ => {
+                        t.remove(key.as_str()).map_err(unavailable)?;
+                    }
+                }
             }
             Ok(())
         })

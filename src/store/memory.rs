@@ -80,6 +80,15 @@ impl Store for MemoryStore {
             }
         }))
     }
+    async fn swap(&self, key: &str, expected: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.with(|m, t| match m.get_mut(key) {
+            Some((v, e)) if t.live(*e) && v.as_slice() == expected => {
+                (*v, *e) = (value.to_vec(), 0);
+                true
+            }
+            _ => false,
+        }))
+    }
     async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.with(|m, t| m.remove(key).filter(|(_, e)| t.live(*e)).map(|(v, _)| v)))
     }
@@ -103,8 +112,14 @@ impl Store for MemoryStore {
     async fn decr(&self, key: &str) -> Result<(), StoreError> {
         self.with(|m, t| {
             if let Some((v, e)) = m.get(key).filter(|(_, e)| t.live(*e)).cloned() {
-                let n = (parse(key, &v)? - 1).max(0);
-                m.insert(key.to_string(), (n.to_string().into_bytes(), e));
+                match parse(key, &v)? - 1 {
+                    n if n > 0 => {
+                        m.insert(key.to_string(), (n.to_string().into_bytes(), e));
+                    }
+                    _ => {
+                        m.remove(key);
+                    }
+                }
             }
             Ok(())
         })

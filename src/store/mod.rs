@@ -54,13 +54,20 @@ pub trait Store: Send + Sync {
         value: &[u8],
         ttl: Duration,
     ) -> Result<bool, StoreError>;
+    /// Replace the value of `key` with `value` (kept for good) only if it
+    /// still is `expected`, in one step on every backend; true when this
+    /// call replaced it. Rewrites of a record read earlier (a compact
+    /// encoding of an older one) use it so they never undo a change another
+    /// gateway made in between.
+    async fn swap(&self, key: &str, expected: &[u8], value: &[u8]) -> Result<bool, StoreError>;
     /// Get and delete in one step: only one caller ever gets the value
     /// (OTPs and reset tokens).
     async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// Add one; a new counter expires after `ttl`, an existing one keeps its expiry.
     async fn incr(&self, key: &str, ttl: Duration) -> Result<Counter, StoreError>;
-    /// Subtract one (not below zero), keeping the expiry.
+    /// Subtract one, keeping the expiry; a counter that reaches zero is
+    /// deleted (nothing is left behind after a success).
     async fn decr(&self, key: &str) -> Result<(), StoreError>;
     /// Set a new expiry on an existing key.
     async fn expire(&self, key: &str, ttl: Duration) -> Result<(), StoreError>;
@@ -325,6 +332,9 @@ impl Store for Bounded {
     ) -> Result<bool, StoreError> {
         bounded!(self, self.inner.put_if_absent(&self.k(key), value, ttl))
     }
+    async fn swap(&self, key: &str, expected: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+        bounded!(self, self.inner.swap(&self.k(key), expected, value))
+    }
     async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         bounded!(self, self.inner.take(&self.k(key)))
     }
@@ -451,6 +461,13 @@ pub(crate) async fn conformance(s: &dyn Store) {
     assert_eq!(s.get("a").await.unwrap().as_deref(), Some(&b"1"[..]));
     assert!(!s.put_if_absent("a", b"2", ttl).await.unwrap());
     assert!(s.put_if_absent("b", b"2", ttl).await.unwrap());
+    assert!(
+        !s.swap("b", b"3", b"4").await.unwrap(),
+        "not what is stored"
+    );
+    assert!(!s.swap("none", b"", b"4").await.unwrap(), "nothing stored");
+    assert_eq!(s.get("none").await.unwrap(), None);
+    assert!(s.swap("b", b"2", b"2").await.unwrap());
     assert_eq!(s.take("b").await.unwrap().as_deref(), Some(&b"2"[..]));
     assert_eq!(s.take("b").await.unwrap(), None);
     let c1 = s.incr("c", ttl).await.unwrap();
@@ -463,6 +480,12 @@ pub(crate) async fn conformance(s: &dyn Store) {
     );
     s.decr("c").await.unwrap();
     assert_eq!(s.incr("c", ttl).await.unwrap().value, 2);
+    // A counter that comes back to zero is gone, not kept at 0.
+    s.decr("c").await.unwrap();
+    s.decr("c").await.unwrap();
+    assert_eq!(s.get("c").await.unwrap(), None, "a zero counter is deleted");
+    s.decr("c").await.unwrap();
+    assert_eq!(s.get("c").await.unwrap(), None, "never below zero");
     s.put("short", b"x", Some(Duration::from_millis(50)))
         .await
         .unwrap();

@@ -38,6 +38,7 @@ pub struct RedisStore {
     rt: tokio::runtime::Handle,
     incr: Script,
     decr: Script,
+    swap: Script,
     revoke: Script,
     last_connect_error: std::sync::atomic::AtomicI64,
 }
@@ -60,10 +61,20 @@ end
 return {v, t}
 "#;
 
-/// DECR that keeps the expiry and never goes below zero.
+/// DECR that keeps the expiry, and deletes a counter that reaches zero (a
+/// zero counter says nothing a missing one does not, and would be kept).
 const DECR: &str = r#"
 local v = tonumber(redis.call('GET', KEYS[1]) or '0')
-if v > 0 then redis.call('DECR', KEYS[1]) end
+if v > 1 then redis.call('DECR', KEYS[1]) elseif v == 1 then redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+/// SET (for good) only while the value is still ARGV[1].
+const SWAP: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return 1
+end
 return 0
 "#;
 
@@ -117,6 +128,7 @@ impl RedisStore {
             rt,
             incr: Script::new(INCR),
             decr: Script::new(DECR),
+            swap: Script::new(SWAP),
             revoke: Script::new(REVOKE),
             last_connect_error: Default::default(),
         }
@@ -212,6 +224,12 @@ impl Store for RedisStore {
         cmd.arg(key).arg(value).arg("NX").arg("PX").arg(ms(ttl));
         let r: Option<String> = with_conn!(self, |c| cmd.query_async(&mut c).await)?;
         Ok(r.is_some())
+    }
+    async fn swap(&self, key: &str, expected: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+        let mut inv = self.swap.key(key);
+        inv.arg(expected).arg(value);
+        let n: i64 = with_conn!(self, |c| inv.invoke_async(&mut c).await)?;
+        Ok(n == 1)
     }
     async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let mut cmd = redis::cmd("GETDEL");

@@ -31,6 +31,22 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn devices_are_named_by_browser_and_system() {
+        let chrome = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
+        let firefox_android =
+            "Mozilla/5.0 (Android 14; Mobile; rv:133.0) Gecko/133.0 Firefox/133.0";
+        let safari_iphone = "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Mobile/15E148 Safari/604.1";
+        let edge = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36 Edg/131.0.0.0";
+        assert_eq!(device_label(chrome), "Chrome on Linux");
+        assert_eq!(device_label(firefox_android), "Firefox on Android");
+        assert_eq!(device_label(safari_iphone), "Safari on iOS");
+        assert_eq!(device_label(edge), "Edge on Windows");
+        assert_eq!(device_label("curl/8.5.0"), "curl/8.5.0");
+        assert_eq!(device_label("\u{7}"), "unknown device");
+        assert_eq!(device_label(&"x".repeat(500)).len(), 40);
+    }
+
+    #[test]
     fn reset_urls_must_be_listed() {
         let allowed = vec![
             "https://app.example.com/reset".to_string(),

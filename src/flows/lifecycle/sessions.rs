@@ -19,23 +19,47 @@ use crate::util::digest::digest_b64;
 
 use super::common::{counted, json_of, parse};
 
+/// A device's PIN session. Stored compactly (short field names, no copy of
+/// its id, which is the key, or of the user's profile, which has a record of
+/// its own): names of earlier versions are still read.
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct PinSession {
+    #[serde(skip)]
     pub id: String,
+    #[serde(rename = "s", alias = "sub")]
     pub sub: String,
+    /// The user's recovery profile, read from its own record when the
+    /// session is loaded (sessions opened before 0.2 carry a copy).
+    #[serde(default, skip_serializing)]
     pub profile: Profile,
-    /// Unix seconds, for people.
+    /// Unix seconds, for people (stored only by versions before 0.2; read
+    /// from `created_ms` otherwise).
+    #[serde(default, rename = "created", skip_serializing)]
     pub created: i64,
     /// Unix ms, what invalidations are compared with; absent in sessions
     /// opened before milliseconds ([`PinSession::issued_ms`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "m",
+        alias = "created_ms",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub created_ms: Option<i64>,
+    #[serde(rename = "e", alias = "expires")]
     pub expires: i64,
     /// Digest of the User-Agent the session was opened with.
+    #[serde(rename = "u", alias = "ua")]
     ua: String,
-    /// For people: what device this is.
+    /// For people: what device this is ([`device_label`]).
+    #[serde(rename = "d", alias = "device")]
     pub device: String,
     /// The first-factor login the session was opened under.
+    #[serde(
+        default,
+        rename = "l",
+        alias = "login_time",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub login_time: Option<i64>,
 }
 
@@ -50,20 +74,72 @@ impl PinSession {
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub(crate) struct SessionRef {
+    #[serde(rename = "i", alias = "id")]
     id: String,
+    #[serde(rename = "e", alias = "expires")]
     expires: i64,
+}
+
+/// A stored session: its record, with the id it is stored under and the
+/// user's profile filled in.
+async fn decode(deps: &Deps, id: &str, raw: &[u8]) -> Result<PinSession, FlowError> {
+    let mut s: PinSession = parse(raw)?;
+    s.id = id.to_string();
+    if let Some(ms) = s.created_ms.filter(|_| s.created == 0) {
+        s.created = ms.div_euclid(1000);
+    }
+    if s.profile.sub != s.sub {
+        s.profile = crate::flows::profile::load(&*deps.store, &s.sub)
+            .await?
+            .unwrap_or_else(|| Profile {
+                sub: s.sub.clone(),
+                ..Profile::default()
+            });
+    }
+    Ok(s)
 }
 
 pub(crate) fn ua_digest(ua: &str) -> String {
     digest_b64(ua.as_bytes())[..16].to_string()
 }
 
+/// What people see for a device: "Firefox on Android", or, for a client
+/// this does not know, the start of its User-Agent.
 pub(crate) fn device_label(ua: &str) -> String {
-    let t: String = ua.chars().filter(|c| !c.is_control()).take(120).collect();
-    if t.is_empty() {
-        "unknown device".into()
-    } else {
-        t
+    let has = |s: &str| ua.contains(s);
+    let os = [
+        ("Android", "Android"),
+        ("iPhone", "iOS"),
+        ("iPad", "iPadOS"),
+        ("CrOS", "ChromeOS"),
+        ("Windows", "Windows"),
+        ("Mac OS X", "macOS"),
+        ("Linux", "Linux"),
+    ]
+    .into_iter()
+    .find(|(k, _)| has(k));
+    let browser = [
+        ("Edg/", "Edge"),
+        ("OPR/", "Opera"),
+        ("SamsungBrowser/", "Samsung Internet"),
+        ("Firefox/", "Firefox"),
+        ("FxiOS/", "Firefox"),
+        ("CriOS/", "Chrome"),
+        ("Chrome/", "Chrome"),
+        ("Safari/", "Safari"),
+    ]
+    .into_iter()
+    .find(|(k, _)| has(k));
+    match (browser, os) {
+        (Some((_, b)), Some((_, o))) => format!("{b} on {o}"),
+        (None, Some((_, o))) => format!("a browser on {o}"),
+        _ => {
+            let t: String = ua.chars().filter(|c| !c.is_control()).take(40).collect();
+            match t.trim() {
+                "" => "unknown device".into(),
+                t => t.to_string(),
+            }
+        }
     }
 }
 
@@ -116,12 +192,13 @@ pub async fn load_session(deps: &Deps, token: &str) -> Result<PinSession, FlowEr
     if token.is_empty() || token.len() > 128 {
         return Err(FlowError::SessionInvalid);
     }
+    let id = token_digest(token);
     let raw = deps
         .store
-        .get(&keys::pin_session(&token_digest(token)))
+        .get(&keys::pin_session(&id))
         .await?
         .ok_or(FlowError::SessionInvalid)?;
-    let s: PinSession = parse(&raw)?;
+    let s = decode(deps, &id, &raw).await?;
     if deps
         .revocations
         .revoked_before(&s.sub)
@@ -150,7 +227,7 @@ pub async fn sessions(deps: &Deps, sub: &str) -> Result<Vec<PinSession>, FlowErr
     let mut out = Vec::new();
     for r in list.iter().filter(|r| r.expires > now) {
         if let Some(raw) = deps.store.get(&keys::pin_session(&r.id)).await? {
-            let s: PinSession = parse(&raw)?;
+            let s = decode(deps, &r.id, &raw).await?;
             if s.sub == sub && cut.is_none_or(|t| s.issued_ms() > t) {
                 out.push(s);
             }
@@ -166,7 +243,7 @@ pub async fn end_session(deps: &Deps, id: &str, owner: Option<&str>) -> Result<b
     let Some(raw) = deps.store.get(&keys::pin_session(id)).await? else {
         return Ok(false);
     };
-    let s: PinSession = parse(&raw)?;
+    let s = decode(deps, id, &raw).await?;
     if owner.is_some_and(|o| o != s.sub) {
         return Ok(false);
     }
