@@ -30,6 +30,7 @@ if [ "$what" = bench ]; then
   command -v nginx >/dev/null || need+=(nginx-light)
   command -v curl >/dev/null || need+=(curl)
   command -v perf >/dev/null || need+=(linux-perf)     # profiles in benches/load.sh
+  command -v valgrind >/dev/null || need+=(valgrind)  # instruction counts in benches/instructions.sh
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "install-deps: installing ${need[*]}"
