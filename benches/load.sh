@@ -104,9 +104,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-read -r P_UP P_AUTH P_PASS P_AREQ P_BARE P_SG P_SGM P_SGQ P_SGQM P_SGR P_SGRM < <(python3 - <<'EOF'
+read -r P_UP P_AUTH P_PASS P_AREQ P_BARE P_SG P_SGM P_SGQ P_SGQM P_SGR P_SGRM P_BT < <(python3 - <<'EOF'
 import socket
-ss = [socket.socket() for _ in range(11)]
+ss = [socket.socket() for _ in range(12)]
 for s in ss: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in ss])
 for s in ss: s.close()
@@ -180,6 +180,12 @@ done
 PRELOAD_ENV=()
 [ -n "$ALLOC_PRELOAD" ] && PRELOAD_ENV=(env "LD_PRELOAD=$ALLOC_PRELOAD")
 start bare "${PRELOAD_ENV[@]}" "$BARE" --listen "127.0.0.1:$P_BARE" --upstream "127.0.0.1:$P_UP" --threads "$WORKERS" --dir "$W"
+# The floor stepgate actually runs on: the same proxy with stepgate's settings
+# (one current-thread runtime per worker when WORKERS=1, no L4 read buffer).
+BT_FLAGS=(--l4-read-buffer 0)
+[ "$WORKERS" = 1 ] && BT_FLAGS+=(--no-work-stealing)
+mkdir -p "$W/bt"
+start bare_tuned "${PRELOAD_ENV[@]}" "$BARE" --listen "127.0.0.1:$P_BT" --upstream "127.0.0.1:$P_UP" --threads "$WORKERS" --dir "$W/bt" "${BT_FLAGS[@]}"
 
 cat >"$W/policy.yaml" <<'EOF'
 default: authenticated
@@ -238,7 +244,7 @@ if has reload; then
   sg_conf sgr "$P_SGR" "$P_SGRM" policy-sgr.yaml
   start sgr "${PRELOAD_ENV[@]}" "$SG" serve --config "$W/sgr.yaml"
 fi
-for p in "$P_UP" "$P_AUTH" "$P_PASS" "$P_AREQ" "$P_BARE" "$P_SG"; do wait_port "$p"; done
+for p in "$P_UP" "$P_AUTH" "$P_PASS" "$P_AREQ" "$P_BARE" "$P_BT" "$P_SG"; do wait_port "$p"; done
 [ "$QUIET_ROW" = 1 ] && wait_port "$P_SGQ"
 has reload && wait_port "$P_SGR"
 
@@ -261,6 +267,7 @@ COOKIE="access_token=$AT; stepgate_su=$SU"
 # name|port|path|pid-of-proxy
 TARGETS=(
   "bare|$P_BARE|/admin/x|$PID_bare"
+  "bare_tuned|$P_BT|/admin/x|$PID_bare_tuned"
   "nginx_pass|$P_PASS|/admin/x|$PID_nginx_pass"
   "nginx_areq|$P_AREQ|/admin/x|$PID_nginx_areq"
   "sg_public|$P_SG|/public/x|$PID_sg"
@@ -430,7 +437,7 @@ PCSRF="$(curl -sf -H "Cookie: access_token=$AT" -H 'Accept: text/html' "$SGURL/.
 for r in $(seq "$STORM_ROUNDS"); do
   log "argon2 round $r/$STORM_ROUNDS"
   run_wrk idle "$P_SG" /public/x "$PID_sg" "$STORM_DURATION" "$STSV"
-  python3 benches/pin_storm.py --port "$P_SG" --cookie "access_token=$AT" --csrf "$PCSRF" \
+  python3 benches/pin_storm.py --port "$P_SG" --cookie "access_token=$AT" --csrf "$PCSRF" --right-pin 2580 \
     --concurrency "$STORM" --seconds $((STORM_DURATION + 60)) >"$W/storm-$r.log" 2>&1 &
   st=$!; PIDS+=("$st")
   sleep 2  # let the hashing queue fill

@@ -3,7 +3,10 @@
 
 Each of N threads holds one keep-alive connection and POSTs a wrong PIN to
 /.stepgate/pin with a valid CSRF token, again as soon as the answer (401)
-arrives, so stepgate always has N Argon2 checks queued or running.
+arrives, so stepgate always has N Argon2 checks queued or running. With
+--right-pin, every --right-every-th submission carries the right PIN (303):
+`lockout.max_consecutive` wrong PINs in a row would suspend the PIN and
+turn the storm into cheap 403s without any Argon2 check.
 
     pin_storm.py --port P --cookie 'access_token=...' --csrf C --concurrency 32 --seconds 60
 
@@ -23,9 +26,10 @@ import urllib.parse
 
 
 def worker(args, stop, counts, lock):
-    body = urllib.parse.urlencode(
-        {"pin": args.pin, "csrf": args.csrf, "return_to": "/admin/x"}
-    )
+    def body(pin):
+        return urllib.parse.urlencode({"pin": pin, "csrf": args.csrf, "return_to": "/admin/x"})
+
+    wrong, right = body(args.pin), body(args.right_pin) if args.right_pin else None
     headers = {
         "Cookie": args.cookie,
         "Content-Type": "application/x-www-form-urlencoded",
@@ -36,7 +40,11 @@ def worker(args, stop, counts, lock):
         try:
             if conn is None:
                 conn = http.client.HTTPConnection("127.0.0.1", args.port, timeout=30)
-            conn.request("POST", "/.stepgate/pin", body=body, headers=headers)
+            with lock:
+                n = sum(counts.values())
+            use_right = right is not None and n % args.right_every == args.right_every - 1
+            conn.request("POST", "/.stepgate/pin", body=right if use_right else wrong,
+                         headers=headers)
             resp = conn.getresponse()
             resp.read()
             status = resp.status
@@ -61,6 +69,8 @@ def main():
     p.add_argument("--cookie", required=True)
     p.add_argument("--csrf", required=True)
     p.add_argument("--pin", default="9172")
+    p.add_argument("--right-pin", help="the user's PIN, sent every --right-every submissions")
+    p.add_argument("--right-every", type=int, default=5)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--seconds", type=float, default=12)
     args = p.parse_args()
@@ -84,7 +94,7 @@ def main():
         t.join(timeout=35)
     total = sum(counts.values())
     print(
-        f"storm: {total} wrong-PIN submissions in {elapsed:.1f} s ({total / elapsed:.0f}/s), "
+        f"storm: {total} PIN submissions in {elapsed:.1f} s ({total / elapsed:.0f}/s), "
         f"statuses {dict(sorted(counts.items(), key=str))}",
         flush=True,
     )

@@ -21,7 +21,8 @@ BEGIN, END = "<!-- load.sh:begin -->", "<!-- load.sh:end -->"
 RBEGIN, REND = "<!-- load.sh:reload:begin -->", "<!-- load.sh:reload:end -->"
 
 LABELS = {
-    "bare": "bare Pingora proxy",
+    "bare": "bare Pingora proxy, Pingora's defaults",
+    "bare_tuned": "bare Pingora proxy, tuned as stepgate runs (current-thread runtime, no L4 read buffer)",
     "nginx_pass": "nginx proxy_pass",
     "nginx_areq": "nginx auth_request (external 204 endpoint)",
     "sg_public": "stepgate, public route (`require: none`)",
@@ -314,11 +315,14 @@ def main_section(a, meta):
         L.append("")
         L.append(
             f"wrk on stepgate's public route ({meta.get('conns')} connections, {meta.get('storm_duration')} s), "
-            f"alternately idle and while {meta.get('storm')} wrong-PIN submissions are kept in flight "
+            f"alternately idle and while {meta.get('storm')} PIN submissions are kept in flight "
             f"({meta.get('storm_rounds')} rounds each; the storm starts 2 s before wrk and is stopped after it). "
-            "The wrong PINs go through the whole flow: store reads and lockout counter writes (embedded store) "
-            "and one Argon2id check each, at most one per core at a time (stepgate's hashing semaphore); "
-            "a 503 is a submission whose store operation timed out (`store.timeout`, 250 ms) and failed closed."
+            "Four in five are wrong PINs (401), every fifth is the right one (303): 20 wrong PINs in a row "
+            "would suspend the PIN (`lockout.max_consecutive`) and leave only cheap 403s. Each goes through the "
+            "whole flow: store reads and lockout counter writes (embedded store) and one Argon2id check, on "
+            "stepgate's hashing threads (one per core not given to workers, lowest priority); a 403 means the "
+            "storm did not measure Argon2, a 503 is a submission whose store operation timed out "
+            "(`store.timeout`, 250 ms) and failed closed."
         )
         L.append("")
         L.append("| condition | req/s (median) | p50 ms | p99 ms (median) | p99 per round | CPU s / 10k req |")
@@ -348,20 +352,23 @@ def main_section(a, meta):
     # targets
     L.append("### Targets")
     L.append("")
-    if bare and "sg_stepup" in s:
-        r = s["sg_stepup"]["rps"] / bare["rps"]
-        L.append("- step-up route ≥ 0.90× bare Pingora req/s: " + verdict(r >= 0.90, f"{r:.2f}× ({s['sg_stepup']['rps']:,.0f} vs {bare['rps']:,.0f})" + ("" if r >= 0.90 else f"; needs 0.90×")))
-    if bare and "sg_public" in s:
-        r = s["sg_public"]["rps"] / bare["rps"]
-        L.append("- public route ≥ 0.95× bare Pingora req/s: " + verdict(r >= 0.95, f"{r:.2f}× ({s['sg_public']['rps']:,.0f} vs {bare['rps']:,.0f})" + ("" if r >= 0.95 else f"; needs 0.95×")))
     if areq and "sg_stepup" in s:
         r = s["sg_stepup"]["rps"] / areq["rps"]
         q = s["sg_stepup"]["p99"] / areq["p99"]
-        L.append("- step-up route ≥ 1.5× nginx auth_request req/s: " + verdict(r >= 1.5, f"{r:.2f}× ({s['sg_stepup']['rps']:,.0f} vs {areq['rps']:,.0f})" + ("" if r >= 1.5 else f"; needs 1.5×")))
+        L.append("- step-up route ≥ 1.0× nginx auth_request req/s (stretch 1.5×): " + verdict(r >= 1.0, f"{r:.2f}× ({s['sg_stepup']['rps']:,.0f} vs {areq['rps']:,.0f})"))
         L.append("- … with p99 no worse than nginx auth_request: " + verdict(q <= 1.0, f"{s['sg_stepup']['p99']:.2f} ms vs {areq['p99']:.2f} ms ({q:.2f}×)"))
+    if bare and "sg_stepup" in s:
+        r = s["sg_stepup"]["rps"] / bare["rps"]
+        L.append("- step-up route ≥ 0.95× the default bare Pingora req/s: " + verdict(r >= 0.95, f"{r:.2f}× ({s['sg_stepup']['rps']:,.0f} vs {bare['rps']:,.0f})"))
+    if bare and "sg_public" in s:
+        r = s["sg_public"]["rps"] / bare["rps"]
+        L.append("- public route ≥ 1.0× the default bare Pingora req/s: " + verdict(r >= 1.0, f"{r:.2f}× ({s['sg_public']['rps']:,.0f} vs {bare['rps']:,.0f})"))
+    if bare and "bare_tuned" in s:
+        r = s["bare_tuned"]["rps"] / bare["rps"]
+        L.append(f"- what tuning bought on the floor: the tuned bare proxy makes {r:.2f}× the default's req/s")
     if "idle" in st and "storm" in st:
         q = st["storm"]["p99"] / st["idle"]["p99"]
-        L.append("- Argon2 storm p99 ≤ 2× idle p99: " + verdict(q <= 2.0, f"{st['storm']['p99']:.2f} ms vs {st['idle']['p99']:.2f} ms ({q:.2f}×)"))
+        L.append("- Argon2 storm p99 ≤ 1.5× idle p99: " + verdict(q <= 1.5, f"{st['storm']['p99']:.2f} ms vs {st['idle']['p99']:.2f} ms ({q:.2f}×)"))
     if "stepgate" in idle:
         mib = int(idle["stepgate"][1]) / 1024
         L.append(f"- RSS < 64 MiB at {meta.get('idle_conns')} connections: " + verdict(mib < 64, f"{mib:.1f} MiB VmRSS"))
