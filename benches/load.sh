@@ -216,7 +216,7 @@ store:
   path: $1.redb
 metrics:
   listen: "127.0.0.1:$3"
-lockout: { max_failures: 1000000, ip_max_failures: 1000000 }
+lockout: { max_failures: 1000000, ip_max_failures: 1000000, max_consecutive: 100 }
 # A key file per gateway: gateways starting together would race to create one.
 assertion:
   key_file: $1-assertion-key.pem

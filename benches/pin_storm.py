@@ -4,9 +4,10 @@
 Each of N threads holds one keep-alive connection and POSTs a wrong PIN to
 /.stepgate/pin with a valid CSRF token, again as soon as the answer (401)
 arrives, so stepgate always has N Argon2 checks queued or running. With
---right-pin, every --right-every-th submission carries the right PIN (303):
-`lockout.max_consecutive` wrong PINs in a row would suspend the PIN and
-turn the storm into cheap 403s without any Argon2 check.
+--right-pin, every --right-every-th submission of each connection carries
+the right PIN (303): `lockout.max_consecutive` wrong PINs in a row would
+suspend the PIN and turn the storm into cheap 403s without any Argon2 check
+(load.sh also raises max_consecutive to its limit, 100).
 
     pin_storm.py --port P --cookie 'access_token=...' --csrf C --concurrency 32 --seconds 60
 
@@ -36,13 +37,13 @@ def worker(args, stop, counts, lock):
         "Accept": "text/html",
     }
     conn = None
+    sent = 0
     while not stop.is_set():
         try:
             if conn is None:
                 conn = http.client.HTTPConnection("127.0.0.1", args.port, timeout=30)
-            with lock:
-                n = sum(counts.values())
-            use_right = right is not None and n % args.right_every == args.right_every - 1
+            sent += 1
+            use_right = right is not None and sent % args.right_every == 0
             conn.request("POST", "/.stepgate/pin", body=right if use_right else wrong,
                          headers=headers)
             resp = conn.getresponse()
@@ -70,7 +71,7 @@ def main():
     p.add_argument("--csrf", required=True)
     p.add_argument("--pin", default="9172")
     p.add_argument("--right-pin", help="the user's PIN, sent every --right-every submissions")
-    p.add_argument("--right-every", type=int, default=5)
+    p.add_argument("--right-every", type=int, default=2)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--seconds", type=float, default=12)
     args = p.parse_args()

@@ -149,6 +149,30 @@ async fn a_pin_session_is_stored_small_and_carries_the_users_profile() {
 }
 
 #[tokio::test]
+async fn a_user_keeps_at_most_max_sessions_and_the_oldest_ends() {
+    let d = Deps::for_tests("");
+    let p = alice();
+    let mut tokens = Vec::new();
+    for i in 0..=lifecycle::MAX_SESSIONS {
+        let ua = format!("device {i}");
+        let (token, _) = lifecycle::open_session(&d, Profile::of(&p), p.login_time, &ua)
+            .await
+            .unwrap();
+        tokens.push(token);
+    }
+    let live = lifecycle::sessions(&d, "alice").await.unwrap();
+    assert_eq!(live.len(), lifecycle::MAX_SESSIONS);
+    assert_eq!(
+        lifecycle::load_session(&d, &tokens[0]).await.err(),
+        Some(FlowError::SessionInvalid),
+        "the oldest device's session ended"
+    );
+    for t in &tokens[1..] {
+        assert!(lifecycle::load_session(&d, t).await.is_ok());
+    }
+}
+
+#[tokio::test]
 async fn a_pin_session_stored_by_an_earlier_version_still_works() {
     let d = Deps::for_tests("");
     let token = "earlier-version-session-token";

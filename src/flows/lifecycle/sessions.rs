@@ -143,6 +143,10 @@ pub(crate) fn device_label(ua: &str) -> String {
     }
 }
 
+/// How many PIN sessions (devices) a user keeps: opening one more ends the
+/// oldest, so no one can grow a user's records without bound.
+pub const MAX_SESSIONS: usize = 20;
+
 /// Open a PIN session for this device; returns the secret token.
 pub async fn open_session(
     deps: &Deps,
@@ -176,6 +180,13 @@ pub async fn open_session(
         None => Vec::new(),
     };
     list.retain(|r| r.expires > now);
+    // The list is in opening order: the oldest devices make room.
+    while list.len() >= MAX_SESSIONS {
+        let oldest = list.remove(0);
+        if let Some(raw) = deps.store.get(&keys::pin_session(&oldest.id)).await? {
+            end(deps, &decode(deps, &oldest.id, &raw).await?).await?;
+        }
+    }
     list.push(SessionRef {
         id: s.id.clone(),
         expires: s.expires,
