@@ -891,3 +891,66 @@ fn a_step_down_after_redis_restarts_reaches_the_other_gateway() {
     );
     eprintln!("step-down reached B {took:?} after A answered");
 }
+
+/// Records an earlier version wrote (a PIN record as JSON with its PHC
+/// string, a profile with full field names) still work, and the first read
+/// rewrites them in the compact form, on a real Redis through the binary.
+#[test]
+fn records_of_an_earlier_version_work_and_are_rewritten_compact() {
+    use ::redis::Commands;
+    use stepgate::flows::pin::PinRecord;
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path(), &[]);
+    let g = gateway(redis_store(&redis.url(), ""), "");
+    let c = client();
+    let at = g.token("alice", &["--email", "alice@x.io"]);
+    enroll(&g, &c, &at, PIN);
+    step_up(&g, &c, &at, PIN);
+    let keys = redis.keys();
+    assert!(
+        !keys.iter().any(|k| k.contains(":fail")),
+        "a right PIN leaves no counter behind: {keys:?}"
+    );
+    let pin_key = keys
+        .iter()
+        .find(|k| k.ends_with(":pin"))
+        .expect("a PIN record");
+    let profile_key = keys
+        .iter()
+        .find(|k| k.ends_with(":profile"))
+        .expect("a profile");
+    let mut r = ::redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let compact: Vec<u8> = r.get(pin_key).unwrap();
+    assert_eq!(compact.len(), 59, "written compact");
+    let record = PinRecord::decode(&compact).expect("a PIN record");
+    assert!(record.phc.starts_with("$argon2id$v=19$"), "{}", record.phc);
+
+    // What an earlier version stored.
+    let old_pin = serde_json::to_vec(&record).unwrap();
+    let old_profile = br#"{"sub":"alice","emails":["alice@x.io"],"otp_emails":["alice@x.io"],"username":null,"phone":null}"#;
+    let _: () = r.set(pin_key, &old_pin).unwrap();
+    let _: () = r.set(profile_key, &old_profile[..]).unwrap();
+
+    // A wrong PIN is still wrong and the right one still right.
+    let csrf = pin_csrf(&g, &c, &at);
+    assert_eq!(post_pin(&g, &c, &at, &csrf, WRONG_PIN).status(), 401);
+    let su = step_up(&g, &c, &at, PIN);
+    let resp = api_get(&g, &c, "/admin/x", &at, &su);
+    assert_forwarded_as(
+        resp,
+        "/admin/x",
+        "alice",
+        "a step-up with the earlier record",
+    );
+
+    let now: Vec<u8> = r.get(pin_key).unwrap();
+    assert_eq!(
+        now, compact,
+        "the JSON record was rewritten in the compact form"
+    );
+    let profile: Vec<u8> = r.get(profile_key).unwrap();
+    assert_eq!(profile, br#"{"s":"alice","e":["alice@x.io"]}"#);
+}
