@@ -227,7 +227,12 @@ pub fn strip_cookies(req: &mut RequestHeader, names: &[&str]) {
         if pair.is_empty() {
             continue;
         }
-        let name = pair.split(|b| *b == b'=').next().unwrap_or(pair);
+        // Apps trim the name (`a =1` is cookie `a` to Werkzeug): so does this.
+        let name = pair
+            .split(|b| *b == b'=')
+            .next()
+            .unwrap_or(pair)
+            .trim_ascii();
         if names.iter().any(|n| n.as_bytes() == name) {
             dropped = true;
             continue;
@@ -483,6 +488,13 @@ mod tests {
                 b"stepgate_suffix=2; xstepgate_su=3".to_vec()
             ]
         );
+    }
+
+    #[test]
+    fn a_name_with_spaces_before_the_equals_sign_is_still_that_name() {
+        let mut req = with_cookies(&[b"a=1; stepgate_su =x; stepgate_su\t= y"]);
+        strip_cookies(&mut req, &["stepgate_su"]);
+        assert_eq!(cookies(&req), [b"a=1".to_vec()]);
     }
 
     #[test]
