@@ -247,31 +247,34 @@ impl OwnCookie {
     }
 }
 
+/// The first value of cookie `name`.
 pub fn cookie<'a>(headers: impl Iterator<Item = &'a [u8]>, name: &str) -> Option<String> {
-    cookies_named(headers, name).next().map(str::to_string)
+    cookie_pairs(headers)
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
 }
 
-/// Every value of cookie `name`, in order (a client may send it twice).
-pub fn cookie_values<'a>(headers: impl Iterator<Item = &'a [u8]>, name: &str) -> Vec<String> {
-    cookies_named(headers, name).map(str::to_string).collect()
+/// Every (name, value) pair of the Cookie headers, in the order sent,
+/// values without their quotes: the one reading of cookies.
+fn cookie_pairs<'a>(
+    headers: impl Iterator<Item = &'a [u8]>,
+) -> impl Iterator<Item = (&'a str, &'a str)> {
+    headers
+        .filter_map(|h| std::str::from_utf8(h).ok())
+        .flat_map(|h| h.split(';'))
+        .filter_map(|part| {
+            let (k, v) = part.trim().split_once('=')?;
+            Some((k, v.trim_matches('"')))
+        })
 }
 
-/// A request's cookies, read once: (name, value) pairs in the order sent,
-/// values without their quotes. Lookups then cost no further parsing.
+/// A request's cookies, read once ([`cookie_pairs`]): lookups then cost no
+/// further parsing.
 pub struct Cookies<'a>(Vec<(&'a str, &'a str)>);
 
 impl<'a> Cookies<'a> {
     pub fn of(headers: impl Iterator<Item = &'a [u8]>) -> Cookies<'a> {
-        Cookies(
-            headers
-                .filter_map(|h| std::str::from_utf8(h).ok())
-                .flat_map(|h| h.split(';'))
-                .filter_map(|part| {
-                    let (k, v) = part.trim().split_once('=')?;
-                    Some((k, v.trim_matches('"')))
-                })
-                .collect(),
-        )
+        Cookies(cookie_pairs(headers).collect())
     }
 
     /// The first value of `name`.
@@ -286,22 +289,6 @@ impl<'a> Cookies<'a> {
             .filter(move |(k, _)| *k == name)
             .map(|(_, v)| *v)
     }
-}
-
-fn cookies_named<'a, 'n>(
-    headers: impl Iterator<Item = &'a [u8]> + 'n,
-    name: &'n str,
-) -> impl Iterator<Item = &'a str> + 'n
-where
-    'a: 'n,
-{
-    headers
-        .filter_map(|h| std::str::from_utf8(h).ok())
-        .flat_map(|h| h.split(';'))
-        .filter_map(move |part| match part.trim().split_once('=') {
-            Some((k, v)) if k == name => Some(v.trim_matches('"')),
-            _ => None,
-        })
 }
 
 /// Accept `return_to` only as a same-origin path; anything else becomes `/`.
