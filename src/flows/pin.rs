@@ -120,10 +120,12 @@ pub async fn load_record(store: &dyn Store, sub: &str) -> Result<Option<PinRecor
         return Ok(None);
     };
     let record = PinRecord::decode(&raw).ok_or(FlowError::Internal)?;
-    let compact = record.encode();
-    if compact != raw {
-        // Best effort: the record read is right either way.
-        let _ = store.swap(&key, &raw, &compact).await;
+    if raw.first() == Some(&b'{') {
+        let compact = record.encode();
+        if compact != raw {
+            // Best effort: the record read is right either way.
+            let _ = store.swap(&key, &raw, &compact).await;
+        }
     }
     Ok(Some(record))
 }

@@ -104,6 +104,14 @@ pub async fn load(store: &dyn Store, sub: &str) -> Result<Option<Profile>, FlowE
     Ok(Some(p))
 }
 
+/// `sub`'s profile, or one that names only the user when none is stored.
+pub async fn load_or_bare(store: &dyn Store, sub: &str) -> Result<Profile, FlowError> {
+    Ok(load(store, sub).await?.unwrap_or_else(|| Profile {
+        sub: sub.to_string(),
+        ..Profile::default()
+    }))
+}
+
 /// Record what the first-factor token says about `p`, and keep the indexes
 /// in step. Costs one read when nothing changed.
 pub async fn remember(store: &dyn Store, p: &Principal) -> Result<(), FlowError> {

@@ -132,12 +132,7 @@ pub async fn set_by_auth_token(
         crate::util::audit::event("pin_set", &rec.sub, ip, "pin auth token");
         deps.notifier
             .event("SetPIN", &rec.sub, json!({"Method": "pinauthtoken"}));
-        let profile = profile::load(&*deps.store, &rec.sub)
-            .await?
-            .unwrap_or(Profile {
-                sub: rec.sub.clone(),
-                ..Default::default()
-            });
+        let profile = profile::load_or_bare(&*deps.store, &rec.sub).await?;
         let (session, access) = if deps.settings.pin.login {
             // A PINAuthToken is not a first-factor login: sessions from it
             // are never "fresh" (no new recovery credentials without a

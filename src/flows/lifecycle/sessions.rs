@@ -28,8 +28,9 @@ pub struct PinSession {
     pub id: String,
     #[serde(rename = "s", alias = "sub")]
     pub sub: String,
-    /// The user's recovery profile, read from its own record when the
-    /// session is loaded (sessions opened before 0.2 carry a copy).
+    /// The user's recovery profile, read from its own record for sessions
+    /// handed out (`load_session`, `sessions`); sessions opened before 0.2
+    /// carry a copy.
     #[serde(default, skip_serializing)]
     pub profile: Profile,
     /// Unix seconds, for people (stored only by versions before 0.2; read
@@ -80,23 +81,27 @@ pub(crate) struct SessionRef {
     expires: i64,
 }
 
-/// A stored session: its record, with the id it is stored under and the
-/// user's profile filled in.
-async fn decode(deps: &Deps, id: &str, raw: &[u8]) -> Result<PinSession, FlowError> {
+/// A stored session: its record, with the id it is stored under.
+fn decode(id: &str, raw: &[u8]) -> Result<PinSession, FlowError> {
     let mut s: PinSession = parse(raw)?;
     s.id = id.to_string();
     if let Some(ms) = s.created_ms.filter(|_| s.created == 0) {
         s.created = ms.div_euclid(1000);
     }
-    if s.profile.sub != s.sub {
-        s.profile = crate::flows::profile::load(&*deps.store, &s.sub)
-            .await?
-            .unwrap_or_else(|| Profile {
-                sub: s.sub.clone(),
-                ..Profile::default()
-            });
-    }
     Ok(s)
+}
+
+/// Fill in the profile of sessions handed out (all of one user): read once,
+/// from its own record, for those without an earlier version's copy.
+async fn with_profile(deps: &Deps, sessions: &mut [PinSession]) -> Result<(), FlowError> {
+    let mut read: Option<Profile> = None;
+    for s in sessions.iter_mut().filter(|s| s.profile.sub != s.sub) {
+        if read.as_ref().is_none_or(|p| p.sub != s.sub) {
+            read = Some(crate::flows::profile::load_or_bare(&*deps.store, &s.sub).await?);
+        }
+        s.profile = read.clone().expect("read above");
+    }
+    Ok(())
 }
 
 pub(crate) fn ua_digest(ua: &str) -> String {
@@ -184,7 +189,7 @@ pub async fn open_session(
     while list.len() >= MAX_SESSIONS {
         let oldest = list.remove(0);
         if let Some(raw) = deps.store.get(&keys::pin_session(&oldest.id)).await? {
-            end(deps, &decode(deps, &oldest.id, &raw).await?).await?;
+            end(deps, &decode(&oldest.id, &raw)?).await?;
         }
     }
     list.push(SessionRef {
@@ -209,7 +214,7 @@ pub async fn load_session(deps: &Deps, token: &str) -> Result<PinSession, FlowEr
         .get(&keys::pin_session(&id))
         .await?
         .ok_or(FlowError::SessionInvalid)?;
-    let s = decode(deps, &id, &raw).await?;
+    let mut s = decode(&id, &raw)?;
     if deps
         .revocations
         .revoked_before(&s.sub)
@@ -224,6 +229,7 @@ pub async fn load_session(deps: &Deps, token: &str) -> Result<PinSession, FlowEr
     if deps.store.now() >= s.expires {
         return Err(FlowError::SessionExpired);
     }
+    with_profile(deps, std::slice::from_mut(&mut s)).await?;
     Ok(s)
 }
 
@@ -238,13 +244,14 @@ pub async fn sessions(deps: &Deps, sub: &str) -> Result<Vec<PinSession>, FlowErr
     let mut out = Vec::new();
     for r in list.iter().filter(|r| r.expires > now) {
         if let Some(raw) = deps.store.get(&keys::pin_session(&r.id)).await? {
-            let s = decode(deps, &r.id, &raw).await?;
+            let s = decode(&r.id, &raw)?;
             if s.sub == sub && cut.is_none_or(|t| s.issued_ms() > t) {
                 out.push(s);
             }
         }
     }
     out.sort_by_key(|s| std::cmp::Reverse(s.issued_ms()));
+    with_profile(deps, &mut out).await?;
     Ok(out)
 }
 
@@ -254,7 +261,7 @@ pub async fn end_session(deps: &Deps, id: &str, owner: Option<&str>) -> Result<b
     let Some(raw) = deps.store.get(&keys::pin_session(id)).await? else {
         return Ok(false);
     };
-    let s = decode(deps, id, &raw).await?;
+    let s = decode(id, &raw)?;
     if owner.is_some_and(|o| o != s.sub) {
         return Ok(false);
     }
