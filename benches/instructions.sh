@@ -31,6 +31,8 @@ SG="$TARGET_DIR/release/stepgate"
 BARE="$TARGET_DIR/release/examples/bare_proxy"
 
 W="$(mktemp -d /tmp/stepgate-instr.XXXXXX)"
+# shellcheck source=benches/common.sh
+. "$ROOT/benches/common.sh"
 mkdir -p "$W/tmp"
 PIDS=()
 cleanup() {
@@ -83,40 +85,8 @@ http { access_log $W/pass-access.log; keepalive_requests 1000000; $(temps)
   upstream app { server 127.0.0.1:$P_UP; keepalive 128; keepalive_requests 1000000; }
   server { listen 127.0.0.1:$P_PROXY; location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 EOF
-cat >"$W/policy.yaml" <<'EOF'
-default: authenticated
-rules:
-  - name: public
-    match: { path: "/public/**" }
-    require: none
-  - name: admin
-    match: { path: "/admin/**" }
-    require: step_up
-    step_up: { methods: [pin], max_age: 1h }
-EOF
-cat >"$W/sg.yaml" <<EOF
-listen: "127.0.0.1:$P_PROXY"
-threads: 1
-upstream: "http://127.0.0.1:$P_UP"
-policy: policy.yaml
-first_factor:
-  cookie: access_token
-  jwt:
-    algorithms: [HS256]
-    secret: "bench-first-factor-secret-0123456789abcdef"
-signing:
-  secret: "bench-signing-secret-0123456789abcdef0123"
-store:
-  kind: embedded
-  path: sg.redb
-lockout: { max_failures: 1000000, ip_max_failures: 1000000 }
-assertion:
-  key_file: sg-assertion-key.pem
-log:
-  format: json
-upgrade_sock: $W/sg.sock
-pid_file: $W/sg.pid
-EOF
+bench_policy "$W/policy.yaml"
+sg_conf sg "$P_PROXY" ""
 wait_port "$P_UP"
 
 # A signed-in user with a PIN and a step-up token, from a gateway run
@@ -124,15 +94,7 @@ wait_port "$P_UP"
 (cd "$W" && exec "$SG" serve --config "$W/sg.yaml" >"$W/setup.log" 2>&1) &
 SETUP=$!
 wait_port "$P_PROXY"
-AT="$("$SG" token --config "$W/sg.yaml" --sub bench --email bench@example.com --ttl 7200)"
-URL="http://127.0.0.1:$P_PROXY"
-CSRF="$(curl -sf -H "Cookie: access_token=$AT" -H 'Accept: text/html' "$URL/.stepgate/pin/setup?return_to=/admin/x" | sed -n 's/.*name="csrf" value="\([^"]*\)".*/\1/p' | head -1)"
-curl -sf -o /dev/null -H "Cookie: access_token=$AT" --data-urlencode pin=2580 --data-urlencode pin_confirm=2580 \
-  --data-urlencode "csrf=$CSRF" --data-urlencode return_to=/admin/x "$URL/.stepgate/pin/setup"
-SU="$(curl -s -o /dev/null -D - -H "Cookie: access_token=$AT" --data-urlencode pin=2580 --data-urlencode "csrf=$CSRF" \
-  --data-urlencode return_to=/admin/x "$URL/.stepgate/pin" | tr -d '\r' | sed -n 's/^[Ss]et-[Cc]ookie: stepgate_su=\([^;]*\).*/\1/p')"
-[ -n "$SU" ] || { log "no step-up cookie"; exit 1; }
-COOKIE="access_token=$AT; stepgate_su=$SU"
+bench_signed_in "$SG" "$W/sg.yaml" "http://127.0.0.1:$P_PROXY"
 kill "$SETUP"; wait "$SETUP" 2>/dev/null || true
 wait_closed "$P_PROXY"
 

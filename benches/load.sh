@@ -89,6 +89,8 @@ SG="${SG_BIN:-$TARGET_DIR/release/stepgate}"
 BARE="$TARGET_DIR/release/examples/bare_proxy"
 
 W="$(mktemp -d /tmp/stepgate-load.XXXXXX)"
+# shellcheck source=benches/common.sh
+. "$ROOT/benches/common.sh"
 mkdir -p "$W/tmp"
 PIDS=()
 cleanup() {
@@ -187,45 +189,7 @@ BT_FLAGS=(--l4-read-buffer 0)
 mkdir -p "$W/bt"
 start bare_tuned "${PRELOAD_ENV[@]}" "$BARE" --listen "127.0.0.1:$P_BT" --upstream "127.0.0.1:$P_UP" --threads "$WORKERS" --dir "$W/bt" "${BT_FLAGS[@]}"
 
-cat >"$W/policy.yaml" <<'EOF'
-default: authenticated
-rules:
-  - name: public
-    match: { path: "/public/**" }
-    require: none
-  - name: admin
-    match: { path: "/admin/**" }
-    require: step_up
-    step_up: { methods: [pin], max_age: 1h }
-EOF
-sg_conf() { # sg_conf NAME PORT METRICS_PORT [POLICY_FILE]
-  cat >"$W/$1.yaml" <<EOF
-listen: "127.0.0.1:$2"
-threads: $WORKERS
-upstream: "http://127.0.0.1:$P_UP"
-policy: ${4:-policy.yaml}
-first_factor:
-  cookie: access_token
-  jwt:
-    algorithms: [HS256]
-    secret: "bench-first-factor-secret-0123456789abcdef"
-signing:
-  secret: "bench-signing-secret-0123456789abcdef0123"
-store:
-  kind: embedded
-  path: $1.redb
-metrics:
-  listen: "127.0.0.1:$3"
-lockout: { max_failures: 1000000, ip_max_failures: 1000000, max_consecutive: 100 }
-# A key file per gateway: gateways starting together would race to create one.
-assertion:
-  key_file: $1-assertion-key.pem
-log:
-  format: json
-upgrade_sock: $W/$1.sock
-pid_file: $W/$1.pid
-EOF
-}
+bench_policy "$W/policy.yaml"
 sg_conf sg "$P_SG" "$P_SGM"
 start sg "${PRELOAD_ENV[@]}" "$SG" serve --config "$W/sg.yaml"
 if [ "$QUIET_ROW" = 1 ]; then
@@ -249,20 +213,8 @@ for p in "$P_UP" "$P_AUTH" "$P_PASS" "$P_AREQ" "$P_BARE" "$P_BT" "$P_SG"; do wai
 has reload && wait_port "$P_SGR"
 
 # --- a first-factor token, a PIN, a step-up token (as a browser would get them) ---
-AT="$("$SG" token --config "$W/sg.yaml" --sub bench --email bench@example.com --ttl 7200)"
 SGURL="http://127.0.0.1:$P_SG"
-csrf_of() { sed -n 's/.*name="csrf" value="\([^"]*\)".*/\1/p' | head -1; }
-CSRF="$(curl -sf -H "Cookie: access_token=$AT" -H 'Accept: text/html' "$SGURL/.stepgate/pin/setup?return_to=/admin/x" | csrf_of)"
-[ -n "$CSRF" ] || { log "no csrf on the PIN setup page"; exit 1; }
-code="$(curl -s -o /dev/null -w '%{http_code}' -H "Cookie: access_token=$AT" \
-  --data-urlencode pin=2580 --data-urlencode pin_confirm=2580 --data-urlencode "csrf=$CSRF" \
-  --data-urlencode return_to=/admin/x "$SGURL/.stepgate/pin/setup")"
-[ "$code" = 303 ] || { log "PIN setup answered $code"; exit 1; }
-SU="$(curl -s -o /dev/null -D - -H "Cookie: access_token=$AT" \
-  --data-urlencode pin=2580 --data-urlencode "csrf=$CSRF" --data-urlencode return_to=/admin/x \
-  "$SGURL/.stepgate/pin" | tr -d '\r' | sed -n 's/^[Ss]et-[Cc]ookie: stepgate_su=\([^;]*\).*/\1/p')"
-[ -n "$SU" ] || { log "no stepgate_su cookie after the PIN"; exit 1; }
-COOKIE="access_token=$AT; stepgate_su=$SU"
+bench_signed_in "$SG" "$W/sg.yaml" "$SGURL"
 
 # name|port|path|pid-of-proxy
 TARGETS=(
@@ -437,7 +389,7 @@ PCSRF="$(curl -sf -H "Cookie: access_token=$AT" -H 'Accept: text/html' "$SGURL/.
 for r in $(seq "$STORM_ROUNDS"); do
   log "argon2 round $r/$STORM_ROUNDS"
   run_wrk idle "$P_SG" /public/x "$PID_sg" "$STORM_DURATION" "$STSV"
-  python3 benches/pin_storm.py --port "$P_SG" --cookie "access_token=$AT" --csrf "$PCSRF" --right-pin 2580 \
+  python3 benches/pin_storm.py --port "$P_SG" --cookie "access_token=$AT" --csrf "$PCSRF" --right-pin "$BENCH_PIN" \
     --concurrency "$STORM" --seconds $((STORM_DURATION + 60)) >"$W/storm-$r.log" 2>&1 &
   st=$!; PIDS+=("$st")
   sleep 2  # let the hashing queue fill
