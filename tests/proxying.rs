@@ -670,6 +670,13 @@ fn websocket_upgrade_passes_through_and_echoes_bytes() {
 /// An upgrade-capable upstream that answers every connection with 101 and
 /// then echoes; it reports each request head it read.
 fn upgrade_upstream() -> (u16, mpsc::Receiver<String>) {
+    upgrade_upstream_answering(false)
+}
+
+/// As `upgrade_upstream`; with `eager` the 101 is written the moment the
+/// connection is accepted, before the request is read, so the gateway finds
+/// the upstream's answer waiting as soon as it has sent the request head.
+fn upgrade_upstream_answering(eager: bool) -> (u16, mpsc::Receiver<String>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let (tx, rx) = mpsc::channel::<String>();
@@ -680,6 +687,10 @@ fn upgrade_upstream() -> (u16, mpsc::Receiver<String>) {
             std::thread::spawn(move || {
                 let mut w = conn.try_clone().unwrap();
                 let mut r = BufReader::new(conn);
+                let switching = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+                if eager {
+                    let _ = w.write_all(switching);
+                }
                 let mut head = String::new();
                 loop {
                     let mut line = String::new();
@@ -692,7 +703,9 @@ fn upgrade_upstream() -> (u16, mpsc::Receiver<String>) {
                     head.push_str(&line);
                 }
                 let _ = tx.send(head);
-                let _ = w.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+                if !eager {
+                    let _ = w.write_all(switching);
+                }
                 let mut buf = [0u8; 4096];
                 while let Ok(n) = r.read(&mut buf) {
                     if n == 0 || w.write_all(&buf[..n]).is_err() {
@@ -762,6 +775,33 @@ fn websocket_upgrade_on_protected_routes_is_gated() {
     let mut back = [0u8; 4];
     r.read_exact(&mut back).unwrap();
     assert_eq!(&back, b"ping");
+}
+
+/// Pingora 0.9 tore an upgraded connection down when it read the upstream's
+/// 101 before the upgrade request's own (empty) body had been handed on: the
+/// client got its 101 and then EOF (cloudflare/pingora#946, carried fix in
+/// patches/pingora-proxy). An upstream whose 101 is already waiting makes
+/// that ordering a coin toss per connection, so twenty connections in a row
+/// all keep their tunnel only with the fix.
+#[test]
+fn an_upgrade_answered_before_the_request_is_read_keeps_its_tunnel() {
+    let (up, heads) = upgrade_upstream_answering(true);
+    let g = gateway_for(&format!("http://127.0.0.1:{up}"), DEFAULT_POLICY, "");
+    for round in 0..20 {
+        let (mut s, mut r, resp) = upgrade_request(g.port, "/public/ws", "");
+        assert_eq!(resp.status, 101, "round {round}: {resp:?}");
+        heads.recv_timeout(Duration::from_secs(10)).unwrap();
+        let msg = format!("frame {round}");
+        s.write_all(msg.as_bytes()).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        r.read_exact(&mut back).unwrap_or_else(|e| {
+            panic!(
+                "round {round}: the tunnel closed after the 101: {e}\n{}",
+                g.proc.log_text()
+            )
+        });
+        assert_eq!(back, msg.as_bytes(), "round {round}");
+    }
 }
 
 // ---------- 4. upstream down ----------
