@@ -9,7 +9,9 @@
 #   benches/instructions.sh                 # prints a Markdown table
 #   SG_OLD=/path/to/older/stepgate benches/instructions.sh   # adds its rows
 #
-# Knobs: N=2000 (measured requests) SKIP_BUILD=0.
+# Knobs: N=2000 (measured requests) SKIP_BUILD=0, KEEP=DIR keeps each
+# row's callgrind profile there (DIR/<row>.callgrind, for callgrind_annotate
+# --inclusive=yes).
 # Read with care: valgrind counts every byte a `rep movsb` copies as one
 # instruction, so large memcpys (Pingora moving a request's future into a
 # Box) weigh more here than on the CPU; compare rows, not to nanoseconds.
@@ -141,6 +143,10 @@ measure() { # measure PATH CMD...: instructions per request
   callgrind_control -d "$vpid" >/dev/null
   kill "$vpid" 2>/dev/null; wait "$vpid" 2>/dev/null || true
   wait_closed "$P_PROXY"
+  if [ -n "${KEEP:-}" ]; then
+    mkdir -p "$KEEP"
+    cp "$out".*1 "$KEEP/$(printf '%s' "$ROW_NAME" | tr -c 'A-Za-z0-9' '-').callgrind"
+  fi
   # The dump taken after the measured requests is part 1.
   awk '/^summary:|^totals:/ {print $2; exit}' "$out".*1 | awk -v n="$N" '{printf "%.0f\n", $1 / n}'
 }
@@ -148,6 +154,7 @@ measure() { # measure PATH CMD...: instructions per request
 row() { # row NAME PATH CMD...
   local name="$1" path="$2"; shift 2
   log "measuring $name"
+  ROW_NAME="$name"
   local v; v="$(measure "$path" "$@")"
   ROWS+=("$name|$v")
 }
