@@ -216,25 +216,21 @@ pub fn client_ip(gate: &Gate, peer: Option<IpAddr>, req: &RequestHeader) -> (Str
 
 /// Remove the named cookies from the Cookie header(s), keeping the others.
 pub fn strip_cookies(req: &mut RequestHeader, names: &[&str]) {
-    // One pass over the bytes (the values were checked when the request was
-    // read): the kept pairs are copied as they come, and the header is only
-    // rewritten when something was left out.
+    // The values were checked when the request was read. Apps trim the name
+    // (`a =1` is cookie `a` to Werkzeug): so does this.
+    let named = |pair: &[u8]| {
+        let name = pair[..memchr::memchr(b'=', pair).unwrap_or(pair.len())].trim_ascii();
+        names.iter().any(|n| n.as_bytes() == name)
+    };
     let all = req.headers.get_all("cookie");
+    // A first pass that only looks: most requests carry none of the names,
+    // and their headers are left as sent, nothing copied.
+    if !all.iter().any(|v| cookie_pairs(v.as_bytes()).any(named)) {
+        return;
+    }
     let mut kept: Vec<u8> = Vec::with_capacity(all.iter().map(|v| v.len()).sum());
-    let mut dropped = false;
-    for pair in all.iter().flat_map(|v| v.as_bytes().split(|b| *b == b';')) {
-        let pair = pair.trim_ascii();
-        if pair.is_empty() {
-            continue;
-        }
-        // Apps trim the name (`a =1` is cookie `a` to Werkzeug): so does this.
-        let name = pair
-            .split(|b| *b == b'=')
-            .next()
-            .unwrap_or(pair)
-            .trim_ascii();
-        if names.iter().any(|n| n.as_bytes() == name) {
-            dropped = true;
+    for pair in all.iter().flat_map(|v| cookie_pairs(v.as_bytes())) {
+        if named(pair) {
             continue;
         }
         if !kept.is_empty() {
@@ -242,13 +238,28 @@ pub fn strip_cookies(req: &mut RequestHeader, names: &[&str]) {
         }
         kept.extend_from_slice(pair);
     }
-    if !dropped {
-        return;
-    }
     req.remove_header("cookie");
     if !kept.is_empty() {
         let _ = req.insert_header("Cookie", kept);
     }
+}
+
+/// The `;`-separated pairs of one Cookie header value, trimmed, empty ones
+/// left out.
+fn cookie_pairs(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(v);
+    std::iter::from_fn(move || loop {
+        let r = rest?;
+        let (pair, next) = match memchr::memchr(b';', r) {
+            Some(i) => (&r[..i], Some(&r[i + 1..])),
+            None => (r, None),
+        };
+        rest = next;
+        let pair = pair.trim_ascii();
+        if !pair.is_empty() {
+            return Some(pair);
+        }
+    })
 }
 
 /// What the edge read off a request, once: the credentials it carries, how

@@ -56,8 +56,14 @@ pub fn upstream_request(
         up.insert_header(h.auth_time.clone(), s.auth_time.to_string())?;
     }
     hop_headers(gate, session, up, f)?;
-    // The step-up token is stepgate's; the app never needs to see it.
-    strip_cookies(up, &crate::reply::OwnCookie::EVERY_NAME);
+    // stepgate's own cookies (the step-up token...) are never the app's; the
+    // first-factor cookie goes too when it was not the judged credential.
+    // One pass over the Cookie headers for both.
+    const OWN: usize = crate::reply::OwnCookie::EVERY_NAME.len();
+    let mut names = [""; OWN + 1];
+    names[..OWN].copy_from_slice(&crate::reply::OwnCookie::EVERY_NAME);
+    names[OWN] = gate.settings.first_factor.cookie.as_str();
+    strip_cookies(up, &names[..OWN + usize::from(f.strip_ff_cookie)]);
     if let Some(p) = f.principal {
         let token = assertion(gate, up, f, p);
         up.insert_header(h.assertion.clone(), token)?;
@@ -66,7 +72,12 @@ pub fn upstream_request(
 }
 
 /// The signed assertion, over what the upstream actually receives.
-fn assertion(gate: &Gate, up: &RequestHeader, f: &Forwarding<'_>, p: &Principal) -> String {
+fn assertion(
+    gate: &Gate,
+    up: &RequestHeader,
+    f: &Forwarding<'_>,
+    p: &Principal,
+) -> http::HeaderValue {
     let su = f.step_up;
     let claims = crate::auth::assertion::Claims {
         sub: &p.sub,
@@ -140,9 +151,6 @@ fn hop_headers(
     up.insert_header("X-Forwarded-Host", authority.as_str())?;
     if f.strip_bearer {
         up.remove_header("authorization");
-    }
-    if f.strip_ff_cookie {
-        strip_cookies(up, &[gate.settings.first_factor.cookie.as_str()]);
     }
     // RFC 7239, stepgate's own hop appended to a trusted proxy's.
     let node = match f.client_ip.parse::<IpAddr>() {

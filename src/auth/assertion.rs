@@ -133,7 +133,9 @@ pub struct Signer {
     previous: Option<SigningKey>,
     issuer: String,
     audience: String,
-    cache: crate::util::cache::Expiring<u64, String>,
+    /// Signed assertions as header values, so a reused one is a reference
+    /// count, not a copy and a validation of its ~600 bytes.
+    cache: crate::util::cache::Expiring<u64, http::HeaderValue>,
 }
 
 impl Signer {
@@ -166,14 +168,15 @@ impl Signer {
 
     /// Sign `c` at `now`, reusing a signature of identical claims made in the
     /// last few seconds.
-    pub fn sign(&self, c: &Claims<'_>, now: i64) -> String {
+    pub fn sign(&self, c: &Claims<'_>, now: i64) -> http::HeaderValue {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         c.hash(&mut h);
         let key = h.finish();
         if let Some(token) = self.cache.get(&key, now) {
             return token;
         }
-        let token = self.sign_fresh(c, now);
+        let token = http::HeaderValue::try_from(self.sign_fresh(c, now))
+            .expect("a JWT (base64url and dots) is a valid header value");
         self.cache.insert(key, token.clone(), now + REUSE, now);
         token
     }
@@ -228,6 +231,7 @@ mod tests {
         )
         .unwrap();
         let t = s.sign(&claims("/a"), 1000);
+        let t_str = t.to_str().unwrap().to_string();
         assert_eq!(
             s.sign(&claims("/a"), 1003),
             t,
@@ -244,13 +248,13 @@ mod tests {
             "another path is another assertion"
         );
         let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_value(s.jwks()).unwrap();
-        let kid = decode_header(&t).unwrap().kid.unwrap();
+        let kid = decode_header(&t_str).unwrap().kid.unwrap();
         let jwk = jwks.find(&kid).unwrap();
         let mut v = Validation::new(Algorithm::ES256);
         v.set_audience(&["app"]);
         v.validate_exp = false;
         let data =
-            decode::<serde_json::Value>(&t, &DecodingKey::from_jwk(jwk).unwrap(), &v).unwrap();
+            decode::<serde_json::Value>(&t_str, &DecodingKey::from_jwk(jwk).unwrap(), &v).unwrap();
         assert_eq!(data.claims["sub"], "alice");
         assert_eq!(data.claims["path"], "/a");
         assert_eq!(

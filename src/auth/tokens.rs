@@ -146,7 +146,16 @@ pub struct Keys {
     /// Step-up tokens whose signature was checked, so a session's repeated
     /// requests skip base64 + HMAC + JSON (~3.5 µs); expiry and binding are
     /// still checked on every request.
-    verified: crate::util::cache::Expiring<String, StepUpClaims>,
+    verified: crate::util::cache::Expiring<String, Verified>,
+}
+
+/// A step-up token whose signature was checked, with the first-factor
+/// session it was found bound to: the same session again is compared as
+/// it is, not hashed again.
+#[derive(Clone)]
+struct Verified {
+    claims: StepUpClaims,
+    session: String,
 }
 
 const VERIFIED_MAX: usize = 20_000;
@@ -419,9 +428,8 @@ impl Keys {
         if token.len() > 2048 {
             return Err(StepUpTokenError::Malformed);
         }
-        let cached = self.verified.get(token, now);
-        let c = match cached {
-            Some(c) => c,
+        let (c, bound_session) = match self.verified.get(token, now) {
+            Some(v) => (v.claims, Some(v.session)),
             None => {
                 let c = decode::<StepUpClaims>(token, &self.stepup_dec, &self.stepup_validation)
                     .map_err(|e| match e.kind() {
@@ -434,18 +442,30 @@ impl Keys {
                 if c.typ != STEPUP_TYP {
                     return Err(StepUpTokenError::Malformed);
                 }
-                self.verified
-                    .insert(token.to_string(), c.clone(), c.exp, now);
-                c
+                (c, None)
             }
         };
         if now >= c.exp {
             return Err(StepUpTokenError::Expired);
         }
-        let bound = c.sub.as_bytes().ct_eq(p.sub.as_bytes())
-            & c.ssn.as_bytes().ct_eq(session_hash(p).as_bytes());
+        let cached = bound_session.is_some();
+        // Whether this is the session the token was found bound to is no
+        // secret from the one presenting it; the hash is what must match.
+        let session_bound = if bound_session.is_some_and(|s| s == p.session) {
+            subtle::Choice::from(1)
+        } else {
+            c.ssn.as_bytes().ct_eq(session_hash(p).as_bytes())
+        };
+        let bound = c.sub.as_bytes().ct_eq(p.sub.as_bytes()) & session_bound;
         if !bool::from(bound) {
             return Err(StepUpTokenError::WrongBinding);
+        }
+        if !cached {
+            let v = Verified {
+                claims: c.clone(),
+                session: p.session.clone(),
+            };
+            self.verified.insert(token.to_string(), v, c.exp, now);
         }
         Ok(c)
     }
@@ -528,6 +548,27 @@ mod tests {
             k.verify_stepup(&t, &principal("alice", "sid:2"), 1100),
             Err(StepUpTokenError::WrongBinding)
         );
+        assert_eq!(
+            k.verify_stepup(&t, &alice, 1300),
+            Err(StepUpTokenError::Expired)
+        );
+    }
+
+    #[test]
+    fn a_verified_token_stays_bound_to_its_session_whichever_came_first() {
+        // The cache remembers the session a token was found bound to; a
+        // wrong session tried first must not be what it remembers.
+        let k = keys();
+        let alice = principal("alice", "sid:1");
+        let thief = principal("alice", "sid:9");
+        let (t, c) = k.issue_stepup(&alice, Factor::Pin, 1000, 300);
+        for _ in 0..2 {
+            assert_eq!(
+                k.verify_stepup(&t, &thief, 1100),
+                Err(StepUpTokenError::WrongBinding)
+            );
+            assert_eq!(k.verify_stepup(&t, &alice, 1100).unwrap(), c);
+        }
         assert_eq!(
             k.verify_stepup(&t, &alice, 1300),
             Err(StepUpTokenError::Expired)

@@ -9,6 +9,7 @@
 //! The cost: up to 200 ms of access lines can be lost if the process is
 //! killed outright (audit lines never are).
 
+use std::fmt::Write as _;
 use std::io::{BufWriter, Stderr, Write};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -39,8 +40,12 @@ pub fn access_json(fields: &[(&str, Field<'_>)]) -> bool {
         line.push_str("\":");
         match v {
             Field::Str(s) => push_json_str(&mut line, s),
-            Field::Int(n) => line.push_str(&n.to_string()),
-            Field::Float(f) if f.is_finite() => line.push_str(&format!("{f:.3}")),
+            Field::Int(n) => {
+                let _ = write!(line, "{n}");
+            }
+            Field::Float(f) if f.is_finite() => {
+                let _ = write!(line, "{f:.3}");
+            }
             Field::Float(_) => line.push('0'),
         }
     }
@@ -62,17 +67,28 @@ pub enum Field<'a> {
 
 fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+    // Runs of bytes that need no escape are copied whole; only `"`, `\` and
+    // control characters (all ASCII, so never inside a UTF-8 sequence) stop
+    // a run.
+    let mut run = 0;
+    for (i, b) in s.bytes().enumerate() {
+        if b != b'"' && b != b'\\' && b >= 0x20 {
+            continue;
+        }
+        out.push_str(&s[run..i]);
+        run = i + 1;
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            _ => {
+                let _ = write!(out, "\\u{:04x}", b);
+            }
         }
     }
+    out.push_str(&s[run..]);
     out.push('"');
 }
 
@@ -158,5 +174,22 @@ mod tests {
         assert_eq!(s, r#""a\"b\\c\nd\u0001é""#);
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v, "a\"b\\c\nd\u{1}é");
+    }
+
+    #[test]
+    fn every_string_reads_back_as_itself() {
+        // Escapes at the start, the end, side by side, beside multi-byte
+        // characters, and every control character.
+        let mut cases: Vec<String> = ["", "\"", "\\\\", "é\"é", "\u{7f}\u{1f}x", "日本\n語\t"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        cases.push((0u8..0x80).map(char::from).collect());
+        for case in cases {
+            let mut s = String::new();
+            push_json_str(&mut s, &case);
+            let back: String = serde_json::from_str(&s).unwrap();
+            assert_eq!(back, case, "{s}");
+        }
     }
 }
