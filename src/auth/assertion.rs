@@ -7,7 +7,7 @@
 //! Must never: sign with a key that is not in the published JWKS, or reuse an
 //! assertion for a different user, session, rule, method or path.
 
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
 use std::path::Path;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -136,6 +136,10 @@ pub struct Signer {
     /// Signed assertions as header values, so a reused one is a reference
     /// count, not a copy and a validation of its ~600 bytes.
     cache: crate::util::cache::Expiring<u64, http::HeaderValue>,
+    /// Keys the claims' hash with this process's own random key, so nobody
+    /// can compute offline which other claims would share a cached
+    /// assertion (`DefaultHasher::new()` has fixed keys).
+    claims_hasher: std::hash::RandomState,
 }
 
 impl Signer {
@@ -154,6 +158,7 @@ impl Signer {
             issuer,
             audience,
             cache: crate::util::cache::Expiring::new(CACHE_MAX),
+            claims_hasher: std::hash::RandomState::new(),
         })
     }
 
@@ -169,9 +174,7 @@ impl Signer {
     /// Sign `c` at `now`, reusing a signature of identical claims made in the
     /// last few seconds.
     pub fn sign(&self, c: &Claims<'_>, now: i64) -> http::HeaderValue {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        c.hash(&mut h);
-        let key = h.finish();
+        let key = self.claims_hasher.hash_one(c);
         if let Some(token) = self.cache.get(&key, now) {
             return token;
         }
