@@ -448,19 +448,17 @@ impl Keys {
         if now >= c.exp {
             return Err(StepUpTokenError::Expired);
         }
-        let cached = bound_session.is_some();
         // Whether this is the session the token was found bound to is no
         // secret from the one presenting it; the hash is what must match.
-        let session_bound = if bound_session.is_some_and(|s| s == p.session) {
-            subtle::Choice::from(1)
-        } else {
-            c.ssn.as_bytes().ct_eq(session_hash(p).as_bytes())
+        let session_bound = match &bound_session {
+            Some(s) if *s == p.session => subtle::Choice::from(1),
+            _ => c.ssn.as_bytes().ct_eq(session_hash(p).as_bytes()),
         };
         let bound = c.sub.as_bytes().ct_eq(p.sub.as_bytes()) & session_bound;
         if !bool::from(bound) {
             return Err(StepUpTokenError::WrongBinding);
         }
-        if !cached {
+        if bound_session.is_none() {
             let v = Verified {
                 claims: c.clone(),
                 session: p.session.clone(),

@@ -121,11 +121,9 @@ pub async fn load_record(store: &dyn Store, sub: &str) -> Result<Option<PinRecor
     };
     let record = PinRecord::decode(&raw).ok_or(FlowError::Internal)?;
     if raw.first() == Some(&b'{') {
-        let compact = record.encode();
-        if compact != raw {
-            // Best effort: the record read is right either way.
-            let _ = store.swap(&key, &raw, &compact).await;
-        }
+        // An earlier version's JSON record, rewritten compact. Best effort:
+        // the record read is right either way.
+        let _ = store.swap(&key, &raw, &record.encode()).await;
     }
     Ok(Some(record))
 }
