@@ -509,7 +509,7 @@ fn killed_redis_fails_closed_then_heals_without_losing_data() {
         "the recovery is logged"
     );
     assert!(
-        redis.keys().iter().any(|k| k.ends_with(":pin")),
+        redis.keys().iter().any(|k| k.ends_with("}:user")),
         "the PIN record survived the SIGKILL (AOF): {:?}",
         redis.keys()
     );
@@ -547,7 +547,7 @@ fn three_master_cluster_serves_as_the_store() {
     // PIN records spread over the masters.
     let per_node: Vec<usize> = nodes
         .iter()
-        .map(|n| n.keys().iter().filter(|k| k.ends_with(":pin")).count())
+        .map(|n| n.keys().iter().filter(|k| k.ends_with("}:user")).count())
         .collect();
     assert_eq!(
         per_node.iter().sum::<usize>(),
@@ -629,7 +629,7 @@ fn gateways_with_different_key_prefixes_do_not_see_each_other() {
     let csrf = pin_csrf(&b, &c, &at);
     assert_eq!(post_pin(&b, &c, &at, &csrf, PIN).status(), 401);
     let keys = redis.keys();
-    let pins: Vec<&String> = keys.iter().filter(|k| k.ends_with(":pin")).collect();
+    let pins: Vec<&String> = keys.iter().filter(|k| k.ends_with("}:user")).collect();
     assert_eq!(pins.len(), 2, "{keys:?}");
     assert!(pins.iter().any(|k| k.starts_with("app-a:{u:")), "{keys:?}");
     assert!(pins.iter().any(|k| k.starts_with("app-b:{u:")), "{keys:?}");
@@ -685,7 +685,7 @@ fn store_migrate_moves_pins_from_embedded_to_redis() {
     );
     let keys = redis.keys();
     assert_eq!(
-        keys.iter().filter(|k| k.ends_with(":pin")).count(),
+        keys.iter().filter(|k| k.ends_with("}:user")).count(),
         2,
         "{keys:?}"
     );
@@ -913,7 +913,7 @@ fn records_of_an_earlier_version_work_and_are_rewritten_compact() {
     );
     let pin_key = keys
         .iter()
-        .find(|k| k.ends_with(":pin"))
+        .find(|k| k.ends_with("}:user"))
         .expect("a PIN record");
     let profile_key = keys
         .iter()

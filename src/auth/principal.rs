@@ -103,7 +103,8 @@ pub struct Profile {
 /// Records of earlier versions (full names, every field) read the same.
 #[derive(Serialize, Deserialize)]
 struct StoredProfile {
-    #[serde(default, rename = "s")]
+    /// Left out in a user's record, whose key names the user.
+    #[serde(default, rename = "s", skip_serializing_if = "String::is_empty")]
     sub: String,
     /// Only records of earlier versions name it so; in those, absent code
     /// addresses mean none.

@@ -14,6 +14,7 @@ use crate::flows::deps::Deps;
 use crate::flows::error::FlowError;
 use crate::flows::lifecycle;
 use crate::flows::lockout;
+use crate::flows::user::Part;
 use crate::store::keys;
 
 /// A user's state, for people and scripts (LoginRadius-style names).
@@ -63,32 +64,41 @@ async fn count(store: &dyn crate::store::Store, key: &str) -> Result<i64, FlowEr
         .unwrap_or(0))
 }
 
-/// Remember a successful step-up (for `show`), kept 30 days, in the
-/// background: the step-up's answer does not wait for it, and a store that
-/// fails here loses only this note.
+/// Remember a successful step-up (for `show`), in the user's record, in
+/// the background: the step-up's answer does not wait for it, and a store
+/// that fails here loses only this note. Stored as "<unix seconds>
+/// <factor>"; `show` forgets it after [`lockout::MEMORY`].
 pub fn note_step_up(deps: &Deps, sub: &str, factor: &'static str) {
-    let v = serde_json::to_vec(&LastStepUp {
-        at: deps.store.now(),
-        factor: factor.to_string(),
-    })
-    .unwrap_or_default();
+    let v = format!("{} {factor}", deps.store.now()).into_bytes();
     let store = deps.store.clone();
-    let key = keys::last_step_up(sub);
+    let sub = sub.to_string();
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         rt.spawn(async move {
-            let _ = store.put(&key, &v, Some(lockout::MEMORY)).await;
+            let _ = crate::flows::user::write(&*store, &sub, Part::LastStepUp, Some(v)).await;
         });
     }
+}
+
+/// The stored last step-up: this version's "<at> <factor>", or an earlier
+/// one's JSON; None once older than [`lockout::MEMORY`].
+fn last_step_up(raw: &[u8], now: i64) -> Option<LastStepUp> {
+    let last = match std::str::from_utf8(raw).ok()?.split_once(' ') {
+        Some((at, factor)) => LastStepUp {
+            at: at.parse().ok()?,
+            factor: factor.to_string(),
+        },
+        None => serde_json::from_slice(raw).ok()?,
+    };
+    (now - last.at < lockout::MEMORY.as_secs() as i64).then_some(last)
 }
 
 pub async fn show(deps: &Deps, sub: &str) -> Result<Account, FlowError> {
     let store = &*deps.store;
     let pin = crate::flows::pin::state(store, sub).await?;
     let sessions = lifecycle::sessions(deps, sub).await?;
-    let last = store
-        .get(&keys::last_step_up(sub))
+    let last = crate::flows::user::read(store, sub, Part::LastStepUp)
         .await?
-        .and_then(|v| serde_json::from_slice(&v).ok());
+        .and_then(|v| last_step_up(&v, store.now()));
     let profile = crate::flows::profile::load(store, sub).await?;
     Ok(Account {
         uid: sub.to_string(),
@@ -165,7 +175,7 @@ pub async fn locks(deps: &Deps) -> Result<Vec<lockout::LockInfo>, FlowError> {
 pub async fn remove_pin(deps: &Deps, sub: &str, who: &str) -> Result<bool, FlowError> {
     let store = &*deps.store;
     let had = crate::flows::pin::load_record(store, sub).await?.is_some();
-    store.delete(&keys::pin(sub)).await?;
+    crate::flows::user::write(store, sub, crate::flows::user::Part::Pin, None).await?;
     lockout::clear_lockout(store, sub).await?;
     lifecycle::end_sessions(deps, sub, None).await?;
     deps.known_pins.forget(sub);

@@ -14,6 +14,7 @@ pub mod notice;
 pub mod otp;
 pub mod pin;
 pub mod profile;
+pub mod user;
 
 #[cfg(test)]
 mod tests;

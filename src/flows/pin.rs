@@ -16,6 +16,7 @@ pub use crate::flows::hasher::{Hasher, RELEASE_MEMORY};
 pub use crate::flows::lockout::{
     clear_lockout, clear_on, reserve, reserve_on, Attempt, OnSuspend, MEMORY,
 };
+use crate::flows::user::{self, Part};
 use crate::store::{keys, Store};
 use crate::util::metrics;
 
@@ -115,15 +116,20 @@ impl PinRecord {
 /// `sub`'s PIN record. A record in an older, larger form is rewritten in the
 /// compact one as it is read (only if it did not change in between).
 pub async fn load_record(store: &dyn Store, sub: &str) -> Result<Option<PinRecord>, FlowError> {
-    let key = keys::pin(sub);
-    let Some(raw) = store.get(&key).await? else {
+    let Some(raw) = user::read(store, sub, Part::Pin).await? else {
         return Ok(None);
     };
     let record = PinRecord::decode(&raw).ok_or(FlowError::Internal)?;
     if raw.first() == Some(&b'{') {
         // An earlier version's JSON record, rewritten compact. Best effort:
         // the record read is right either way.
-        let _ = store.swap(&key, &raw, &record.encode()).await;
+        let compact = record.encode();
+        let _ = user::update(store, sub, |r| {
+            if r.get(Part::Pin) == Some(raw.as_slice()) {
+                r.set(Part::Pin, Some(compact.clone()));
+            }
+        })
+        .await;
     }
     Ok(Some(record))
 }
@@ -225,8 +231,7 @@ pub async fn store_pin(
         set_at: store.now(),
     }
     .encode();
-    store.put(&keys::pin(sub), &rec, None).await?;
-    Ok(())
+    user::write(store, sub, Part::Pin, Some(rec)).await
 }
 
 /// Store a first PIN: refused with `PinAlreadySet` when one exists, also

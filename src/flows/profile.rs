@@ -9,6 +9,7 @@
 
 use crate::auth::principal::Principal;
 use crate::flows::error::FlowError;
+use crate::flows::user::{self, Part};
 use crate::store::{keys, Store};
 
 pub use crate::auth::principal::{normalize_phone, Profile};
@@ -86,19 +87,34 @@ impl Identifier {
     }
 }
 
-/// `sub`'s profile. A record in an earlier, larger form is rewritten in the
+/// The bytes of `p` in its user's record: compact, without the user's id
+/// (the record's key names the user).
+fn stored(p: &Profile) -> Result<Vec<u8>, FlowError> {
+    let bare = Profile {
+        sub: String::new(),
+        ..p.clone()
+    };
+    serde_json::to_vec(&bare).map_err(|_| FlowError::Internal)
+}
+
+/// `sub`'s profile. A profile in an earlier, larger form is rewritten in the
 /// compact one as it is read (only if it did not change in between).
 pub async fn load(store: &dyn Store, sub: &str) -> Result<Option<Profile>, FlowError> {
-    let key = keys::profile(sub);
-    let Some(raw) = store.get(&key).await? else {
+    let Some(raw) = user::read(store, sub, Part::Profile).await? else {
         return Ok(None);
     };
-    let Ok(p) = serde_json::from_slice::<Profile>(&raw) else {
+    let Ok(mut p) = serde_json::from_slice::<Profile>(&raw) else {
         return Ok(None);
     };
-    if let Ok(compact) = serde_json::to_vec(&p) {
+    p.sub = sub.to_string();
+    if let Ok(compact) = stored(&p) {
         if compact != raw {
-            let _ = store.swap(&key, &raw, &compact).await;
+            let _ = user::update(store, sub, |r| {
+                if r.get(Part::Profile) == Some(raw.as_slice()) {
+                    r.set(Part::Profile, Some(compact.clone()));
+                }
+            })
+            .await;
         }
     }
     Ok(Some(p))
@@ -120,8 +136,7 @@ pub async fn remember(store: &dyn Store, p: &Principal) -> Result<(), FlowError>
     if old.as_ref() == Some(&new) {
         return Ok(());
     }
-    let raw = serde_json::to_vec(&new).map_err(|_| FlowError::Internal)?;
-    store.put(&keys::profile(&p.sub), &raw, None).await?;
+    user::write(store, &p.sub, Part::Profile, Some(stored(&new)?)).await?;
     let fresh = new.index_entries();
     for (kind, value) in &fresh {
         store
@@ -241,8 +256,14 @@ mod tests {
         store.put(&keys::profile("ann"), full, None).await.unwrap();
         let p = load(&store, "ann").await.unwrap().unwrap();
         assert_eq!(p.otp_emails, ["ann@x.io"]);
-        let now = store.get(&keys::profile("ann")).await.unwrap().unwrap();
-        assert_eq!(now, br#"{"s":"ann","e":["ann@x.io"]}"#);
+        assert_eq!(p.sub, "ann");
+        // Moved into the user's record, compact and without the id.
+        assert_eq!(store.get(&keys::profile("ann")).await.unwrap(), None);
+        let now = user::read(&store, "ann", Part::Profile)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(now, br#"{"e":["ann@x.io"]}"#);
         assert_eq!(load(&store, "ann").await.unwrap(), Some(p));
     }
 }

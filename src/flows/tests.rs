@@ -133,16 +133,39 @@ async fn a_pin_session_is_stored_small_and_carries_the_users_profile() {
     let (token, s) = lifecycle::open_session(&d, Profile::of(&p), p.login_time, ua)
         .await
         .unwrap();
-    let raw = d
-        .store
-        .get(&crate::store::keys::pin_session(&s.id))
+    // Kept in alice's record, beside her profile: no key of its own.
+    assert_eq!(
+        d.store
+            .get(&crate::store::keys::pin_session(&s.id))
+            .await
+            .unwrap(),
+        None
+    );
+    let part = crate::flows::user::read(&*d.store, "alice", crate::flows::user::Part::Sessions)
         .await
         .unwrap()
         .unwrap();
-    let stored = String::from_utf8(raw).unwrap();
+    let stored = String::from_utf8_lossy(&part);
     assert!(!stored.contains("alice@x.io"), "no profile copy: {stored}");
-    assert!(!stored.contains(&s.id), "no copy of its own key: {stored}");
-    assert!(stored.len() < 110, "{} bytes: {stored}", stored.len());
+    assert!(part.len() < 110, "{} bytes: {stored}", part.len());
+    // The token leads to the record; a token that names another user's
+    // record, or a made-up secret, finds nothing.
+    let (locator, _) = token.split_once('.').unwrap();
+    assert_eq!(locator, crate::store::keys::user_locator("alice"));
+    let forged = format!(
+        "{}.{}",
+        crate::store::keys::user_locator("bob"),
+        token.split_once('.').unwrap().1
+    );
+    assert_eq!(
+        lifecycle::load_session(&d, &forged).await.err(),
+        Some(FlowError::SessionInvalid)
+    );
+    let guessed = format!("{locator}.{}", crate::auth::tokens::secret_token());
+    assert_eq!(
+        lifecycle::load_session(&d, &guessed).await.err(),
+        Some(FlowError::SessionInvalid)
+    );
     let loaded = lifecycle::load_session(&d, &token).await.unwrap();
     assert_eq!(loaded.profile, Profile::of(&p));
     assert_eq!(loaded.device, "Firefox on Linux");
@@ -196,6 +219,71 @@ async fn a_pin_session_stored_by_an_earlier_version_still_works() {
     assert_eq!((s.id.as_str(), s.sub.as_str()), (id.as_str(), "alice"));
     assert_eq!(s.profile.emails, ["old@x.io"], "its own copy is used");
     assert_eq!(s.expires, now + 600);
+}
+
+#[tokio::test]
+async fn an_earlier_versions_session_list_moves_into_the_record_and_its_sessions_still_end() {
+    use crate::store::keys;
+    let d = Deps::for_tests("");
+    let token = "earlier-version-session-token";
+    let id = crate::auth::tokens::token_digest(token);
+    let now = d.store.now();
+    let old = serde_json::json!({
+        "s": "alice", "m": now * 1000, "e": now + 600,
+        "u": crate::flows::lifecycle::ua_digest("Firefox"), "d": "Firefox"
+    });
+    let store = &*d.store;
+    store
+        .put(&keys::pin_session(&id), old.to_string().as_bytes(), None)
+        .await
+        .unwrap();
+    let list = serde_json::json!([{"i": id, "e": now + 600}]).to_string();
+    store
+        .put(&keys::pin_sessions("alice"), list.as_bytes(), None)
+        .await
+        .unwrap();
+    let listed = lifecycle::sessions(&d, "alice").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, id);
+    assert_eq!(
+        store.get(&keys::pin_sessions("alice")).await.unwrap(),
+        None,
+        "moved"
+    );
+    // A new device: both are listed, the old one still works.
+    let p = alice();
+    let (new_token, new) = lifecycle::open_session(&d, Profile::of(&p), None, "Firefox")
+        .await
+        .unwrap();
+    let listed = lifecycle::sessions(&d, "alice").await.unwrap();
+    assert_eq!(
+        listed.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        [new.id.as_str(), id.as_str()]
+    );
+    assert!(lifecycle::load_session(&d, token).await.is_ok());
+    // Ending the old one drops its key and its place in the list.
+    assert!(lifecycle::end_session(&d, &id, Some("alice"))
+        .await
+        .unwrap());
+    assert_eq!(store.get(&keys::pin_session(&id)).await.unwrap(), None);
+    assert_eq!(
+        lifecycle::load_session(&d, token).await.err(),
+        Some(FlowError::SessionInvalid)
+    );
+    let listed = lifecycle::sessions(&d, "alice").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    // Another user cannot end alice's session by its id.
+    assert!(!lifecycle::end_session(&d, &new.id, Some("bob"))
+        .await
+        .unwrap());
+    assert!(lifecycle::load_session(&d, &new_token).await.is_ok());
+    assert!(lifecycle::end_session(&d, &new.id, Some("alice"))
+        .await
+        .unwrap());
+    assert_eq!(
+        lifecycle::load_session(&d, &new_token).await.err(),
+        Some(FlowError::SessionInvalid)
+    );
 }
 
 #[tokio::test]

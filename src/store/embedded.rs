@@ -175,6 +175,32 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+    async fn replace(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<bool, StoreError> {
+        let key = key.to_string();
+        let expected = expected.map(<[u8]>::to_vec);
+        let raw = value.map(|v| encode(v, deadline(None)));
+        self.write(move |t| {
+            if current(t, &key)?.map(|(v, _)| v) != expected {
+                return Ok(false);
+            }
+            match &raw {
+                Some(raw) => {
+                    t.insert(key.as_str(), raw.as_slice())
+                        .map_err(unavailable)?;
+                }
+                None => {
+                    t.remove(key.as_str()).map_err(unavailable)?;
+                }
+            }
+            Ok(true)
+        })
+        .await
+    }
     async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let key = key.to_string();
         self.write(move |t| {

@@ -89,6 +89,27 @@ impl Store for MemoryStore {
             _ => false,
         }))
     }
+    async fn replace(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<bool, StoreError> {
+        Ok(self.with(|m, t| {
+            let now = m
+                .get(key)
+                .filter(|(_, e)| t.live(*e))
+                .map(|(v, _)| v.as_slice());
+            if now != expected {
+                return false;
+            }
+            match value {
+                Some(v) => m.insert(key.to_string(), (v.to_vec(), 0)),
+                None => m.remove(key),
+            };
+            true
+        }))
+    }
     async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.with(|m, t| m.remove(key).filter(|(_, e)| t.live(*e)).map(|(v, _)| v)))
     }

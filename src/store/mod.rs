@@ -60,6 +60,16 @@ pub trait Store: Send + Sync {
     /// encoding of an older one) use it so they never undo a change another
     /// gateway made in between.
     async fn swap(&self, key: &str, expected: &[u8], value: &[u8]) -> Result<bool, StoreError>;
+    /// Compare-and-set for records kept for good (one record per user,
+    /// [`crate::flows::user`]): only while `key` still holds `expected`
+    /// (`None`: nothing), set it to `value` (`None`: delete it), in one
+    /// step on every backend; true when this call changed it.
+    async fn replace(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<bool, StoreError>;
     /// Get and delete in one step: only one caller ever gets the value
     /// (OTPs and reset tokens).
     async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
@@ -183,7 +193,20 @@ pub mod keys {
     /// Subjects are hashed so that any `sub` (with braces, colons, ...) makes
     /// a well-formed key.
     fn user(sub: &str) -> String {
-        format!("{{u:{}}}", &digest_b64(sub.as_bytes())[..22])
+        format!("{{u:{}}}", user_locator(sub))
+    }
+    /// What names a user in keys (22 characters of base64url), and in the
+    /// tokens that lead to a user's record (PIN sessions).
+    pub fn user_locator(sub: &str) -> String {
+        digest_b64(sub.as_bytes())[..22].to_string()
+    }
+    /// Everything kept for good about one user ([`crate::flows::user`]).
+    pub fn user_record(sub: &str) -> String {
+        format!("{}:user", user(sub))
+    }
+    /// The same key, from a locator ([`user_locator`]).
+    pub fn user_record_at(locator: &str) -> String {
+        format!("{{u:{locator}}}:user")
     }
     /// A user's last successful step-up (time and factor), for admins.
     pub fn last_step_up(sub: &str) -> String {
@@ -335,6 +358,14 @@ impl Store for Bounded {
     async fn swap(&self, key: &str, expected: &[u8], value: &[u8]) -> Result<bool, StoreError> {
         bounded!(self, self.inner.swap(&self.k(key), expected, value))
     }
+    async fn replace(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<bool, StoreError> {
+        bounded!(self, self.inner.replace(&self.k(key), expected, value))
+    }
     async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         bounded!(self, self.inner.take(&self.k(key)))
     }
@@ -441,7 +472,9 @@ pub fn open(s: &StoreSettings) -> Result<Arc<dyn Store>, String> {
 pub async fn migrate(from: &dyn Store, to: &dyn Store) -> Result<usize, StoreError> {
     let mut n = 0;
     for (key, value, expires) in from.entries().await? {
-        let durable = key.ends_with(":pin") || key.contains(":otp:verified:");
+        let durable = key.ends_with(":pin")
+            || crate::flows::user::is_record_key(&key)
+            || key.contains(":otp:verified:");
         if !durable {
             continue;
         }
@@ -468,6 +501,16 @@ pub(crate) async fn conformance(s: &dyn Store) {
     assert!(!s.swap("none", b"", b"4").await.unwrap(), "nothing stored");
     assert_eq!(s.get("none").await.unwrap(), None);
     assert!(s.swap("b", b"2", b"2").await.unwrap());
+    // replace: create only when absent, change or delete only what is there.
+    assert!(s.replace("r", None, Some(b"1")).await.unwrap());
+    assert!(!s.replace("r", None, Some(b"2")).await.unwrap(), "exists");
+    assert!(!s.replace("r", Some(b"9"), Some(b"2")).await.unwrap());
+    assert!(s.replace("r", Some(b"1"), Some(b"2")).await.unwrap());
+    assert_eq!(s.get("r").await.unwrap().as_deref(), Some(&b"2"[..]));
+    assert!(!s.replace("r", Some(b"1"), None).await.unwrap());
+    assert!(s.replace("r", Some(b"2"), None).await.unwrap());
+    assert_eq!(s.get("r").await.unwrap(), None);
+    assert!(!s.replace("r", Some(b"2"), None).await.unwrap(), "gone");
     assert_eq!(s.take("b").await.unwrap().as_deref(), Some(&b"2"[..]));
     assert_eq!(s.take("b").await.unwrap(), None);
     let c1 = s.incr("c", ttl).await.unwrap();

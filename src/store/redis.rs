@@ -39,6 +39,7 @@ pub struct RedisStore {
     incr: Script,
     decr: Script,
     swap: Script,
+    replace: Script,
     revoke: Script,
     last_connect_error: std::sync::atomic::AtomicI64,
 }
@@ -76,6 +77,20 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return 1
 end
 return 0
+"#;
+
+/// Compare-and-set of a record kept for good. ARGV[1]: '1' when a value is
+/// expected (ARGV[2]), else the key must be absent; ARGV[3]: '1' to set
+/// ARGV[4], else delete.
+const REPLACE: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if ARGV[1] == '1' then
+  if cur ~= ARGV[2] then return 0 end
+elseif cur then
+  return 0
+end
+if ARGV[3] == '1' then redis.call('SET', KEYS[1], ARGV[4]) else redis.call('DEL', KEYS[1]) end
+return 1
 "#;
 
 impl RedisStore {
@@ -129,6 +144,7 @@ impl RedisStore {
             incr: Script::new(INCR),
             decr: Script::new(DECR),
             swap: Script::new(SWAP),
+            replace: Script::new(REPLACE),
             revoke: Script::new(REVOKE),
             last_connect_error: Default::default(),
         }
@@ -228,6 +244,21 @@ impl Store for RedisStore {
     async fn swap(&self, key: &str, expected: &[u8], value: &[u8]) -> Result<bool, StoreError> {
         let mut inv = self.swap.key(key);
         inv.arg(expected).arg(value);
+        let n: i64 = with_conn!(self, |c| inv.invoke_async(&mut c).await)?;
+        Ok(n == 1)
+    }
+    async fn replace(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<bool, StoreError> {
+        let mut inv = self.replace.key(key);
+        let flag = |b: bool| if b { "1" } else { "0" };
+        inv.arg(flag(expected.is_some()))
+            .arg(expected.unwrap_or_default())
+            .arg(flag(value.is_some()))
+            .arg(value.unwrap_or_default());
         let n: i64 = with_conn!(self, |c| inv.invoke_async(&mut c).await)?;
         Ok(n == 1)
     }

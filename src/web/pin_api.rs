@@ -320,14 +320,16 @@ async fn login(gate: &crate::gate::Gate, req: &Req<'_>) -> Answer {
 
 async fn invalidate_session(gate: &crate::gate::Gate, req: &Req<'_>) -> Answer {
     let token = query_param(req.query, "session_token").unwrap_or_default();
-    let s = lifecycle::load_session(gate, &token).await;
-    let id = match s {
-        Ok(s) => s.id,
+    let s = match lifecycle::load_session(gate, &token).await {
+        Ok(s) => s,
         // An expired session can still be ended.
-        Err(FlowError::SessionExpired) => crate::auth::tokens::token_digest(&token),
+        Err(FlowError::SessionExpired) => lifecycle::find_session(gate, &token)
+            .await
+            .map_err(flow_error)?
+            .ok_or_else(|| flow_error(FlowError::SessionInvalid))?,
         Err(e) => return Err(flow_error(e)),
     };
-    lifecycle::end_session(gate, &id, None)
+    lifecycle::end_session(gate, &s.id, Some(&s.sub))
         .await
         .map_err(flow_error)?;
     posted()

@@ -14,10 +14,11 @@ use crate::flows::deps::Deps;
 use crate::flows::error::FlowError;
 use crate::flows::pin;
 use crate::flows::profile::Profile;
+use crate::flows::user::{self, Part, Record};
 use crate::store::keys;
 use crate::util::digest::digest_b64;
 
-use super::common::{counted, json_of, parse};
+use super::common::{counted, parse};
 
 /// A device's PIN session. Stored compactly (short field names, no copy of
 /// its id, which is the key, or of the user's profile, which has a record of
@@ -62,6 +63,19 @@ pub struct PinSession {
         skip_serializing_if = "Option::is_none"
     )]
     pub login_time: Option<i64>,
+    /// Where the session is stored.
+    #[serde(skip)]
+    pub(crate) kept: Kept,
+}
+
+/// Where a PIN session is stored: in its user's record (sessions this
+/// version opens), or under a key of its own (`ps:<id>`, sessions an
+/// earlier version opened; the record lists them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Kept {
+    Record,
+    #[default]
+    OwnKey,
 }
 
 impl PinSession {
@@ -73,22 +87,218 @@ impl PinSession {
     }
 }
 
+/// An earlier version's entry in a user's list of sessions kept under
+/// their own keys.
 #[derive(Serialize, Deserialize, Debug, Clone)]
-pub(crate) struct SessionRef {
+struct SessionRef {
     #[serde(rename = "i", alias = "id")]
     id: String,
     #[serde(rename = "e", alias = "expires")]
     expires: i64,
 }
 
-/// A stored session: its record, with the id it is stored under.
+/// A session kept under its own key by an earlier version.
 fn decode(id: &str, raw: &[u8]) -> Result<PinSession, FlowError> {
     let mut s: PinSession = parse(raw)?;
     s.id = id.to_string();
+    s.kept = Kept::OwnKey;
     if let Some(ms) = s.created_ms.filter(|_| s.created == 0) {
         s.created = ms.div_euclid(1000);
     }
     Ok(s)
+}
+
+/// How long a session is still kept past its expiry, so that an expired
+/// token is told apart from a wrong one (LoginRadius error 1246).
+const GRACE: i64 = 86400;
+
+/// A user's devices, as their record's [`Part::Sessions`] holds them.
+#[derive(Debug, Default)]
+struct Devices {
+    sub: String,
+    /// In opening order.
+    list: Vec<Entry>,
+}
+
+#[derive(Debug, Clone)]
+enum Entry {
+    /// A session this version opened.
+    Here(PinSession),
+    /// One an earlier version keeps under its own key.
+    Ref(SessionRef),
+}
+
+impl Entry {
+    fn id(&self) -> &str {
+        match self {
+            Entry::Here(s) => &s.id,
+            Entry::Ref(r) => &r.id,
+        }
+    }
+    fn expires(&self) -> i64 {
+        match self {
+            Entry::Here(s) => s.expires,
+            Entry::Ref(r) => r.expires,
+        }
+    }
+}
+
+/// The stored form (version 1): the version byte, the user's id (u16
+/// length), then per session a kind byte; 0: id, opened (ms), expires,
+/// User-Agent digest, device, login time (flag byte, then i64) — strings
+/// with a u8 length, numbers i64 little-endian; 1 (an earlier version's
+/// session): id, expires. A list moved from an earlier version's own key
+/// is its JSON array of references.
+const DEVICES_V1: u8 = 1;
+
+fn encode_devices(d: &Devices) -> Vec<u8> {
+    fn text(out: &mut Vec<u8>, s: &str) {
+        let mut n = s.len().min(255);
+        while !s.is_char_boundary(n) {
+            n -= 1;
+        }
+        out.push(n as u8);
+        out.extend_from_slice(&s.as_bytes()[..n]);
+    }
+    let mut out = vec![DEVICES_V1];
+    let sub = &d.sub.as_bytes()[..d.sub.len().min(usize::from(u16::MAX))];
+    out.extend_from_slice(&(sub.len() as u16).to_le_bytes());
+    out.extend_from_slice(sub);
+    for e in &d.list {
+        match e {
+            Entry::Here(s) => {
+                out.push(0);
+                text(&mut out, &s.id);
+                out.extend_from_slice(&s.issued_ms().to_le_bytes());
+                out.extend_from_slice(&s.expires.to_le_bytes());
+                text(&mut out, &s.ua);
+                text(&mut out, &s.device);
+                match s.login_time {
+                    Some(t) => {
+                        out.push(1);
+                        out.extend_from_slice(&t.to_le_bytes());
+                    }
+                    None => out.push(0),
+                }
+            }
+            Entry::Ref(r) => {
+                out.push(1);
+                text(&mut out, &r.id);
+                out.extend_from_slice(&r.expires.to_le_bytes());
+            }
+        }
+    }
+    out
+}
+
+/// Read a user's devices; `sub`: whose they are when the stored form does
+/// not say (an earlier version's list).
+fn decode_devices(raw: &[u8], sub: &str) -> Result<Devices, FlowError> {
+    if raw.first() == Some(&b'[') {
+        let refs: Vec<SessionRef> = parse(raw)?;
+        return Ok(Devices {
+            sub: sub.to_string(),
+            list: refs.into_iter().map(Entry::Ref).collect(),
+        });
+    }
+    struct R<'a>(&'a [u8]);
+    impl R<'_> {
+        fn take(&mut self, n: usize) -> Result<&[u8], FlowError> {
+            if self.0.len() < n {
+                return Err(FlowError::Internal);
+            }
+            let (a, b) = self.0.split_at(n);
+            self.0 = b;
+            Ok(a)
+        }
+        fn byte(&mut self) -> Result<u8, FlowError> {
+            Ok(self.take(1)?[0])
+        }
+        fn int(&mut self) -> Result<i64, FlowError> {
+            Ok(i64::from_le_bytes(
+                self.take(8)?.try_into().expect("8 bytes"),
+            ))
+        }
+        fn text(&mut self, n: usize) -> Result<String, FlowError> {
+            String::from_utf8(self.take(n)?.to_vec()).map_err(|_| FlowError::Internal)
+        }
+        fn short(&mut self) -> Result<String, FlowError> {
+            let n = usize::from(self.byte()?);
+            self.text(n)
+        }
+    }
+    let mut r = R(raw);
+    if r.byte()? != DEVICES_V1 {
+        return Err(FlowError::Internal);
+    }
+    let n = u16::from_le_bytes(r.take(2)?.try_into().expect("2 bytes"));
+    let sub = r.text(usize::from(n))?;
+    let mut list = Vec::new();
+    while !r.0.is_empty() {
+        list.push(match r.byte()? {
+            0 => {
+                let id = r.short()?;
+                let created_ms = r.int()?;
+                let expires = r.int()?;
+                let ua = r.short()?;
+                let device = r.short()?;
+                let login_time = match r.byte()? {
+                    0 => None,
+                    _ => Some(r.int()?),
+                };
+                Entry::Here(PinSession {
+                    id,
+                    sub: sub.clone(),
+                    profile: Profile::default(),
+                    created: created_ms.div_euclid(1000),
+                    created_ms: Some(created_ms),
+                    expires,
+                    ua,
+                    device,
+                    login_time,
+                    kept: Kept::Record,
+                })
+            }
+            1 => {
+                let id = r.short()?;
+                Entry::Ref(SessionRef {
+                    id,
+                    expires: r.int()?,
+                })
+            }
+            _ => return Err(FlowError::Internal),
+        });
+    }
+    Ok(Devices { sub, list })
+}
+
+fn devices_of(r: &Record, sub: &str) -> Result<Devices, FlowError> {
+    match r.get(Part::Sessions) {
+        Some(raw) => decode_devices(raw, sub),
+        None => Ok(Devices {
+            sub: sub.to_string(),
+            list: Vec::new(),
+        }),
+    }
+}
+
+fn store_devices(r: &mut Record, d: &Devices) {
+    r.set(
+        Part::Sessions,
+        (!d.list.is_empty()).then(|| encode_devices(d)),
+    );
+}
+
+/// The full session an entry names (an earlier version's is read from its
+/// own key; None when that is gone).
+async fn resolve(deps: &Deps, e: Entry) -> Result<Option<PinSession>, FlowError> {
+    match e {
+        Entry::Here(s) => Ok(Some(s)),
+        Entry::Ref(r) => match deps.store.get(&keys::pin_session(&r.id)).await? {
+            Some(raw) => Ok(Some(decode(&r.id, &raw)?)),
+            None => Ok(None),
+        },
+    }
 }
 
 /// Fill in the profile of sessions handed out (all of one user): read once,
@@ -152,20 +362,23 @@ pub(crate) fn device_label(ua: &str) -> String {
 /// oldest, so no one can grow a user's records without bound.
 pub const MAX_SESSIONS: usize = 20;
 
-/// Open a PIN session for this device; returns the secret token.
+/// Open a PIN session for this device; returns the secret token. The token
+/// starts with its user's locator ([`keys::user_locator`]) and a dot, so it
+/// leads to the record the session is kept in.
 pub async fn open_session(
     deps: &Deps,
     profile: Profile,
     login_time: Option<i64>,
     ua: &str,
 ) -> Result<(String, PinSession), FlowError> {
-    let token = secret_token();
+    let sub = profile.sub.clone();
+    let token = format!("{}.{}", keys::user_locator(&sub), secret_token());
     let now_ms = deps.store.now_ms();
     let now = now_ms.div_euclid(1000);
     let ttl = deps.settings.pin.session_ttl;
     let s = PinSession {
         id: token_digest(&token),
-        sub: profile.sub.clone(),
+        sub: sub.clone(),
         created: now,
         created_ms: Some(now_ms),
         expires: now + ttl.as_secs() as i64,
@@ -173,48 +386,67 @@ pub async fn open_session(
         device: device_label(ua),
         login_time,
         profile,
+        kept: Kept::Record,
     };
-    // Kept a day past expiry, so an expired token is told apart (1246).
-    let keep = ttl + Duration::from_secs(86400);
-    deps.store
-        .put(&keys::pin_session(&s.id), &json_of(&s)?, Some(keep))
-        .await?;
-    let list_key = keys::pin_sessions(&s.sub);
-    let mut list: Vec<SessionRef> = match deps.store.get(&list_key).await? {
-        Some(raw) => serde_json::from_slice(&raw).unwrap_or_default(),
-        None => Vec::new(),
-    };
-    list.retain(|r| r.expires > now);
-    // The list is in opening order: the oldest devices make room.
-    while list.len() >= MAX_SESSIONS {
-        let oldest = list.remove(0);
-        if let Some(raw) = deps.store.get(&keys::pin_session(&oldest.id)).await? {
-            end(deps, &decode(&oldest.id, &raw)?).await?;
+    let ended = user::update(&*deps.store, &sub, |r| {
+        let mut d = devices_of(r, &sub)?;
+        d.sub = sub.clone();
+        d.list.retain(|e| e.expires() + GRACE > now);
+        // The list is in opening order: the oldest devices make room.
+        let mut ended = Vec::new();
+        while d.list.iter().filter(|e| e.expires() > now).count() >= MAX_SESSIONS {
+            let i = d
+                .list
+                .iter()
+                .position(|e| e.expires() > now)
+                .expect("counted above");
+            ended.push(d.list.remove(i));
+        }
+        d.list.push(Entry::Here(s.clone()));
+        store_devices(r, &d);
+        Ok::<_, FlowError>(ended)
+    })
+    .await??;
+    for e in ended {
+        if let Some(old) = resolve(deps, e).await? {
+            end(deps, &old).await?;
         }
     }
-    list.push(SessionRef {
-        id: s.id.clone(),
-        expires: s.expires,
-    });
-    deps.store
-        .put(&list_key, &json_of(&list)?, Some(keep))
-        .await?;
     crate::util::audit::event("pin_session_opened", &s.sub, "", &s.id);
     Ok((token, s))
 }
 
-/// The live session a token names.
-pub async fn load_session(deps: &Deps, token: &str) -> Result<PinSession, FlowError> {
+/// The session a token names, as stored: live or not.
+pub async fn find_session(deps: &Deps, token: &str) -> Result<Option<PinSession>, FlowError> {
     if token.is_empty() || token.len() > 128 {
-        return Err(FlowError::SessionInvalid);
+        return Ok(None);
     }
     let id = token_digest(token);
-    let raw = deps
-        .store
-        .get(&keys::pin_session(&id))
+    let Some((locator, _)) = token.split_once('.') else {
+        // An earlier version's token: its session has a key of its own.
+        return match deps.store.get(&keys::pin_session(&id)).await? {
+            Some(raw) => Ok(Some(decode(&id, &raw)?)),
+            None => Ok(None),
+        };
+    };
+    let Some(r) = user::read_at(&*deps.store, locator).await? else {
+        return Ok(None);
+    };
+    let d = devices_of(&r, "")?;
+    if d.sub.is_empty() || keys::user_locator(&d.sub) != locator {
+        return Ok(None);
+    }
+    Ok(d.list.into_iter().find_map(|e| match e {
+        Entry::Here(s) if bool::from(s.id.as_bytes().ct_eq(id.as_bytes())) => Some(s),
+        _ => None,
+    }))
+}
+
+/// The live session a token names.
+pub async fn load_session(deps: &Deps, token: &str) -> Result<PinSession, FlowError> {
+    let mut s = find_session(deps, token)
         .await?
         .ok_or(FlowError::SessionInvalid)?;
-    let mut s = decode(&id, &raw)?;
     if deps
         .revocations
         .revoked_before(&s.sub)
@@ -235,16 +467,13 @@ pub async fn load_session(deps: &Deps, token: &str) -> Result<PinSession, FlowEr
 
 /// The user's live PIN sessions, newest first.
 pub async fn sessions(deps: &Deps, sub: &str) -> Result<Vec<PinSession>, FlowError> {
-    let Some(raw) = deps.store.get(&keys::pin_sessions(sub)).await? else {
-        return Ok(Vec::new());
-    };
-    let list: Vec<SessionRef> = serde_json::from_slice(&raw).unwrap_or_default();
+    let r = user::read_all(&*deps.store, sub).await?;
+    let d = devices_of(&r, sub)?;
     let now = deps.store.now();
     let cut = deps.revocations.revoked_before(sub);
     let mut out = Vec::new();
-    for r in list.iter().filter(|r| r.expires > now) {
-        if let Some(raw) = deps.store.get(&keys::pin_session(&r.id)).await? {
-            let s = decode(&r.id, &raw)?;
+    for e in d.list.into_iter().filter(|e| e.expires() > now) {
+        if let Some(s) = resolve(deps, e).await? {
             if s.sub == sub && cut.is_none_or(|t| s.issued_ms() > t) {
                 out.push(s);
             }
@@ -256,8 +485,21 @@ pub async fn sessions(deps: &Deps, sub: &str) -> Result<Vec<PinSession>, FlowErr
 }
 
 /// End one PIN session (and the stepgate sessions opened from it) on every
-/// gateway. `owner`: when given, only a session of that user is ended.
+/// gateway. `owner`: the user it must belong to; without one, only a
+/// session an earlier version keeps under its own key can be found by id
+/// (this version's are found through their token, [`find_session`]).
 pub async fn end_session(deps: &Deps, id: &str, owner: Option<&str>) -> Result<bool, FlowError> {
+    if let Some(sub) = owner {
+        let r = user::read_all(&*deps.store, sub).await?;
+        let here = devices_of(&r, sub)?.list.into_iter().find_map(|e| match e {
+            Entry::Here(s) if s.id == id => Some(s),
+            _ => None,
+        });
+        if let Some(s) = here {
+            end(deps, &s).await?;
+            return Ok(true);
+        }
+    }
     let Some(raw) = deps.store.get(&keys::pin_session(id)).await? else {
         return Ok(false);
     };
@@ -281,7 +523,16 @@ pub fn ended_session_ttl(expires: i64, now: i64, login_ttl: Duration) -> Duratio
 /// End a loaded PIN session: drop it and revoke it on every gateway, for as
 /// long as anything it gave could still be presented.
 pub(crate) async fn end(deps: &Deps, s: &PinSession) -> Result<(), FlowError> {
-    deps.store.delete(&keys::pin_session(&s.id)).await?;
+    user::update(&*deps.store, &s.sub, |r| {
+        let mut d = devices_of(r, &s.sub)?;
+        d.list.retain(|e| e.id() != s.id);
+        store_devices(r, &d);
+        Ok::<_, FlowError>(())
+    })
+    .await??;
+    if s.kept == Kept::OwnKey {
+        deps.store.delete(&keys::pin_session(&s.id)).await?;
+    }
     let now_ms = deps.store.now_ms();
     let ttl = ended_session_ttl(
         s.expires,
@@ -324,13 +575,13 @@ pub async fn invalidate_user(deps: &Deps, sub: &str, ip: &str) -> Result<(), Flo
             .await?;
         // Sessions are already dead by the revocation time; dropping the
         // records keeps the account page tidy.
-        if let Some(raw) = deps.store.get(&keys::pin_sessions(sub)).await? {
-            let list: Vec<SessionRef> = serde_json::from_slice(&raw).unwrap_or_default();
-            for r in list {
+        let r = user::read_all(&*deps.store, sub).await?;
+        for e in devices_of(&r, sub)?.list {
+            if let Entry::Ref(r) = e {
                 deps.store.delete(&keys::pin_session(&r.id)).await?;
             }
-            deps.store.delete(&keys::pin_sessions(sub)).await?;
         }
+        user::write(&*deps.store, sub, Part::Sessions, None).await?;
         crate::util::audit::event("invalidate", sub, ip, "PIN sessions and step-ups");
         deps.notifier.event("StepDown", sub, json!({}));
         Ok(())
