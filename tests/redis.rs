@@ -892,13 +892,15 @@ fn a_step_down_after_redis_restarts_reaches_the_other_gateway() {
     eprintln!("step-down reached B {took:?} after A answered");
 }
 
-/// Records an earlier version wrote (a PIN record as JSON with its PHC
-/// string, a profile with full field names) still work, and the first read
-/// rewrites them in the compact form, on a real Redis through the binary.
+/// One record per user, and records an earlier version wrote (one key per
+/// part: a PIN record as JSON with its PHC string, a profile with full field
+/// names) still work: the first read moves them into the user's record in
+/// the compact form and deletes them, on a real Redis through the binary.
 #[test]
-fn records_of_an_earlier_version_work_and_are_rewritten_compact() {
+fn records_of_an_earlier_version_work_and_move_into_the_users_record() {
     use ::redis::Commands;
     use stepgate::flows::pin::PinRecord;
+    use stepgate::flows::user::{Part, Record};
     let dir = tempfile::tempdir().unwrap();
     let redis = Redis::start(dir.path(), &[]);
     let g = gateway(redis_store(&redis.url(), ""), "");
@@ -911,28 +913,38 @@ fn records_of_an_earlier_version_work_and_are_rewritten_compact() {
         !keys.iter().any(|k| k.contains(":fail")),
         "a right PIN leaves no counter behind: {keys:?}"
     );
-    let pin_key = keys
-        .iter()
-        .find(|k| k.ends_with("}:user"))
-        .expect("a PIN record");
-    let profile_key = keys
-        .iter()
-        .find(|k| k.ends_with(":profile"))
-        .expect("a profile");
+    let user_keys: Vec<&String> = keys.iter().filter(|k| k.contains("{u:")).collect();
+    assert_eq!(
+        user_keys.len(),
+        1,
+        "one key for everything about alice: {keys:?}"
+    );
+    let record_key = user_keys[0].clone();
+    assert!(record_key.ends_with("}:user"), "{record_key}");
     let mut r = ::redis::Client::open(redis.url())
         .unwrap()
         .get_connection()
         .unwrap();
-    let compact: Vec<u8> = r.get(pin_key).unwrap();
+    let raw: Vec<u8> = r.get(&record_key).unwrap();
+    let record = Record::decode(&raw).expect("a user record");
+    let compact = record.get(Part::Pin).expect("the PIN").to_vec();
     assert_eq!(compact.len(), 59, "written compact");
-    let record = PinRecord::decode(&compact).expect("a PIN record");
-    assert!(record.phc.starts_with("$argon2id$v=19$"), "{}", record.phc);
+    let pin = PinRecord::decode(&compact).expect("a PIN record");
+    assert!(pin.phc.starts_with("$argon2id$v=19$"), "{}", pin.phc);
+    assert_eq!(
+        record.get(Part::Profile),
+        Some(&br#"{"e":["alice@x.io"]}"#[..]),
+        "the profile, without the id the key already names"
+    );
 
-    // What an earlier version stored.
-    let old_pin = serde_json::to_vec(&record).unwrap();
+    // What an earlier version stored: one key per part.
+    let base = record_key.strip_suffix(":user").unwrap();
+    let (pin_key, profile_key) = (format!("{base}:pin"), format!("{base}:profile"));
+    let old_pin = serde_json::to_vec(&pin).unwrap();
     let old_profile = br#"{"sub":"alice","emails":["alice@x.io"],"otp_emails":["alice@x.io"],"username":null,"phone":null}"#;
-    let _: () = r.set(pin_key, &old_pin).unwrap();
-    let _: () = r.set(profile_key, &old_profile[..]).unwrap();
+    let _: () = r.del(&record_key).unwrap();
+    let _: () = r.set(&pin_key, &old_pin).unwrap();
+    let _: () = r.set(&profile_key, &old_profile[..]).unwrap();
 
     // A wrong PIN is still wrong and the right one still right.
     let csrf = pin_csrf(&g, &c, &at);
@@ -943,14 +955,23 @@ fn records_of_an_earlier_version_work_and_are_rewritten_compact() {
         resp,
         "/admin/x",
         "alice",
-        "a step-up with the earlier record",
+        "a step-up with the earlier records",
     );
 
-    let now: Vec<u8> = r.get(pin_key).unwrap();
-    assert_eq!(
-        now, compact,
-        "the JSON record was rewritten in the compact form"
+    let keys = redis.keys();
+    assert!(
+        !keys.contains(&pin_key) && !keys.contains(&profile_key),
+        "the earlier keys are gone: {keys:?}"
     );
-    let profile: Vec<u8> = r.get(profile_key).unwrap();
-    assert_eq!(profile, br#"{"s":"alice","e":["alice@x.io"]}"#);
+    let raw: Vec<u8> = r.get(&record_key).unwrap();
+    let record = Record::decode(&raw).expect("a user record again");
+    assert_eq!(
+        record.get(Part::Pin),
+        Some(compact.as_slice()),
+        "the JSON PIN record was moved in the compact form"
+    );
+    assert_eq!(
+        record.get(Part::Profile),
+        Some(&br#"{"e":["alice@x.io"]}"#[..])
+    );
 }
