@@ -123,7 +123,7 @@ struct Devices {
 #[derive(Debug, Clone)]
 enum Entry {
     /// A session this version opened.
-    Here(PinSession),
+    Here(Box<PinSession>),
     /// One an earlier version keeps under its own key.
     Ref(SessionRef),
 }
@@ -246,7 +246,7 @@ fn decode_devices(raw: &[u8], sub: &str) -> Result<Devices, FlowError> {
                     0 => None,
                     _ => Some(r.int()?),
                 };
-                Entry::Here(PinSession {
+                Entry::Here(Box::new(PinSession {
                     id,
                     sub: sub.clone(),
                     profile: Profile::default(),
@@ -257,7 +257,7 @@ fn decode_devices(raw: &[u8], sub: &str) -> Result<Devices, FlowError> {
                     device,
                     login_time,
                     kept: Kept::Record,
-                })
+                }))
             }
             1 => {
                 let id = r.short()?;
@@ -293,7 +293,7 @@ fn store_devices(r: &mut Record, d: &Devices) {
 /// own key; None when that is gone).
 async fn resolve(deps: &Deps, e: Entry) -> Result<Option<PinSession>, FlowError> {
     match e {
-        Entry::Here(s) => Ok(Some(s)),
+        Entry::Here(s) => Ok(Some(*s)),
         Entry::Ref(r) => match deps.store.get(&keys::pin_session(&r.id)).await? {
             Some(raw) => Ok(Some(decode(&r.id, &raw)?)),
             None => Ok(None),
@@ -402,7 +402,7 @@ pub async fn open_session(
                 .expect("counted above");
             ended.push(d.list.remove(i));
         }
-        d.list.push(Entry::Here(s.clone()));
+        d.list.push(Entry::Here(Box::new(s.clone())));
         store_devices(r, &d);
         Ok::<_, FlowError>(ended)
     })
@@ -444,7 +444,7 @@ pub async fn find_session(deps: &Deps, token: &str) -> Result<Option<PinSession>
         return Ok(None);
     }
     Ok(d.list.into_iter().find_map(|e| match e {
-        Entry::Here(s) if bool::from(s.id.as_bytes().ct_eq(id.as_bytes())) => Some(s),
+        Entry::Here(s) if bool::from(s.id.as_bytes().ct_eq(id.as_bytes())) => Some(*s),
         _ => None,
     }))
 }
@@ -499,7 +499,7 @@ pub async fn end_session(deps: &Deps, id: &str, owner: Option<&str>) -> Result<b
     if let Some(sub) = owner {
         let r = user::read_all(&*deps.store, sub).await?;
         let here = devices_of(&r, sub)?.list.into_iter().find_map(|e| match e {
-            Entry::Here(s) if s.id == id => Some(s),
+            Entry::Here(s) if s.id == id => Some(*s),
             _ => None,
         });
         if let Some(s) = here {
