@@ -30,7 +30,27 @@ pub struct Proxy {
 }
 
 #[derive(Default)]
-pub struct Ctx {
+pub struct Ctx(Box<State>);
+
+impl std::ops::Deref for Ctx {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Ctx {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.0
+    }
+}
+
+/// What one request carries from filter to filter. Behind a `Box` in
+/// [`Ctx`]: Pingora keeps the context inside the request's future, which
+/// it moves into a new `Box` for every request on a connection, so a
+/// pointer instead of ~870 bytes is that much less to copy each time.
+#[derive(Default)]
+pub struct State {
     request_id: String,
     /// The snapshot this request started with; it keeps it to the end.
     gate: Option<Arc<Gate>>,
@@ -81,7 +101,7 @@ async fn send(session: &mut Session, reply: Reply) -> Result<()> {
 async fn judge<'g>(
     session: &mut Session,
     gate: &'g Gate,
-    ctx: &mut Ctx,
+    ctx: &mut State,
     edge: &Edge,
     now: i64,
 ) -> Result<std::result::Result<Decision<'g>, Reply>> {
@@ -146,7 +166,7 @@ async fn judge<'g>(
 /// why and what to do.
 fn answer(
     gate: &Arc<Gate>,
-    ctx: &mut Ctx,
+    ctx: &mut State,
     edge: &Edge,
     decision: Decision<'_>,
     now: i64,
@@ -201,7 +221,7 @@ impl Proxy {
     /// Before anything is read: the drain clock, the request id (the
     /// client's or a proxy's when it is sane, else ours), and the gateway
     /// snapshot this request keeps to its end.
-    fn begin(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Arc<Gate>> {
+    fn begin(&self, session: &mut Session, ctx: &mut State) -> Result<Arc<Gate>> {
         crate::gate::drain::head_read();
         if crate::gate::drain::DRAINING.load(std::sync::atomic::Ordering::Relaxed) {
             session.set_keepalive(None);
@@ -225,7 +245,7 @@ impl Proxy {
     async fn obligations(
         &self,
         gate: &Gate,
-        ctx: &mut Ctx,
+        ctx: &mut State,
         edge: &Edge,
         consume: Option<(String, i64)>,
         principal: Option<&Principal>,
@@ -300,7 +320,7 @@ impl Proxy {
         &self,
         session: &mut Session,
         gate: &Gate,
-        ctx: &mut Ctx,
+        ctx: &mut State,
         r: crate::reply::Resend,
         headers: Vec<(&'static str, String)>,
     ) -> std::result::Result<Edge, Reply> {
@@ -367,11 +387,11 @@ impl ProxyHttp for Proxy {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx {
+        Ctx(Box::new(State {
             started: Some(Instant::now()),
             label: "error",
             ..Default::default()
-        }
+        }))
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -442,6 +462,7 @@ impl ProxyHttp for Proxy {
                 }
             }
             other => {
+                let ctx: &mut State = ctx;
                 let keeping = match (&other, ctx.canon.as_ref()) {
                     (Decision::StepUp { principal, .. }, Some(canon)) if edge.html => {
                         hold::keep(
@@ -478,6 +499,7 @@ impl ProxyHttp for Proxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let ctx: &mut State = ctx;
         let gate = ctx.gate.get_or_insert_with(|| self.shared.load());
         let Some(up) = gate.settings.upstreams.for_host(&ctx.host) else {
             return Error::e_explain(ErrorType::HTTPStatus(502), "no upstream for this host");
