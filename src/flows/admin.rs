@@ -175,7 +175,7 @@ pub async fn locks(deps: &Deps) -> Result<Vec<lockout::LockInfo>, FlowError> {
 pub async fn remove_pin(deps: &Deps, sub: &str, who: &str) -> Result<bool, FlowError> {
     let store = &*deps.store;
     let had = crate::flows::pin::load_record(store, sub).await?.is_some();
-    crate::flows::user::write(store, sub, crate::flows::user::Part::Pin, None).await?;
+    crate::flows::user::write(store, sub, Part::Pin, None).await?;
     lockout::clear_lockout(store, sub).await?;
     lifecycle::end_sessions(deps, sub, None).await?;
     deps.known_pins.forget(sub);

@@ -121,15 +121,8 @@ pub async fn load_record(store: &dyn Store, sub: &str) -> Result<Option<PinRecor
     };
     let record = PinRecord::decode(&raw).ok_or(FlowError::Internal)?;
     if raw.first() == Some(&b'{') {
-        // An earlier version's JSON record, rewritten compact. Best effort:
-        // the record read is right either way.
-        let compact = record.encode();
-        let _ = user::update(store, sub, |r| {
-            if r.get(Part::Pin) == Some(raw.as_slice()) {
-                r.set(Part::Pin, Some(compact.clone()));
-            }
-        })
-        .await;
+        // An earlier version's JSON record, rewritten compact.
+        user::rewrite(store, sub, Part::Pin, &raw, record.encode()).await;
     }
     Ok(Some(record))
 }

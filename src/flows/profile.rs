@@ -109,12 +109,7 @@ pub async fn load(store: &dyn Store, sub: &str) -> Result<Option<Profile>, FlowE
     p.sub = sub.to_string();
     if let Ok(compact) = stored(&p) {
         if compact != raw {
-            let _ = user::update(store, sub, |r| {
-                if r.get(Part::Profile) == Some(raw.as_slice()) {
-                    r.set(Part::Profile, Some(compact.clone()));
-                }
-            })
-            .await;
+            user::rewrite(store, sub, Part::Profile, &raw, compact).await;
         }
     }
     Ok(Some(p))

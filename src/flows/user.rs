@@ -262,6 +262,18 @@ pub async fn write(
     update(store, sub, |r| r.set(part, value.clone())).await
 }
 
+/// Replace one part with `new` only while it still is `was`: rewriting a
+/// part read in an earlier version's encoding never undoes a change another
+/// writer made in between. Best effort: the part as read is right either way.
+pub async fn rewrite(store: &dyn Store, sub: &str, part: Part, was: &[u8], new: Vec<u8>) {
+    let _ = update(store, sub, |r| {
+        if r.get(part) == Some(was) {
+            r.set(part, Some(new.clone()));
+        }
+    })
+    .await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
