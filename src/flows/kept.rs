@@ -98,11 +98,7 @@ fn open(deps: &Deps, id: &str, sealed: &[u8], p: &Principal) -> Result<Kept, Flo
 }
 
 fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !id.is_empty() && id.len() <= 64 && crate::util::digest::is_b64url(id)
 }
 
 /// Read a kept request of this user and session, leaving it kept (pages

@@ -15,3 +15,10 @@ pub fn sha256_hex(data: &[u8]) -> String {
 pub fn digest_b64(data: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(data))
 }
+
+/// Whether `s` is made of base64url characters only (what [`digest_b64`]
+/// and the random ids and tokens stepgate hands out are written in).
+pub fn is_b64url(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}

@@ -429,11 +429,7 @@ pub async fn find_session(deps: &Deps, token: &str) -> Result<Option<PinSession>
             None => Ok(None),
         };
     };
-    let well_formed = locator.len() == 22
-        && locator
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if !well_formed {
+    if locator.len() != 22 || !crate::util::digest::is_b64url(locator) {
         return Ok(None);
     }
     let Some(r) = user::read_at(&*deps.store, locator).await? else {
