@@ -159,22 +159,6 @@ impl Store for EmbeddedStore {
         })
         .await
     }
-    async fn swap(&self, key: &str, expected: &[u8], value: &[u8]) -> Result<bool, StoreError> {
-        let (key, expected, raw) = (
-            key.to_string(),
-            expected.to_vec(),
-            encode(value, deadline(None)),
-        );
-        self.write(move |t| match current(t, &key)? {
-            Some((v, _)) if v == expected => {
-                t.insert(key.as_str(), raw.as_slice())
-                    .map_err(unavailable)?;
-                Ok(true)
-            }
-            _ => Ok(false),
-        })
-        .await
-    }
     async fn replace(
         &self,
         key: &str,

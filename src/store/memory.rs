@@ -80,15 +80,6 @@ impl Store for MemoryStore {
             }
         }))
     }
-    async fn swap(&self, key: &str, expected: &[u8], value: &[u8]) -> Result<bool, StoreError> {
-        Ok(self.with(|m, t| match m.get_mut(key) {
-            Some((v, e)) if t.live(*e) && v.as_slice() == expected => {
-                (*v, *e) = (value.to_vec(), 0);
-                true
-            }
-            _ => false,
-        }))
-    }
     async fn replace(
         &self,
         key: &str,

@@ -54,12 +54,6 @@ pub trait Store: Send + Sync {
         value: &[u8],
         ttl: Duration,
     ) -> Result<bool, StoreError>;
-    /// Replace the value of `key` with `value` (kept for good) only if it
-    /// still is `expected`, in one step on every backend; true when this
-    /// call replaced it. Rewrites of a record read earlier (a compact
-    /// encoding of an older one) use it so they never undo a change another
-    /// gateway made in between.
-    async fn swap(&self, key: &str, expected: &[u8], value: &[u8]) -> Result<bool, StoreError>;
     /// Compare-and-set for records kept for good (one record per user,
     /// [`crate::flows::user`]): only while `key` still holds `expected`
     /// (`None`: nothing), set it to `value` (`None`: delete it), in one
@@ -355,9 +349,6 @@ impl Store for Bounded {
     ) -> Result<bool, StoreError> {
         bounded!(self, self.inner.put_if_absent(&self.k(key), value, ttl))
     }
-    async fn swap(&self, key: &str, expected: &[u8], value: &[u8]) -> Result<bool, StoreError> {
-        bounded!(self, self.inner.swap(&self.k(key), expected, value))
-    }
     async fn replace(
         &self,
         key: &str,
@@ -495,12 +486,15 @@ pub(crate) async fn conformance(s: &dyn Store) {
     assert!(!s.put_if_absent("a", b"2", ttl).await.unwrap());
     assert!(s.put_if_absent("b", b"2", ttl).await.unwrap());
     assert!(
-        !s.swap("b", b"3", b"4").await.unwrap(),
+        !s.replace("b", Some(b"3"), Some(b"4")).await.unwrap(),
         "not what is stored"
     );
-    assert!(!s.swap("none", b"", b"4").await.unwrap(), "nothing stored");
+    assert!(
+        !s.replace("none", Some(b""), Some(b"4")).await.unwrap(),
+        "nothing stored"
+    );
     assert_eq!(s.get("none").await.unwrap(), None);
-    assert!(s.swap("b", b"2", b"2").await.unwrap());
+    assert!(s.replace("b", Some(b"2"), Some(b"2")).await.unwrap());
     // replace: create only when absent, change or delete only what is there.
     assert!(s.replace("r", None, Some(b"1")).await.unwrap());
     assert!(!s.replace("r", None, Some(b"2")).await.unwrap(), "exists");

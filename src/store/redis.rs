@@ -38,7 +38,6 @@ pub struct RedisStore {
     rt: tokio::runtime::Handle,
     incr: Script,
     decr: Script,
-    swap: Script,
     replace: Script,
     revoke: Script,
     last_connect_error: std::sync::atomic::AtomicI64,
@@ -67,15 +66,6 @@ return {v, t}
 const DECR: &str = r#"
 local v = tonumber(redis.call('GET', KEYS[1]) or '0')
 if v > 1 then redis.call('DECR', KEYS[1]) elseif v == 1 then redis.call('DEL', KEYS[1]) end
-return 0
-"#;
-
-/// SET (for good) only while the value is still ARGV[1].
-const SWAP: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2])
-  return 1
-end
 return 0
 "#;
 
@@ -143,7 +133,6 @@ impl RedisStore {
             rt,
             incr: Script::new(INCR),
             decr: Script::new(DECR),
-            swap: Script::new(SWAP),
             replace: Script::new(REPLACE),
             revoke: Script::new(REVOKE),
             last_connect_error: Default::default(),
@@ -240,12 +229,6 @@ impl Store for RedisStore {
         cmd.arg(key).arg(value).arg("NX").arg("PX").arg(ms(ttl));
         let r: Option<String> = with_conn!(self, |c| cmd.query_async(&mut c).await)?;
         Ok(r.is_some())
-    }
-    async fn swap(&self, key: &str, expected: &[u8], value: &[u8]) -> Result<bool, StoreError> {
-        let mut inv = self.swap.key(key);
-        inv.arg(expected).arg(value);
-        let n: i64 = with_conn!(self, |c| inv.invoke_async(&mut c).await)?;
-        Ok(n == 1)
     }
     async fn replace(
         &self,
