@@ -8,7 +8,14 @@ and USERS more who only enroll. Then it asks Redis for `MEMORY USAGE` of
 every key and prints, per user, the bytes and keys by kind, as a Markdown
 table (benches/RESULTS.md keeps a run).
 
-    benches/store_footprint.py [--users 50] [--stepgate target/release/stepgate]
+The recovery index is kept in 262,144 small hashes per kind, so its cost
+per entry depends on how many users share a bucket: with 50 users each
+bucket holds one entry, at ten million ~38. The second table fills up to
+20 of the gateway's own buckets, with entries of the same shape, to what
+`--scale` users would put in them, measures them again, and gives the
+bytes per user at that scale.
+
+    benches/store_footprint.py [--users 50] [--scale 10000000] [--stepgate target/release/stepgate]
 
 Only loopback; everything it starts is stopped on exit.
 """
@@ -128,9 +135,41 @@ def kind_of(key):
     return k
 
 
+# Buckets per index kind (`keys::index`: 3 base64url characters).
+BUCKETS = 64 ** 3
+
+
+def index_at_scale(r, scale, sample=20):
+    """Bytes per index entry when `scale` users share the buckets: up to
+    `sample` of the gateway's `idx:` buckets topped up to scale/BUCKETS
+    entries (13-character fields, values shaped like the gateway's), then
+    measured. Returns (entries per bucket, bytes per entry)."""
+    per_bucket = max(1, round(scale / BUCKETS))
+    buckets = [k for k in r.keys() if k.decode().removeprefix(PREFIX).startswith("idx:")]
+    buckets = buckets[:sample]
+    if not buckets:
+        sys.exit("no index buckets to measure")
+    total_b = total_n = 0
+    for b in buckets:
+        if r.cmd("TYPE", b) != "hash":
+            sys.exit(f"{b!r} is not a hash: the index is not bucketed")
+        fields = r.cmd("HKEYS", b)
+        value = r.cmd("HGET", b, fields[0])
+        i = 0
+        while r.cmd("HLEN", b) < per_bucket:
+            filler = f"{os.urandom(7).hex()[:9]}{i:04d}"  # 13 characters
+            r.cmd("HSET", b, filler, value[:-4] + f"{i:04d}".encode())
+            i += 1
+        total_n += r.cmd("HLEN", b)
+        total_b += r.cmd("MEMORY", "USAGE", b, "SAMPLES", "0")
+    return per_bucket, total_b / total_n
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--users", type=int, default=50)
+    ap.add_argument("--scale", type=int, default=10_000_000,
+                    help="users the index buckets are filled for in the second table")
     ap.add_argument("--stepgate", default=os.path.join(ROOT, "target/release/stepgate"))
     args = ap.parse_args()
     if not shutil.which("redis-server"):
@@ -213,19 +252,33 @@ pid_file: {w}/sg.pid
                 n = r.cmd("MEMORY", "USAGE", key, "SAMPLES", "0")
                 b, c = by_kind.get(kind_of(name), (0, 0))
                 by_kind[kind_of(name)] = (b + n, c + 1)
-            results[group] = by_kind
+            # Index entries per user, read as fields (a bucket is one key).
+            entries = sum(r.cmd("HLEN", k) for k in r.keys()
+                          if k.decode().removeprefix(PREFIX).startswith("idx:"))
+            per_bucket, per_entry = index_at_scale(r, args.scale)
+            results[group] = (by_kind, entries / args.users, per_bucket, per_entry)
 
         print(f"Redis {r.cmd('INFO', 'server').decode().split('redis_version:')[1].split()[0]}, "
               f"{args.users} users per group, `MEMORY USAGE` of every key, per user\n")
         print("| group | key kind | keys per user | bytes per user |")
         print("|---|---|---|---|")
-        for group, by_kind in results.items():
+        for group, (by_kind, _, _, _) in results.items():
             total_b = sum(b for b, _ in by_kind.values())
             total_k = sum(c for _, c in by_kind.values())
             for kind, (b, c) in sorted(by_kind.items(), key=lambda kv: -kv[1][0]):
                 print(f"| {group} | `{kind}` | {c / args.users:.2f} | {b / args.users:.0f} |")
             print(f"| **{group}** | **all** | **{total_k / args.users:.2f}** | "
                   f"**{total_b / args.users:.0f}** |")
+        print(f"\nAt {args.scale:,} users: index buckets topped up to the entries per "
+              f"bucket that many users make, `MEMORY USAGE` again\n")
+        print("| group | index entries per user | entries per bucket | bytes per index entry "
+              "| other keys, bytes per user | **bytes per user** |")
+        print("|---|---|---|---|---|---|")
+        for group, (by_kind, entries, per_bucket, per_entry) in results.items():
+            other = sum(b for k, (b, _) in by_kind.items() if not k.startswith("idx:"))
+            other /= args.users
+            print(f"| {group} | {entries:.2f} | {per_bucket} | {per_entry:.1f} | {other:.0f} "
+                  f"| **{other + entries * per_entry:.0f}** |")
     finally:
         for p in reversed(procs):
             p.terminate()

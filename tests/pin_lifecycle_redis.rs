@@ -669,6 +669,55 @@ fn a_reset_link_created_on_a_works_once_on_b() {
     stepup_pin(&p.b, &at, OTHER_PIN).expect(401, Some(1236), "the refused second reset");
 }
 
+/// The recovery index on a real Redis: an address is a field of a small
+/// hash (one of 262,144 buckets per kind), not a key of its own; an entry an
+/// earlier version kept under its own key still finds the account, moves
+/// into its bucket, and the old key is gone.
+#[test]
+fn the_recovery_index_is_bucketed_and_an_earlier_versions_entry_still_finds_the_account() {
+    use stepgate::store::keys;
+    let _serial = serial();
+    let p = pair();
+    let (uid, email) = ("gita", "gita@example.test");
+    let at = p.a.token(uid, &["--email", email]);
+    enroll_pin(&p.a, &client(), &at, PIN);
+    let (bucket, field) = keys::index("email", email);
+    let bucket = format!("stepgate:{bucket}");
+    assert_eq!(
+        p.redis.cli(&["TYPE", &bucket]).trim(),
+        "hash",
+        "{:?}",
+        p.redis.keys()
+    );
+    assert_eq!(p.redis.cli(&["HGET", &bucket, &field]).trim(), uid);
+    assert!(
+        !p.redis.keys().iter().any(|k| k.contains('#')),
+        "no per-entry keys: {:?}",
+        p.redis.keys()
+    );
+
+    // As an earlier version kept it: the entry under a key of its own.
+    assert_eq!(p.redis.cli(&["HDEL", &bucket, &field]).trim(), "1");
+    let earlier = format!("stepgate:{}", keys::index_unbucketed("email", email));
+    assert_eq!(p.redis.cli(&["SET", &earlier, uid]).trim(), "OK");
+    let r = forgot_email(&p.b, email);
+    r.expect(200, None, "forgot PIN on B, by the earlier entry");
+    let (token, _) = reset_link_token(&mailbox(p.dir.path()), email);
+    assert_eq!(
+        p.redis.cli(&["EXISTS", &earlier]).trim(),
+        "0",
+        "the old key is gone"
+    );
+    assert_eq!(
+        p.redis.cli(&["HGET", &bucket, &field]).trim(),
+        uid,
+        "moved into its bucket"
+    );
+    reset_by_token(&p.a, &token, NEW_PIN).expect(200, None, "the link the earlier entry sent");
+    let su = step_up(&p.b, &at, NEW_PIN);
+    assert_forwarded_as(admin(&p.a, &at, &su), "/admin/x", uid, "the reset PIN");
+}
+
 /// One reset link opened twice on A and twice on B at the same moment: one
 /// reset happens, every other request is told the link was used (1242), as a
 /// later second use is. The race is run for several users, since its outcome

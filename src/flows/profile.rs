@@ -134,20 +134,23 @@ pub async fn remember(store: &dyn Store, p: &Principal) -> Result<(), FlowError>
     user::write(store, &p.sub, Part::Profile, Some(stored(&new)?)).await?;
     let fresh = new.index_entries();
     for (kind, value) in &fresh {
-        store
-            .put(&keys::index(kind, value), p.sub.as_bytes(), None)
-            .await?;
+        let (bucket, field) = keys::index(kind, value);
+        store.field_put(&bucket, &field, p.sub.as_bytes()).await?;
     }
     if let Some(old) = old {
         for (kind, value) in old.index_entries() {
             if fresh.iter().any(|(k, v)| *k == kind && *v == value) {
                 continue;
             }
-            let key = keys::index(kind, &value);
-            // Only drop the entry if it still names this user.
-            if store.get(&key).await?.as_deref() == Some(p.sub.as_bytes()) {
-                store.delete(&key).await?;
-            }
+            // Only drop an entry (in either form) while it still names this user.
+            let (bucket, field) = keys::index(kind, &value);
+            store
+                .field_delete_if(&bucket, &field, p.sub.as_bytes())
+                .await?;
+            let earlier = keys::index_unbucketed(kind, &value);
+            store
+                .replace(&earlier, Some(p.sub.as_bytes()), None)
+                .await?;
         }
     }
     Ok(())
@@ -155,20 +158,36 @@ pub async fn remember(store: &dyn Store, p: &Principal) -> Result<(), FlowError>
 
 /// The profile an identifier names, if any.
 pub async fn find(store: &dyn Store, id: &Identifier) -> Result<Option<Profile>, FlowError> {
-    let Some(sub) = store.get(&keys::index(id.kind(), id.value())).await? else {
-        return Ok(None);
+    let (bucket, field) = keys::index(id.kind(), id.value());
+    let (sub, earlier) = match store.field_get(&bucket, &field).await? {
+        Some(sub) => (sub, None),
+        None => {
+            // An entry an earlier version wrote, under a key of its own.
+            let key = keys::index_unbucketed(id.kind(), id.value());
+            match store.get(&key).await? {
+                Some(sub) => (sub, Some(key)),
+                None => return Ok(None),
+            }
+        }
     };
     let sub = String::from_utf8(sub).map_err(|_| FlowError::Internal)?;
-    let Some(prof) = load(store, &sub).await? else {
-        return Ok(None);
-    };
+    let prof = load(store, &sub).await?;
     // The index may be stale if the profile changed on another gateway
     // between the two reads; trust only a profile that still has the value.
-    let still = prof
-        .index_entries()
-        .iter()
-        .any(|(k, v)| *k == id.kind() && v == id.value());
-    Ok(still.then_some(prof))
+    let prof = prof.filter(|p| {
+        p.index_entries()
+            .iter()
+            .any(|(k, v)| *k == id.kind() && v == id.value())
+    });
+    if let Some(key) = earlier {
+        // Move the entry into its bucket (only while it is true), and drop
+        // the key it had: the next lookup reads the bucket only.
+        if prof.is_some() {
+            store.field_put(&bucket, &field, sub.as_bytes()).await?;
+        }
+        store.replace(&key, Some(sub.as_bytes()), None).await?;
+    }
+    Ok(prof)
 }
 
 #[cfg(test)]
@@ -242,6 +261,73 @@ mod tests {
                 .unwrap(),
             None
         );
+    }
+
+    #[tokio::test]
+    async fn an_unbucketed_index_entry_moves_into_its_bucket_when_found() {
+        let store = MemoryStore::default();
+        remember(&store, &principal("u1", "a@x.io", None))
+            .await
+            .unwrap();
+        // As an earlier version kept it: one key per entry, no bucket.
+        let (bucket, field) = keys::index("email", "a@x.io");
+        assert!(store.field_delete_if(&bucket, &field, b"u1").await.unwrap());
+        let earlier = keys::index_unbucketed("email", "a@x.io");
+        store.put(&earlier, b"u1", None).await.unwrap();
+        let by_mail = Identifier::Email("a@x.io".into());
+        assert_eq!(find(&store, &by_mail).await.unwrap().unwrap().sub, "u1");
+        assert_eq!(store.get(&earlier).await.unwrap(), None, "moved");
+        assert_eq!(
+            store.field_get(&bucket, &field).await.unwrap().as_deref(),
+            Some(&b"u1"[..])
+        );
+        assert_eq!(find(&store, &by_mail).await.unwrap().unwrap().sub, "u1");
+        // A stale earlier entry (the user no longer has the address) finds
+        // nothing, is deleted, and is not moved.
+        let stale = keys::index_unbucketed("email", "old@x.io");
+        store.put(&stale, b"u1", None).await.unwrap();
+        let by_old = Identifier::Email("old@x.io".into());
+        assert_eq!(find(&store, &by_old).await.unwrap(), None);
+        assert_eq!(store.get(&stale).await.unwrap(), None);
+        let (b2, f2) = keys::index("email", "old@x.io");
+        assert_eq!(store.field_get(&b2, &f2).await.unwrap(), None);
+        // A change of address drops an earlier-form entry too.
+        store.put(&earlier, b"u1", None).await.unwrap();
+        remember(&store, &principal("u1", "b@x.io", None))
+            .await
+            .unwrap();
+        assert_eq!(store.get(&earlier).await.unwrap(), None);
+        assert_eq!(store.field_get(&bucket, &field).await.unwrap(), None);
+        assert_eq!(find(&store, &by_mail).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn store_migrate_carries_the_indexes_in_both_forms() {
+        let from = MemoryStore::default();
+        remember(&from, &principal("u1", "a@x.io", Some("Ann")))
+            .await
+            .unwrap();
+        // One entry as an earlier version kept it.
+        let earlier = keys::index_unbucketed("email", "e@x.io");
+        from.put(&earlier, b"u1", None).await.unwrap();
+        let to = MemoryStore::default();
+        // The record and four index entries (email, username, phone, the
+        // earlier-form email).
+        assert_eq!(crate::store::migrate(&from, &to).await.unwrap(), 5);
+        for id in [
+            Identifier::Email("a@x.io".into()),
+            Identifier::UserName("ann".into()),
+            Identifier::Phone("+15550102000".into()),
+        ] {
+            assert_eq!(find(&to, &id).await.unwrap().unwrap().sub, "u1", "{id:?}");
+        }
+        let (bucket, field) = keys::index("email", "e@x.io");
+        assert_eq!(
+            to.field_get(&bucket, &field).await.unwrap().as_deref(),
+            Some(&b"u1"[..]),
+            "an earlier-form entry lands in its bucket"
+        );
+        assert_eq!(to.get(&earlier).await.unwrap(), None);
     }
 
     #[tokio::test]

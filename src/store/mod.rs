@@ -76,6 +76,29 @@ pub trait Store: Send + Sync {
     /// Set a new expiry on an existing key.
     async fn expire(&self, key: &str, ttl: Duration) -> Result<(), StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
+    /// One field of a bucket: many small entries kept together, for indexes
+    /// with millions of entries (Redis keeps a bucket as one small hash, a
+    /// listpack, at a few dozen bytes per entry instead of ~100 per key).
+    /// Backends without buckets keep each field under its own key,
+    /// [`keys::field`].
+    async fn field_get(&self, bucket: &str, field: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(&keys::field(bucket, field)).await
+    }
+    /// Set one field of a bucket, for good.
+    async fn field_put(&self, bucket: &str, field: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.put(&keys::field(bucket, field), value, None).await
+    }
+    /// Delete one field only while it still holds `expected`, in one step;
+    /// true when this call deleted it.
+    async fn field_delete_if(
+        &self,
+        bucket: &str,
+        field: &str,
+        expected: &[u8],
+    ) -> Result<bool, StoreError> {
+        self.replace(&keys::field(bucket, field), Some(expected), None)
+            .await
+    }
     /// The time this store's expiries run on (Unix ms): the system's, or a
     /// test's fake clock ([`memory::MemoryStore::with_clock`]). Flows read
     /// the time here, so their deadlines and the store's agree.
@@ -251,9 +274,40 @@ pub mod keys {
     pub fn profile(sub: &str) -> String {
         format!("{}:profile", user(sub))
     }
-    /// Recovery lookups: `kind` is email, username or phone; `value` normalised.
-    pub fn index(kind: &str, value: &str) -> String {
+    /// Recovery lookups: `kind` is email, username or phone; `value`
+    /// normalised. An entry is a field of a bucket, (bucket, field): the
+    /// digest's first 3 characters pick one of 262,144 buckets per kind, the
+    /// next 13 name the entry in it (96 bits in all), so at ten million users
+    /// a bucket holds ~38 entries and each costs ~36 bytes of Redis.
+    pub fn index(kind: &str, value: &str) -> (String, String) {
+        let d = digest_b64(value.as_bytes());
+        (format!("idx:{kind}:{}", &d[..3]), d[3..16].to_string())
+    }
+    /// The key an earlier version kept one index entry under, by itself.
+    pub fn index_unbucketed(kind: &str, value: &str) -> String {
         format!("idx:{kind}:{}", &digest_b64(value.as_bytes())[..22])
+    }
+    /// Where a backend without buckets keeps one field of one.
+    pub fn field(bucket: &str, field: &str) -> String {
+        format!("{bucket}#{field}")
+    }
+    /// An index entry's (bucket, field) from the key a store lists it under,
+    /// in either form ([`field`] or [`index_unbucketed`]); None for other keys.
+    pub fn index_entry(key: &str) -> Option<(String, String)> {
+        let rest = key.strip_prefix("idx:")?;
+        let (kind, id) = rest.split_once(':')?;
+        if kind.is_empty() || kind.contains('#') {
+            return None;
+        }
+        match id.split_once('#') {
+            Some((b, f)) if b.len() == 3 && f.len() == 13 => {
+                Some((format!("idx:{kind}:{b}"), f.to_string()))
+            }
+            None if id.len() == 22 && id.is_ascii() => {
+                Some((format!("idx:{kind}:{}", &id[..3]), id[3..16].to_string()))
+            }
+            _ => None,
+        }
     }
     pub fn pin_skip(sub: &str) -> String {
         format!("{}:pin:skip", user(sub))
@@ -375,6 +429,23 @@ impl Store for Bounded {
     async fn ping(&self) -> Result<(), StoreError> {
         bounded!(self, self.inner.ping())
     }
+    async fn field_get(&self, bucket: &str, field: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        bounded!(self, self.inner.field_get(&self.k(bucket), field))
+    }
+    async fn field_put(&self, bucket: &str, field: &str, value: &[u8]) -> Result<(), StoreError> {
+        bounded!(self, self.inner.field_put(&self.k(bucket), field, value))
+    }
+    async fn field_delete_if(
+        &self,
+        bucket: &str,
+        field: &str,
+        expected: &[u8],
+    ) -> Result<bool, StoreError> {
+        bounded!(
+            self,
+            self.inner.field_delete_if(&self.k(bucket), field, expected)
+        )
+    }
     fn now_ms(&self) -> i64 {
         self.inner.now_ms()
     }
@@ -458,11 +529,17 @@ pub fn open(s: &StoreSettings) -> Result<Arc<dyn Store>, String> {
 }
 
 /// Copy what users would have to re-create (PIN records, verified email
-/// authenticators) from one store to another. Counters, codes and used token
-/// ids are short-lived and stay behind. Returns how many records were copied.
+/// authenticators, the recovery indexes that find their accounts) from one
+/// store to another. Counters, codes and used token ids are short-lived and
+/// stay behind. Returns how many records and index entries were copied.
 pub async fn migrate(from: &dyn Store, to: &dyn Store) -> Result<usize, StoreError> {
     let mut n = 0;
     for (key, value, expires) in from.entries().await? {
+        if let Some((bucket, field)) = keys::index_entry(&key) {
+            to.field_put(&bucket, &field, &value).await?;
+            n += 1;
+            continue;
+        }
         let durable = key.ends_with(":pin")
             || crate::flows::user::is_record_key(&key)
             || key.contains(":otp:verified:");
@@ -534,6 +611,28 @@ pub(crate) async fn conformance(s: &dyn Store) {
     assert_eq!(s.get("e").await.unwrap(), None);
     s.delete("a").await.unwrap();
     assert_eq!(s.get("a").await.unwrap(), None);
+    // Buckets: fields are independent, deleted only while they hold what
+    // the caller expects.
+    assert_eq!(s.field_get("bk", "f1").await.unwrap(), None);
+    s.field_put("bk", "f1", b"ann").await.unwrap();
+    s.field_put("bk", "f2", b"bob").await.unwrap();
+    assert_eq!(
+        s.field_get("bk", "f1").await.unwrap().as_deref(),
+        Some(&b"ann"[..])
+    );
+    s.field_put("bk", "f1", b"cy").await.unwrap();
+    assert!(!s.field_delete_if("bk", "f1", b"ann").await.unwrap());
+    assert_eq!(
+        s.field_get("bk", "f1").await.unwrap().as_deref(),
+        Some(&b"cy"[..])
+    );
+    assert!(s.field_delete_if("bk", "f1", b"cy").await.unwrap());
+    assert_eq!(s.field_get("bk", "f1").await.unwrap(), None);
+    assert!(!s.field_delete_if("bk", "f1", b"cy").await.unwrap(), "gone");
+    assert_eq!(
+        s.field_get("bk", "f2").await.unwrap().as_deref(),
+        Some(&b"bob"[..])
+    );
     s.ping().await.unwrap();
 }
 
@@ -579,4 +678,24 @@ pub(crate) async fn revocation_conformance(s: &dyn Store) {
         .collect();
     keys.sort();
     assert_eq!(keys, ["alice", "bob"]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keys;
+
+    #[test]
+    fn an_index_entry_is_read_back_from_either_form_of_its_key() {
+        let (bucket, field) = keys::index("email", "ann@x.io");
+        assert_eq!((bucket.len(), field.len()), ("idx:email:".len() + 3, 13));
+        let want = Some((bucket.clone(), field.clone()));
+        assert_eq!(keys::index_entry(&keys::field(&bucket, &field)), want);
+        assert_eq!(
+            keys::index_entry(&keys::index_unbucketed("email", "ann@x.io")),
+            want
+        );
+        for other in ["{u:abc}:user", "idx:email:short", "idx:email", "idx::x#y"] {
+            assert_eq!(keys::index_entry(other), None, "{other}");
+        }
+    }
 }

@@ -39,6 +39,7 @@ pub struct RedisStore {
     incr: Script,
     decr: Script,
     replace: Script,
+    field_delete_if: Script,
     revoke: Script,
     last_connect_error: std::sync::atomic::AtomicI64,
 }
@@ -81,6 +82,14 @@ elseif cur then
 end
 if ARGV[3] == '1' then redis.call('SET', KEYS[1], ARGV[4]) else redis.call('DEL', KEYS[1]) end
 return 1
+"#;
+
+/// HDEL of one field only while it holds ARGV[2].
+const FIELD_DELETE_IF: &str = r#"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
 "#;
 
 impl RedisStore {
@@ -134,6 +143,7 @@ impl RedisStore {
             incr: Script::new(INCR),
             decr: Script::new(DECR),
             replace: Script::new(REPLACE),
+            field_delete_if: Script::new(FIELD_DELETE_IF),
             revoke: Script::new(REVOKE),
             last_connect_error: Default::default(),
         }
@@ -272,6 +282,26 @@ impl Store for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         let cmd = redis::cmd("PING");
         with_conn!(self, |c| cmd.query_async::<String>(&mut c).await).map(|_| ())
+    }
+    /// A bucket is one hash: small ones Redis keeps as listpacks.
+    async fn field_get(&self, bucket: &str, field: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        with_conn!(self, |c| c
+            .hget::<_, _, Option<Vec<u8>>>(bucket, field)
+            .await)
+    }
+    async fn field_put(&self, bucket: &str, field: &str, value: &[u8]) -> Result<(), StoreError> {
+        with_conn!(self, |c| c.hset::<_, _, _, ()>(bucket, field, value).await)
+    }
+    async fn field_delete_if(
+        &self,
+        bucket: &str,
+        field: &str,
+        expected: &[u8],
+    ) -> Result<bool, StoreError> {
+        let mut inv = self.field_delete_if.key(bucket);
+        inv.arg(field).arg(expected);
+        let n: i64 = with_conn!(self, |c| inv.invoke_async(&mut c).await)?;
+        Ok(n == 1)
     }
     /// One hash of invalidations, and a message to every gateway. Entries
     /// with a TTL are also in a sorted set by expiry (same cluster slot), and
