@@ -393,7 +393,10 @@ fn run(cmd: Cmd) -> Result<(), ExitCode> {
                 })
                 .map_err(fail)?;
             println!(
-                "copied {n} record(s) from {} to {}",
+                "copied {} record(s) and {} recovery index entr{} from {} to {}",
+                n.records,
+                n.index_entries,
+                if n.index_entries == 1 { "y" } else { "ies" },
                 from.display(),
                 to.display()
             );

@@ -654,7 +654,7 @@ fn store_migrate_moves_pins_from_embedded_to_redis() {
     let c = client();
     let users = ["alice", "bob"];
     for u in users {
-        let at = g.token(u, &[]);
+        let at = g.token(u, &["--email", &format!("{u}@example.test")]);
         enroll(&g, &c, &at, PIN);
         // A failure counter too: short-lived, it stays behind.
         let csrf = pin_csrf(&g, &c, &at);
@@ -680,9 +680,20 @@ fn store_migrate_moves_pins_from_embedded_to_redis() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("copied 2 record(s)"),
-        "the command says how many records it copied: {stdout}"
+        stdout.contains("copied 2 record(s) and 2 recovery index entries"),
+        "the command says how many records and index entries it copied: {stdout}"
     );
+    // The recovery index came along: forgot-PIN by email finds both users.
+    for u in users {
+        let (bucket, field) = stepgate::store::keys::index("email", &format!("{u}@example.test"));
+        assert_eq!(
+            redis
+                .cli(&["HGET", &format!("stepgate:{bucket}"), &field])
+                .trim(),
+            u,
+            "{u}'s email index entry in Redis"
+        );
+    }
     let keys = redis.keys();
     assert_eq!(
         keys.iter().filter(|k| k.ends_with("}:user")).count(),

@@ -531,13 +531,13 @@ pub fn open(s: &StoreSettings) -> Result<Arc<dyn Store>, String> {
 /// Copy what users would have to re-create (PIN records, verified email
 /// authenticators, the recovery indexes that find their accounts) from one
 /// store to another. Counters, codes and used token ids are short-lived and
-/// stay behind. Returns how many records and index entries were copied.
-pub async fn migrate(from: &dyn Store, to: &dyn Store) -> Result<usize, StoreError> {
-    let mut n = 0;
+/// stay behind.
+pub async fn migrate(from: &dyn Store, to: &dyn Store) -> Result<Migrated, StoreError> {
+    let mut n = Migrated::default();
     for (key, value, expires) in from.entries().await? {
         if let Some((bucket, field)) = keys::index_entry(&key) {
             to.field_put(&bucket, &field, &value).await?;
-            n += 1;
+            n.index_entries += 1;
             continue;
         }
         let durable = key.ends_with(":pin")
@@ -548,9 +548,18 @@ pub async fn migrate(from: &dyn Store, to: &dyn Store) -> Result<usize, StoreErr
         }
         let ttl = expires.map(|e| Duration::from_millis(e.saturating_sub(now_ms()).max(1)));
         to.put(&key, &value, ttl).await?;
-        n += 1;
+        n.records += 1;
     }
     Ok(n)
+}
+
+/// What [`migrate`] copied.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Migrated {
+    /// User records and verified email authenticators.
+    pub records: usize,
+    /// Recovery index entries (forgot-PIN by email, username, phone).
+    pub index_entries: usize,
 }
 
 /// Backend-independent checks every implementation must pass.
