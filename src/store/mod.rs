@@ -280,7 +280,10 @@ pub mod keys {
     /// next 13 name the entry in it (96 bits in all), so at ten million users
     /// a bucket holds ~38 entries and each costs ~36 bytes of Redis.
     pub fn index(kind: &str, value: &str) -> (String, String) {
-        let d = digest_b64(value.as_bytes());
+        in_bucket(kind, &digest_b64(value.as_bytes()))
+    }
+    /// (bucket, field) of the entry whose digest starts with `d` (≥ 16 characters).
+    fn in_bucket(kind: &str, d: &str) -> (String, String) {
         (format!("idx:{kind}:{}", &d[..3]), d[3..16].to_string())
     }
     /// The key an earlier version kept one index entry under, by itself.
@@ -303,9 +306,7 @@ pub mod keys {
             Some((b, f)) if b.len() == 3 && f.len() == 13 => {
                 Some((format!("idx:{kind}:{b}"), f.to_string()))
             }
-            None if id.len() == 22 && id.is_ascii() => {
-                Some((format!("idx:{kind}:{}", &id[..3]), id[3..16].to_string()))
-            }
+            None if id.len() == 22 && id.is_ascii() => Some(in_bucket(kind, id)),
             _ => None,
         }
     }
