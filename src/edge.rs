@@ -11,7 +11,7 @@ use pingora::prelude::*;
 use crate::gate::Gate;
 use crate::reply::{cookie, safe_return_to, wants_html, Cookies, Reply};
 use crate::request::{self, CanonicalRequest, Refusal};
-use crate::util::clock;
+use crate::util::{clock, text};
 
 pub fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     req.headers.get(name).and_then(|v| v.to_str().ok())
@@ -193,7 +193,7 @@ pub fn client_ip(gate: &Gate, peer: Option<IpAddr>, req: &RequestHeader) -> (Str
     };
     let trusted = |ip: &IpAddr| gate.settings.trusted_proxies.iter().any(|n| n.contains(ip));
     if !trusted(&peer) {
-        return (peer.to_string(), false);
+        return (text::ip(peer), false);
     }
     let mut chain: Vec<IpAddr> = req
         .headers
@@ -211,7 +211,7 @@ pub fn client_ip(gate: &Gate, peer: Option<IpAddr>, req: &RequestHeader) -> (Str
         .or(chain.first())
         .copied()
         .unwrap_or(peer);
-    (ip.to_string(), true)
+    (text::ip(ip), true)
 }
 
 /// Remove the named cookies from the Cookie header(s), keeping the others.

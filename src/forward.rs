@@ -14,7 +14,7 @@ use crate::auth::principal::Principal;
 use crate::auth::tokens::StepUpClaims;
 use crate::edge::{header, strip_cookies};
 use crate::gate::Gate;
-use crate::util::clock;
+use crate::util::{clock, text};
 
 /// What the decision said about a forwarded request.
 pub struct Forwarding<'a> {
@@ -53,7 +53,9 @@ pub fn upstream_request(
         if let Some(amr) = s.amr.first() {
             up.insert_header(h.amr.clone(), amr.as_str())?;
         }
-        up.insert_header(h.auth_time.clone(), s.auth_time.to_string())?;
+        let mut at = String::with_capacity(12);
+        text::push_i64(&mut at, s.auth_time);
+        up.insert_header(h.auth_time.clone(), at)?;
     }
     hop_headers(gate, session, up, f)?;
     // stepgate's own cookies (the step-up token...) are never the app's; the
@@ -125,14 +127,18 @@ fn hop_headers(
         f.peer_trusted,
         header(session.req_header(), "x-forwarded-for"),
     ) {
-        (true, Some(prev)) => format!(
-            "{prev}, {}",
-            session
+        (true, Some(prev)) => {
+            let peer = session
                 .client_addr()
                 .and_then(|a| a.as_inet())
-                .map(|a| a.ip().to_string())
-                .unwrap_or_default()
-        ),
+                .map(|a| text::ip(a.ip()))
+                .unwrap_or_default();
+            let mut v = String::with_capacity(prev.len() + 2 + peer.len());
+            v.push_str(prev);
+            v.push_str(", ");
+            v.push_str(&peer);
+            v
+        }
         _ => f.client_ip.to_string(),
     };
     up.insert_header("X-Forwarded-For", xff)?;
@@ -153,16 +159,99 @@ fn hop_headers(
         up.remove_header("authorization");
     }
     // RFC 7239, stepgate's own hop appended to a trusted proxy's.
-    let node = match f.client_ip.parse::<IpAddr>() {
-        Ok(IpAddr::V6(ip)) => format!("\"[{ip}]\""),
-        Ok(ip) => ip.to_string(),
-        Err(_) => "unknown".to_string(),
+    let prev = match (f.peer_trusted, header(up, "forwarded")) {
+        (true, Some(prev)) => Some(prev),
+        _ => None,
     };
-    let hop = format!("for={node};host=\"{authority}\";proto={proto}");
-    let forwarded = match (f.peer_trusted, header(up, "forwarded")) {
-        (true, Some(prev)) => format!("{prev}, {hop}"),
-        _ => hop,
-    };
+    let forwarded = forwarded_value(prev, f.client_ip, authority, proto);
     up.insert_header("Forwarded", forwarded)?;
     Ok(())
+}
+
+/// The `Forwarded` value: a trusted proxy's hops, then stepgate's own
+/// (`for=…;host="…";proto=…`). The client address is already text (written
+/// from a parsed address, or `unknown`): an IPv4 address that parses is
+/// written back as it is (Rust's parser takes only the dotted-decimal form
+/// `Display` writes), IPv6 goes in quoted brackets, anything else is
+/// `unknown`.
+fn forwarded_value(prev: Option<&str>, client_ip: &str, authority: &str, proto: &str) -> String {
+    let mut v = String::with_capacity(
+        prev.map_or(0, |p| p.len() + 2) + client_ip.len() + authority.len() + 32,
+    );
+    if let Some(prev) = prev {
+        v.push_str(prev);
+        v.push_str(", ");
+    }
+    v.push_str("for=");
+    match client_ip.parse::<IpAddr>() {
+        Ok(IpAddr::V6(ip)) => {
+            v.push_str("\"[");
+            v.push_str(&text::ip(IpAddr::V6(ip)));
+            v.push_str("]\"");
+        }
+        Ok(IpAddr::V4(_)) => v.push_str(client_ip),
+        Err(_) => v.push_str("unknown"),
+    }
+    v.push_str(";host=\"");
+    v.push_str(authority);
+    v.push_str("\";proto=");
+    v.push_str(proto);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::forwarded_value;
+
+    #[test]
+    fn the_forwarded_hop_names_the_client_host_and_scheme() {
+        let cases = [
+            (
+                None,
+                "10.1.2.3",
+                "app.example:8443",
+                "https",
+                r#"for=10.1.2.3;host="app.example:8443";proto=https"#,
+            ),
+            (
+                None,
+                "2001:db8::1",
+                "app.example",
+                "http",
+                r#"for="[2001:db8::1]";host="app.example";proto=http"#,
+            ),
+            (
+                None,
+                "unknown",
+                "app.example",
+                "http",
+                r#"for=unknown;host="app.example";proto=http"#,
+            ),
+            // Not an address a parse wrote: never copied into the header.
+            (
+                None,
+                "1.2.3.4\";x=\"",
+                "a",
+                "http",
+                r#"for=unknown;host="a";proto=http"#,
+            ),
+            (
+                None,
+                "001.2.3.4",
+                "a",
+                "http",
+                r#"for=unknown;host="a";proto=http"#,
+            ),
+            (
+                Some("for=192.0.2.60;proto=https"),
+                "192.0.2.60",
+                "app.example",
+                "https",
+                r#"for=192.0.2.60;proto=https, for=192.0.2.60;host="app.example";proto=https"#,
+            ),
+        ];
+        for (prev, ip, host, proto, want) in cases {
+            assert_eq!(forwarded_value(prev, ip, host, proto), want);
+        }
+    }
 }

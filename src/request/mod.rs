@@ -161,7 +161,7 @@ impl Host {
                 || name.starts_with("0x")
             {
                 let ip: std::net::Ipv4Addr = name.parse().map_err(|_| Refusal::BadHost)?;
-                if ip.to_string() != name {
+                if crate::util::text::ip(ip.into()) != name {
                     return Err(Refusal::BadHost);
                 }
             }
@@ -195,10 +195,13 @@ impl Host {
 
     /// `name[:port]`, as sent upstream in `Host` and `X-Forwarded-Host`.
     pub fn authority(&self) -> String {
-        match self.port {
-            Some(p) => format!("{}:{p}", self.name),
-            None => self.name.clone(),
+        let mut out = String::with_capacity(self.name.len() + 6);
+        out.push_str(&self.name);
+        if let Some(p) = self.port {
+            out.push(':');
+            crate::util::text::push_u64(&mut out, u64::from(p));
         }
+        out
     }
 }
 

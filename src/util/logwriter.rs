@@ -40,9 +40,7 @@ pub fn access_json(fields: &[(&str, Field<'_>)]) -> bool {
         line.push_str("\":");
         match v {
             Field::Str(s) => push_json_str(&mut line, s),
-            Field::Int(n) => {
-                let _ = write!(line, "{n}");
-            }
+            Field::Int(n) => crate::util::text::push_i64(&mut line, *n),
             Field::Float(f) if f.is_finite() => {
                 let _ = write!(line, "{f:.3}");
             }
