@@ -88,12 +88,26 @@ pub fn canonicalize(
     } else {
         canon.forward_target().into_bytes()
     };
+    let authority = canon.host.authority();
+    // Most requests already say exactly that (a lower-case Host, a target
+    // in its one encoding): then they are left as they are, not rewritten
+    // with the same bytes.
+    let req = session.req_header();
+    let same_target = req.raw_path() == target.as_slice();
+    let mut hosts = req.headers.get_all("host").iter();
+    let same_host = !http2
+        && hosts
+            .next()
+            .is_some_and(|h| h.as_bytes() == authority.as_bytes())
+        && hosts.next().is_none();
     let req = session.req_header_mut();
-    if !canon.asterisk {
+    if !canon.asterisk && !same_target {
         req.set_raw_path(&target).map_err(|_| Refusal::BadQuery)?;
     }
-    req.insert_header("Host", canon.host.authority())
-        .map_err(|_| Refusal::BadHost)?;
+    if !same_host {
+        crate::forward::put(req, &crate::forward::FIXED.host, authority)
+            .map_err(|_| Refusal::BadHost)?;
+    }
     Ok(canon)
 }
 

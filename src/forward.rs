@@ -5,13 +5,16 @@
 //! decision is made; this writes it down for the app.
 
 use std::net::IpAddr;
+use std::sync::LazyLock;
 
-use pingora::http::RequestHeader;
+use http::HeaderValue;
+use pingora::http::{PreparedName, RequestHeader};
 use pingora::prelude::*;
 
 use crate::auth::binding::Values;
 use crate::auth::principal::Principal;
 use crate::auth::tokens::StepUpClaims;
+use crate::config::HeaderNames;
 use crate::edge::{header, strip_cookies};
 use crate::gate::Gate;
 use crate::util::{clock, text};
@@ -33,6 +36,72 @@ pub struct Forwarding<'a> {
     pub strip_ff_cookie: bool,
 }
 
+/// The names of the identity headers (`headers:` in the config), parsed once
+/// per snapshot rather than on every request.
+pub struct Names {
+    user: PreparedName,
+    email: PreparedName,
+    amr: PreparedName,
+    auth_time: PreparedName,
+    rule: PreparedName,
+    assertion: PreparedName,
+}
+
+impl Names {
+    pub fn new(h: &HeaderNames) -> std::result::Result<Names, String> {
+        let p = |n: &str| {
+            PreparedName::new(n).map_err(|_| format!("headers: {n:?} is not a valid header name"))
+        };
+        Ok(Names {
+            user: p(&h.user)?,
+            email: p(&h.email)?,
+            amr: p(&h.amr)?,
+            auth_time: p(&h.auth_time)?,
+            rule: p(&h.rule)?,
+            assertion: p(&h.assertion)?,
+        })
+    }
+}
+
+/// The fixed names stepgate writes on every request, parsed once.
+pub struct Fixed {
+    pub host: PreparedName,
+    pub request_id: PreparedName,
+    xff: PreparedName,
+    xfp: PreparedName,
+    xfh: PreparedName,
+    forwarded: PreparedName,
+}
+
+pub static FIXED: LazyLock<Fixed> = LazyLock::new(|| {
+    let p = |n: &str| PreparedName::new(n).expect("a valid header name");
+    Fixed {
+        host: p("Host"),
+        request_id: p("X-Request-Id"),
+        xff: p("X-Forwarded-For"),
+        xfp: p("X-Forwarded-Proto"),
+        xfh: p("X-Forwarded-Host"),
+        forwarded: p("Forwarded"),
+    }
+});
+
+/// Set a header (replacing any of its name) under a name parsed once. A
+/// value that is no valid header value is refused as `insert_header`
+/// refuses it.
+pub fn put(
+    req: &mut RequestHeader,
+    name: &PreparedName,
+    value: impl TryInto<HeaderValue>,
+) -> Result<()> {
+    let value = value
+        .try_into()
+        .explain_err(ErrorType::InvalidHTTPHeader, |_| {
+            "invalid value while insert"
+        })?;
+    req.insert_prepared(name, value);
+    Ok(())
+}
+
 /// Write the headers the app reads onto the upstream request.
 pub fn upstream_request(
     gate: &Gate,
@@ -40,22 +109,25 @@ pub fn upstream_request(
     up: &mut RequestHeader,
     f: &Forwarding<'_>,
 ) -> Result<()> {
-    let h = &gate.settings.headers;
+    let h = &gate.forward_names;
+    // Room for every header added below, in both of the header's maps at
+    // once (the upstream copy of the client's header has none to spare).
+    up.reserve_headers(10);
     // Every forwarded request says which rule let it through.
-    up.insert_header(h.rule.clone(), f.rule)?;
+    put(up, &h.rule, f.rule)?;
     if let Some(p) = f.principal {
-        up.insert_header(h.user.clone(), p.sub.as_str())?;
+        put(up, &h.user, p.sub.as_str())?;
         if let Some(e) = &p.email {
-            up.insert_header(h.email.clone(), e.as_str())?;
+            put(up, &h.email, e.as_str())?;
         }
     }
     if let Some(s) = f.step_up {
         if let Some(amr) = s.amr.first() {
-            up.insert_header(h.amr.clone(), amr.as_str())?;
+            put(up, &h.amr, amr.as_str())?;
         }
         let mut at = String::with_capacity(12);
         text::push_i64(&mut at, s.auth_time);
-        up.insert_header(h.auth_time.clone(), at)?;
+        put(up, &h.auth_time, at)?;
     }
     hop_headers(gate, session, up, f)?;
     // stepgate's own cookies (the step-up token...) are never the app's; the
@@ -68,7 +140,7 @@ pub fn upstream_request(
     strip_cookies(up, &names[..OWN + usize::from(f.strip_ff_cookie)]);
     if let Some(p) = f.principal {
         let token = assertion(gate, up, f, p);
-        up.insert_header(h.assertion.clone(), token)?;
+        up.insert_prepared(&h.assertion, token);
     }
     Ok(())
 }
@@ -141,20 +213,21 @@ fn hop_headers(
         }
         _ => f.client_ip.to_string(),
     };
-    up.insert_header("X-Forwarded-For", xff)?;
+    let names = &*FIXED;
+    put(up, &names.xff, xff)?;
     let proto = if gate.settings.tls.is_some() {
         "https"
     } else {
         "http"
     };
     if !(f.peer_trusted && up.headers.contains_key("x-forwarded-proto")) {
-        up.insert_header("X-Forwarded-Proto", proto)?;
+        put(up, &names.xfp, proto)?;
     }
     // The host is the canonical one (the request's Host was rewritten
     // to it)
     let authority = &f.authority;
     // (a trusted proxy's X-Forwarded-Host was judged: it is this one).
-    up.insert_header("X-Forwarded-Host", authority.as_str())?;
+    put(up, &names.xfh, authority.as_str())?;
     if f.strip_bearer {
         up.remove_header("authorization");
     }
@@ -164,7 +237,7 @@ fn hop_headers(
         _ => None,
     };
     let forwarded = forwarded_value(prev, f.client_ip, authority, proto);
-    up.insert_header("Forwarded", forwarded)?;
+    put(up, &names.forwarded, forwarded)?;
     Ok(())
 }
 
@@ -201,7 +274,81 @@ fn forwarded_value(prev: Option<&str>, client_ip: &str, authority: &str, proto: 
 
 #[cfg(test)]
 mod tests {
-    use super::forwarded_value;
+    use super::{forwarded_value, put, Names, FIXED};
+    use pingora::http::{PreparedName, RequestHeader, ResponseHeader};
+
+    /// The carried pingora-http patch (`PreparedName`, `insert_prepared`,
+    /// `reserve_headers`) must write exactly what `insert_header` writes:
+    /// the same names in the same case and order, a replaced header's other
+    /// values gone, both of the header's maps in step (the wire form zips
+    /// them, and panics when they are not).
+    #[test]
+    fn a_prepared_insert_writes_what_insert_header_writes() {
+        let build = || {
+            let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+            req.append_header("Host", "a.example").unwrap();
+            req.append_header("x-forwarded-for", "1.2.3.4").unwrap();
+            req.append_header("X-Forwarded-For", "5.6.7.8").unwrap();
+            req.append_header("Cookie", "a=1").unwrap();
+            req
+        };
+        let names = [
+            "X-Forwarded-For",
+            "host",
+            "X-Stepgate-User",
+            "cookie",
+            "Forwarded",
+            "x-new",
+        ];
+        let mut plain = build();
+        for (i, n) in names.iter().enumerate() {
+            plain.insert_header(n.to_string(), format!("v{i}")).unwrap();
+        }
+        let mut prepared = build().clone();
+        prepared.reserve_headers(names.len());
+        for (i, n) in names.iter().enumerate() {
+            put(
+                &mut prepared,
+                &PreparedName::new(n).unwrap(),
+                format!("v{i}"),
+            )
+            .unwrap();
+        }
+        let (mut a, mut b) = (vec![], vec![]);
+        plain.header_to_h1_wire(&mut a);
+        prepared.header_to_h1_wire(&mut b);
+        assert_eq!(String::from_utf8(a).unwrap(), String::from_utf8(b).unwrap());
+        assert_eq!(
+            prepared.headers.get_all("x-forwarded-for").iter().count(),
+            1
+        );
+        // A value insert_header refuses is refused.
+        assert!(put(&mut prepared, &FIXED.xff, "a\r\nX-Evil: 1").is_err());
+        assert!(PreparedName::new("bad name").is_err() && PreparedName::new("").is_err());
+
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.append_header("X-Request-Id", "old").unwrap();
+        resp.insert_prepared(&FIXED.request_id, http::HeaderValue::from_static("new"));
+        let mut w = vec![];
+        resp.header_to_h1_wire(&mut w);
+        assert_eq!(w, b"X-Request-Id: new\r\n");
+    }
+
+    #[test]
+    fn a_configured_header_name_that_is_not_one_is_refused() {
+        let mut h = crate::config::HeaderNames {
+            user: "X-User".into(),
+            email: "X-Email".into(),
+            amr: "X-Amr".into(),
+            auth_time: "X-Auth-Time".into(),
+            rule: "X-Rule".into(),
+            assertion: "X-Assertion".into(),
+        };
+        assert!(Names::new(&h).is_ok());
+        h.email = "X Email".into();
+        let e = Names::new(&h).err().unwrap();
+        assert!(e.contains("X Email"), "{e}");
+    }
 
     #[test]
     fn the_forwarded_hop_names_the_client_host_and_scheme() {

@@ -230,9 +230,11 @@ impl Proxy {
             .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
             .map(str::to_string)
             .unwrap_or_else(crate::auth::tokens::request_id);
-        session
-            .req_header_mut()
-            .insert_header("X-Request-Id", id.as_str())?;
+        crate::forward::put(
+            session.req_header_mut(),
+            &crate::forward::FIXED.request_id,
+            id.as_str(),
+        )?;
         ctx.request_id = id;
         let gate = self.shared.load();
         ctx.gate = Some(gate.clone());

@@ -36,6 +36,8 @@ pub struct Gate {
     /// Names (lowercase, `_` as `-`) of headers stepgate owns: client copies
     /// are always removed.
     pub owned_headers: Vec<String>,
+    /// The identity headers' names, parsed once.
+    pub forward_names: crate::forward::Names,
 }
 
 impl std::ops::Deref for Gate {
@@ -67,6 +69,7 @@ impl Gate {
             },
             assertion: r.assertion,
             owned_headers: r.owned_headers,
+            forward_names: r.forward_names,
             deps: Deps {
                 keys,
                 store,
@@ -317,6 +320,7 @@ impl Shared {
             oidc: old.oidc.clone(),
             assertion: r.assertion,
             owned_headers: r.owned_headers,
+            forward_names: r.forward_names,
             deps: Deps {
                 keys: old.keys.clone(),
                 store: old.store.clone(),
@@ -363,6 +367,7 @@ struct Rebuilt {
     assertion: Arc<crate::auth::assertion::Signer>,
     notifier: Arc<crate::outbound::notify::Notifier>,
     owned_headers: Vec<String>,
+    forward_names: crate::forward::Names,
 }
 
 impl Rebuilt {
@@ -418,6 +423,7 @@ impl Rebuilt {
                 .iter()
                 .map(|h| h.to_ascii_lowercase().replace('_', "-"))
                 .collect(),
+            forward_names: crate::forward::Names::new(&settings.headers)?,
         })
     }
 }

@@ -29,10 +29,7 @@ pub fn access_json(fields: &[(&str, Field<'_>)]) -> bool {
     };
     let mut line = String::with_capacity(320);
     line.push_str("{\"timestamp\":\"");
-    let now = time::OffsetDateTime::now_utc();
-    let _ = now
-        .format(&time::format_description::well_known::Rfc3339)
-        .map(|t| line.push_str(&t));
+    push_rfc3339(&mut line, time::OffsetDateTime::now_utc());
     line.push_str("\",\"level\":\"INFO\"");
     for (k, v) in fields {
         line.push_str(",\"");
@@ -54,6 +51,48 @@ pub fn access_json(fields: &[(&str, Field<'_>)]) -> bool {
         .unwrap_or_else(|p| p.into_inner())
         .write_all(line.as_bytes());
     true
+}
+
+thread_local! {
+    /// The whole-second part of the last timestamp written on this thread
+    /// (`2026-12-03T09:45:12`), and its second.
+    static SECOND: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((i64::MIN, String::new())) };
+}
+
+/// `t` (UTC) as RFC 3339, exactly as `time`'s `Rfc3339` writes it (the
+/// fraction without trailing zeros, none when zero, then `Z`). The date and
+/// time of day are formatted once per second per thread, by `time` itself.
+fn push_rfc3339(out: &mut String, t: time::OffsetDateTime) {
+    SECOND.with(|c| {
+        let mut c = c.borrow_mut();
+        let secs = t.unix_timestamp();
+        if c.0 != secs {
+            let whole = t.replace_nanosecond(0).unwrap_or(t);
+            let text = whole
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            *c = (secs, text.trim_end_matches('Z').to_string());
+        }
+        out.push_str(&c.1);
+    });
+    let mut nanos = t.nanosecond();
+    if nanos != 0 {
+        let mut width = 9;
+        while nanos.is_multiple_of(10) {
+            nanos /= 10;
+            width -= 1;
+        }
+        out.push('.');
+        let mut len = 1;
+        while 10u32.pow(len) <= nanos {
+            len += 1;
+        }
+        for _ in len..width {
+            out.push('0');
+        }
+        crate::util::text::push_u64(out, u64::from(nanos));
+    }
+    out.push('Z');
 }
 
 /// A value of an access-line field.
@@ -164,6 +203,37 @@ impl<'a> MakeWriter<'a> for LogWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_read_as_time_writes_them() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut cases: Vec<i128> = vec![0, 1, 10, 100_000_000, 999_999_999, 1_000_000_000];
+        for _ in 0..5_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Within 2000..2100, with every kind of fraction.
+            let secs = 946_684_800 + (x % 3_155_760_000) as i128;
+            let nanos = match x % 4 {
+                0 => 0,
+                1 => (x >> 20) as i128 % 1_000 * 1_000_000,
+                2 => (x >> 20) as i128 % 1_000_000 * 1_000,
+                _ => (x >> 20) as i128 % 1_000_000_000,
+            };
+            cases.push(secs * 1_000_000_000 + nanos);
+            // The same second again, from the per-thread cache.
+            cases.push(secs * 1_000_000_000 + (nanos + 7) % 1_000_000_000);
+        }
+        for n in cases {
+            let t = time::OffsetDateTime::from_unix_timestamp_nanos(n).unwrap();
+            let mut s = String::new();
+            push_rfc3339(&mut s, t);
+            let want = t
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap();
+            assert_eq!(s, want);
+        }
+    }
 
     #[test]
     fn json_strings_are_escaped() {
