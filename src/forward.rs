@@ -205,11 +205,7 @@ fn hop_headers(
                 .and_then(|a| a.as_inet())
                 .map(|a| text::ip(a.ip()))
                 .unwrap_or_default();
-            let mut v = String::with_capacity(prev.len() + 2 + peer.len());
-            v.push_str(prev);
-            v.push_str(", ");
-            v.push_str(&peer);
-            v
+            format!("{prev}, {peer}")
         }
         _ => f.client_ip.to_string(),
     };
@@ -232,10 +228,7 @@ fn hop_headers(
         up.remove_header("authorization");
     }
     // RFC 7239, stepgate's own hop appended to a trusted proxy's.
-    let prev = match (f.peer_trusted, header(up, "forwarded")) {
-        (true, Some(prev)) => Some(prev),
-        _ => None,
-    };
+    let prev = header(up, "forwarded").filter(|_| f.peer_trusted);
     let forwarded = forwarded_value(prev, f.client_ip, authority, proto);
     put(up, &names.forwarded, forwarded)?;
     Ok(())
