@@ -11,7 +11,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 
-use crate::auth::decision::{decide_matched, needs_user, Decision, StepUpReason};
+use crate::auth::decision::{decide_matched, needs_user, Decision, SingleUse, StepUpReason};
 use crate::auth::principal::{AuthError, Principal};
 use crate::auth::tokens::StepUpClaims;
 use crate::edge::{self, header, Edge};
@@ -249,41 +249,34 @@ impl Proxy {
         gate: &Gate,
         ctx: &mut State,
         edge: &Edge,
-        consume: Option<(String, i64)>,
+        consume: Option<SingleUse<'_>>,
         principal: Option<&Principal>,
         now: i64,
     ) -> Option<Reply> {
-        if let Some((jti, exp)) = consume {
-            let ttl = std::time::Duration::from_secs((exp - now).max(1) as u64);
+        if let Some(once) = consume {
+            let ttl = std::time::Duration::from_secs((once.exp - now).max(1) as u64);
             match gate
                 .store
-                .put_if_absent(&keys::used_token(&jti), b"1", ttl)
+                .put_if_absent(&keys::used_token(&once.jti), b"1", ttl)
                 .await
             {
                 Ok(true) => {}
+                // Used before: always refused, with the rule's own step-up.
                 Ok(false) => {
                     ctx.label = "challenge";
-                    let canon = ctx.canon.as_ref()?;
-                    let m = gate.policy.judge(
-                        &ctx.host,
-                        &canon.method,
-                        canon.path.matched(),
-                        edge.overridable,
-                    );
-                    if let crate::policy::Require::StepUp(s) = m.require {
-                        let f = replies::ForRequest {
-                            method: &canon.method,
-                            keeping: &replies::Keeping::Nothing,
-                            binding: ctx.held.bound.as_ref(),
-                        };
-                        return Some(replies::stepup(
-                            edge.html,
-                            &edge.return_to,
-                            s,
-                            StepUpReason::AlreadyUsed,
-                            &f,
-                        ));
-                    }
+                    let method = ctx.canon.as_ref().map_or("GET", |c| c.method.as_str());
+                    let f = replies::ForRequest {
+                        method,
+                        keeping: &replies::Keeping::Nothing,
+                        binding: ctx.held.bound.as_ref(),
+                    };
+                    return Some(replies::stepup(
+                        edge.html,
+                        &edge.return_to,
+                        once.step_up,
+                        StepUpReason::AlreadyUsed,
+                        &f,
+                    ));
                 }
                 Err(_) => {
                     ctx.label = "store_unavailable";

@@ -770,6 +770,65 @@ fn single_use_rule_accepts_a_token_once() {
     assert_eq!(r.status(), 401);
 }
 
+/// A POST with a body is first judged as every method `_method` in it could
+/// make it; when one of those is denied, that judgement is `deny`, and only
+/// reading the body narrows it to the POST's own rule. A used single-use
+/// token was once judged again without that narrowing, matched nothing to
+/// ask a step-up for, and went on upstream: a replay without limit.
+#[test]
+fn a_used_single_use_token_is_refused_when_the_body_could_name_a_denied_method() {
+    let g = Gateway::start_with(GatewayOptions {
+        policy: r#"
+default: authenticated
+rules:
+  - name: close
+    match: { path: "/account/close", methods: [POST] }
+    require: step_up
+    step_up: { methods: [pin], max_age: 0 }
+  - name: account-writes
+    match: { path: "/account/**", methods: [DELETE, PUT, PATCH] }
+    require: deny
+"#
+        .to_string(),
+        ..Default::default()
+    });
+    let c = client();
+    let at = alice(&g);
+    enroll_pin(&g, &c, &at, PIN);
+    let su = assert_ok_json(put_pin(&g, &c, &at, PIN))["SecondFactorValidationToken"]
+        .as_str()
+        .expect("a step-up token")
+        .to_string();
+    let post = |body: &'static str, content_type: &str| {
+        bearer(c.post(g.url("/account/close")), &at)
+            .header("Accept", "application/json")
+            .header("X-Stepgate-Token", &su)
+            .header("Content-Type", content_type)
+            .body(body)
+            .send()
+            .unwrap()
+    };
+    let echo = forwarded(
+        post(r#"{"confirm":true}"#, "application/json"),
+        "/account/close",
+    );
+    assert_eq!(echoed(&echo, "x-stepgate-rule").as_deref(), Some("close"));
+    for (body, content_type) in [
+        (r#"{"confirm":true}"#, "application/json"),
+        ("confirm=yes", "application/x-www-form-urlencoded"),
+    ] {
+        assert_challenge(
+            post(body, content_type),
+            "pin",
+            0,
+            "this resource requires a new step-up for every request",
+        );
+    }
+    // The body that does name a denied method is denied, used token or not.
+    let r = post("_method=DELETE", "application/x-www-form-urlencoded");
+    assert_eq!(r.status(), 403);
+}
+
 // ---------------------------------------------------------------------------
 // Back-channel validation
 // ---------------------------------------------------------------------------

@@ -60,6 +60,19 @@ impl StepUpReason {
     }
 }
 
+/// A single-use token the caller must use up before forwarding: its id,
+/// its expiry (how long the store must remember it), and the rule's own
+/// step-up, which a replay is asked for again. The requirement travels with
+/// the obligation so that the answer to a replay is never judged a second
+/// time (a second judgement without what the first learned from the body
+/// once forwarded a used token).
+#[derive(Debug)]
+pub struct SingleUse<'p> {
+    pub jti: String,
+    pub exp: i64,
+    pub step_up: &'p StepUp,
+}
+
 /// Not boxed: a decision lives on the stack for one request, and boxing its
 /// forward case would cost an allocation on every forwarded request.
 #[allow(clippy::large_enum_variant)]
@@ -72,7 +85,7 @@ pub enum Decision<'p> {
         step_up: Option<StepUpClaims>,
         /// Single-use rule: the caller must consume this token id in the
         /// store before forwarding, and ask for a new step-up if it was used.
-        consume: Option<(String, i64)>,
+        consume: Option<SingleUse<'p>>,
     },
     Deny {
         rule: &'p str,
@@ -253,7 +266,11 @@ pub fn decide_matched<'p>(
         if age > single_use_window {
             return need(principal, StepUpReason::AlreadyUsed);
         }
-        let consume = Some((claims.jti.clone(), claims.exp));
+        let consume = Some(SingleUse {
+            jti: claims.jti.clone(),
+            exp: claims.exp,
+            step_up,
+        });
         return Decision::Forward {
             rule,
             principal: Some(principal),
@@ -449,7 +466,7 @@ rules:
             1010,
         ) {
             Decision::Forward {
-                consume: Some((jti, _)),
+                consume: Some(SingleUse { jti, .. }),
                 ..
             } => assert_eq!(jti, c.jti),
             d => panic!("{d:?}"),
