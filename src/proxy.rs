@@ -127,6 +127,13 @@ async fn judge<'g>(
             m = plain;
         }
     }
+    // Whose step-ups were ended is not known before the store's
+    // invalidations were read once: no step-up counts until then.
+    if matches!(m.require, crate::policy::Require::StepUp(_)) && !gate.revocations.loaded() {
+        ctx.rule = m.rule_name().to_string();
+        ctx.label = "store_unavailable";
+        return Ok(Err(replies::unavailable(gate, edge.html)));
+    }
     let bound = match m.require {
         crate::policy::Require::StepUp(s) if s.is_bound() => {
             let canon = ctx.canon.as_ref().expect("parsed");

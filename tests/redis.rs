@@ -903,6 +903,65 @@ fn a_step_down_after_redis_restarts_reaches_the_other_gateway() {
     eprintln!("step-down reached B {took:?} after A answered");
 }
 
+/// A gateway that starts while Redis is down cannot know whose step-ups were
+/// ended: it once took "nothing loaded" for "nobody stepped down" and let an
+/// invalidated step-up through. Until it has read the invalidations, step-up
+/// routes answer 503 (and never 200 for that token); then the token is
+/// refused, and a new step-up opens the route.
+#[test]
+fn a_gateway_started_while_redis_is_down_opens_no_step_up_until_it_has_read_the_invalidations() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = Redis::start_durable(dir.path());
+    let mut g = gateway(redis_store(&redis.url(), ""), &api_secret_config());
+    let c = client();
+    let at = g.token("alice", &[]);
+    enroll(&g, &c, &at, PIN);
+    let su = step_up(&g, &c, &at, PIN);
+    assert_eq!(api_get(&g, &c, "/admin/x", &at, &su).status(), 200);
+    let r = c
+        .post(g.url("/.stepgate/api/manage/account/alice/invalidate"))
+        .bearer_auth(API_SECRET)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(api_get(&g, &c, "/admin/x", &at, &su).status(), 401);
+
+    g.stop();
+    assert_eq!(redis.cli(&["SAVE"]).trim(), "OK");
+    redis.kill();
+    g.launch();
+    let r = api_get(&g, &c, "/admin/x", &at, &su);
+    assert_eq!(
+        r.status(),
+        503,
+        "an invalidated step-up after a restart without the store"
+    );
+    assert!(r.text().unwrap().contains("temporarily_unavailable"));
+    let r = c.get(g.url("/public/x")).send().unwrap();
+    assert_eq!(r.status(), 200, "routes without a step-up keep flowing");
+    assert!(g.log().contains("could not load step-up invalidations"));
+
+    redis.restart();
+    let mut seen = Vec::new();
+    wait_until(Duration::from_secs(30), "the invalidation is read", || {
+        let st = api_get(&g, &c, "/admin/x", &at, &su).status().as_u16();
+        seen.push(st);
+        st == 401
+    });
+    assert!(
+        seen.iter().all(|s| *s == 503 || *s == 401),
+        "never forwarded: {seen:?}"
+    );
+    assert!(g.log().contains("step-up routes open again"));
+    let su2 = step_up(&g, &c, &at, PIN);
+    assert_forwarded_as(
+        api_get(&g, &c, "/admin/x", &at, &su2),
+        "/admin/x",
+        "alice",
+        "a step-up after the invalidations were read",
+    );
+}
+
 /// One record per user, and records an earlier version wrote (one key per
 /// part: a PIN record as JSON with its PHC string, a profile with full field
 /// names) still work: the first read moves them into the user's record in

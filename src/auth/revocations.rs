@@ -13,7 +13,10 @@
 //!
 //! Must never: forget a per-user invalidation, or let an entry with an expiry
 //! (an ended PIN session) outlive it here: expired entries read as absent and
-//! are dropped.
+//! are dropped. Nor answer before the store's invalidations were loaded
+//! once: until then every credential counts as invalidated (a gateway that
+//! started while its store was down would otherwise take an empty map for
+//! "nobody was stepped down").
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -71,6 +74,8 @@ pub struct Revocations {
     map: RwLock<HashMap<String, Entry>>,
     /// When expired entries were last dropped (Unix ms).
     swept_ms: std::sync::atomic::AtomicI64,
+    /// Whether the store's invalidations were read once (see the module).
+    loaded: std::sync::atomic::AtomicBool,
 }
 
 /// How often `note` drops expired entries.
@@ -85,6 +90,9 @@ impl Revocations {
     }
 
     fn revoked_before_at(&self, key: &str, now_ms: i64) -> Option<i64> {
+        if !self.loaded() {
+            return Some(i64::MAX);
+        }
         let m = self.map.read().unwrap_or_else(|p| p.into_inner());
         if m.is_empty() {
             return None;
@@ -146,18 +154,40 @@ impl Revocations {
         Ok(())
     }
 
-    /// Load what the store knows, and subscribe to what other gateways do.
+    /// A map for a store known to hold no invalidations yet (a fresh
+    /// in-memory store, in tests): its answers count at once.
+    pub fn for_empty_store() -> Revocations {
+        let r = Revocations::default();
+        r.loaded.store(true, std::sync::atomic::Ordering::Release);
+        r
+    }
+
+    /// Whether the store's invalidations were loaded; until then
+    /// [`Self::revoked_before`] says every credential was invalidated.
+    pub fn loaded(&self) -> bool {
+        self.loaded.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Subscribe to what other gateways do, then load what the store knows.
     pub async fn start(self: &Arc<Self>, store: &dyn Store) -> Result<usize, StoreError> {
         let me = self.clone();
         store.watch_revocations(
             "",
             Arc::new(move |key: &str, at: i64, exp: Option<i64>| me.note(key, at, exp)),
         );
+        self.load(store).await
+    }
+
+    /// Read every invalidation the store holds (again); the first success
+    /// makes this gateway's answers count.
+    pub async fn load(&self, store: &dyn Store) -> Result<usize, StoreError> {
         let all = store.revocations("").await?;
         let n = all.len();
         for r in all {
             self.note(&r.key, r.at, r.expires_ms);
         }
+        self.loaded
+            .store(true, std::sync::atomic::Ordering::Release);
         Ok(n)
     }
 
@@ -173,19 +203,38 @@ mod tests {
 
     const T: i64 = 1_700_000_000_000;
 
+    fn loaded() -> Revocations {
+        Revocations::for_empty_store()
+    }
+
+    #[test]
+    fn before_the_store_was_read_every_credential_counts_as_invalidated() {
+        let r = Revocations::default();
+        assert_eq!(r.revoked_before_at("alice", T), Some(i64::MAX));
+        r.note_at("bob", T, None, T);
+        assert_eq!(
+            r.revoked_before_at("alice", T),
+            Some(i64::MAX),
+            "a pushed entry is not the whole map"
+        );
+        r.loaded.store(true, std::sync::atomic::Ordering::Release);
+        assert_eq!(r.revoked_before_at("alice", T), None);
+        assert_eq!(r.revoked_before_at("bob", T), Some(T));
+    }
+
     #[test]
     fn old_values_in_seconds_are_read_as_the_end_of_that_second() {
         assert_eq!(stored_at_ms(1_700_000_000), 1_700_000_000_999);
         assert_eq!(stored_at_ms(T), T);
         assert_eq!(legacy_issued_ms(1_700_000_000), T);
-        let r = Revocations::default();
+        let r = loaded();
         r.note_at("alice", 1_700_000_000, None, T);
         assert_eq!(r.revoked_before_at("alice", T), Some(T + 999));
     }
 
     #[test]
     fn the_later_invalidation_wins() {
-        let r = Revocations::default();
+        let r = loaded();
         r.note_at("alice", T + 600, None, T);
         r.note_at("alice", T + 100, None, T);
         assert_eq!(r.revoked_before_at("alice", T + 700), Some(T + 600));
@@ -194,7 +243,7 @@ mod tests {
 
     #[test]
     fn an_entry_with_an_expiry_is_forgotten_after_it() {
-        let r = Revocations::default();
+        let r = loaded();
         r.note_at("ps:s1", T, Some(T + 1000), T);
         r.note_at("alice", T, None, T);
         assert_eq!(r.revoked_before_at("ps:s1", T + 999), Some(T));
@@ -213,7 +262,7 @@ mod tests {
 
     #[test]
     fn a_permanent_invalidation_is_never_shortened_by_an_expiring_one() {
-        let r = Revocations::default();
+        let r = loaded();
         r.note_at("k", T, None, T);
         r.note_at("k", T + 5, Some(T + 10), T);
         assert_eq!(r.revoked_before_at("k", T + 1_000_000), Some(T + 5));

@@ -66,7 +66,7 @@ impl Deps {
                 .map(crate::outbound::mail::build)
                 .transpose()
                 .expect("test mailer"),
-            revocations: Arc::default(),
+            revocations: Arc::new(crate::auth::revocations::Revocations::for_empty_store()),
             notifier: Arc::new(
                 Notifier::new(settings.webhook.clone(), settings.sms.clone()).expect("notifier"),
             ),

@@ -69,7 +69,8 @@ pub fn run(config_path: &Path, settings: Settings, extra: Extra) -> Result<(), S
             tracing::info!(target: "stepgate", revocations = n, "loaded step-up invalidations")
         }
         Err(e) => {
-            tracing::warn!(target: "stepgate", error = %e, "could not load step-up invalidations yet; they load when the store answers")
+            tracing::error!(target: "stepgate", error = %e, "could not load step-up invalidations: step-up routes answer 503 until the store answers");
+            spawn_revocation_loader(gate.revocations.clone(), gate.store.clone());
         }
     }
     drop(rt);
@@ -209,6 +210,23 @@ fn spawn_jwks_refresh(
 
 /// Watch the store every second (metric `stepgate_store_up`) and reclaim
 /// expired entries of the embedded store every ten minutes.
+/// Until the store's invalidations are read, no step-up counts (see
+/// `auth::revocations`): read them again every second until they are.
+fn spawn_revocation_loader(
+    revocations: Arc<crate::auth::revocations::Revocations>,
+    store: Arc<dyn crate::store::Store>,
+) {
+    background("stepgate-revocations", async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if let Ok(n) = revocations.load(&*store).await {
+                tracing::info!(target: "stepgate", revocations = n, "loaded step-up invalidations; step-up routes open again");
+                return;
+            }
+        }
+    });
+}
+
 fn spawn_sweeper(store: Arc<dyn crate::store::Store>) {
     background("stepgate-store-watch", async move {
         let mut tick: u64 = 0;
