@@ -238,9 +238,27 @@ fn load(config: &Path) -> Result<config::Settings, ExitCode> {
 fn main() -> ExitCode {
     let _ = stepgate::flows::pin::RELEASE_MEMORY.set(release_memory);
     let cli = Cli::parse();
+    if !matches!(
+        cli.cmd,
+        Cmd::Serve { .. } | Cmd::Demo { .. } | Cmd::Upstream { .. }
+    ) {
+        quiet_on_closed_pipe();
+    }
     match run(cli.cmd) {
         Ok(()) => ExitCode::SUCCESS,
         Err(code) => code,
+    }
+}
+
+/// A command whose output is piped into `head` ends quietly when the reader
+/// goes, as Unix tools do, instead of panicking in `println!` (Rust ignores
+/// SIGPIPE; the servers keep ignoring it, a closed socket is theirs to see).
+#[allow(unsafe_code)]
+fn quiet_on_closed_pipe() {
+    // SAFETY: called from main before any thread starts; SIG_DFL is a valid
+    // disposition and signal() takes no pointers.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -57,6 +57,13 @@ fn lock(g: &Gateway, c: &reqwest::blocking::Client, at: &str) {
     assert_error(put_pin(g, c, at, PIN), 429, 1198);
 }
 
+/// A JSON string holding an RFC 3339 time.
+fn rfc3339(v: &Value) -> bool {
+    v.as_str().is_some_and(|s| {
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).is_ok()
+    })
+}
+
 #[test]
 fn a_locked_user_is_seen_and_unlocked_through_the_api_and_steps_up_at_once() {
     let g = gateway();
@@ -163,7 +170,14 @@ fn the_cli_answers_is_alice_locked_and_unlocks_her() {
     );
     let out = admin(&g, &["--json", "user", "show", "alice"]);
     let a: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(a["LockedUntil"].is_i64(), "the CLI's own shape: {a}");
+    let api_shape = assert_ok_json(
+        c.get(api(&g, "/manage/account/alice"))
+            .bearer_auth(API_SECRET)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(a, api_shape, "the API's shape, times as RFC 3339");
+    assert!(rfc3339(&a["LockedUntil"]), "{a}");
     // An office behind one address: bob's typos on top of alice's lock it.
     let bob = g.token("bob", &["--email", "bob@x.io", "--login-age", "0"]);
     enroll_pin(&g, &c, &bob, PIN);
@@ -209,7 +223,11 @@ fn the_cli_answers_is_alice_locked_and_unlocks_her() {
     assert!(text.contains("3 in a row"), "{text}");
     let out = admin(&g, &["--json", "user", "show", "alice"]);
     let a: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(a["LockedUntil"].is_i64(), "{a}");
+    assert!(
+        rfc3339(&a["LockedUntil"]),
+        "the same shape from the store itself: {a}"
+    );
+    assert!(rfc3339(&a["PINSetAt"]), "{a}");
     // "Who is locked out?": the list of locks in force names alice.
     let out = admin(&g, &["locks"]);
     let text = String::from_utf8_lossy(&out.stdout);

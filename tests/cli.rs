@@ -547,3 +547,27 @@ fn token_refuses_when_the_first_factor_uses_a_public_key() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("public key"), "{stderr}");
 }
+
+/// `stepgate explain … | head -1` and the like: a reader that went away
+/// ends the command quietly (SIGPIPE, as Unix tools do), not with Rust's
+/// panic on a failed `println!` and its backtrace.
+#[test]
+fn a_command_whose_reader_is_gone_ends_without_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    let s = Setup::new("default: authenticated\n");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(BIN)
+        .args(["explain", "--config"])
+        .arg(s.config())
+        .args(["GET", "https://app.example.com/admin/x", "--json"])
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    // SIGPIPE is signal 13 on Linux.
+    assert_eq!(out.status.signal(), Some(13), "{:?} {err}", out.status);
+}

@@ -93,6 +93,38 @@ mod tests {
     }
 
     #[test]
+    fn a_redis_url_that_does_not_parse_is_refused_where_it_is_written() {
+        let base = format!("upstream: http://127.0.0.1:9000\npolicy: p.yaml\nfirst_factor: {{ jwt: {{ secret: \"{SECRET}\" }} }}\nsigning: {{ secret: \"{SECRET}\" }}\n");
+        let e = load_text(&format!(
+            "{base}store:\n  kind: redis\n  url: \"http://nope\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.iter().any(|d| d
+                .to_string()
+                .starts_with("/tmp/gw.yaml:7:8: `http://nope` is not a Redis URL")),
+            "{e:?}"
+        );
+        let e = load_text(&format!(
+            "{base}store:\n  kind: redis_cluster\n  nodes: [\"redis://10.0.0.1:7000\", \"10.0.0.2\"]\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.iter()
+                .any(|d| d.to_string().contains("`10.0.0.2` is not a Redis URL")),
+            "{e:?}"
+        );
+        for url in [
+            "redis://10.0.0.5:6379/0",
+            "rediss://:pw@redis.internal:6380",
+            "unix:///run/redis.sock",
+        ] {
+            load_text(&format!("{base}store:\n  kind: redis\n  url: \"{url}\"\n"))
+                .unwrap_or_else(|e| panic!("{url}: {e:?}"));
+        }
+    }
+
+    #[test]
     fn mixing_hmac_and_public_key_algorithms_is_refused() {
         let e = load_text(&format!("upstream: http://127.0.0.1:9000\npolicy: p.yaml\nfirst_factor:\n  jwt:\n    algorithms: [HS256, RS256]\n    secret: \"{SECRET}\"\nsigning: {{ secret: \"{SECRET}\" }}\n")).unwrap_err();
         assert!(

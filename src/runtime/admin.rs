@@ -84,7 +84,8 @@ pub fn run(
             Action::Show(sub) => {
                 let a = admin::show(&gate, &sub).await.map_err(failed)?;
                 Ok(if json {
-                    serde_json::to_string_pretty(&a).unwrap_or_default()
+                    serde_json::to_string_pretty(&crate::web::api::account_json(&a))
+                        .unwrap_or_default()
                 } else {
                     describe(&a)
                 })
@@ -224,13 +225,12 @@ impl ApiTarget {
                 let mut v = self
                     .send(Method::GET, &format!("/manage/account/{}", enc(&sub)))
                     .await?;
+                if json {
+                    return Ok(serde_json::to_string_pretty(&v).unwrap_or_default());
+                }
                 unformat_times(&mut v);
                 let a: admin::Account = serde_json::from_value(v).map_err(|e| e.to_string())?;
-                Ok(if json {
-                    serde_json::to_string_pretty(&a).unwrap_or_default()
-                } else {
-                    describe(&a)
-                })
+                Ok(describe(&a))
             }
             Action::Unlock(ref sub) => {
                 let path = format!("/manage/account/{}/unlock", enc(sub));

@@ -338,30 +338,33 @@ async fn show_account(gate: &Gate, req: &Req<'_>, uid: &str) -> Reply {
         Err(r) => return r,
     };
     match crate::flows::admin::show(gate, &uid).await {
-        Ok(a) => {
-            let mut v = serde_json::to_value(&a).unwrap_or_default();
-            // Times as RFC 3339, as the rest of the API writes them.
-            for k in ["PINSetAt", "LockedUntil"] {
-                if let Some(t) = v[k].as_i64() {
-                    v[k] = json!(rfc3339(t));
-                }
-            }
-            if let Some(t) = v["LastStepUp"]["At"].as_i64() {
-                v["LastStepUp"]["At"] = json!(rfc3339(t));
-            }
-            if let Some(list) = v["PinSessions"].as_array_mut() {
-                for s in list {
-                    for k in ["Created", "Expires"] {
-                        if let Some(t) = s[k].as_i64() {
-                            s[k] = json!(rfc3339(t));
-                        }
-                    }
-                }
-            }
-            Reply::json(200, &v)
-        }
+        Ok(a) => Reply::json(200, &account_json(&a)),
         Err(e) => flow_error(e),
     }
+}
+
+/// `admin user show --json` and `GET /manage/account/{uid}`: times as
+/// RFC 3339, as the rest of the API writes them.
+pub fn account_json(a: &crate::flows::admin::Account) -> serde_json::Value {
+    let mut v = serde_json::to_value(a).unwrap_or_default();
+    for k in ["PINSetAt", "LockedUntil"] {
+        if let Some(t) = v[k].as_i64() {
+            v[k] = json!(rfc3339(t));
+        }
+    }
+    if let Some(t) = v["LastStepUp"]["At"].as_i64() {
+        v["LastStepUp"]["At"] = json!(rfc3339(t));
+    }
+    if let Some(list) = v["PinSessions"].as_array_mut() {
+        for s in list {
+            for k in ["Created", "Expires"] {
+                if let Some(t) = s[k].as_i64() {
+                    s[k] = json!(rfc3339(t));
+                }
+            }
+        }
+    }
+    v
 }
 
 /// `admin locks --json` and `GET /manage/locks`: times as RFC 3339.

@@ -351,6 +351,18 @@ impl Builder<'_> {
         Some((algorithms, key, jwt.issuer, jwt.audience))
     }
 
+    /// A Redis URL the client can use (parsed, not connected: a Redis that
+    /// is down at start is the store outage's business, not the config's).
+    fn redis_url(&mut self, key: &str, url: &str) {
+        use redis::IntoConnectionInfo;
+        if url.into_connection_info().is_err() {
+            self.err(
+                key,
+                format!("`{url}` is not a Redis URL; use redis://[:PASSWORD@]HOST:PORT/DB, rediss://… for TLS, or unix:///PATH"),
+            );
+        }
+    }
+
     pub(super) fn store(&mut self, s: StoreFile) -> Option<StoreSettings> {
         let kind = match s.kind.as_deref().unwrap_or("embedded") {
             "embedded" => StoreKind::Embedded {
@@ -358,7 +370,10 @@ impl Builder<'_> {
             },
             "memory" => StoreKind::Memory,
             "redis" => match s.url {
-                Some(url) => StoreKind::Redis { url },
+                Some(url) => {
+                    self.redis_url("store.url", &url);
+                    StoreKind::Redis { url }
+                }
                 None => {
                     self.err(
                         "store",
@@ -368,7 +383,12 @@ impl Builder<'_> {
                 }
             },
             "redis_cluster" => match s.nodes {
-                Some(nodes) if !nodes.is_empty() => StoreKind::RedisCluster { nodes },
+                Some(nodes) if !nodes.is_empty() => {
+                    for n in &nodes {
+                        self.redis_url("store.nodes", n);
+                    }
+                    StoreKind::RedisCluster { nodes }
+                }
                 _ => {
                     self.err(
                         "store",
