@@ -9,7 +9,7 @@ use pingora::http::RequestHeader;
 use pingora::prelude::*;
 
 use crate::gate::Gate;
-use crate::reply::{cookie, safe_return_to, wants_html, Cookies, Reply};
+use crate::reply::{safe_return_to, wants_html, Cookies, Reply};
 use crate::request::{self, CanonicalRequest, Refusal};
 use crate::util::{clock, text};
 
@@ -166,10 +166,16 @@ pub struct Credentials {
 
 pub fn credentials(gate: &Gate, req: &RequestHeader, jar: &Cookies<'_>, tls: bool) -> Credentials {
     let bearer = header(req, "authorization").and_then(crate::reply::bearer);
-    let mut ff_cookies = jar.all(&gate.settings.first_factor.cookie);
-    let ff_first = ff_cookies.next();
+    let ff_name = &gate.settings.first_factor.cookie;
+    let ff_first = jar.first(ff_name);
+    // The app's own session cookies that `session_check` vouches for count
+    // as credentials too: one value each, or the app may act on another.
     let conflicting = req.headers.get_all("authorization").iter().count() > 1
-        || ff_cookies.any(|c| Some(c) != ff_first);
+        || jar.ambiguous(ff_name)
+        || gate
+            .sources
+            .session_cookies()
+            .is_some_and(|names| names.iter().any(|n| jar.ambiguous(n)));
     let access_token = bearer.or(ff_first).map(str::to_string);
     // After a PIN login, stepgate's own session stands in for an expired or
     // absent first-factor cookie.
@@ -341,7 +347,7 @@ pub fn read(
         app_cookies: gate
             .sources
             .session_cookies()
-            .and_then(|names| app_cookies(req, names)),
+            .and_then(|names| app_cookies(&jar, names)),
         trusted_user: gate
             .sources
             .trusted_header()
@@ -449,11 +455,10 @@ pub fn return_to_of(path: &str, query: Option<&str>) -> String {
 
 /// The app's session cookies `session_check` names (and only those), as
 /// one `Cookie` value, in the order the config names them.
-fn app_cookies(req: &RequestHeader, names: &[String]) -> Option<String> {
-    let all = || req.headers.get_all("cookie").iter().map(|v| v.as_bytes());
+fn app_cookies(jar: &Cookies<'_>, names: &[String]) -> Option<String> {
     let found: Vec<String> = names
         .iter()
-        .filter_map(|n| cookie(all(), n).map(|v| format!("{n}={v}")))
+        .filter_map(|n| jar.first(n).map(|v| format!("{n}={v}")))
         .collect();
     (!found.is_empty()).then(|| found.join("; "))
 }

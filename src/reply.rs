@@ -249,45 +249,59 @@ impl OwnCookie {
 
 /// The first value of cookie `name`.
 pub fn cookie<'a>(headers: impl Iterator<Item = &'a [u8]>, name: &str) -> Option<String> {
-    cookie_pairs(headers)
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_string())
+    Cookies::of(headers).first(name).map(str::to_string)
 }
 
-/// Every (name, value) pair of the Cookie headers, in the order sent,
-/// values without their quotes: the one reading of cookies.
+/// Every (name, value) pair of the Cookie headers, in the order sent: the
+/// one reading of cookies, as the apps behind read them. Bytes, not text: a
+/// header with a byte that is not UTF-8 is still read (skipping it would
+/// hide its cookies from stepgate and not from the app). Names are trimmed
+/// (`a =1` is cookie `a` to Werkzeug, Django and Python's SimpleCookie),
+/// values lose their surrounding quotes.
 fn cookie_pairs<'a>(
     headers: impl Iterator<Item = &'a [u8]>,
-) -> impl Iterator<Item = (&'a str, &'a str)> {
+) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
     headers
-        .filter_map(|h| std::str::from_utf8(h).ok())
-        .flat_map(|h| h.split(';'))
+        .flat_map(|h| h.split(|b| *b == b';'))
         .filter_map(|part| {
-            let (k, v) = part.trim().split_once('=')?;
-            Some((k, v.trim_matches('"')))
+            let part = part.trim_ascii();
+            let eq = memchr::memchr(b'=', part)?;
+            let v = part[eq + 1..].trim_ascii();
+            let v = match v {
+                [b'"', inner @ .., b'"'] => inner,
+                _ => v,
+            };
+            Some((part[..eq].trim_ascii(), v))
         })
 }
 
 /// A request's cookies, read once ([`cookie_pairs`]): lookups then cost no
 /// further parsing.
-pub struct Cookies<'a>(Vec<(&'a str, &'a str)>);
+pub struct Cookies<'a>(Vec<(&'a [u8], &'a [u8])>);
 
 impl<'a> Cookies<'a> {
     pub fn of(headers: impl Iterator<Item = &'a [u8]>) -> Cookies<'a> {
         Cookies(cookie_pairs(headers).collect())
     }
 
-    /// The first value of `name`.
+    /// The first value of `name`, when it is text (every credential is).
     pub fn first(&self, name: &str) -> Option<&'a str> {
-        self.0.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
-    }
-
-    /// Every value of `name`, in order (a client may send it twice).
-    pub fn all<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a str> + 's {
         self.0
             .iter()
-            .filter(move |(k, _)| *k == name)
-            .map(|(_, v)| *v)
+            .find(|(k, _)| *k == name.as_bytes())
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    /// Whether `name` was sent more than once with different values: two
+    /// credentials, of which the app may read another than stepgate did.
+    pub fn ambiguous(&self, name: &str) -> bool {
+        let mut values = self
+            .0
+            .iter()
+            .filter(|(k, _)| *k == name.as_bytes())
+            .map(|(_, v)| *v);
+        let first = values.next();
+        values.any(|v| Some(v) != first)
     }
 }
 
@@ -329,6 +343,28 @@ pub fn wants_html(accept: Option<&str>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn jar(headers: &[&'static [u8]]) -> Cookies<'static> {
+        Cookies::of(headers.iter().copied())
+    }
+
+    #[test]
+    fn cookies_are_read_as_the_apps_behind_read_them() {
+        // A byte that is not UTF-8 hides nothing else in its header.
+        let j = jar(&[b"x=\xe9; sid=bob", b"sid=alice"]);
+        assert_eq!(j.first("sid"), Some("bob"));
+        assert!(j.ambiguous("sid"));
+        // Names are trimmed, as Werkzeug, Django and SimpleCookie do.
+        let j = jar(&[b"sid=alice; sid =bob"]);
+        assert!(j.ambiguous("sid"));
+        assert_eq!(jar(&[b" sid = \"q\" "]).first("sid"), Some("q"));
+        // The same value twice is one credential.
+        let j = jar(&[b"sid=alice", b"sid=alice; a=1"]);
+        assert!(!j.ambiguous("sid") && !j.ambiguous("a") && !j.ambiguous("none"));
+        // A value that is not text is no credential.
+        assert_eq!(jar(&[b"sid=\xff"]).first("sid"), None);
+        assert_eq!(jar(&[b"novalue; =x; sid="]).first("sid"), Some(""));
+    }
 
     #[test]
     fn own_cookies_follow_the_host_prefix_rule_over_tls() {

@@ -180,26 +180,49 @@ fn the_app_receives_no_credential_of_another_user_than_the_one_judged() {
     let bob = g.token("bob", &[]);
     let c = client();
     let mut problems = Vec::new();
-    let cases: [(&str, Vec<(&str, String)>); 2] = [
+    let text = |s: String| s.into_bytes();
+    // (what, [(header, value bytes)])
+    type Case<'a> = (&'a str, Vec<(&'a str, Vec<u8>)>);
+    let cases: [Case; 4] = [
         (
             "bearer alice + cookie bob",
             vec![
-                ("Authorization", format!("Bearer {alice}")),
-                ("Cookie", format!("access_token={bob}")),
+                ("Authorization", text(format!("Bearer {alice}"))),
+                ("Cookie", text(format!("access_token={bob}"))),
             ],
         ),
         (
             "two Authorization headers",
             vec![
-                ("Authorization", format!("Bearer {alice}")),
-                ("Authorization", format!("Bearer {bob}")),
+                ("Authorization", text(format!("Bearer {alice}"))),
+                ("Authorization", text(format!("Bearer {bob}"))),
             ],
+        ),
+        // Apps that keep the first cookie (PHP, Go) read bob's, in a
+        // header with a byte that is not UTF-8.
+        (
+            "bob's cookie in a header with a byte that is not UTF-8",
+            vec![
+                (
+                    "Cookie",
+                    [b"x=\xe9; access_token=".as_slice(), bob.as_bytes()].concat(),
+                ),
+                ("Cookie", text(format!("access_token={alice}"))),
+            ],
+        ),
+        // Werkzeug, Django and SimpleCookie trim the name and keep the last.
+        (
+            "bob's cookie with a space before `=`",
+            vec![(
+                "Cookie",
+                text(format!("access_token={alice}; access_token ={bob}")),
+            )],
         ),
     ];
     for (what, headers) in cases {
         let mut rb = c.get(g.url("/account"));
         for (k, v) in &headers {
-            rb = rb.header(*k, v);
+            rb = rb.header(*k, reqwest::header::HeaderValue::from_bytes(v).unwrap());
         }
         let r = rb.send().unwrap();
         if r.status() != 200 {

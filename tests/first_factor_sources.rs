@@ -308,6 +308,62 @@ fn only_the_named_cookies_go_to_the_app_s_check_and_a_dead_app_fails_closed() {
     assert!(page.text().unwrap().contains("Temporarily unavailable"));
 }
 
+/// The app's session cookie is a credential: sent twice with two values,
+/// the app may act on the one stepgate did not check (Django keeps the
+/// last, PHP the first). Every such form is refused, none reaches the app.
+#[test]
+fn an_apps_session_cookie_sent_twice_is_refused_in_every_spelling() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_app, app) = legacy_app(dir.path());
+    let g = session_check_gateway(app, "1s");
+    let c = client();
+    let carol = sign_in_on_the_app(&g, &c, "carol");
+    let dave = sign_in_on_the_app(&g, &c, "dave");
+    let dave_value = dave.strip_prefix("LEGACYSESS=").unwrap();
+    let cases: Vec<(&str, Vec<Vec<u8>>)> = vec![
+        ("one header", vec![format!("{carol}; {dave}").into_bytes()]),
+        (
+            "two headers",
+            vec![carol.clone().into_bytes(), dave.clone().into_bytes()],
+        ),
+        (
+            "a space before `=`",
+            vec![format!("{carol}; LEGACYSESS ={dave_value}").into_bytes()],
+        ),
+        (
+            "a header with a byte that is not UTF-8",
+            vec![
+                [b"x=\xe9; ".as_slice(), dave.as_bytes()].concat(),
+                carol.clone().into_bytes(),
+            ],
+        ),
+    ];
+    let seen = whoami_count(app);
+    for (what, values) in cases {
+        let mut rb = c.get(g.url("/home")).header("Accept", "application/json");
+        for v in &values {
+            rb = rb.header(
+                "Cookie",
+                reqwest::header::HeaderValue::from_bytes(v).unwrap(),
+            );
+        }
+        let r = rb.send().unwrap();
+        let status = r.status();
+        let body: Value = r.json().unwrap_or_default();
+        assert_eq!(status, 400, "{what}: {body}");
+        assert_eq!(body["reason"], "many_credentials", "{what}: {body}");
+    }
+    assert_eq!(whoami_count(app), seen, "refused before the app was asked");
+    // The same value twice is one session.
+    let r = c
+        .get(g.url("/home"))
+        .header("Cookie", format!("{carol}; {carol}"))
+        .header("Accept", "application/json")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 fn trusted_header_gateway(trusted: &str, metrics: &str) -> Gateway {
     Gateway::start_with(GatewayOptions {
         first_factor_extra:

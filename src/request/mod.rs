@@ -74,7 +74,7 @@ impl Refusal {
             Refusal::DotSegment => "the path contains a `.` or `..` segment",
             Refusal::BadQuery => "the query contains control characters or spaces",
             Refusal::ManyCredentials => {
-                "the request carries two different credentials (two Authorization headers or two access-token cookies)"
+                "the request carries two different credentials (two Authorization headers, or a sign-in cookie sent twice with different values)"
             }
             Refusal::NotFaithful => {
                 "this gateway forwards paths as sent, and this one reads differently once normalized (a `;parameter` or a doubled `/`)"
