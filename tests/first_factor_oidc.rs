@@ -352,6 +352,42 @@ fn introspection_gateway(p: &Provider, dir: &std::path::Path, cache: &str) -> Ga
     })
 }
 
+/// The provider answers `Carla@example.test` for the user `Carla`: the
+/// address is the user's, in any case, so an email code may go to it (no
+/// mail server here, so "not configured" instead of "not in the profile").
+#[test]
+fn an_introspected_address_in_mixed_case_is_the_users_for_email_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Provider::start(dir.path(), &["http://127.0.0.1:9/cb"]);
+    let g = introspection_gateway(&p, dir.path(), "30s");
+    let c = client();
+    let at = p.mint_token("Carla", 600);
+    let trigger: Value = c
+        .get(g.url("/.stepgate/api/stepup/trigger"))
+        .bearer_auth(&at)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        trigger["Email"],
+        serde_json::json!(["carla@example.test"]),
+        "{trigger}"
+    );
+    for spelling in ["Carla@example.test", "carla@example.test"] {
+        let r = c
+            .get(g.url(&format!(
+                "/.stepgate/api/stepup/otp/email?emailid={spelling}"
+            )))
+            .bearer_auth(&at)
+            .send()
+            .unwrap();
+        let status = r.status();
+        let body: Value = r.json().unwrap();
+        assert_eq!(status, 501, "{spelling}: {body}");
+    }
+}
+
 #[test]
 fn opaque_tokens_are_introspected_once_per_cache_period_and_inactive_ones_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -324,8 +324,10 @@ impl Verifier {
         let mut otp_emails = Vec::new();
         let unverified = c.email_verified == Some(false);
         for (i, e) in c.email.iter().chain(c.emails.iter()).enumerate() {
-            let e = e.trim().to_ascii_lowercase();
-            if !e.is_empty() && e.len() <= 254 && e.contains('@') && !emails.contains(&e) {
+            let Some(e) = crate::auth::principal::email_address(e) else {
+                continue;
+            };
+            if !emails.contains(&e) {
                 if !(i == 0 && c.email.is_some() && unverified) {
                     otp_emails.push(e.clone());
                 }

@@ -37,6 +37,13 @@ pub struct Principal {
     pub source: &'static str,
 }
 
+/// An address as every source hands it on: trimmed and lowercased (codes are
+/// sent to, and compared with, this form), or None when it is no address.
+pub fn email_address(e: &str) -> Option<String> {
+    let e = e.trim().to_ascii_lowercase();
+    (!e.is_empty() && e.len() <= 254 && e.contains('@')).then_some(e)
+}
+
 #[derive(Debug, PartialEq, Eq, Clone)]
 pub enum AuthError {
     Missing,

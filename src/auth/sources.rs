@@ -11,6 +11,7 @@
 //! routes that need a user fail closed on it. This module never decides
 //! access; it only says who the user is.
 
+use crate::auth::principal::email_address;
 use serde_json::Value;
 
 use crate::auth::first_factor::Verifier;
@@ -254,11 +255,12 @@ fn unavailable(source: &'static str, why: &str) -> Result<Principal, AuthError> 
 }
 
 fn trusted_principal(user: &str, email: Option<&str>, now: i64) -> Principal {
-    let emails: Vec<String> = email.map(str::to_string).into_iter().collect();
+    let email = email.and_then(email_address);
+    let emails: Vec<String> = email.iter().cloned().collect();
     Principal {
         sub: user.to_string(),
         otp_emails: emails.clone(),
-        email: email.map(str::to_string),
+        email,
         emails,
         // The fronting proxy's session is not visible: step-ups are bound
         // to the user at this gateway.
@@ -315,13 +317,17 @@ pub fn introspection_principal(
     let email = body
         .get(&claims.email)
         .and_then(Value::as_str)
-        .map(str::to_string);
+        .and_then(email_address);
     let verified = body.get(&claims.email_verified).and_then(Value::as_bool) != Some(false);
     let mut emails: Vec<String> = email.iter().cloned().collect();
     if let Some(more) = body.get(&claims.emails).and_then(Value::as_array) {
-        for e in more.iter().filter_map(Value::as_str) {
-            if !emails.iter().any(|x| x == e) {
-                emails.push(e.to_string());
+        for e in more
+            .iter()
+            .filter_map(Value::as_str)
+            .filter_map(email_address)
+        {
+            if !emails.contains(&e) {
+                emails.push(e);
             }
         }
     }
@@ -381,7 +387,7 @@ pub fn session_principal(
         .email
         .as_deref()
         .and_then(|p| str_at(body, p))
-        .map(str::to_string);
+        .and_then(email_address);
     let emails: Vec<String> = email.iter().cloned().collect();
     Ok(Principal {
         sub,

@@ -135,7 +135,12 @@ async fn callback(gate: &Gate, req: &Req<'_>, oidc: &crate::auth::oidc::OidcClie
             return refused(gate, "The sign-in could not be verified.");
         }
     };
-    let emails: Vec<String> = who.email.iter().cloned().collect();
+    let emails: Vec<String> = who
+        .email
+        .as_deref()
+        .and_then(crate::auth::principal::email_address)
+        .into_iter()
+        .collect();
     let profile = Profile {
         sub: who.sub.clone(),
         otp_emails: if who.email_verified {
