@@ -338,6 +338,33 @@ fn a_callback_carried_to_another_browser_or_replayed_is_refused() {
     assert_eq!(r.status(), 400);
 }
 
+/// A provider that stops answering between the sign-in and the callback is
+/// an outage (503, try again), not a refused sign-in, and signs nobody in.
+#[test]
+fn a_provider_that_is_down_at_the_callback_is_a_503_not_a_refusal() {
+    let s = oidc_setup();
+    let a = browser();
+    let (form, form_url) = follow(&a, s.g.url("/home"), None);
+    let html = form.text().unwrap();
+    let r = s.provider.login_form(&a, &html, &form_url, "carol", "pw");
+    let (last, _) = follow(&a, location(&r), Some(&s.g.url("/.stepgate/oidc/callback")));
+    let callback = location(&last);
+    let Setup { provider, g, _dir } = s;
+    drop(provider);
+    let r = a
+        .get(&callback)
+        .header("Accept", "text/html")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(header(&r, "retry-after"), "5");
+    assert!(set_cookie(&r, "stepgate_session").is_none());
+    assert!(r.text().unwrap().contains("does not answer"));
+    assert!(g
+        .log()
+        .contains("OIDC provider did not answer the callback"));
+}
+
 fn introspection_gateway(p: &Provider, dir: &std::path::Path, cache: &str) -> Gateway {
     let secret = dir.join("introspect.secret");
     std::fs::write(&secret, INTROSPECT_SECRET).unwrap();

@@ -58,6 +58,15 @@ pub struct OidcClient {
     http: reqwest::Client,
 }
 
+/// Why a callback did not sign anyone in.
+#[derive(Debug)]
+pub enum Finish {
+    /// The provider did not answer: a 503, try again later.
+    Unavailable(String),
+    /// It answered, and the answer does not sign anyone in.
+    Refused(String),
+}
+
 impl OidcClient {
     pub fn new(cfg: Oidc) -> Result<OidcClient, String> {
         Ok(OidcClient {
@@ -197,23 +206,32 @@ impl OidcClient {
         redirect: &str,
         code: &str,
         p: &Pending,
-    ) -> Result<SignedIn, String> {
+    ) -> Result<SignedIn, Finish> {
         let d = self
             .ready()
             .await
-            .ok_or("the OIDC provider does not answer")?;
-        let client = self.client(&d, redirect)?;
+            .ok_or_else(|| Finish::Unavailable("the OIDC provider does not answer".into()))?;
+        let client = self.client(&d, redirect).map_err(Finish::Refused)?;
         let tokens = client
             .exchange_code(AuthorizationCode::new(code.to_string()))
-            .map_err(|e| e.to_string())?
+            .map_err(|e| Finish::Refused(e.to_string()))?
             .set_pkce_verifier(PkceCodeVerifier::new(p.verifier.clone()))
             .request_async(&self.http)
             .await
-            .map_err(|e| format!("token exchange: {e}"))?;
-        let id_token = tokens.id_token().ok_or("the provider sent no ID token")?;
+            .map_err(|e| match e {
+                // No answer at all (refused, reset, timed out): the
+                // provider is down, not the sign-in wrong.
+                openidconnect::RequestTokenError::Request(e) => {
+                    Finish::Unavailable(format!("token exchange: {e}"))
+                }
+                e => Finish::Refused(format!("token exchange: {e}")),
+            })?;
+        let id_token = tokens
+            .id_token()
+            .ok_or_else(|| Finish::Refused("the provider sent no ID token".into()))?;
         let claims = id_token
             .claims(&client.id_token_verifier(), &Nonce::new(p.nonce.clone()))
-            .map_err(|e| format!("ID token refused: {e}"))?;
+            .map_err(|e| Finish::Refused(format!("ID token refused: {e}")))?;
         Ok(SignedIn {
             sub: claims.subject().as_str().to_string(),
             email: claims.email().map(|e| e.as_str().to_string()),

@@ -130,7 +130,22 @@ async fn callback(gate: &Gate, req: &Req<'_>, oidc: &crate::auth::oidc::OidcClie
     }
     let who = match oidc.finish(&redirect_uri(gate, req), &code, &pending).await {
         Ok(w) => w,
-        Err(e) => {
+        Err(crate::auth::oidc::Finish::Unavailable(e)) => {
+            tracing::warn!(target: "stepgate", error = %e, "OIDC provider did not answer the callback; failing closed");
+            crate::util::metrics::FIRST_FACTOR
+                .with_label_values(&["oidc", "unavailable"])
+                .inc();
+            return gate
+                .pages
+                .message(
+                    503,
+                    "Sign-in service unavailable",
+                    "The sign-in service does not answer, so this sign-in could not be completed. Try again in a moment from the page you wanted.",
+                    Some(("/", "Start again")),
+                )
+                .add("Retry-After", "5".into());
+        }
+        Err(crate::auth::oidc::Finish::Refused(e)) => {
             tracing::warn!(target: "stepgate", error = %e, "OIDC callback refused");
             return refused(gate, "The sign-in could not be verified.");
         }
