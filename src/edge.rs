@@ -79,12 +79,17 @@ pub fn canonicalize(
     let target = if gate.settings.upstreams.raw_path {
         // The client's own bytes, only when they read exactly as the path
         // that is matched (no parameters, no doubled slashes).
-        let raw = req.raw_path();
+        // An absolute-form target (`http://host/p?q`, already judged by its
+        // authority) is forwarded in origin form, its path and query as sent.
+        let raw = origin_form(req.raw_path());
         let path = &raw[..raw.iter().position(|&b| b == b'?').unwrap_or(raw.len())];
-        if !path.starts_with(b"/") || !request::raw_is_faithful(path, &canon.path) {
+        if canon.asterisk {
+            raw
+        } else if !path.starts_with(b"/") || !request::raw_is_faithful(path, &canon.path) {
             return Err(Refusal::NotFaithful);
+        } else {
+            raw
         }
-        raw.to_vec()
     } else {
         canon.forward_target().into_bytes()
     };
@@ -109,6 +114,27 @@ pub fn canonicalize(
             .map_err(|_| Refusal::BadHost)?;
     }
     Ok(canon)
+}
+
+/// The origin form of a request target: an absolute-form one
+/// (`scheme://authority/path?query`) without its scheme and authority (a
+/// path that is empty becomes `/`); any other as it is.
+fn origin_form(raw: &[u8]) -> Vec<u8> {
+    if raw.starts_with(b"/") {
+        return raw.to_vec();
+    }
+    let Some(i) = memchr::memmem::find(raw, b"://") else {
+        return raw.to_vec();
+    };
+    let after = &raw[i + 3..];
+    let rest = &after[after
+        .iter()
+        .position(|&b| b == b'/' || b == b'?')
+        .unwrap_or(after.len())..];
+    match rest.first() {
+        Some(b'/') => rest.to_vec(),
+        _ => [b"/".as_slice(), rest].concat(),
+    }
 }
 
 /// Could the app run this POST as another method? Frameworks read a
@@ -481,7 +507,20 @@ fn trusted_user(
 
 #[cfg(test)]
 mod tests {
-    use super::strip_cookies;
+    use super::{origin_form, strip_cookies};
+
+    #[test]
+    fn an_absolute_form_target_is_forwarded_in_origin_form() {
+        for (raw, want) in [
+            (&b"http://app.example/a/b?q=1"[..], &b"/a/b?q=1"[..]),
+            (b"https://app.example:8443", b"/"),
+            (b"http://app.example?x=/y", b"/?x=/y"),
+            (b"/a?b", b"/a?b"),
+            (b"*", b"*"),
+        ] {
+            assert_eq!(origin_form(raw), want, "{}", String::from_utf8_lossy(raw));
+        }
+    }
     use pingora::http::RequestHeader;
 
     fn with_cookies(values: &[&[u8]]) -> RequestHeader {

@@ -150,7 +150,12 @@ struct Custom {
     port: u16,
 }
 
+/// `upstream_url` is a URL, or a YAML mapping (`{ url: …, … }`) as is.
 fn gateway_for(upstream_url: &str, policy: &str, extra: &str) -> Custom {
+    let upstream = match upstream_url.starts_with('{') {
+        true => upstream_url.to_string(),
+        false => format!("\"{upstream_url}\""),
+    };
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     std::fs::write(dir.path().join("policy.yaml"), policy).unwrap();
@@ -158,7 +163,7 @@ fn gateway_for(upstream_url: &str, policy: &str, extra: &str) -> Custom {
     std::fs::write(
         &config,
         format!(
-            "listen: \"127.0.0.1:{port}\"\nthreads: 2\nupstream: \"{upstream_url}\"\npolicy: policy.yaml\nfirst_factor:\n  cookie: access_token\n  jwt:\n    algorithms: [HS256]\n    secret: \"{FIRST_FACTOR_SECRET}\"\nsigning:\n  secret: \"{SIGNING_SECRET}\"\nstore:\n  kind: memory\nlog:\n  format: json\n{extra}"
+            "listen: \"127.0.0.1:{port}\"\nthreads: 2\nupstream: {upstream}\npolicy: policy.yaml\nfirst_factor:\n  cookie: access_token\n  jwt:\n    algorithms: [HS256]\n    secret: \"{FIRST_FACTOR_SECRET}\"\nsigning:\n  secret: \"{SIGNING_SECRET}\"\nstore:\n  kind: memory\nlog:\n  format: json\n{extra}"
         ),
     )
     .unwrap();
@@ -1565,4 +1570,43 @@ fn a_trickled_request_head_is_closed_at_its_deadline() {
     assert_eq!(resp.status, 408, "{}", resp.text());
     drop(r);
     let _ = t.join();
+}
+
+/// `forward_path: raw` forwards the client's own path bytes; an
+/// absolute-form target (judged by its authority) goes upstream in origin
+/// form with its path and query as sent, not refused as unfaithful.
+#[test]
+fn raw_forwarding_sends_an_absolute_form_target_in_origin_form() {
+    let (up, seen) = recording_upstream();
+    let g = gateway_for(
+        &format!("{{ url: \"http://127.0.0.1:{up}\", forward_path: raw }}"),
+        DEFAULT_POLICY,
+        "",
+    );
+    let origin = format!("http://127.0.0.1:{}", g.port);
+    for (target, upstream_line) in [
+        (
+            "/public/a%7Eb?x=1".to_string(),
+            "GET /public/a%7Eb?x=1 HTTP/1.1",
+        ),
+        (
+            format!("{origin}/public/a%7Eb?x=1"),
+            "GET /public/a%7Eb?x=1 HTTP/1.1",
+        ),
+        (format!("{origin}/public/y"), "GET /public/y HTTP/1.1"),
+    ] {
+        let before = seen.lock().unwrap().len();
+        let r = raw_get(g.port, &target, &[]);
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "from-upstream"),
+            "{target}: {r:?}"
+        );
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), before + 1, "{target}");
+        assert_eq!(seen[before], upstream_line, "{target}");
+    }
+    // What reads differently once normalized is still refused.
+    let r = raw_get(g.port, &format!("{origin}/public//y"), &[]);
+    assert_eq!(r.status, 400, "{r:?}");
 }
