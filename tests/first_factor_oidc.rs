@@ -365,6 +365,25 @@ fn a_provider_that_is_down_at_the_callback_is_a_503_not_a_refusal() {
         .contains("OIDC provider did not answer the callback"));
 }
 
+/// Every started sign-in keeps a record until it ends or expires, before
+/// anyone proved anything: one client address may start 120 a minute, so
+/// nobody can fill the store with them.
+#[test]
+fn sign_ins_started_from_one_address_are_bounded() {
+    let s = oidc_setup();
+    let c = client();
+    let start = s.g.url("/.stepgate/oidc/start?return_to=/home");
+    for i in 0..120 {
+        let r = c.get(&start).send().unwrap();
+        assert!(r.status().is_redirection(), "start {i}: {}", r.status());
+    }
+    let r = c.get(&start).send().unwrap();
+    assert_eq!(r.status(), 429);
+    let wait: u64 = header(&r, "retry-after").parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert!(r.text().unwrap().contains("Too many sign-ins"));
+}
+
 fn introspection_gateway(p: &Provider, dir: &std::path::Path, cache: &str) -> Gateway {
     let secret = dir.join("introspect.secret");
     std::fs::write(&secret, INTROSPECT_SECRET).unwrap();

@@ -359,6 +359,9 @@ pub mod keys {
     pub fn forgot_ip(ip: &str) -> String {
         format!("ip:{ip}:forgot")
     }
+    pub fn oidc_start_ip(ip: &str) -> String {
+        format!("ip:{ip}:oidc")
+    }
 }
 
 /// Wraps a backend with the key prefix and the per-operation timeout.

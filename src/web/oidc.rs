@@ -57,7 +57,37 @@ fn unavailable(gate: &Gate, why: &str) -> Reply {
         .add("Retry-After", "5".into())
 }
 
+/// Sign-ins one client address may start per minute. Each start keeps a
+/// record for [`PENDING_SECS`] before anyone signed in: without a bound,
+/// anyone could fill the store. A browser starts one per sign-in; this
+/// leaves room for an office behind one address.
+const STARTS_PER_MINUTE: i64 = 120;
+
 async fn start(gate: &Gate, req: &Req<'_>, oidc: &crate::auth::oidc::OidcClient) -> Reply {
+    match gate
+        .store
+        .incr(
+            &keys::oidc_start_ip(req.client_ip),
+            std::time::Duration::from_secs(60),
+        )
+        .await
+    {
+        Ok(n) if n.value > STARTS_PER_MINUTE => {
+            crate::util::audit::event("oidc_start_limit", "", req.client_ip, "");
+            let wait = ((n.expires_at_ms as i64 - crate::util::clock::now_ms()) / 1000).max(1);
+            return gate
+                .pages
+                .message(
+                    429,
+                    "Too many sign-ins",
+                    "Too many sign-ins were started from your network in the last minute. Wait a moment, then try again.",
+                    None,
+                )
+                .add("Retry-After", wait.to_string());
+        }
+        Ok(_) => {}
+        Err(_) => return super::replies::unavailable(gate, true),
+    }
     let return_to = safe_return_to(query_param(req.query, "return_to").as_deref());
     let fresh = query_param(req.query, "fresh").as_deref() == Some("1");
     let browser = crate::auth::tokens::random_id();
