@@ -153,7 +153,13 @@ async fn judge<'g>(
         true => Some(
             gate.sources
                 .authenticate(&gate.verifier, &edge.presented, now)
-                .await,
+                .await
+                .and_then(
+                    |p| match p.pin_session.is_some() && !gate.revocations.loaded() {
+                        true => Err(AuthError::Unavailable("store")),
+                        false => Ok(p),
+                    },
+                ),
         ),
         false => None,
     };

@@ -364,6 +364,51 @@ fn an_apps_session_cookie_sent_twice_is_refused_in_every_spelling() {
     assert_eq!(r.status(), 200);
 }
 
+/// A user judged by another credential (a bearer token here; a PIN-login
+/// session alike) may not bring the app's session of someone else: the app
+/// acts on its own cookie. The app is asked whose it is.
+#[test]
+fn another_users_app_session_beside_a_judged_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_app, app) = legacy_app(dir.path());
+    let g = session_check_gateway(app, "1s");
+    let c = client();
+    let carol_session = sign_in_on_the_app(&g, &c, "carol");
+    let get = |token: &str, cookie: &str| {
+        c.get(g.url("/home"))
+            .bearer_auth(token)
+            .header("Cookie", cookie)
+            .header("Accept", "application/json")
+            .send()
+            .unwrap()
+    };
+    let alice = g.token("alice", &[]);
+    let r = get(&alice, &carol_session);
+    assert_eq!(r.status(), 401);
+    assert!(
+        header(&r, "www-authenticate").contains("two_users")
+            || r.text().unwrap().contains("two_users"),
+        "the reason is named"
+    );
+    // Carol's own token with her own session is one user.
+    let carol = g.token("carol", &[]);
+    let r = get(&carol, &carol_session);
+    assert_eq!(r.status(), 200);
+    let echo: Value = r.json().unwrap();
+    assert_eq!(
+        header_in(&echo, "x-stepgate-user").as_deref(),
+        Some("carol")
+    );
+    // A session the app does not know is nobody's: the token decides, and
+    // the app itself answers (it sends the unknown session to its login).
+    let r = get(&alice, "LEGACYSESS=forged");
+    assert_eq!(r.status(), 302, "forwarded to the app");
+    assert!(
+        header(&r, "location").contains("login"),
+        "the app's own answer"
+    );
+}
+
 fn trusted_header_gateway(trusted: &str, metrics: &str) -> Gateway {
     Gateway::start_with(GatewayOptions {
         first_factor_extra:

@@ -926,6 +926,18 @@ fn a_gateway_started_while_redis_is_down_opens_no_step_up_until_it_has_read_the_
     assert_eq!(r.status(), 200);
     assert_eq!(api_get(&g, &c, "/admin/x", &at, &su).status(), 401);
 
+    // Many other users stepped down before: the map is read in pages.
+    let name = redis
+        .keys()
+        .into_iter()
+        .find(|k| k.ends_with("revocations"))
+        .expect("the invalidations hash");
+    let filler: Vec<String> = (0..2500)
+        .flat_map(|i| [format!("user-{i}"), "1700000000000".to_string()])
+        .collect();
+    let mut args = vec!["HSET", name.as_str()];
+    args.extend(filler.iter().map(String::as_str));
+    assert_eq!(redis.cli(&args).trim(), "2500");
     g.stop();
     assert_eq!(redis.cli(&["SAVE"]).trim(), "OK");
     redis.kill();
@@ -940,6 +952,14 @@ fn a_gateway_started_while_redis_is_down_opens_no_step_up_until_it_has_read_the_
     let r = c.get(g.url("/public/x")).send().unwrap();
     assert_eq!(r.status(), 200, "routes without a step-up keep flowing");
     assert!(g.log().contains("could not load step-up invalidations"));
+    // The back end is not told "invalid" either: it cannot be known yet.
+    let r = c
+        .post(g.url("/.stepgate/api/stepup/validate"))
+        .bearer_auth(API_SECRET)
+        .json(&serde_json::json!({"secondfactorvalidationtoken": su, "uid": "alice"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 503);
 
     redis.restart();
     let mut seen = Vec::new();
@@ -953,6 +973,7 @@ fn a_gateway_started_while_redis_is_down_opens_no_step_up_until_it_has_read_the_
         "never forwarded: {seen:?}"
     );
     assert!(g.log().contains("step-up routes open again"));
+    assert_eq!(status(&c, &g.url("/.stepgate/ready")), 200);
     let su2 = step_up(&g, &c, &at, PIN);
     assert_forwarded_as(
         api_get(&g, &c, "/admin/x", &at, &su2),

@@ -67,6 +67,9 @@ pub enum AuthError {
     /// The IdP or the app says this token or session is not (or no longer)
     /// signed in.
     Inactive,
+    /// The request carries the app's own session of another user than the
+    /// credential stepgate judged: the app would act for that other user.
+    TwoUsers,
 }
 
 impl AuthError {
@@ -86,6 +89,7 @@ impl AuthError {
             AuthError::Revoked => "revoked",
             AuthError::Unavailable(_) => "unavailable",
             AuthError::Inactive => "inactive",
+            AuthError::TwoUsers => "two_users",
         }
     }
 }

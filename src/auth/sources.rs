@@ -101,7 +101,8 @@ impl Sources {
         // peer is a trusted proxy.
         if let Some((user, email)) = &p.trusted_user {
             count("trusted_header", "admitted");
-            return Ok(trusted_principal(user, email.as_deref(), now));
+            let q = trusted_principal(user, email.as_deref(), now);
+            return self.same_user_as_the_app_session(q, p, now).await;
         }
         let mut refusal = AuthError::Missing;
         let keep = |e: AuthError, refusal: &mut AuthError| {
@@ -118,16 +119,17 @@ impl Sources {
         if let Some(t) = p.token.as_deref() {
             let own = t.starts_with(crate::auth::tokens::SESSION_PREFIX);
             let jwt_shaped = t.bytes().filter(|b| *b == b'.').count() == 2;
-            if own || (self.jwt && jwt_shaped) || self.introspection.is_none() {
-                match verifier.verify(t, now) {
-                    Ok(p) => return Ok(p),
-                    Err(e) => keep(e, &mut refusal),
-                }
+            let judged = if own || (self.jwt && jwt_shaped) || self.introspection.is_none() {
+                Some(verifier.verify(t, now))
             } else if let Some((cfg, cache)) = &self.introspection {
-                match self.introspect(cfg, cache, verifier, t, now).await {
-                    Ok(p) => return Ok(p),
-                    Err(e) => keep(e, &mut refusal),
-                }
+                Some(self.introspect(cfg, cache, verifier, t, now).await)
+            } else {
+                None
+            };
+            match judged {
+                Some(Ok(q)) => return self.same_user_as_the_app_session(q, p, now).await,
+                Some(Err(e)) => keep(e, &mut refusal),
+                None => {}
             }
         }
         if let (Some((cfg, cache)), Some(cookies)) = (&self.session_check, p.app_cookies.as_deref())
@@ -138,6 +140,31 @@ impl Sources {
             }
         }
         Err(refusal)
+    }
+
+    /// A user admitted by another source than `session_check`, on a request
+    /// that also carries the app's session cookies: the app acts on those,
+    /// so they must be this user's (asked of the app, cached as any check).
+    /// Another user's is refused; one the app does not know, or no check
+    /// configured, changes nothing; an app that does not answer fails closed.
+    async fn same_user_as_the_app_session(
+        &self,
+        q: Principal,
+        p: &Presented,
+        now: i64,
+    ) -> Result<Principal, AuthError> {
+        let (Some((cfg, cache)), Some(cookies)) = (&self.session_check, p.app_cookies.as_deref())
+        else {
+            return Ok(q);
+        };
+        match self.check_session(cfg, cache, cookies, now).await {
+            Ok(app) if app.sub != q.sub => {
+                tracing::info!(target: "audit", event = "two_users", user = %q.sub, app_user = %app.sub, "the app's session is another user's; refused");
+                Err(AuthError::TwoUsers)
+            }
+            Err(e @ AuthError::Unavailable(_)) => Err(e),
+            _ => Ok(q),
+        }
     }
 
     async fn introspect(

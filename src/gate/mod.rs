@@ -119,6 +119,20 @@ impl Gate {
         now: i64,
     ) -> Result<crate::auth::principal::Principal, crate::auth::principal::AuthError> {
         let p = self.verifier.verify(token, now)?;
+        self.not_revoked(p)
+    }
+
+    /// `p`, unless it is a PIN-login session that was invalidated; before
+    /// the invalidations were read at all, such a session cannot be told
+    /// live from ended: the store is unavailable (503), not the user
+    /// signed out (which would drop the device's session cookie).
+    pub fn not_revoked(
+        &self,
+        p: crate::auth::principal::Principal,
+    ) -> Result<crate::auth::principal::Principal, crate::auth::principal::AuthError> {
+        if p.pin_session.is_some() && !self.revocations.loaded() {
+            return Err(crate::auth::principal::AuthError::Unavailable("store"));
+        }
         if crate::auth::decision::session_revoked(&p, &|s| self.revocations.revoked_before(s)) {
             return Err(crate::auth::principal::AuthError::Revoked);
         }
@@ -136,10 +150,7 @@ impl Gate {
             .sources
             .authenticate(&self.verifier, presented, now)
             .await?;
-        if crate::auth::decision::session_revoked(&p, &|s| self.revocations.revoked_before(s)) {
-            return Err(crate::auth::principal::AuthError::Revoked);
-        }
-        Ok(p)
+        self.not_revoked(p)
     }
 
     pub fn stepup_cookie_name(&self, tls: bool) -> &'static str {

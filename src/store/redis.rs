@@ -205,6 +205,9 @@ impl RedisStore {
     }
 }
 
+/// Entries asked for per HSCAN / ZSCAN page.
+const SCAN_PAGE: usize = 1000;
+
 macro_rules! with_conn {
     ($self:ident, |$c:ident| $body:expr) => {{
         match $self.conn().await? {
@@ -378,16 +381,42 @@ impl Store for RedisStore {
     }
     async fn revocations(&self, prefix: &str) -> Result<Vec<Revocation>, StoreError> {
         let name = format!("{prefix}revocations");
-        let all = with_conn!(self, |c| c.hgetall::<_, Vec<(String, i64)>>(&name).await)?;
-        let expiring = with_conn!(self, |c| c
-            .zrangebyscore_withscores::<_, _, _, Vec<(String, f64)>>(
-                expiry_set(&name),
-                "-inf",
-                "+inf"
-            )
-            .await)?;
-        let expiring: std::collections::HashMap<String, i64> =
-            expiring.into_iter().map(|(k, e)| (k, e as i64)).collect();
+        // Read in pages (HSCAN, ZSCAN), each its own command within
+        // `store.timeout`: the per-user entries are kept for good, and one
+        // HGETALL of a large map would outlast the timeout on every try.
+        let mut all: Vec<(String, i64)> = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, page) = with_conn!(self, |c| redis::cmd("HSCAN")
+                .arg(&name)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(SCAN_PAGE)
+                .query_async::<(u64, Vec<(String, i64)>)>(&mut c)
+                .await)?;
+            all.extend(page);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let set = expiry_set(&name);
+        let mut expiring: std::collections::HashMap<String, i64> = Default::default();
+        let mut cursor = 0u64;
+        loop {
+            let (next, page) = with_conn!(self, |c| redis::cmd("ZSCAN")
+                .arg(&set)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(SCAN_PAGE)
+                .query_async::<(u64, Vec<(String, f64)>)>(&mut c)
+                .await)?;
+            expiring.extend(page.into_iter().map(|(k, e)| (k, e as i64)));
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
         let now = now_ms() as i64;
         Ok(all
             .into_iter()

@@ -498,6 +498,10 @@ fn validate_token(
         Ok(s) => s,
         Err(r) => return r,
     };
+    // Whether it was invalidated cannot be known yet: not "invalid".
+    if !gate.revocations.loaded() {
+        return super::replies::unavailable(gate, false);
+    }
     let claims = gate
         .keys
         .decode_stepup(token, clock::now())

@@ -110,6 +110,9 @@ pub async fn handle(gate: &Gate, req: &Req<'_>) -> Reply {
     match (req.method, req.path) {
         ("GET" | "HEAD", "/.stepgate/health") => Reply::text(200, "ok"),
         ("GET" | "HEAD", "/.stepgate/ready") => match gate.store.ping().await {
+            Ok(()) if !gate.revocations.loaded() => {
+                Reply::text(503, "step-up invalidations not loaded yet")
+            }
             Ok(()) => Reply::text(200, "ready"),
             Err(_) => Reply::text(503, "store unavailable"),
         },

@@ -450,6 +450,11 @@ pub async fn load_session(deps: &Deps, token: &str) -> Result<PinSession, FlowEr
     let mut s = find_session(deps, token)
         .await?
         .ok_or(FlowError::SessionInvalid)?;
+    // Before the invalidations were read, an ended session cannot be told
+    // from a live one: unavailable, so the device keeps its cookie.
+    if !deps.revocations.loaded() {
+        return Err(FlowError::StoreUnavailable);
+    }
     if deps
         .revocations
         .revoked_before(&s.sub)
