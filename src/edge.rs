@@ -194,14 +194,16 @@ pub fn credentials(gate: &Gate, req: &RequestHeader, jar: &Cookies<'_>, tls: boo
     let bearer = header(req, "authorization").and_then(crate::reply::bearer);
     let ff_name = &gate.settings.first_factor.cookie;
     let ff_first = jar.first(ff_name);
-    // The app's own session cookies that `session_check` vouches for count
-    // as credentials too: one value each, or the app may act on another.
+    // The app's own session cookies that `session_check` vouches for: the
+    // first of each is the one checked and the only one forwarded (see
+    // `keep_first_cookies`); one that is not text cannot be checked.
     let conflicting = req.headers.get_all("authorization").iter().count() > 1
         || jar.ambiguous(ff_name)
-        || gate
-            .sources
-            .session_cookies()
-            .is_some_and(|names| names.iter().any(|n| jar.ambiguous(n)));
+        || gate.sources.session_cookies().is_some_and(|names| {
+            names
+                .iter()
+                .any(|n| jar.present(n) && jar.first(n).is_none())
+        });
     let access_token = bearer.or(ff_first).map(str::to_string);
     // After a PIN login, stepgate's own session stands in for an expired or
     // absent first-factor cookie.
@@ -278,6 +280,35 @@ pub fn strip_cookies(req: &mut RequestHeader, names: &[&str]) {
     for pair in all.iter().flat_map(|v| cookie_pairs(v.as_bytes())) {
         if named(pair) {
             continue;
+        }
+        if !kept.is_empty() {
+            kept.extend_from_slice(b"; ");
+        }
+        kept.extend_from_slice(pair);
+    }
+    req.remove_header("cookie");
+    if !kept.is_empty() {
+        let _ = req.insert_header("Cookie", kept);
+    }
+}
+
+/// Keep only the first of each named cookie (in the order sent, as
+/// `reply::Cookies::first` reads them), the other cookies as they are.
+fn keep_first_cookies(req: &mut RequestHeader, names: &[&str]) {
+    let mut seen = vec![false; names.len()];
+    let mut kept: Vec<u8> = Vec::new();
+    for pair in req
+        .headers
+        .get_all("cookie")
+        .iter()
+        .flat_map(|v| cookie_pairs(v.as_bytes()))
+    {
+        let name = pair[..memchr::memchr(b'=', pair).unwrap_or(pair.len())].trim_ascii();
+        if let Some(i) = names.iter().position(|n| n.as_bytes() == name) {
+            if seen[i] {
+                continue;
+            }
+            seen[i] = true;
         }
         if !kept.is_empty() {
             kept.extend_from_slice(b"; ");
@@ -406,8 +437,21 @@ pub fn read(
         .collect();
     let html = wants_html(header(req, "accept"));
     let has_pin_session = jar.first(gate.pin_session_cookie(tls)).is_some();
+    // A browser may hold the app's session cookie twice (two Paths or
+    // Domains, RFC 6265 5.4): the app gets the one that was checked.
+    let twice: Vec<&str> = gate
+        .sources
+        .session_cookies()
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .filter(|n| jar.ambiguous(n))
+        .collect();
     drop(jar);
     let req = session.req_header_mut();
+    if !twice.is_empty() {
+        keep_first_cookies(req, &twice);
+    }
     for name in stripped {
         req.remove_header(&name);
     }

@@ -292,6 +292,11 @@ impl<'a> Cookies<'a> {
             .and_then(|(_, v)| std::str::from_utf8(v).ok())
     }
 
+    /// Whether `name` was sent at all (whatever its value).
+    pub fn present(&self, name: &str) -> bool {
+        self.0.iter().any(|(k, _)| *k == name.as_bytes())
+    }
+
     /// Whether `name` was sent more than once with different values: two
     /// credentials, of which the app may read another than stepgate did.
     pub fn ambiguous(&self, name: &str) -> bool {
