@@ -238,9 +238,12 @@ fn load(config: &Path) -> Result<config::Settings, ExitCode> {
 fn main() -> ExitCode {
     let _ = stepgate::flows::pin::RELEASE_MEMORY.set(release_memory);
     let cli = Cli::parse();
-    if !matches!(
+    // Only commands that write to nothing but stdout: `admin` and `store`
+    // talk to Redis or a gateway, and a Unix-socket write to a peer that
+    // went away must be an error they report, not a silent death.
+    if matches!(
         cli.cmd,
-        Cmd::Serve { .. } | Cmd::Demo { .. } | Cmd::Upstream { .. }
+        Cmd::Check { .. } | Cmd::Explain { .. } | Cmd::Token { .. } | Cmd::Policy(_)
     ) {
         quiet_on_closed_pipe();
     }

@@ -359,7 +359,12 @@ fn a_provider_that_is_down_at_the_callback_is_a_503_not_a_refusal() {
     assert_eq!(r.status(), 503);
     assert_eq!(header(&r, "retry-after"), "5");
     assert!(set_cookie(&r, "stepgate_session").is_none());
-    assert!(r.text().unwrap().contains("does not answer"));
+    let page = r.text().unwrap();
+    assert!(page.contains("does not answer"), "{page}");
+    assert!(
+        page.contains("href=\"&#x2f;home\""),
+        "try again from the page wanted: {page}"
+    );
     assert!(g
         .log()
         .contains("OIDC provider did not answer the callback"));

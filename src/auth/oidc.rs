@@ -219,12 +219,13 @@ impl OidcClient {
             .request_async(&self.http)
             .await
             .map_err(|e| match e {
-                // No answer at all (refused, reset, timed out): the
-                // provider is down, not the sign-in wrong.
-                openidconnect::RequestTokenError::Request(e) => {
-                    Finish::Unavailable(format!("token exchange: {e}"))
+                // An OAuth error answer (`invalid_grant`...): this sign-in
+                // is refused. No answer, or not one (a 502 page from a
+                // load balancer, an empty 503): the provider is down.
+                e @ openidconnect::RequestTokenError::ServerResponse(_) => {
+                    Finish::Refused(format!("token exchange: {e}"))
                 }
-                e => Finish::Refused(format!("token exchange: {e}")),
+                e => Finish::Unavailable(format!("token exchange: {e}")),
             })?;
         let id_token = tokens
             .id_token()

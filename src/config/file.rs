@@ -185,6 +185,7 @@ pub(crate) struct OidcFile {
     pub(crate) client_secret_file: Option<String>,
     pub(crate) scopes: Option<Vec<String>>,
     pub(crate) session_ttl: Option<Dur>,
+    pub(crate) starts_per_minute: Option<u32>,
 }
 
 #[derive(Deserialize, Debug)]

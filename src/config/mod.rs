@@ -114,6 +114,15 @@ mod tests {
                 .any(|d| d.to_string().contains("`10.0.0.2` is not a Redis URL")),
             "{e:?}"
         );
+        let e = load_text(&format!(
+            "{base}store:\n  kind: redis\n  url: \"redis://:pa#ss@h:1/x/y\"\n"
+        ))
+        .unwrap_err();
+        let all = format!("{e:?}");
+        assert!(
+            all.contains("not a Redis URL") && !all.contains("pa#ss"),
+            "{all}"
+        );
         for url in [
             "redis://10.0.0.5:6379/0",
             "rediss://:pw@redis.internal:6380",

@@ -141,6 +141,8 @@ pub struct Oidc {
     pub scopes: Vec<String>,
     /// How long stepgate's own session after an OIDC sign-in lives.
     pub session_ttl: Duration,
+    /// Sign-ins one client address (an IPv6 /64) may start per minute.
+    pub starts_per_minute: u32,
 }
 
 /// The user from headers a fronting SSO proxy sets; believed only from

@@ -208,8 +208,6 @@ fn spawn_jwks_refresh(
     });
 }
 
-/// Watch the store every second (metric `stepgate_store_up`) and reclaim
-/// expired entries of the embedded store every ten minutes.
 /// Until the store's invalidations are read, no step-up counts (see
 /// `auth::revocations`): read them again every second until they are.
 fn spawn_revocation_loader(
@@ -227,6 +225,8 @@ fn spawn_revocation_loader(
     });
 }
 
+/// Watch the store every second (metric `stepgate_store_up`) and reclaim
+/// expired entries of the embedded store every ten minutes.
 fn spawn_sweeper(store: Arc<dyn crate::store::Store>) {
     background("stepgate-store-watch", async move {
         let mut tick: u64 = 0;

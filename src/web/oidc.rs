@@ -57,22 +57,30 @@ fn unavailable(gate: &Gate, why: &str) -> Reply {
         .add("Retry-After", "5".into())
 }
 
-/// Sign-ins one client address may start per minute. Each start keeps a
-/// record for [`PENDING_SECS`] before anyone signed in: without a bound,
-/// anyone could fill the store. A browser starts one per sign-in; this
-/// leaves room for an office behind one address.
-const STARTS_PER_MINUTE: i64 = 120;
+/// Whom sign-in starts are counted for: the client address, an IPv6 one
+/// by its /64 (one host may use every address of its /64).
+fn start_counter(ip: &str) -> String {
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) => {
+            let s = v6.segments();
+            keys::oidc_start_ip(&format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3]))
+        }
+        _ => keys::oidc_start_ip(ip),
+    }
+}
 
 async fn start(gate: &Gate, req: &Req<'_>, oidc: &crate::auth::oidc::OidcClient) -> Reply {
+    // Each start keeps a record for PENDING_SECS before anyone proved
+    // anything: without a bound, anyone could fill the store.
     match gate
         .store
         .incr(
-            &keys::oidc_start_ip(req.client_ip),
+            &start_counter(req.client_ip),
             std::time::Duration::from_secs(60),
         )
         .await
     {
-        Ok(n) if n.value > STARTS_PER_MINUTE => {
+        Ok(n) if n.value > i64::from(oidc.cfg.starts_per_minute) => {
             crate::util::audit::event("oidc_start_limit", "", req.client_ip, "");
             let wait = ((n.expires_at_ms as i64 - crate::util::clock::now_ms()) / 1000).max(1);
             return gate
@@ -165,13 +173,16 @@ async fn callback(gate: &Gate, req: &Req<'_>, oidc: &crate::auth::oidc::OidcClie
             crate::util::metrics::FIRST_FACTOR
                 .with_label_values(&["oidc", "unavailable"])
                 .inc();
+            // The pending sign-in is used up: the link starts a new one
+            // from the page that was wanted.
+            let again = safe_return_to(Some(&pending.return_to));
             return gate
                 .pages
                 .message(
                     503,
                     "Sign-in service unavailable",
-                    "The sign-in service does not answer, so this sign-in could not be completed. Try again in a moment from the page you wanted.",
-                    Some(("/", "Start again")),
+                    "The sign-in service does not answer, so this sign-in could not be completed. Try again in a moment.",
+                    Some((&again, "Try again")),
                 )
                 .add("Retry-After", "5".into());
         }
@@ -242,4 +253,23 @@ async fn logout(gate: &Gate, req: &Req<'_>, oidc: &crate::auth::oidc::OidcClient
         .end_session_url(&format!("{base}/"))
         .unwrap_or_else(|| "/".to_string());
     Reply::redirect(&to).add("Set-Cookie", OwnCookie::Login.clear(req.tls))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn starts_are_counted_per_address_and_per_ipv6_64() {
+        use super::start_counter;
+        assert_eq!(start_counter("203.0.113.7"), start_counter("203.0.113.7"));
+        assert_ne!(start_counter("203.0.113.7"), start_counter("203.0.113.8"));
+        assert_eq!(
+            start_counter("2001:db8:1:2::1"),
+            start_counter("2001:db8:1:2:ffff:1:2:3")
+        );
+        assert_ne!(
+            start_counter("2001:db8:1:2::1"),
+            start_counter("2001:db8:1:3::1")
+        );
+        assert_eq!(start_counter("unknown"), start_counter("unknown"));
+    }
 }

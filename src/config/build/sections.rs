@@ -356,9 +356,14 @@ impl Builder<'_> {
     fn redis_url(&mut self, key: &str, url: &str) {
         use redis::IntoConnectionInfo;
         if url.into_connection_info().is_err() {
+            // The message goes to logs: never with the password in it.
+            let shown = match (url.find("://"), url.rfind('@')) {
+                (Some(s), Some(at)) if at > s => format!("{}://…{}", &url[..s], &url[at..]),
+                _ => url.to_string(),
+            };
             self.err(
                 key,
-                format!("`{url}` is not a Redis URL; use redis://[:PASSWORD@]HOST:PORT/DB, rediss://… for TLS, or unix:///PATH"),
+                format!("`{shown}` is not a Redis URL; use redis://[:PASSWORD@]HOST:PORT/DB, rediss://… for TLS, or unix:///PATH"),
             );
         }
     }

@@ -145,12 +145,17 @@ impl Builder<'_> {
         if session_ttl < Duration::from_secs(60) {
             self.err(&format!("{at}.session_ttl"), "must be at least 1m");
         }
+        let starts_per_minute = o.starts_per_minute.unwrap_or(120);
+        if starts_per_minute == 0 {
+            self.err(&format!("{at}.starts_per_minute"), "must be at least 1");
+        }
         Some(Oidc {
             issuer,
             client_id: o.client_id,
             client_secret: secret,
             scopes,
             session_ttl,
+            starts_per_minute,
         })
     }
 }
