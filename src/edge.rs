@@ -220,7 +220,9 @@ pub fn credentials(gate: &Gate, req: &RequestHeader, jar: &Cookies<'_>, tls: boo
     };
     // The app receives only the credential that was judged.
     let strip_bearer = bearer.is_some() && access_token.as_deref() != bearer;
-    let strip_ff_cookie = ff_first.is_some_and(|c| access_token.as_deref() != Some(c));
+    // (One whose value is not text is no credential, and goes too.)
+    let strip_ff_cookie =
+        jar.present(ff_name) && (ff_first.is_none() || access_token.as_deref() != ff_first);
     let stepup_token = header(req, "x-stepgate-token")
         .or_else(|| jar.first(gate.stepup_cookie_name(tls)))
         .map(str::to_string);

@@ -394,7 +394,9 @@ pub async fn reserved(
         .headers
         .get_all("cookie")
         .iter()
-        .filter_map(|v| v.to_str().ok())
+        // A byte that is not UTF-8 spoils its own cookie, not the others
+        // of its header (as `reply::Cookies` reads them).
+        .map(|v| String::from_utf8_lossy(v.as_bytes()))
         .collect::<Vec<_>>()
         .join("; ");
     let r = web::Req {

@@ -420,3 +420,26 @@ fn identity_headers_in_any_spelling_never_reach_the_app() {
     assert_eq!(echoed(&echo, "x_original_url"), None);
     assert_eq!(echoed(&echo, "x-stepgate-rule").as_deref(), Some("public"));
 }
+
+/// A first-factor cookie whose value is not text is no credential: beside
+/// a judged bearer token it is not forwarded either.
+#[test]
+fn a_first_factor_cookie_that_is_not_text_is_not_forwarded() {
+    let g = gateway("");
+    let alice = g.token("alice", &[]);
+    let r = client()
+        .get(g.url("/account"))
+        .bearer_auth(&alice)
+        .header(
+            "Cookie",
+            reqwest::header::HeaderValue::from_bytes(b"a=1; access_token=\xffbob").unwrap(),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let echo: Value = r.json().unwrap();
+    assert_eq!(echoed(&echo, "x-stepgate-user").as_deref(), Some("alice"));
+    let cookie = echoed(&echo, "cookie").unwrap_or_default();
+    assert!(!cookie.contains("access_token"), "{cookie}");
+    assert!(cookie.contains("a=1"), "{cookie}");
+}
