@@ -461,3 +461,27 @@ async fn states_and_deadlines_follow_the_clock_the_flows_and_the_store_share() {
         "gone after 10 minutes"
     );
 }
+
+/// Before the store's invalidations were read, which PIN sessions were ended
+/// is not known: listing them, or a PIN change that ends the others, is
+/// "unavailable", never an empty list or a half-done change.
+#[tokio::test]
+async fn before_the_invalidations_are_read_sessions_and_pin_changes_wait() {
+    let mut d = Deps::for_tests("");
+    let p = alice();
+    enrolled(&d, &p, "2580").await;
+    d.revocations = std::sync::Arc::default();
+    assert!(matches!(
+        lifecycle::sessions(&d, "alice").await,
+        Err(FlowError::StoreUnavailable)
+    ));
+    assert!(matches!(
+        lifecycle::change(&d, &p, "10.0.0.1", "2580", "1397", None).await,
+        Err(FlowError::StoreUnavailable)
+    ));
+    // Nothing was changed: the old PIN still is the PIN.
+    d.revocations = std::sync::Arc::new(crate::auth::revocations::Revocations::for_empty_store());
+    assert!(lifecycle::change(&d, &p, "10.0.0.1", "2580", "1397", None)
+        .await
+        .is_ok());
+}

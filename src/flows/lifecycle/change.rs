@@ -23,6 +23,11 @@ pub async fn change(
 ) -> Result<(), FlowError> {
     counted("change", async {
         pin::check_new_pin(new, &deps.settings.pin)?;
+        // The other sessions it ends are not known before the
+        // invalidations were read: not a half-done change.
+        if !deps.revocations.loaded() {
+            return Err(FlowError::StoreUnavailable);
+        }
         let record = pin::load_record(&*deps.store, &p.sub)
             .await?
             .ok_or(FlowError::NoPin)?;

@@ -475,6 +475,11 @@ pub async fn load_session(deps: &Deps, token: &str) -> Result<PinSession, FlowEr
 
 /// The user's live PIN sessions, newest first.
 pub async fn sessions(deps: &Deps, sub: &str) -> Result<Vec<PinSession>, FlowError> {
+    // Which were ended is not known before the invalidations were read: an
+    // empty list here would let "end the other sessions" end none.
+    if !deps.revocations.loaded() {
+        return Err(FlowError::StoreUnavailable);
+    }
     let r = user::read_all(&*deps.store, sub).await?;
     let d = devices_of(&r, sub)?;
     let now = deps.store.now();
