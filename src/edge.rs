@@ -83,13 +83,12 @@ pub fn canonicalize(
         // authority) is forwarded in origin form, its path and query as sent.
         let raw = origin_form(req.raw_path());
         let path = &raw[..raw.iter().position(|&b| b == b'?').unwrap_or(raw.len())];
-        if canon.asterisk {
-            raw
-        } else if !path.starts_with(b"/") || !request::raw_is_faithful(path, &canon.path) {
+        if !canon.asterisk
+            && (!path.starts_with(b"/") || !request::raw_is_faithful(path, &canon.path))
+        {
             return Err(Refusal::NotFaithful);
-        } else {
-            raw
         }
+        raw
     } else {
         canon.forward_target().into_bytes()
     };
@@ -192,18 +191,9 @@ pub struct Credentials {
 
 pub fn credentials(gate: &Gate, req: &RequestHeader, jar: &Cookies<'_>, tls: bool) -> Credentials {
     let bearer = header(req, "authorization").and_then(crate::reply::bearer);
-    let ff_name = &gate.settings.first_factor.cookie;
-    let ff_first = jar.first(ff_name);
-    // The app's own session cookies that `session_check` vouches for: the
-    // first of each is the one checked and the only one forwarded (see
-    // `keep_first_cookies`); one that is not text cannot be checked.
-    let conflicting = req.headers.get_all("authorization").iter().count() > 1
-        || jar.ambiguous(ff_name)
-        || gate.sources.session_cookies().is_some_and(|names| {
-            names
-                .iter()
-                .any(|n| jar.present(n) && jar.first(n).is_none())
-        });
+    let ff = jar.named(&gate.settings.first_factor.cookie);
+    let ff_first = ff.text();
+    let conflicting = req.headers.get_all("authorization").iter().count() > 1 || ff.ambiguous;
     let access_token = bearer.or(ff_first).map(str::to_string);
     // After a PIN login, stepgate's own session stands in for an expired or
     // absent first-factor cookie.
@@ -222,7 +212,7 @@ pub fn credentials(gate: &Gate, req: &RequestHeader, jar: &Cookies<'_>, tls: boo
     let strip_bearer = bearer.is_some() && access_token.as_deref() != bearer;
     // (One whose value is not text is no credential, and goes too.)
     let strip_ff_cookie =
-        jar.present(ff_name) && (ff_first.is_none() || access_token.as_deref() != ff_first);
+        ff.first.is_some() && (ff_first.is_none() || access_token.as_deref() != ff_first);
     let stepup_token = header(req, "x-stepgate-token")
         .or_else(|| jar.first(gate.stepup_cookie_name(tls)))
         .map(str::to_string);
@@ -268,19 +258,38 @@ pub fn client_ip(gate: &Gate, peer: Option<IpAddr>, req: &RequestHeader) -> (Str
 pub fn strip_cookies(req: &mut RequestHeader, names: &[&str]) {
     // The values were checked when the request was read. Apps trim the name
     // (`a =1` is cookie `a` to Werkzeug): so does this.
-    let named = |pair: &[u8]| {
-        let name = pair[..memchr::memchr(b'=', pair).unwrap_or(pair.len())].trim_ascii();
-        names.iter().any(|n| n.as_bytes() == name)
-    };
-    let all = req.headers.get_all("cookie");
+    let named = |pair: &[u8]| names.iter().any(|n| n.as_bytes() == pair_name(pair));
     // A first pass that only looks: most requests carry none of the names,
     // and their headers are left as sent, nothing copied.
-    if !all.iter().any(|v| cookie_pairs(v.as_bytes()).any(named)) {
+    if !req
+        .headers
+        .get_all("cookie")
+        .iter()
+        .any(|v| cookie_pairs(v.as_bytes()).any(named))
+    {
         return;
     }
+    rewrite_cookies(req, |pair| !named(pair));
+}
+
+/// Keep only the first of each named cookie (in the order sent, as
+/// `reply::Cookies::first` reads them), the other cookies as they are.
+fn keep_first_cookies(req: &mut RequestHeader, names: &[&str]) {
+    let mut seen = vec![false; names.len()];
+    rewrite_cookies(req, |pair| {
+        match names.iter().position(|n| n.as_bytes() == pair_name(pair)) {
+            Some(i) => !std::mem::replace(&mut seen[i], true),
+            None => true,
+        }
+    });
+}
+
+/// The Cookie headers as one, with the pairs `keep` says yes to, in order.
+fn rewrite_cookies(req: &mut RequestHeader, mut keep: impl FnMut(&[u8]) -> bool) {
+    let all = req.headers.get_all("cookie");
     let mut kept: Vec<u8> = Vec::with_capacity(all.iter().map(|v| v.len()).sum());
     for pair in all.iter().flat_map(|v| cookie_pairs(v.as_bytes())) {
-        if named(pair) {
+        if !keep(pair) {
             continue;
         }
         if !kept.is_empty() {
@@ -294,33 +303,9 @@ pub fn strip_cookies(req: &mut RequestHeader, names: &[&str]) {
     }
 }
 
-/// Keep only the first of each named cookie (in the order sent, as
-/// `reply::Cookies::first` reads them), the other cookies as they are.
-fn keep_first_cookies(req: &mut RequestHeader, names: &[&str]) {
-    let mut seen = vec![false; names.len()];
-    let mut kept: Vec<u8> = Vec::new();
-    for pair in req
-        .headers
-        .get_all("cookie")
-        .iter()
-        .flat_map(|v| cookie_pairs(v.as_bytes()))
-    {
-        let name = pair[..memchr::memchr(b'=', pair).unwrap_or(pair.len())].trim_ascii();
-        if let Some(i) = names.iter().position(|n| n.as_bytes() == name) {
-            if seen[i] {
-                continue;
-            }
-            seen[i] = true;
-        }
-        if !kept.is_empty() {
-            kept.extend_from_slice(b"; ");
-        }
-        kept.extend_from_slice(pair);
-    }
-    req.remove_header("cookie");
-    if !kept.is_empty() {
-        let _ = req.insert_header("Cookie", kept);
-    }
+/// A pair's name as apps read it: up to the first `=`, trimmed.
+fn pair_name(pair: &[u8]) -> &[u8] {
+    pair[..memchr::memchr(b'=', pair).unwrap_or(pair.len())].trim_ascii()
 }
 
 /// The `;`-separated pairs of one Cookie header value, trimmed, empty ones
@@ -439,16 +424,19 @@ pub fn read(
         .collect();
     let html = wants_html(header(req, "accept"));
     let has_pin_session = jar.first(gate.pin_session_cookie(tls)).is_some();
-    // A browser may hold the app's session cookie twice (two Paths or
-    // Domains, RFC 6265 5.4): the app gets the one that was checked.
-    let twice: Vec<&str> = gate
-        .sources
-        .session_cookies()
-        .into_iter()
-        .flatten()
-        .map(String::as_str)
-        .filter(|n| jar.ambiguous(n))
-        .collect();
+    // The app's own session cookies that `session_check` vouches for: the
+    // first of each is the one checked, and the only one forwarded (a
+    // browser may hold one twice, for two Paths or Domains, RFC 6265 5.4);
+    // one that is not text cannot be checked, so is refused.
+    let mut twice: Vec<&str> = Vec::new();
+    let mut conflicting = conflicting;
+    for n in gate.sources.session_cookies().into_iter().flatten() {
+        let c = jar.named(n);
+        conflicting |= c.first.is_some() && c.text().is_none();
+        if c.ambiguous {
+            twice.push(n);
+        }
+    }
     drop(jar);
     let req = session.req_header_mut();
     if !twice.is_empty() {

@@ -154,12 +154,8 @@ async fn judge<'g>(
             gate.sources
                 .authenticate(&gate.verifier, &edge.presented, now)
                 .await
-                .and_then(
-                    |p| match p.pin_session.is_some() && !gate.revocations.loaded() {
-                        true => Err(AuthError::Unavailable("store")),
-                        false => Ok(p),
-                    },
-                ),
+                // (`decide_matched` then checks the invalidations.)
+                .and_then(|p| gate.revocations_known(p)),
         ),
         false => None,
     };

@@ -292,21 +292,35 @@ impl<'a> Cookies<'a> {
             .and_then(|(_, v)| std::str::from_utf8(v).ok())
     }
 
-    /// Whether `name` was sent at all (whatever its value).
-    pub fn present(&self, name: &str) -> bool {
-        self.0.iter().any(|(k, _)| *k == name.as_bytes())
-    }
-
-    /// Whether `name` was sent more than once with different values: two
-    /// credentials, of which the app may read another than stepgate did.
-    pub fn ambiguous(&self, name: &str) -> bool {
+    /// What was sent as `name`, in one pass: for a cookie that is a
+    /// credential.
+    pub fn named(&self, name: &str) -> Named<'a> {
         let mut values = self
             .0
             .iter()
             .filter(|(k, _)| *k == name.as_bytes())
             .map(|(_, v)| *v);
         let first = values.next();
-        values.any(|v| Some(v) != first)
+        Named {
+            first,
+            ambiguous: values.any(|v| Some(v) != first),
+        }
+    }
+}
+
+/// One cookie name of a request ([`Cookies::named`]).
+pub struct Named<'a> {
+    /// Its first value as sent, text or not.
+    pub first: Option<&'a [u8]>,
+    /// Sent more than once with different values: two credentials, of which
+    /// the app may read another than stepgate did.
+    pub ambiguous: bool,
+}
+
+impl<'a> Named<'a> {
+    /// The first value, when it is text (every credential is).
+    pub fn text(&self) -> Option<&'a str> {
+        self.first.and_then(|v| std::str::from_utf8(v).ok())
     }
 }
 
@@ -358,16 +372,19 @@ mod tests {
         // A byte that is not UTF-8 hides nothing else in its header.
         let j = jar(&[b"x=\xe9; sid=bob", b"sid=alice"]);
         assert_eq!(j.first("sid"), Some("bob"));
-        assert!(j.ambiguous("sid"));
+        assert!(j.named("sid").ambiguous);
         // Names are trimmed, as Werkzeug, Django and SimpleCookie do.
         let j = jar(&[b"sid=alice; sid =bob"]);
-        assert!(j.ambiguous("sid"));
+        assert!(j.named("sid").ambiguous);
         assert_eq!(jar(&[b" sid = \"q\" "]).first("sid"), Some("q"));
         // The same value twice is one credential.
         let j = jar(&[b"sid=alice", b"sid=alice; a=1"]);
-        assert!(!j.ambiguous("sid") && !j.ambiguous("a") && !j.ambiguous("none"));
-        // A value that is not text is no credential.
-        assert_eq!(jar(&[b"sid=\xff"]).first("sid"), None);
+        assert!(!j.named("sid").ambiguous && !j.named("a").ambiguous);
+        assert!(j.named("none").first.is_none() && !j.named("none").ambiguous);
+        // A value that is not text is no credential, though it was sent.
+        let j = jar(&[b"sid=\xff"]);
+        assert_eq!(j.first("sid"), None);
+        assert!(j.named("sid").first.is_some() && j.named("sid").text().is_none());
         assert_eq!(jar(&[b"novalue; =x; sid="]).first("sid"), Some(""));
     }
 

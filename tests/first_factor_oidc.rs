@@ -251,6 +251,16 @@ fn header_all(r: &reqwest::blocking::Response, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// Sign `login` in at the provider from `/home` and stop right before the
+/// callback: its URL, with the code and state.
+fn callback_url(s: &Setup, c: &Client, login: &str) -> String {
+    let (form, form_url) = follow(c, s.g.url("/home"), None);
+    let html = form.text().unwrap();
+    let r = s.provider.login_form(c, &html, &form_url, login, "pw");
+    let (last, _) = follow(c, location(&r), Some(&s.g.url("/.stepgate/oidc/callback")));
+    location(&last)
+}
+
 /// The session cookie stepgate set on the callback, read off the answer.
 fn session_from_callback(s: &Setup, c: &Client, login: &str) -> String {
     let (form, form_url) = follow(c, s.g.url("/home"), None);
@@ -300,12 +310,8 @@ fn logout_ends_the_session_on_the_server_so_a_saved_cookie_is_refused() {
 fn a_callback_carried_to_another_browser_or_replayed_is_refused() {
     let s = oidc_setup();
     let a = browser();
-    let (form, form_url) = follow(&a, s.g.url("/home"), None);
-    let html = form.text().unwrap();
-    let r = s.provider.login_form(&a, &html, &form_url, "carol", "pw");
-    // Stop right before the callback: its URL (code and state) is what leaks.
-    let (last, _) = follow(&a, location(&r), Some(&s.g.url("/.stepgate/oidc/callback")));
-    let callback = location(&last);
+    // Its URL (code and state) is what leaks.
+    let callback = callback_url(&s, &a, "carol");
     assert!(
         callback.contains("code=") && callback.contains("state="),
         "{callback}"
@@ -344,11 +350,7 @@ fn a_callback_carried_to_another_browser_or_replayed_is_refused() {
 fn a_provider_that_is_down_at_the_callback_is_a_503_not_a_refusal() {
     let s = oidc_setup();
     let a = browser();
-    let (form, form_url) = follow(&a, s.g.url("/home"), None);
-    let html = form.text().unwrap();
-    let r = s.provider.login_form(&a, &html, &form_url, "carol", "pw");
-    let (last, _) = follow(&a, location(&r), Some(&s.g.url("/.stepgate/oidc/callback")));
-    let callback = location(&last);
+    let callback = callback_url(&s, &a, "carol");
     let Setup { provider, g, _dir } = s;
     drop(provider);
     let r = a

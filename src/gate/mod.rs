@@ -111,6 +111,20 @@ impl Gate {
         crate::reply::OwnCookie::Nonce.name(tls)
     }
 
+    /// `p`, when whether it was invalidated can be known: before the
+    /// invalidations were read at all, a PIN-login session cannot be told
+    /// live from ended, so the store is unavailable (503), not the user
+    /// signed out (which would drop the device's session cookie).
+    pub fn revocations_known(
+        &self,
+        p: crate::auth::principal::Principal,
+    ) -> Result<crate::auth::principal::Principal, crate::auth::principal::AuthError> {
+        match p.pin_session.is_some() && !self.revocations.loaded() {
+            true => Err(crate::auth::principal::AuthError::Unavailable("store")),
+            false => Ok(p),
+        }
+    }
+
     /// Verify a first-factor token, including stepgate's own PIN-login
     /// sessions and their invalidations.
     pub fn authenticate(
@@ -122,17 +136,12 @@ impl Gate {
         self.not_revoked(p)
     }
 
-    /// `p`, unless it is a PIN-login session that was invalidated; before
-    /// the invalidations were read at all, such a session cannot be told
-    /// live from ended: the store is unavailable (503), not the user
-    /// signed out (which would drop the device's session cookie).
+    /// `p`, unless it is a PIN-login session that was invalidated.
     pub fn not_revoked(
         &self,
         p: crate::auth::principal::Principal,
     ) -> Result<crate::auth::principal::Principal, crate::auth::principal::AuthError> {
-        if p.pin_session.is_some() && !self.revocations.loaded() {
-            return Err(crate::auth::principal::AuthError::Unavailable("store"));
-        }
+        let p = self.revocations_known(p)?;
         if crate::auth::decision::session_revoked(&p, &|s| self.revocations.revoked_before(s)) {
             return Err(crate::auth::principal::AuthError::Revoked);
         }

@@ -221,6 +221,33 @@ fn ms(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
 }
 
+impl RedisStore {
+    /// Every (field, value) of a hash (`HSCAN`) or (member, score) of a
+    /// sorted set (`ZSCAN`), page by page, each page one command.
+    async fn scan_pairs<V: redis::FromRedisValue>(
+        &self,
+        scan: &str,
+        key: &str,
+    ) -> Result<Vec<(String, V)>, StoreError> {
+        let mut all = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, page) = with_conn!(self, |c| redis::cmd(scan)
+                .arg(key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(SCAN_PAGE)
+                .query_async::<(u64, Vec<(String, V)>)>(&mut c)
+                .await)?;
+            all.extend(page);
+            if next == 0 {
+                return Ok(all);
+            }
+            cursor = next;
+        }
+    }
+}
+
 #[async_trait]
 impl Store for RedisStore {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -384,39 +411,13 @@ impl Store for RedisStore {
         // Read in pages (HSCAN, ZSCAN), each its own command within
         // `store.timeout`: the per-user entries are kept for good, and one
         // HGETALL of a large map would outlast the timeout on every try.
-        let mut all: Vec<(String, i64)> = Vec::new();
-        let mut cursor = 0u64;
-        loop {
-            let (next, page) = with_conn!(self, |c| redis::cmd("HSCAN")
-                .arg(&name)
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(SCAN_PAGE)
-                .query_async::<(u64, Vec<(String, i64)>)>(&mut c)
-                .await)?;
-            all.extend(page);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        let set = expiry_set(&name);
-        let mut expiring: std::collections::HashMap<String, i64> = Default::default();
-        let mut cursor = 0u64;
-        loop {
-            let (next, page) = with_conn!(self, |c| redis::cmd("ZSCAN")
-                .arg(&set)
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(SCAN_PAGE)
-                .query_async::<(u64, Vec<(String, f64)>)>(&mut c)
-                .await)?;
-            expiring.extend(page.into_iter().map(|(k, e)| (k, e as i64)));
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
+        let all: Vec<(String, i64)> = self.scan_pairs("HSCAN", &name).await?;
+        let expiring: std::collections::HashMap<String, i64> = self
+            .scan_pairs::<f64>("ZSCAN", &expiry_set(&name))
+            .await?
+            .into_iter()
+            .map(|(k, e)| (k, e as i64))
+            .collect();
         let now = now_ms() as i64;
         Ok(all
             .into_iter()
