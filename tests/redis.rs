@@ -10,7 +10,7 @@
 
 mod common;
 use common::api::{api_get, api_secret_config, assert_forwarded_as, API_SECRET};
-use common::metrics::{metrics_config, try_metric};
+use common::metrics::{metric_sum, metrics_config, scrape, try_metric};
 use common::redis::{redis_store, Redis, RedisPair};
 use common::*;
 
@@ -1065,4 +1065,71 @@ fn records_of_an_earlier_version_work_and_move_into_the_users_record() {
         record.get(Part::Profile),
         Some(&br#"{"e":["alice@x.io"]}"#[..])
     );
+}
+
+/// A store that slows down is seen before and when it fails: every store
+/// operation's time is in `stepgate_store_seconds{op}`, and one that outlasts
+/// `store.timeout` fails closed (503), is observed at the timeout, and is
+/// named in the gateway's warning (here Redis is paused with `CLIENT PAUSE`,
+/// a live server that does not answer).
+#[test]
+fn a_store_operation_that_outlasts_the_timeout_is_named_and_timed() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path(), &[]);
+    let (metrics, mport) = metrics_config();
+    let mut store = redis_store(&redis.url(), "");
+    store.push_str("  timeout: 300ms\n");
+    let g = gateway(store, &metrics);
+    let c = client();
+    let at = g.token("alice", &[]);
+    enroll(&g, &c, &at, PIN);
+    let csrf = pin_csrf(&g, &c, &at);
+    let count = |op: &str| metric_sum(mport, "stepgate_store_seconds_count", &[("op", op)]);
+    let fast = |op: &str| {
+        metric_sum(
+            mport,
+            "stepgate_store_seconds_bucket",
+            &[("op", op), ("le", "0.25")],
+        )
+    };
+    assert!(
+        count("get") + count("field_get") >= 1.0,
+        "the enrollment's reads are timed:\n{}",
+        scrape(mport)
+    );
+
+    assert_eq!(redis.cli(&["CLIENT", "PAUSE", "3000", "ALL"]).trim(), "OK");
+    let r = post_pin(&g, &c, &at, &csrf, PIN);
+    assert_eq!(
+        r.status(),
+        503,
+        "no store answer: the PIN check fails closed"
+    );
+    assert!(set_cookie(&r, "stepgate_su").is_none());
+
+    // Redis's client gives up at the same bound ("timed out"), or the
+    // gateway's own timeout does ("did not answer"): either names the
+    // operation.
+    let warning = g
+        .log()
+        .lines()
+        .find(|l| l.contains("store operation failed"))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no store warning:\n{}", store_warnings(&g)));
+    let op = ["did not answer a ", "(during a "]
+        .iter()
+        .find_map(|m| warning.split(m).nth(1))
+        .and_then(|r| r.split([' ', ')']).next())
+        .unwrap_or_else(|| panic!("the warning names no operation: {warning}"))
+        .to_string();
+    assert!(
+        warning.contains("within 300ms") || warning.contains("timed out"),
+        "{warning}"
+    );
+    assert!(
+        count(&op) - fast(&op) >= 1.0,
+        "the timed-out {op} is observed at the timeout, above 0.25 s:\n{}",
+        scrape(mport)
+    );
+    assert!(metric_sum(mport, "stepgate_store_errors_total", &[]) >= 1.0);
 }

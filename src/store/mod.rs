@@ -17,8 +17,9 @@ use crate::config::{StoreKind, StoreSettings};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
-    #[error("the store did not answer within {0:?}")]
-    Timeout(Duration),
+    /// The operation (`get`, `put`, …) and the `store.timeout` it outlasted.
+    #[error("the store did not answer a {0} within {1:?}")]
+    Timeout(&'static str, Duration),
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
     #[error("corrupt value in the store at {0}")]
@@ -371,18 +372,31 @@ pub struct Bounded {
     timeout: Duration,
 }
 
+/// Run one store operation within `store.timeout`, its time observed in
+/// `stepgate_store_seconds{op}` (a timed-out one at the timeout), so an
+/// operator sees the store slowing down before its operations fail; a
+/// failure names the operation.
 macro_rules! bounded {
-    ($self:ident, $call:expr) => {
-        match tokio::time::timeout($self.timeout, $call).await {
+    ($self:ident, $op:literal, $call:expr) => {{
+        let started = std::time::Instant::now();
+        let r = match tokio::time::timeout($self.timeout, $call).await {
+            // The backend's own error names what failed, this which operation.
+            Ok(Err(StoreError::Unavailable(why))) => {
+                Err(StoreError::Unavailable(format!("{why} (during a {})", $op)))
+            }
             Ok(r) => r,
             Err(_) => {
                 crate::util::metrics::STORE_ERRORS
                     .with_label_values(&["timeout"])
                     .inc();
-                Err(StoreError::Timeout($self.timeout))
+                Err(StoreError::Timeout($op, $self.timeout))
             }
-        }
-    };
+        };
+        crate::util::metrics::STORE_SECONDS
+            .with_label_values(&[$op])
+            .observe(started.elapsed().as_secs_f64());
+        r
+    }};
 }
 
 impl Bounded {
@@ -394,10 +408,10 @@ impl Bounded {
 #[async_trait]
 impl Store for Bounded {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        bounded!(self, self.inner.get(&self.k(key)))
+        bounded!(self, "get", self.inner.get(&self.k(key)))
     }
     async fn put(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
-        bounded!(self, self.inner.put(&self.k(key), value, ttl))
+        bounded!(self, "put", self.inner.put(&self.k(key), value, ttl))
     }
     async fn put_if_absent(
         &self,
@@ -405,7 +419,11 @@ impl Store for Bounded {
         value: &[u8],
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        bounded!(self, self.inner.put_if_absent(&self.k(key), value, ttl))
+        bounded!(
+            self,
+            "put_if_absent",
+            self.inner.put_if_absent(&self.k(key), value, ttl)
+        )
     }
     async fn replace(
         &self,
@@ -413,31 +431,43 @@ impl Store for Bounded {
         expected: Option<&[u8]>,
         value: Option<&[u8]>,
     ) -> Result<bool, StoreError> {
-        bounded!(self, self.inner.replace(&self.k(key), expected, value))
+        bounded!(
+            self,
+            "replace",
+            self.inner.replace(&self.k(key), expected, value)
+        )
     }
     async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        bounded!(self, self.inner.take(&self.k(key)))
+        bounded!(self, "take", self.inner.take(&self.k(key)))
     }
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        bounded!(self, self.inner.delete(&self.k(key)))
+        bounded!(self, "delete", self.inner.delete(&self.k(key)))
     }
     async fn incr(&self, key: &str, ttl: Duration) -> Result<Counter, StoreError> {
-        bounded!(self, self.inner.incr(&self.k(key), ttl))
+        bounded!(self, "incr", self.inner.incr(&self.k(key), ttl))
     }
     async fn decr(&self, key: &str) -> Result<(), StoreError> {
-        bounded!(self, self.inner.decr(&self.k(key)))
+        bounded!(self, "decr", self.inner.decr(&self.k(key)))
     }
     async fn expire(&self, key: &str, ttl: Duration) -> Result<(), StoreError> {
-        bounded!(self, self.inner.expire(&self.k(key), ttl))
+        bounded!(self, "expire", self.inner.expire(&self.k(key), ttl))
     }
     async fn ping(&self) -> Result<(), StoreError> {
-        bounded!(self, self.inner.ping())
+        bounded!(self, "ping", self.inner.ping())
     }
     async fn field_get(&self, bucket: &str, field: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        bounded!(self, self.inner.field_get(&self.k(bucket), field))
+        bounded!(
+            self,
+            "field_get",
+            self.inner.field_get(&self.k(bucket), field)
+        )
     }
     async fn field_put(&self, bucket: &str, field: &str, value: &[u8]) -> Result<(), StoreError> {
-        bounded!(self, self.inner.field_put(&self.k(bucket), field, value))
+        bounded!(
+            self,
+            "field_put",
+            self.inner.field_put(&self.k(bucket), field, value)
+        )
     }
     async fn field_delete_if(
         &self,
@@ -447,6 +477,7 @@ impl Store for Bounded {
     ) -> Result<bool, StoreError> {
         bounded!(
             self,
+            "field_delete_if",
             self.inner.field_delete_if(&self.k(bucket), field, expected)
         )
     }
@@ -460,7 +491,11 @@ impl Store for Bounded {
         at: i64,
         ttl: Option<Duration>,
     ) -> Result<(), StoreError> {
-        bounded!(self, self.inner.revoke(&self.prefix, sub, at, ttl))
+        bounded!(
+            self,
+            "revoke",
+            self.inner.revoke(&self.prefix, sub, at, ttl)
+        )
     }
     async fn revocations(&self, _prefix: &str) -> Result<Vec<Revocation>, StoreError> {
         self.inner.revocations(&self.prefix).await
@@ -478,18 +513,23 @@ impl Store for Bounded {
     ) -> Result<(), StoreError> {
         bounded!(
             self,
+            "register",
             self.inner.register(&self.prefix, name, member, value, ttl)
         )
     }
     async fn unregister(&self, _prefix: &str, name: &str, member: &str) -> Result<(), StoreError> {
-        bounded!(self, self.inner.unregister(&self.prefix, name, member))
+        bounded!(
+            self,
+            "unregister",
+            self.inner.unregister(&self.prefix, name, member)
+        )
     }
     async fn registry(
         &self,
         _prefix: &str,
         name: &str,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        bounded!(self, self.inner.registry(&self.prefix, name))
+        bounded!(self, "registry", self.inner.registry(&self.prefix, name))
     }
     async fn sweep(&self) -> Result<usize, StoreError> {
         self.inner.sweep().await

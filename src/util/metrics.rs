@@ -4,8 +4,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge,
-    Histogram, IntCounter, IntCounterVec, IntGauge,
+    register_histogram, register_histogram_vec, register_int_counter, register_int_counter_vec,
+    register_int_gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
 };
 
 pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -90,10 +90,19 @@ pub static STORE_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static STORE_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "stepgate_store_seconds",
+        "Time of each store operation, by operation (a timed-out one counts at store.timeout)",
+        &["op"],
+        vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]
+    )
+    .unwrap()
+});
 pub static PIN_VERIFY_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(
         "stepgate_pin_verify_seconds",
-        "Time to verify a PIN (Argon2id on the blocking pool, including queueing)",
+        "Time to verify a PIN (Argon2id on the hashing threads, including queueing)",
         vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]
     )
     .unwrap()
@@ -177,6 +186,7 @@ pub fn init() {
     LazyLock::force(&LOCKOUTS);
     LazyLock::force(&UPSTREAM_ERRORS);
     LazyLock::force(&STORE_ERRORS);
+    LazyLock::force(&STORE_SECONDS);
     LazyLock::force(&PIN_VERIFY_SECONDS);
     LazyLock::force(&ENROLLMENTS);
     LazyLock::force(&RELOADS);
