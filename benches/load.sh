@@ -386,6 +386,9 @@ STSV="$W/storm.tsv"; : >"$STSV"
 if has storm; then
 PCSRF="$(curl -sf -H "Cookie: access_token=$AT" -H 'Accept: text/html' "$SGURL/.stepgate/pin?return_to=/admin/x" | csrf_of)"
 [ -n "$PCSRF" ] || { log "no csrf on the PIN page"; exit 1; }
+# The store's operation times (stepgate_store_seconds) before and after the
+# rounds: what the storm's submissions waited for in the store.
+curl -sf "http://127.0.0.1:$P_SGM/metrics" >"$W/store-before.prom" || :
 for r in $(seq "$STORM_ROUNDS"); do
   log "argon2 round $r/$STORM_ROUNDS"
   run_wrk idle "$P_SG" /public/x "$PID_sg" "$STORM_DURATION" "$STSV"
@@ -399,6 +402,7 @@ for r in $(seq "$STORM_ROUNDS"); do
   log "$(cat "$W/storm-$r.log")"
   cat "$W/storm-$r.log" >>"$W/storm-all.log"
 done
+curl -sf "http://127.0.0.1:$P_SGM/metrics" >"$W/store-after.prom" || :
 fi
 
 # --- throughput and latency while the policy is reloaded ---
@@ -479,7 +483,8 @@ fi
 
 # --- report ---
 python3 benches/report.py --runs "$TSV" --hwm "$HWM" --idle "$IDLE" --storm "$STSV" \
-  --storm-log "$W/storm-all.log" --profiles "$PROF" --out "$OUT" \
+  --storm-log "$W/storm-all.log" --store-before "$W/store-before.prom" --store-after "$W/store-after.prom" \
+  --profiles "$PROF" --out "$OUT" \
   --reload "$RTSV" --reload-counts "$RCOUNTS" --reload-took "$W/reload-took.txt" \
   --meta "scenarios=$SCENARIOS" "reload_rounds=$RELOAD_ROUNDS" "reload_duration=$RELOAD_DURATION" \
   "reload_conns=$RELOAD_CONNS" "reload_every=$RELOAD_EVERY" "reload_rules=$RELOAD_RULES" "reload_paths=$RELOAD_PATHS" "sg_bin=${SG_BIN:-}" \

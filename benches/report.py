@@ -212,9 +212,48 @@ def put_block(old, begin, end, text, first=True):
     return head + block + "\n\n" + rest
 
 
+def store_buckets(path):
+    """{op: {le: cumulative count}} of stepgate_store_seconds in a scrape."""
+    out = {}
+    if not path or not os.path.exists(path):
+        return out
+    for line in open(path):
+        if not line.startswith("stepgate_store_seconds_bucket{"):
+            continue
+        labels, value = line.rsplit(" ", 1)
+        kv = dict(x.split("=", 1) for x in labels[labels.index("{") + 1:-1].split(","))
+        op, le = kv["op"].strip('"'), kv["le"].strip('"')
+        out.setdefault(op, {})[float("inf") if le == "+Inf" else float(le)] = float(value)
+    return out
+
+
+def store_times(before_path, after_path):
+    """One line: each store operation's count and bucketed p50/p99 between two
+    scrapes, and how many outlasted 0.25 s (the default store.timeout)."""
+    before, after = store_buckets(before_path), store_buckets(after_path)
+    parts, slow = [], 0
+    for op in sorted(after):
+        d = {le: n - before.get(op, {}).get(le, 0.0) for le, n in after[op].items()}
+        total = d.get(float("inf"), 0.0)
+        if total <= 0:
+            continue
+        les = sorted(d)
+        def q(f):
+            le = next(le for le in les if d[le] >= f * total)
+            if le == float("inf"):
+                return f"> {les[-2] * 1000:g} ms" if len(les) > 1 else "?"
+            return f"≤ {le * 1000:g} ms"
+        slow += total - d.get(0.25, total)
+        parts.append(f"{op} {total:,.0f} (p50 {q(0.5)}, p99 {q(0.99)})")
+    if not parts:
+        return ""
+    return ("store operations during the storm rounds (`stepgate_store_seconds`, embedded store): "
+            + ", ".join(parts) + f"; {slow:,.0f} took longer than 0.25 s")
+
+
 def main():
     p = argparse.ArgumentParser()
-    for a in ("runs", "hwm", "idle", "storm", "storm-log", "profiles", "out",
+    for a in ("runs", "hwm", "idle", "storm", "storm-log", "store-before", "store-after", "profiles", "out",
               "reload", "reload-counts", "reload-took"):
         p.add_argument("--" + a)
     p.add_argument("--meta", nargs="*", default=[])
@@ -336,6 +375,9 @@ def main_section(a, meta):
         L.append("")
         for line in storm_log.splitlines():
             L.append(f"- {line}")
+        store = store_times(a.store_before, a.store_after)
+        if store:
+            L.append("- " + store)
         L.append("")
 
     # idle connections
