@@ -17,7 +17,10 @@
 # an allocator) QUIET_PCT=25 QUIET_MAX=0 (before each run, wait up to QUIET_MAX s
 # for other processes to use < QUIET_PCT % of the machine; the share is recorded
 # either way) NICE=-15 (priority of
-# everything the benchmark starts, when run as root) OUT=benches/RESULTS.md
+# everything the benchmark starts, when run as root; below 0 it can keep the
+# kernel's own threads, at nice 0, waiting for a CPU for hundreds of ms, which
+# shows as storm 503s: NICE=0 for the storm's failure counts)
+# OUT=benches/RESULTS.md
 # SCENARIOS="proxies idle storm reload profile" (which parts run; the report
 # rewrites only the sections of the parts that ran) RELOAD_ROUNDS=2
 # RELOAD_DURATION=10 RELOAD_CONNS=16 RELOAD_EVERY=0.6 (seconds between policy

@@ -362,7 +362,9 @@ def main_section(a, meta):
             "whole flow: store reads and lockout counter writes (embedded store) and one Argon2id check, on "
             "stepgate's hashing threads (one per core not given to workers, lowest priority); a 403 means the "
             "storm did not measure Argon2, a 503 is a submission whose store operation timed out "
-            "(`store.timeout`, 250 ms) and failed closed."
+            "(`store.timeout`, 250 ms) and failed closed (at `NICE` < 0 the benchmark's own processes "
+            "can keep the kernel's threads, at nice 0, off the CPU long enough for that; "
+            "see the storm notes below the block)."
         )
         L.append("")
         L.append("| condition | req/s (median) | p50 ms | p99 ms (median) | p99 per round | CPU s / 10k req |")
