@@ -360,7 +360,7 @@ def main_section(a, meta):
             "would suspend the PIN (`lockout.max_consecutive`, raised to 100 here) and leave only cheap 403s. "
             "Each goes through the "
             "whole flow: store reads and lockout counter writes (embedded store) and one Argon2id check, on "
-            "stepgate's hashing threads (one per core not given to workers, lowest priority); a 403 means the "
+            "stepgate's hashing threads (one per core not given to workers, `SCHED_IDLE`, below every normal thread); a 403 means the "
             "storm did not measure Argon2, a 503 is a submission whose store operation timed out "
             "(`store.timeout`, 250 ms) and failed closed (at `NICE` < 0 the benchmark's own processes "
             "can keep the kernel's threads, at nice 0, off the CPU long enough for that; "
