@@ -1028,7 +1028,9 @@ fn validate_without_a_configured_api_secret_is_501_1233() {
 fn store_errors_fail_closed_with_503_1254() {
     let mut g = Gateway::start_with(GatewayOptions {
         policy: POLICY.to_string(),
-        store: "  kind: embedded\n  path: store.redb\n".to_string(),
+        // 2 s, not 250 ms: the 503 here must come from the bad record, not
+        // from a slow commit on a loaded machine.
+        store: "  kind: embedded\n  path: store.redb\n  timeout: 2s\n".to_string(),
         ..Default::default()
     });
     let c = client();

@@ -219,7 +219,7 @@ fn start_upstream(kind: Server) -> Result<Upstream, String> {
 fn wait_up(up: &mut Upstream, kind: Server, within: Duration) {
     let start = Instant::now();
     while start.elapsed() < within {
-        if TcpStream::connect(("127.0.0.1", up.port)).is_ok() {
+        if common::listening(up.port) {
             return;
         }
         if let Ok(Some(status)) = up.proc.child.try_wait() {

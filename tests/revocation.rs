@@ -100,7 +100,8 @@ fn invalidation_ends_the_users_step_ups_and_a_new_one_works_at_once() {
 fn an_invalidation_survives_a_restart_of_the_gateway() {
     let mut g = Gateway::start_with(GatewayOptions {
         extra_config: api_config(API),
-        store: "  kind: embedded\n  path: store.redb\n".into(),
+        // 2 s, not 250 ms: not a test of the bound (a loaded machine).
+        store: "  kind: embedded\n  path: store.redb\n  timeout: 2s\n".into(),
         ..Default::default()
     });
     let (at, su) = step_up(&g, "carol");

@@ -44,10 +44,19 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Whether something listens on 127.0.0.1:`port`. A connect from an
+/// ephemeral port that happens to be `port` itself "succeeds" with nothing
+/// listening (TCP simultaneous open: a socket connected to itself); that is
+/// not a listener. (Ports from `free_port` are in the ephemeral range and a
+/// wait loop makes many connects; Linux makes this rare, not impossible.)
+pub fn listening(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port)).is_ok_and(|s| s.local_addr().ok() != s.peer_addr().ok())
+}
+
 pub fn wait_for_port(port: u16, within: Duration) {
     let start = Instant::now();
     while start.elapsed() < within {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if listening(port) {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -230,6 +239,15 @@ impl Gateway {
         );
         self.proc = Some(p);
         wait_for_port(self.port, Duration::from_secs(15));
+        // The port answering is not enough: it could be another process's.
+        let proc = self.proc.as_mut().unwrap();
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            panic!(
+                "the gateway exited ({status}) although 127.0.0.1:{} answers; its log:\n{}",
+                self.port,
+                proc.log_text()
+            );
+        }
     }
 
     pub fn stop(&mut self) {

@@ -8,7 +8,6 @@
 //! test command, `scripts/test.sh`, installs them.
 #![allow(dead_code)]
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -117,7 +116,7 @@ impl SmtpServer {
                     std::fs::read_to_string(&s.log).unwrap_or_default()
                 );
             }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            if super::listening(port) {
                 return s;
             }
             if start.elapsed() > Duration::from_secs(30) {

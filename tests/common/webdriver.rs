@@ -4,7 +4,6 @@
 //! is killed.
 #![allow(dead_code)]
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -84,7 +83,7 @@ impl Driver {
                     std::fs::read_to_string(&d.log).unwrap_or_default()
                 );
             }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            if super::listening(port) {
                 let ready = http
                     .get(format!("http://127.0.0.1:{port}/status"))
                     .send()
