@@ -1610,3 +1610,69 @@ fn raw_forwarding_sends_an_absolute_form_target_in_origin_form() {
     let r = raw_get(g.port, &format!("{origin}/public//y"), &[]);
     assert_eq!(r.status, 400, "{r:?}");
 }
+
+/// A request head that Pingora refuses before any of stepgate's filters
+/// run gets a 400 that says why, without quoting what the client sent, and
+/// nothing of it reaches the upstream.
+#[test]
+fn a_head_refused_before_the_filters_gets_a_400_that_says_why() {
+    let (up, seen) = recording_upstream();
+    let g = gateway_for(&format!("http://127.0.0.1:{up}"), DEFAULT_POLICY, "");
+    let port = g.port;
+    let cases: [(String, &str); 4] = [
+        (
+            format!(
+                "GET http://other.example/public/x HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+            ),
+            "Host header differs from request-target authority",
+        ),
+        (
+            format!(
+                "POST /public/x HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 7<q>\r\nConnection: close\r\n\r\n"
+            ),
+            "invalid Content-Length header",
+        ),
+        (
+            format!(
+                "GET /public/x HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Bad <q> Name: 1\r\nConnection: close\r\n\r\n"
+            ),
+            "the request head is not valid HTTP/1.1",
+        ),
+        (
+            format!(
+                "GET /public/x HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nTransfer-Encoding: chunked\r\n\r\n"
+            ),
+            "HTTP/1.0 requests cannot include Transfer-Encoding header",
+        ),
+    ];
+    for (request, reason) in cases {
+        let r = raw(port, request.as_bytes());
+        let first_line = request.lines().next().unwrap_or_default().to_string();
+        assert_eq!(r.status, 400, "{first_line}: {r:?}");
+        let text = r.text();
+        assert!(
+            text.starts_with(&format!("400 Bad Request: {reason}")),
+            "{first_line}: the body does not say why: {text:?}"
+        );
+        assert!(
+            !text.contains("<q>") && !text.contains("other.example"),
+            "{first_line}: the body quotes the request: {text:?}"
+        );
+        assert_eq!(
+            r.header("content-type"),
+            Some("text/plain; charset=utf-8"),
+            "{first_line}"
+        );
+        assert_eq!(
+            r.header("content-length"),
+            Some(r.body.len().to_string().as_str()),
+            "{first_line}"
+        );
+        assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    }
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "a refused head reached the upstream: {:?}",
+        seen.lock().unwrap()
+    );
+}

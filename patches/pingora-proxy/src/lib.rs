@@ -115,6 +115,37 @@ pub type ProcessCustomSession<SV, C> = Arc<
 
 /// Shutdown [`Notify`] sharded by worker thread.
 ///
+// stepgate patch: the body of the 400 answered to a request head that
+// Pingora refuses before any filter runs (a Host that differs from an
+// absolute-form target's authority, a bad Content-Length, a head that does
+// not parse). The reason is Pingora's own fixed text; the part after a
+// `: ` (which can quote the request's bytes or a header value) is left out,
+// so nothing the client sent is reflected. Drop this block with the rest of
+// the patch, or keep it if Pingora's own 400 stays empty.
+fn malformed_head_response(e: &Error) -> (ResponseHeader, Bytes) {
+    let context = e.context.as_ref().map_or("", |c| c.as_str());
+    let reason = context.split(": ").next().unwrap_or("").trim();
+    let fixed = !reason.is_empty()
+        && reason != "buf"
+        && reason.len() <= 120
+        && reason.bytes().all(|b| b == b' ' || b.is_ascii_graphic());
+    let reason = if fixed {
+        reason
+    } else {
+        "the request head is not valid HTTP/1.1"
+    };
+    let body = Bytes::from(format!(
+        "400 Bad Request: {reason}.\nstepgate refuses a request it cannot read \
+         exactly as the application would; the request was not forwarded.\n"
+    ));
+    let mut resp = pingora_core::protocols::http::error_resp::gen_error_response(400);
+    let _ = resp.insert_header(header::CONTENT_LENGTH, body.len());
+    let _ = resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
+    let _ = resp.insert_header(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    let _ = resp.insert_header(header::CONNECTION, "close");
+    (resp, body)
+}
+
 /// Every request that parks in `read_request()` registers a shutdown waiter and
 /// unregisters it when the read completes. Both operations lock the `Notify`'s
 /// internal mutex, so a single `Notify` shared across the whole proxy becomes a
@@ -352,8 +383,11 @@ where
                         "Fail to proxy: {e}, downstream session type: {}",
                         downstream_session.session_type()
                     );
+                    // stepgate patch: say why in the 400's body instead of
+                    // answering an empty one (see `malformed_head_response`).
+                    let (resp, body) = malformed_head_response(&e);
                     downstream_session
-                        .respond_error(400)
+                        .write_error_response(resp, body)
                         .await
                         .unwrap_or_else(|e| {
                             error!("failed to send error response to downstream: {e}");
