@@ -69,6 +69,12 @@ if [ "$what" = test ] && [ ! -f "$oidc_fixture/node_modules/.package-lock.json" 
     || echo "install-deps: warning: Node.js $(node --version) is older than 20.19, which oidc-provider 9 needs" >&2
   (cd "$oidc_fixture" && npm ci --no-audit --no-fund --loglevel=error)
 fi
+# A real Express app with method-override for tests/attacks.rs (tests/fixtures/override).
+override_fixture="$(cd "$(dirname "$0")/.." && pwd)/tests/fixtures/override"
+if [ "$what" = test ] && [ ! -f "$override_fixture/node_modules/.package-lock.json" ]; then
+  echo "install-deps: installing the Express test app's npm packages"
+  (cd "$override_fixture" && npm ci --no-audit --no-fund --loglevel=error)
+fi
 # LoginRadius's own Node SDK for tests/loginradius_sdk.rs (tests/fixtures/loginradius: npm's loginradius-sdk).
 lr_fixture="$(cd "$(dirname "$0")/.." && pwd)/tests/fixtures/loginradius"
 if [ "$what" = test ] && [ ! -f "$lr_fixture/node_modules/.package-lock.json" ]; then

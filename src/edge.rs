@@ -167,11 +167,22 @@ pub const REROUTING: [&str; 5] = [
     "x-method-override",
 ];
 
-pub const CLIENT_CLAIMS: [&str; 4] = [
+/// What a proxy in front says about the request it received (the client's
+/// address, the scheme, host, port, and the path before a prefix was
+/// stripped: Spring and ASP.NET build links and a base path from
+/// `X-Forwarded-Prefix`, Traefik's forward-auth reads `X-Forwarded-Uri`):
+/// believed from a trusted proxy, removed when a client sends it.
+pub const CLIENT_CLAIMS: [&str; 10] = [
     "x-real-ip",
     "forwarded",
     "x-forwarded-host",
     "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-path",
+    "x-forwarded-uri",
+    "x-original-uri",
+    "x-envoy-original-path",
 ];
 
 /// The credentials a request carries: the first factor (a bearer token, the

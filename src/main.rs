@@ -286,7 +286,16 @@ fn run(cmd: Cmd) -> Result<(), ExitCode> {
             .map_err(fail)
         }
         Cmd::Check { config } => {
-            let s = load(&config)?;
+            let s = config::load(&config).map_err(|d| {
+                print_diags(&d);
+                // The policy's own problems too, when the config names it.
+                if let Some(p) = config::policy_path_of(&config) {
+                    if let Err(d) = policy::Policy::load(&p) {
+                        print_diags(&d);
+                    }
+                }
+                ExitCode::from(1)
+            })?;
             let p = policy::Policy::load(&s.policy_path).map_err(|d| {
                 print_diags(&d);
                 ExitCode::from(1)
@@ -474,6 +483,14 @@ fn explain(p: &policy::Policy, method: &str, url: &str, json: bool) -> Result<()
             out["bind"] = s.bind.clone().into();
         }
     }
+    // A POST with a body, or `_method` in its query, is judged as the
+    // strictest of every method it could be run as (`method_override`).
+    let overridden = (method == "POST")
+        .then(|| p.judge(&host, &method, &match_path, true))
+        .filter(|o| !std::ptr::eq(o.require, m.require));
+    if let Some(o) = &overridden {
+        out["with_method_override"] = serde_json::json!({"rule": o.rule.map(|r| r.name.clone()), "require": o.require.name()});
+    }
     if json {
         println!("{out}");
         return Ok(());
@@ -531,6 +548,13 @@ fn explain(p: &policy::Policy, method: &str, url: &str, json: bool) -> Result<()
             }
         }
         r => println!("  requires: {}", r.name()),
+    }
+    if let Some(o) = &overridden {
+        println!(
+            "  but with a body, or `_method` in its query, an app may run it as another method (method_override): such a POST is judged as rule `{}` and requires {}",
+            o.rule_name(),
+            o.require.name()
+        );
     }
     Ok(())
 }

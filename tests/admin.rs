@@ -383,3 +383,47 @@ fn show_reflects_pin_sessions_opened_on_two_gateways_sharing_redis() {
     let cli = listed(&admin(&pair.a, &["--json", "locks"]));
     assert!(!cli.iter().any(|l| l["Uid"] == "alice"), "{cli:?}");
 }
+
+/// A memory store lives in the gateway's process: `stepgate admin` cannot
+/// see it on its own and says so, instead of answering "not locked" from an
+/// empty store of its own; with `api.secret` it asks the running gateway.
+#[test]
+fn admin_on_a_memory_store_asks_the_running_gateway_or_says_it_cannot() {
+    let with_api = Gateway::start_with(GatewayOptions {
+        extra_config: format!(
+            "{}lockout:\n  max_failures: 3\n  window: 10m\n  duration: 10m\n",
+            api_secret_config()
+        ),
+        ..Default::default()
+    });
+    let c = client();
+    let alice = with_api.token("alice", &["--email", "alice@x.io", "--login-age", "0"]);
+    enroll_pin(&with_api, &c, &alice, PIN);
+    lock(&with_api, &c, &alice);
+    let out = admin(&with_api, &["user", "show", "alice", "--json"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(a["IsPINSet"], true, "{a}");
+    assert!(
+        a["LockedUntil"].as_str().is_some(),
+        "the gateway's lock: {a}"
+    );
+
+    let without = Gateway::start();
+    let out = admin(&without, &["user", "show", "alice"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("store.kind: memory") && stderr.contains("api.secret"),
+        "{stderr}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "no answer from an empty store of its own"
+    );
+}

@@ -182,8 +182,9 @@ fn protected_routes_answer_api_clients_with_an_rfc9470_challenge() {
         0,
         missing,
     );
-    // A token that is not one: the description says so.
-    assert_challenge(
+    // A token that is not one: the description says so, and LoginRadius's
+    // code for it (1193) is there for clients written to its API.
+    let body = assert_challenge(
         protected(
             &g,
             &c,
@@ -196,6 +197,19 @@ fn protected_routes_answer_api_clients_with_an_rfc9470_challenge() {
         300,
         "the step-up token is invalid or expired",
     );
+    assert_eq!(body["ErrorCode"], 1193, "{body}");
+    assert_eq!(
+        body["Description"], "the step-up token is invalid or expired",
+        "{body}"
+    );
+    // No token at all is not an invalid one.
+    let body = assert_challenge(
+        protected(&g, &c, reqwest::Method::GET, "/admin/x", &at, None),
+        "pin",
+        300,
+        "this resource requires a step-up authentication",
+    );
+    assert!(body.get("ErrorCode").is_none(), "{body}");
     // A browser on the same route is sent to the challenge page instead.
     let r = c
         .get(g.url("/admin/x"))

@@ -10,6 +10,8 @@ use common::*;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -442,4 +444,102 @@ fn a_first_factor_cookie_that_is_not_text_is_not_forwarded() {
     let cookie = echoed(&echo, "cookie").unwrap_or_default();
     assert!(!cookie.contains("access_token"), "{cookie}");
     assert!(cookie.contains("a=1"), "{cookie}");
+}
+
+/// A real Express 4 app with `method-override` (tests/fixtures/override),
+/// which runs a POST as any method `_method` names, GET and HEAD included
+/// (Rack allows GET and HEAD too). A GET-only step-up rule must hold for a
+/// POST that names `_method=GET` or `HEAD`, in the query or the form; found
+/// by an attacker's review, where such a POST reached the GET handler as
+/// the policy's default (`authenticated`).
+#[test]
+fn a_post_naming_get_or_head_in_method_needs_the_get_rules_step_up() {
+    use common::api::{bearer, put_pin};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/override");
+    assert!(
+        dir.join("node_modules/.package-lock.json").exists(),
+        "the Express test app's packages are missing: run scripts/install-deps.sh test \
+         (it runs `npm ci` in {})",
+        dir.display()
+    );
+    let log_dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _app = spawn(
+        Command::new("node")
+            .arg(dir.join("app.js"))
+            .arg(port.to_string()),
+        log_dir.path().join("express.log"),
+    );
+    wait_for_port(port, Duration::from_secs(20));
+    let g = Gateway::start_in_front_of(
+        &format!("http://127.0.0.1:{port}"),
+        GatewayOptions {
+            policy: "default: authenticated\nrules:\n  - name: reports-export\n    match: { path: \"/reports/export\", methods: [GET] }\n    require: step_up\n    step_up: { methods: [pin], max_age: 5m }\n".into(),
+            ..Default::default()
+        },
+    );
+    let at = g.token("alice", &[]);
+    let c = client();
+    let handler = |r: reqwest::blocking::Response| -> (u16, Value) {
+        let status = r.status().as_u16();
+        let text = r.text().unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    };
+    let send = |method: reqwest::Method, path: &str, form: Option<&str>, su: Option<&str>| {
+        let mut rb =
+            bearer(c.request(method, g.url(path)), &at).header("Accept", "application/json");
+        if let Some(f) = form {
+            rb = rb
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body(f.to_string());
+        }
+        if let Some(su) = su {
+            rb = rb.header("X-Stepgate-Token", su);
+        }
+        handler(rb.send().unwrap())
+    };
+    // The rule holds for the GET itself.
+    let (s, _) = send(reqwest::Method::GET, "/reports/export", None, None);
+    assert_eq!(s, 401, "GET /reports/export needs a step-up");
+    // A POST that Express runs as the GET (or HEAD) handler needs it too.
+    for (path, form) in [
+        ("/reports/export?_method=GET", None),
+        ("/reports/export", Some("_method=GET")),
+        ("/reports/export?_method=HEAD", None),
+        ("/reports/export", Some("a=1&_method=HEAD")),
+    ] {
+        let (s, body) = send(reqwest::Method::POST, path, form, None);
+        assert_eq!(
+            s, 401,
+            "POST {path} (body {form:?}) reached the app without the GET rule's step-up: {body}"
+        );
+    }
+    // A POST that names no method is the POST it is: the default applies.
+    let (s, body) = send(reqwest::Method::POST, "/reports/export", Some("a=1"), None);
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["handler"], "POST /reports/export", "{body}");
+    // With the step-up, the override reaches the GET handler: this app does
+    // run a POST as the method `_method` names.
+    enroll_pin(&g, &c, &at, "482913");
+    let r = put_pin(&g, &c, &at, "482913");
+    assert_eq!(r.status(), 200);
+    let su: Value = r.json().unwrap();
+    let su = su["SecondFactorValidationToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (s, body) = send(
+        reqwest::Method::POST,
+        "/reports/export?_method=GET",
+        None,
+        Some(&su),
+    );
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["handler"], "GET /reports/export", "{body}");
+    assert_eq!(body["originalMethod"], "POST", "{body}");
+    assert_eq!(body["rule"], "reports-export", "{body}");
+    assert_eq!(body["amr"], "pin", "{body}");
 }

@@ -320,6 +320,55 @@ fn check_reports_several_problems_in_a_config_at_once() {
     assert!(ds.iter().all(|d| Path::new(&d.file) == s.config()));
 }
 
+/// A config that does not convert stops serde at its first problem; check
+/// still reports one problem per section, and the policy's own problems
+/// beside them, so an operator fixes them in one pass.
+#[test]
+fn check_reports_a_problem_in_each_config_section_and_the_policys_too() {
+    let policy = "default: authenticated\nrules:\n  - name: a\n    require: step_up\n    step_up: { methods: [sms], max_age: 5x }\n";
+    let s = Setup::with_config(
+        policy,
+        "lockout: { max_failures: many }\nbogus_key: 1\nmetrics: { listne: \"127.0.0.1:9\" }\n",
+    );
+    let out = s.run(&["check"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let ds = diags(&stderr);
+    let cfg = std::fs::read_to_string(s.config()).unwrap();
+    let line_of = |prefix: &str| cfg.lines().position(|l| l.starts_with(prefix)).unwrap() + 1;
+    let in_config: Vec<(usize, &str)> = ds
+        .iter()
+        .filter(|d| Path::new(&d.file) == s.config())
+        .map(|d| (d.line, d.message.as_str()))
+        .collect();
+    for (key, says) in [
+        ("lockout", "expected u32"),
+        ("bogus_key", "unknown field `bogus_key`"),
+        ("metrics", "unknown field `listne`"),
+    ] {
+        assert!(
+            in_config
+                .iter()
+                .any(|(l, m)| *l == line_of(key) && m.contains(says)),
+            "{key}: {says} on line {}: {stderr}",
+            line_of(key)
+        );
+    }
+    let in_policy: Vec<&Diag> = ds
+        .iter()
+        .filter(|d| Path::new(&d.file) == s.policy())
+        .collect();
+    assert!(
+        in_policy
+            .iter()
+            .any(|d| d.line == 5 && d.message.contains("`sms`"))
+            && in_policy
+                .iter()
+                .any(|d| d.line == 5 && d.message.contains("`5x`")),
+        "both policy problems: {stderr}"
+    );
+}
+
 // ---------- serve ----------
 
 /// Run `serve` and wait for it to exit (it must, quickly); kill it otherwise.
@@ -459,6 +508,33 @@ fn explain_text_names_the_rule_and_where_it_is() {
         stdout.contains(&format!("{}:1:", s.policy().display())),
         "{stdout}"
     );
+}
+
+/// A POST an app may run as another method (`_method`) is judged as the
+/// strictest of every method; explain says so when that differs.
+#[test]
+fn explain_says_how_a_post_that_may_override_its_method_is_judged() {
+    let s = Setup::new(
+        "default: authenticated\nrules:\n  - name: export\n    match: { path: \"/reports/export\", methods: [GET] }\n    require: step_up\n",
+    );
+    let out = s.run(&["explain", "POST", "/reports/export", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        got,
+        serde_json::json!({"rule": null, "require": "authenticated",
+            "with_method_override": {"rule": "export", "require": "step_up"}})
+    );
+    let out = s.run(&["explain", "POST", "/reports/export"]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("method_override") && stdout.contains("`export`"),
+        "{stdout}"
+    );
+    // A GET is judged as itself only.
+    let out = s.run(&["explain", "GET", "/reports/export", "--json"]);
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(got.get("with_method_override").is_none(), "{got}");
 }
 
 #[test]

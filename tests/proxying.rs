@@ -1432,11 +1432,25 @@ fn client_claims_and_rerouting_headers_never_reach_the_app() {
             ("X-Method-Override", "DELETE"),
             ("X-Forwarded-Host", "billing.example.com"),
             ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Port", "8443"),
+            ("X-Forwarded-Prefix", "/admin"),
+            ("X_Forwarded_Prefix", "/admin"),
+            ("X-Forwarded-Path", "/admin/x"),
+            ("X-Forwarded-Uri", "/admin/x"),
+            ("X-Original-URI", "/admin/x"),
+            ("X-Envoy-Original-Path", "/admin/x"),
         ],
     );
     assert_eq!(r.status, 200, "{}", r.text());
     let echo: Value = serde_json::from_slice(&r.body).unwrap();
     for n in [
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x_forwarded_prefix",
+        "x-forwarded-path",
+        "x-forwarded-uri",
+        "x-original-uri",
+        "x-envoy-original-path",
         "x-real-ip",
         "x-original-url",
         "x_original_url",

@@ -14,7 +14,7 @@ pub use model::*;
 
 use std::path::Path;
 
-use crate::config::spans::{serde_diag_in, Diagnostic, Spans};
+use crate::config::spans::{serde_diag_in, value_diag, Diagnostic, Pos, Spans};
 
 /// Load and validate a config file. All problems are returned, each with its
 /// position in the file.
@@ -32,8 +32,10 @@ pub fn load(path: &Path) -> Result<Settings, Vec<Diagnostic>> {
 
 pub fn from_str(path: &Path, text: &str) -> Result<Settings, Vec<Diagnostic>> {
     let name = path.display().to_string();
-    let file: file::FileConfig =
-        serde_yaml::from_str(text).map_err(|e| vec![serde_diag_in(&name, text, &e)])?;
+    let file: file::FileConfig = match serde_yaml::from_str(text) {
+        Ok(f) => f,
+        Err(e) => return Err(each_section_problem(&name, text, &e)),
+    };
     let spans = Spans::index(&name, text);
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let mut b = build::Builder {
@@ -47,6 +49,54 @@ pub fn from_str(path: &Path, text: &str) -> Result<Settings, Vec<Diagnostic>> {
     } else {
         Err(b.diags)
     }
+}
+
+/// A config that does not convert (an unknown key, a value of the wrong
+/// kind): serde_yaml stops at the first problem, so every other top-level
+/// section is converted on its own too and its first problem reported, and
+/// one run shows a problem in each section.
+fn each_section_problem(name: &str, text: &str, first: &serde_yaml::Error) -> Vec<Diagnostic> {
+    let mut out = vec![serde_diag_in(name, text, first)];
+    let Ok(serde_yaml::Value::Mapping(sections)) = serde_yaml::from_str(text) else {
+        return out;
+    };
+    let spans = Spans::index(name, text);
+    let keys: Vec<(String, Pos)> = sections
+        .keys()
+        .filter_map(|k| k.as_str())
+        .map(|k| (k.to_string(), spans.pos(k)))
+        .collect();
+    // The section serde_yaml stopped in: the last one starting before it.
+    let at = |p: Pos| (p.line, p.col);
+    let reported = keys
+        .iter()
+        .filter(|(_, p)| at(*p) <= at(out[0].pos))
+        .max_by_key(|(_, p)| at(*p))
+        .map(|(k, _)| k.clone());
+    for (k, v) in sections {
+        let Some(key) = k.as_str().map(str::to_string) else {
+            continue;
+        };
+        if reported.as_deref() == Some(key.as_str()) {
+            continue;
+        }
+        let mut one = serde_yaml::Mapping::new();
+        one.insert(k, v);
+        if let Err(e) = serde_yaml::from_value::<file::FileConfig>(one.into()) {
+            out.push(value_diag(&spans, text, &key, &e));
+        }
+    }
+    out.sort_by_key(|d| at(d.pos));
+    out
+}
+
+/// The `policy:` a config names, read from the YAML alone (for `check`,
+/// to report the policy's problems beside a config that does not load).
+pub fn policy_path_of(path: &Path) -> Option<std::path::PathBuf> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let v: serde_yaml::Value = serde_yaml::from_str(&text).ok()?;
+    let p = v.get("policy")?.as_str()?;
+    Some(path.parent().unwrap_or(Path::new(".")).join(p))
 }
 
 pub fn is_hmac(a: jsonwebtoken::Algorithm) -> bool {

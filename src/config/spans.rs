@@ -191,7 +191,27 @@ impl MarkedEventReceiver for Scalars {
 /// convert (a bad duration, say), serde_yaml points at the start of the
 /// enclosing mapping; when the message quotes the value, point at the value.
 pub fn serde_diag_in(file: &str, text: &str, err: &serde_yaml::Error) -> Diagnostic {
-    let mut d = serde_diag(file, err);
+    point_at_quoted(text, serde_diag(file, err))
+}
+
+/// A part of a document (the node at `path`) that failed to convert on its
+/// own (`serde_yaml::from_value`, which knows no positions): the problem is
+/// placed at that node, or at the value it quotes when that comes after it.
+pub fn value_diag(spans: &Spans, text: &str, path: &str, err: &serde_yaml::Error) -> Diagnostic {
+    let mut d = spans.diag(path, format!("{path}: {err}"));
+    // From the start of the node's line, so a mapping's own key is found.
+    let at = d.pos;
+    d.pos.col = 1;
+    let mut d = point_at_quoted(text, d);
+    if d.pos.col == 1 && d.pos.line == at.line {
+        d.pos = at;
+    }
+    d
+}
+
+/// When the message quotes a value (`5x`, an unknown field's name), move the
+/// position to the first scalar with that text at or after it.
+fn point_at_quoted(text: &str, mut d: Diagnostic) -> Diagnostic {
     let quoted = d.message.split('`').nth(1).map(str::to_string);
     if let Some(q) = quoted.filter(|q| !q.is_empty()) {
         let mut s = Scalars(Vec::new());

@@ -60,6 +60,12 @@ pub(super) fn compile_rule(rf: RuleFile, at: &str, spans: &Spans) -> Result<Rule
                     "rule names cannot contain control characters",
                 ));
             }
+            if n == "default" {
+                diags.push(spans.diag(
+                    &format!("{at}.name"),
+                    "`default` is what X-Stepgate-Rule says when no rule matched; give this rule another name",
+                ));
+            }
             n
         }
         _ => {
@@ -120,68 +126,24 @@ pub(super) fn compile_rule(rf: RuleFile, at: &str, spans: &Spans) -> Result<Rule
             ));
             Require::Deny
         }
-        Some("step_up") => {
-            let su = rf.step_up.unwrap_or(StepUpFile {
+        Some("step_up") => Require::StepUp(step_up_settings(
+            rf.step_up.unwrap_or(StepUpFile {
                 methods: None,
                 max_age: None,
                 bind: None,
-            });
-            let mut bind: Vec<String> = Vec::new();
-            for (j, f) in su.bind.iter().flatten().enumerate() {
-                let at = format!("{at}.step_up.bind[{j}]");
-                if f.is_empty() || f.len() > 64 || f.chars().any(|c| c.is_control()) {
-                    diags.push(spans.diag(
-                        &at,
-                        format!(
-                            "`{f}` is not a field name: 1 to 64 characters, no control characters"
-                        ),
-                    ));
-                } else if bind.contains(f) {
-                    diags.push(spans.diag(&at, format!("`{f}` is listed twice")));
-                } else {
-                    bind.push(f.clone());
-                }
-            }
-            if su.bind.as_ref().is_some_and(|b| b.is_empty()) {
-                diags.push(spans.diag(
-                    &format!("{at}.step_up.bind"),
-                    "`step_up.bind` is empty; list the request fields the step-up confirms, or remove it",
-                ));
-            }
-            let mut factors = Vec::new();
-            match su.methods {
-                None => factors.push(Factor::Pin),
-                Some(list) => {
-                    if list.is_empty() {
-                        diags.push(spans.diag(
-                            &format!("{at}.step_up.methods"),
-                            "`step_up.methods` is empty; list at least one of pin, email_otp",
-                        ));
-                    }
-                    for (j, f) in list.iter().enumerate() {
-                        match Factor::parse(f) {
-                            Some(f) if !factors.contains(&f) => factors.push(f),
-                            Some(_) => {}
-                            None => diags.push(spans.diag(
-                                &format!("{at}.step_up.methods[{j}]"),
-                                format!("unknown step-up method `{f}`; use pin or email_otp"),
-                            )),
-                        }
-                    }
-                }
-            }
-            Require::StepUp(StepUp {
-                methods: factors,
-                max_age: su.max_age.map(|d| d.0).unwrap_or(DEFAULT_MAX_AGE),
-                bind,
-            })
-        }
+            }),
+            at,
+            spans,
+            &mut diags,
+        )),
         Some(other) => {
-            if rf.step_up.is_some() {
+            if let Some(su) = rf.step_up {
                 diags.push(spans.diag(
                     &format!("{at}.step_up"),
                     format!("`step_up` settings need `require: step_up` (this rule has `require: {other}`)"),
                 ));
+                // Their own mistakes too, so one run shows them all.
+                step_up_settings(su, at, spans, &mut diags);
             }
             match parse_simple_require(other) {
                 Some(r) => r,
@@ -208,6 +170,81 @@ pub(super) fn compile_rule(rf: RuleFile, at: &str, spans: &Spans) -> Result<Rule
         methods,
         require,
     })
+}
+
+/// A rule's `step_up:` block; problems go to `diags`.
+fn step_up_settings(
+    su: StepUpFile,
+    at: &str,
+    spans: &Spans,
+    diags: &mut Vec<Diagnostic>,
+) -> StepUp {
+    let mut bind: Vec<String> = Vec::new();
+    for (j, f) in su.bind.iter().flatten().enumerate() {
+        let at = format!("{at}.step_up.bind[{j}]");
+        if f.is_empty() || f.len() > 64 || f.chars().any(|c| c.is_control()) {
+            diags.push(spans.diag(
+                &at,
+                format!("`{f}` is not a field name: 1 to 64 characters, no control characters"),
+            ));
+        } else if bind.contains(f) {
+            diags.push(spans.diag(&at, format!("`{f}` is listed twice")));
+        } else {
+            bind.push(f.clone());
+        }
+    }
+    if su.bind.as_ref().is_some_and(|b| b.is_empty()) {
+        diags.push(spans.diag(
+            &format!("{at}.step_up.bind"),
+            "`step_up.bind` is empty; list the request fields the step-up confirms, or remove it",
+        ));
+    }
+    let mut factors = Vec::new();
+    match su.methods {
+        None => factors.push(Factor::Pin),
+        Some(list) => {
+            if list.is_empty() {
+                diags.push(spans.diag(
+                    &format!("{at}.step_up.methods"),
+                    "`step_up.methods` is empty; list at least one of pin, email_otp",
+                ));
+            }
+            for (j, f) in list.iter().enumerate() {
+                match Factor::parse(f) {
+                    Some(f) if !factors.contains(&f) => factors.push(f),
+                    Some(_) => {}
+                    None => diags.push(spans.diag(
+                        &format!("{at}.step_up.methods[{j}]"),
+                        format!("unknown step-up method `{f}`; use pin or email_otp"),
+                    )),
+                }
+            }
+        }
+    }
+    let max_age = match su.max_age.as_ref().map(max_age) {
+        None => DEFAULT_MAX_AGE,
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            diags.push(spans.diag(&format!("{at}.step_up.max_age"), e));
+            DEFAULT_MAX_AGE
+        }
+    };
+    StepUp {
+        methods: factors,
+        max_age,
+        bind,
+    }
+}
+
+/// `step_up.max_age`: seconds, or a duration with units (`5m`, `1h30m`).
+fn max_age(v: &serde_yaml::Value) -> Result<Duration, String> {
+    match v {
+        serde_yaml::Value::Number(n) => n.as_u64().map(Duration::from_secs).ok_or_else(|| {
+            format!("`{n}` is not a duration; write whole seconds or e.g. 30s, 5m, 1h")
+        }),
+        serde_yaml::Value::String(t) => crate::config::values::parse_duration(t),
+        _ => Err("`max_age` is a duration: whole seconds or e.g. 30s, 5m, 1h".into()),
+    }
 }
 
 pub(super) fn validate_host(h: &str) -> Result<String, String> {

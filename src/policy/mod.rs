@@ -16,8 +16,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::spans::{serde_diag_in, Diagnostic, Spans};
-use crate::config::values::Dur;
+use crate::config::spans::{serde_diag_in, value_diag, Diagnostic, Spans};
 use compile::{compile_rule, diag_at, parse_simple_require, policy_files};
 
 // ---------- file format ----------
@@ -31,10 +30,12 @@ struct PolicyFile {
     case_insensitive: Option<bool>,
     /// The app runs a POST as the method a `_method` field names (Rails,
     /// Laravel, Symfony, Spring's HiddenHttpMethodFilter): judge form POSTs
-    /// as the strictest of POST, PUT, PATCH and DELETE. Default true.
+    /// as the strictest of every method `_method` could name. Default true.
     method_override: Option<bool>,
+    /// Each rule is read on its own ([`RuleFile`]), so a mistake in one
+    /// rule does not hide the problems of the others.
     #[serde(default)]
-    rules: Vec<RuleFile>,
+    rules: Vec<serde_yaml::Value>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -59,9 +60,43 @@ struct MatchFile {
 #[serde(deny_unknown_fields)]
 struct StepUpFile {
     methods: Option<Vec<String>>,
-    max_age: Option<Dur>,
+    /// Read as written and parsed when the rule is compiled, so a bad
+    /// duration is one problem among the rule's others.
+    max_age: Option<serde_yaml::Value>,
     /// Request fields the step-up confirms (transaction binding).
     bind: Option<Vec<String>>,
+}
+
+/// A rule that does not convert: said of its `match` or `step_up` block
+/// when that is where the problem is (`rules[2].match: unknown field …`).
+fn rule_diag(
+    spans: &Spans,
+    text: &str,
+    at: &str,
+    rule: &serde_yaml::Value,
+    err: &serde_yaml::Error,
+) -> Diagnostic {
+    let part = |key: &str, e: Option<serde_yaml::Error>| e.map(|e| (format!("{at}.{key}"), e));
+    let inner = rule
+        .get("match")
+        .and_then(|m| {
+            part(
+                "match",
+                serde_yaml::from_value::<MatchFile>(m.clone()).err(),
+            )
+        })
+        .or_else(|| {
+            rule.get("step_up").and_then(|m| {
+                part(
+                    "step_up",
+                    serde_yaml::from_value::<StepUpFile>(m.clone()).err(),
+                )
+            })
+        });
+    match inner {
+        Some((path, e)) => value_diag(spans, text, &path, &e),
+        None => value_diag(spans, text, at, err),
+    }
 }
 
 // ---------- compiled model ----------
@@ -347,29 +382,42 @@ impl Policy {
                     _ => case_insensitive = Some((ci, here)),
                 }
             }
-            for (i, rf) in parsed.rules.into_iter().enumerate() {
+            for (i, value) in parsed.rules.into_iter().enumerate() {
                 let at = format!("rules[{i}]");
-                match compile_rule(rf, &at, &spans) {
-                    Ok(rule) => {
-                        let here = format!("{file}:{}:{}", rule.line, rule.col);
-                        if let Some(prev) = names.get(&rule.name) {
-                            diags.push(spans.diag(
-                                &format!("{at}.name"),
-                                format!(
-                                    "rule name `{}` is already used at {prev}; names must be unique",
-                                    rule.name
-                                ),
-                            ));
-                        } else {
-                            names.insert(rule.name.clone(), here);
-                        }
-                        rules.push(rule);
+                // Names are checked whether or not the rest of the rule
+                // converts and compiles: every problem of a file in one run.
+                let name = value.get("name").and_then(|n| n.as_str());
+                if let Some(name) = name.filter(|n| !n.trim().is_empty()) {
+                    let pos = spans.pos(&at);
+                    let here = format!("{file}:{}:{}", pos.line, pos.col);
+                    if let Some(prev) = names.get(name) {
+                        diags.push(spans.diag(
+                            &format!("{at}.name"),
+                            format!(
+                                "rule name `{name}` is already used at {prev}; names must be unique"
+                            ),
+                        ));
+                    } else {
+                        names.insert(name.to_string(), here);
                     }
+                }
+                let rf: RuleFile = match serde_yaml::from_value(value.clone()) {
+                    Ok(rf) => rf,
+                    Err(e) => {
+                        diags.push(rule_diag(&spans, text, &at, &value, &e));
+                        continue;
+                    }
+                };
+                match compile_rule(rf, &at, &spans) {
+                    Ok(rule) => rules.push(rule),
                     Err(mut d) => diags.append(&mut d),
                 }
             }
         }
         if !diags.is_empty() {
+            // In file order, and in each file from top to bottom.
+            let order = |f: &str| sources.iter().position(|(n, _)| n == f);
+            diags.sort_by_key(|d| (order(&d.file), d.pos.line, d.pos.col));
             return Err(diags);
         }
         let case_insensitive = case_insensitive.map(|(c, _)| c).unwrap_or(true);
@@ -436,14 +484,17 @@ impl Policy {
 
     /// [`Policy::lookup`] for a request an app may run as another method:
     /// with `method_override`, a form POST (`overridable`) is judged as the
-    /// strictest of POST, PUT, PATCH and DELETE.
+    /// strictest of every method: `_method` can name any of them (Rack
+    /// allows GET and HEAD, Express's `method-override` any method), so a
+    /// GET-only rule is as much in reach as a DELETE-only one.
     pub fn judge(&self, host: &str, method: &str, path: &str, overridable: bool) -> Match<'_> {
         let first = self.lookup(host, method, path);
         if !(overridable && self.method_override && method == "POST") {
             return first;
         }
-        ["PUT", "PATCH", "DELETE"]
+        METHODS
             .iter()
+            .filter(|m| **m != "POST")
             .map(|m| self.lookup(host, m, path))
             .fold(first, stricter)
     }

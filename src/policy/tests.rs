@@ -61,7 +61,16 @@ fn errors_carry_file_line_and_column() {
     let text = "rules:\n  - name: a\n    match: { path: \"admin/**\" }\n    require: step_up\n    step_up: { methods: [pin, sms] , max_age: 5 minutes }\n";
     let errs = policy(text).unwrap_err();
     let shown: Vec<String> = errs.iter().map(|d| d.to_string()).collect();
-    assert!(shown[0].starts_with("p.yaml:5:"), "{shown:?}");
+    // A bad duration is one problem among the rule's others, all in one run,
+    // top to bottom.
+    assert_eq!(
+        shown,
+        [
+            "p.yaml:3:20: path pattern `admin/**` must start with `/`",
+            "p.yaml:5:31: unknown step-up method `sms`; use pin or email_otp",
+            "p.yaml:5:47: `5 minutes`: unknown unit ` minutes`; use ms, s, m, h or d",
+        ]
+    );
     let text = "rules:\n  - name: a\n    match: { path: \"admin/**\" }\n    require: step_up\n    step_up: { methods: [pin, sms] }\n";
     let shown: Vec<String> = policy(text)
         .unwrap_err()
@@ -185,6 +194,18 @@ fn form_posts_are_judged_as_the_methods_they_may_override_to() {
         "default"
     );
     assert_eq!(p.judge("h", "GET", "/users/5", true).rule_name(), "default");
+    // `_method` can name GET or HEAD as well (Rack, Express's
+    // method-override): a GET-only rule is in reach of a POST too.
+    let p = policy("rules:\n  - { name: export, match: { path: \"/reports/export\", methods: [GET] }, require: step_up }\n  - { name: opts, match: { path: \"/o\", methods: [OPTIONS] }, require: deny }\n").unwrap();
+    assert_eq!(
+        p.judge("h", "POST", "/reports/export", true).rule_name(),
+        "export"
+    );
+    assert_eq!(p.judge("h", "POST", "/o", true).rule_name(), "opts");
+    assert_eq!(
+        p.judge("h", "POST", "/reports/export", false).rule_name(),
+        "default"
+    );
     let p = policy("method_override: false\nrules:\n  - { name: del, match: { path: \"/users/*\", methods: [DELETE] }, require: step_up }\n").unwrap();
     assert_eq!(
         p.judge("h", "POST", "/users/5", true).rule_name(),
@@ -199,4 +220,44 @@ fn head_is_covered_by_get_rules() {
             .unwrap();
     assert_eq!(p.lookup("h", "HEAD", "/x").rule_name(), "r");
     assert_eq!(p.lookup("h", "POST", "/x").rule_name(), "default");
+}
+
+#[test]
+fn one_run_reports_every_problem_of_every_rule() {
+    let text = "\
+rules:
+  - name: admin
+    match: { path: /admin/**, methods: [GET, PSOT] }
+    require: step_upp
+    step_up: { methods: [pin, sms], max_age: 5x }
+  - name: admin
+    match: { path: /a/**, colour: red }
+    require: none
+  - name: default
+    require: step_up
+    step_up: { max_age: -3 }
+  - name: fine
+    require: step_up
+    step_up: { max_age: 300 }
+";
+    let shown: Vec<String> = policy(text)
+        .unwrap_err()
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            "p.yaml:3:46: unknown HTTP method `PSOT`; use one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, CONNECT, TRACE",
+            "p.yaml:4:14: `require: step_upp` is not valid; use none, authenticated, step_up or deny",
+            "p.yaml:5:14: `step_up` settings need `require: step_up` (this rule has `require: step_upp`)",
+            "p.yaml:5:31: unknown step-up method `sms`; use pin or email_otp",
+            "p.yaml:5:46: `5x`: unknown unit `x`; use ms, s, m, h or d",
+            // A rule that does not convert still has its name checked.
+            "p.yaml:6:11: rule name `admin` is already used at p.yaml:2:5; names must be unique",
+            "p.yaml:7:27: rules[1].match: unknown field `colour`, expected one of `host`, `path`, `methods`",
+            "p.yaml:9:11: `default` is what X-Stepgate-Rule says when no rule matched; give this rule another name",
+            "p.yaml:11:25: `-3` is not a duration; write whole seconds or e.g. 30s, 5m, 1h",
+        ]
+    );
 }

@@ -48,6 +48,18 @@ pub fn run(
         )
     });
     let via = ApiTarget::of(&settings);
+    // A memory store lives inside the gateway's process: a store of this
+    // command's own would be empty, and "not locked" from it would be a
+    // wrong answer to a helpdesk. Only the running gateway can say.
+    if matches!(settings.store.kind, crate::config::StoreKind::Memory) {
+        return match via {
+            Some(t) => t.run(action, json),
+            None => Err(format!(
+                "`store.kind: memory` keeps every record inside the running gateway's process, so this command cannot read or change them on its own. Set `api.secret` in {} so it goes through that gateway, or ask it yourself:\n  curl -H \"Authorization: Bearer $SECRET\" {api_hint}/.stepgate/api/manage/account/USER",
+                config.display()
+            )),
+        };
+    }
     let gate = match Gate::build(settings) {
         Ok(g) => g,
         // The embedded store has one writer: a running gateway holds it, so

@@ -149,6 +149,13 @@ pub fn stepup(
             "present_token_in": "X-Stepgate-Token",
         },
     });
+    if matches!(reason, StepUpReason::Invalid(_) | StepUpReason::Revoked) {
+        // LoginRadius's code for a second-factor validation token that is
+        // not (or no longer) valid, for clients written to its API.
+        body["ErrorCode"] = serde_json::json!(1193);
+        body["Message"] = serde_json::json!("The second-factor validation token is invalid");
+        body["Description"] = serde_json::json!(reason.describe());
+    }
     if let Some(v) = f.binding {
         // What the step-up must approve: send it as `Binding` with the
         // step-up call.
