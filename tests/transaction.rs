@@ -1074,12 +1074,35 @@ fn an_emailed_code_approves_what_its_mail_showed_over_the_api_too() {
             .unwrap()
     };
 
-    // An API client: a code, then the step-up naming the values.
+    // A code sent without values (GET) showed the user nothing to confirm,
+    // so it approves no values: refused before the code is spent (found by
+    // an attacker's review: it approved whatever `Binding` was named).
     let r = bearer(c.get(api(&g, "/stepup/otp/email")), &b.at)
         .send()
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().unwrap());
-    let (code, _) = next_code(&smtp, 0);
+    let (unbound, _) = next_code(&smtp, 0);
+    let r = verify(&unbound, json!({"amount": "1000000", "to": "mallory"}));
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().unwrap();
+    assert!(
+        v["Description"]
+            .as_str()
+            .is_some_and(|d| d.contains("POST /.stepgate/api/stepup/otp/email")),
+        "{v}"
+    );
+    // An API client asks for a code for the values: its mail shows them,
+    // and the code approves exactly those.
+    let r = bearer(c.post(api(&g, "/stepup/otp/email")), &b.at)
+        .json(&json!({"EmailId": EMAIL, "Binding": {"amount": "100", "to": "bob"}}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    let (code, text) = next_code(&smtp, 1);
+    assert!(
+        text.contains("amount: 100") && text.contains("to: bob"),
+        "{text}"
+    );
     let r = verify(&code, json!({"amount": "100", "to": "bob"}));
     let v: Value = r.json().unwrap();
     let su = v["SecondFactorValidationToken"]
@@ -1122,7 +1145,7 @@ fn an_emailed_code_approves_what_its_mail_showed_over_the_api_too() {
     let page = b.get(&format!("/.stepgate/email?{carry}"));
     let sent = b.submit(&page.body, "/.stepgate/email/send", &[("email", EMAIL)]);
     assert_eq!(sent.status, 303, "{}", sent.body);
-    let (code, text) = next_code(&smtp, 1);
+    let (code, text) = next_code(&smtp, 2);
     assert!(
         text.contains("amount: 100") && text.contains("to: bob"),
         "{text}"

@@ -246,6 +246,17 @@ pub async fn verify(
         .map(|(purpose, _)| purpose)
 }
 
+/// Whether the user's pending code (if any, unexpired) was sent for bound
+/// values: read without spending a try or the code, so a caller can refuse
+/// a request the code cannot serve before it is used up.
+pub async fn pending_is_bound(deps: &Deps, p: &Principal) -> Result<Option<bool>, FlowError> {
+    let Some(raw) = deps.store.get(&keys::otp(&p.sub)).await? else {
+        return Ok(None);
+    };
+    let rec: Pending = serde_json::from_slice(&raw).map_err(|_| FlowError::Internal)?;
+    Ok((deps.store.now() < rec.expires_at).then_some(rec.txn.is_some()))
+}
+
 /// [`verify`], and what the code approves when it was sent for a bound
 /// step-up ([`send_for`]).
 pub async fn verify_for(

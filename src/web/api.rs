@@ -148,6 +148,7 @@ pub async fn route(gate: &Gate, req: &Req<'_>, route: &str) -> Reply {
         ("GET", "/stepup/trigger") => trigger(gate, p).await,
         ("PUT", "/stepup/pin") => stepup_pin(gate, req, p).await,
         ("GET", "/stepup/otp/email") => send_otp(gate, req, p).await,
+        ("POST", "/stepup/otp/email") => send_bound_otp(gate, req, p).await,
         ("PUT", "/stepup/otp/email") => verify_otp(gate, req, p).await,
         (_, "/stepup/trigger" | "/stepup/pin" | "/stepup/otp/email") => error(
             405,
@@ -235,6 +236,61 @@ async fn send_otp(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
     }
 }
 
+/// A code for a bound step-up from an API client: the mail shows the
+/// values (`Binding`, as the challenge's `binding` names them) and the code
+/// approves exactly those, as on the browser's page.
+async fn send_bound_otp(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
+    let m = match body(req) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let values = match m.get("binding") {
+        Some(Value::Object(o)) if !o.is_empty() && o.len() <= 32 => {
+            crate::auth::binding::from_json(o)
+        }
+        _ => {
+            return error(
+                400,
+                901,
+                "Missing field",
+                "`Binding` is an object of the bound fields' values (at most 32), as the step-up challenge's `binding` names them; for a code without values use GET.",
+            )
+        }
+    };
+    let email = match m.get("emailid") {
+        None | Some(Value::Null) => p.otp_emails.first().cloned(),
+        Some(Value::String(e)) if !e.is_empty() => Some(e.clone()),
+        Some(_) => return error(400, 901, "Invalid field", "`EmailId` must be a string."),
+    };
+    let Some(email) = email else {
+        return flow_error(FlowError::EmailNotInProfile);
+    };
+    match otp::send_for(
+        gate,
+        p,
+        &email,
+        req.client_ip,
+        super::login_is_fresh(gate, p),
+        Some((&values, None)),
+    )
+    .await
+    {
+        Ok(_) => Reply::json(200, &json!({"IsPosted": true})),
+        Err(e) => flow_error(e),
+    }
+}
+
+/// A code whose mail showed no values cannot approve any: the user never
+/// saw what they would confirm.
+fn unbound_code() -> Reply {
+    error(
+        400,
+        901,
+        "Code not sent for these values",
+        "This code was sent without the values to confirm, so it cannot approve a `Binding`: ask for a code with POST /.stepgate/api/stepup/otp/email {\"EmailId\",\"Binding\"}, whose mail shows them.",
+    )
+}
+
 async fn verify_otp(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
     let m = match body(req) {
         Ok(m) => m,
@@ -253,14 +309,25 @@ async fn verify_otp(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
         Ok(t) => t,
         Err(r) => return r,
     };
+    // Refused before the code is spent when it can be told already.
+    if asked.is_some() {
+        match otp::pending_is_bound(gate, p).await {
+            Ok(Some(false)) => return unbound_code(),
+            Ok(_) => {}
+            Err(e) => return flow_error(e),
+        }
+    }
     match otp::verify_for(gate, p, code, req.client_ip).await {
+        // A new code without values replaced the one looked at above.
+        Ok((_, None)) if asked.is_some() => unbound_code(),
         Ok((_, sent_for)) => {
             metrics::STEPUPS
                 .with_label_values(&["email_otp", "success"])
                 .inc();
             crate::flows::lifecycle::remember_profile(gate, p).await;
-            // A code mailed for a transaction approves that one.
-            token_reply(gate, p, Factor::EmailOtp, sent_for.or(asked))
+            // A code mailed for a transaction approves that one, and only
+            // a code mailed with values approves any.
+            token_reply(gate, p, Factor::EmailOtp, sent_for)
         }
         Err(e) => {
             metrics::STEPUPS

@@ -18,6 +18,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/stepup/trigger"),
     ("PUT", "/stepup/pin"),
     ("GET", "/stepup/otp/email"),
+    ("POST", "/stepup/otp/email"),
     ("PUT", "/stepup/otp/email"),
     ("POST", "/stepup/validate"),
     ("POST", "/manage/account/{uid}/invalidate"),
