@@ -216,21 +216,25 @@ async fn stepup_pin(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
 }
 
 async fn send_otp(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
-    let email = query_param(req.query, "emailid")
-        .filter(|e| !e.is_empty())
-        .or_else(|| p.otp_emails.first().cloned());
-    let Some(email) = email else {
+    let email = query_param(req.query, "emailid").filter(|e| !e.is_empty());
+    send_code(gate, req, p, email, None).await
+}
+
+/// Send a code to `email` (the primary address when None), for `values`
+/// when the step-up is bound.
+async fn send_code(
+    gate: &Gate,
+    req: &Req<'_>,
+    p: &Principal,
+    email: Option<String>,
+    values: Option<&crate::auth::binding::Values>,
+) -> Reply {
+    let Some(email) = email.or_else(|| p.otp_emails.first().cloned()) else {
         return flow_error(FlowError::EmailNotInProfile);
     };
-    match otp::send(
-        gate,
-        p,
-        &email,
-        req.client_ip,
-        super::login_is_fresh(gate, p),
-    )
-    .await
-    {
+    let fresh = super::login_is_fresh(gate, p);
+    let binding = values.map(|v| (v, None));
+    match otp::send_for(gate, p, &email, req.client_ip, fresh, binding).await {
         Ok(_) => Reply::json(200, &json!({"IsPosted": true})),
         Err(e) => flow_error(e),
     }
@@ -258,26 +262,11 @@ async fn send_bound_otp(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
         }
     };
     let email = match m.get("emailid") {
-        None | Some(Value::Null) => p.otp_emails.first().cloned(),
+        None | Some(Value::Null) => None,
         Some(Value::String(e)) if !e.is_empty() => Some(e.clone()),
         Some(_) => return error(400, 901, "Invalid field", "`EmailId` must be a string."),
     };
-    let Some(email) = email else {
-        return flow_error(FlowError::EmailNotInProfile);
-    };
-    match otp::send_for(
-        gate,
-        p,
-        &email,
-        req.client_ip,
-        super::login_is_fresh(gate, p),
-        Some((&values, None)),
-    )
-    .await
-    {
-        Ok(_) => Reply::json(200, &json!({"IsPosted": true})),
-        Err(e) => flow_error(e),
-    }
+    send_code(gate, req, p, email, Some(&values)).await
 }
 
 /// A code whose mail showed no values cannot approve any: the user never
