@@ -222,15 +222,21 @@ pub async fn state(deps: &Deps, p: &Principal) -> Result<OtpState, FlowError> {
 
 /// Where a pending code went, for the code page.
 pub async fn pending(deps: &Deps, p: &Principal) -> Result<Option<Sent>, FlowError> {
-    let Some(raw) = deps.store.get(&keys::otp(&p.sub)).await? else {
-        return Ok(None);
-    };
-    let rec: Pending = serde_json::from_slice(&raw).map_err(|_| FlowError::Internal)?;
-    Ok(Some(Sent {
+    Ok(record(deps, p).await?.map(|rec| Sent {
         masked: mask(&rec.email),
         expires_at: rec.expires_at,
         purpose: rec.purpose,
     }))
+}
+
+/// The user's pending code record as stored, expired or not.
+async fn record(deps: &Deps, p: &Principal) -> Result<Option<Pending>, FlowError> {
+    let Some(raw) = deps.store.get(&keys::otp(&p.sub)).await? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&raw)
+        .map(Some)
+        .map_err(|_| FlowError::Internal)
 }
 
 /// Verify a code. On success the code is consumed and, for an enrollment,
@@ -250,11 +256,10 @@ pub async fn verify(
 /// values: read without spending a try or the code, so a caller can refuse
 /// a request the code cannot serve before it is used up.
 pub async fn pending_is_bound(deps: &Deps, p: &Principal) -> Result<Option<bool>, FlowError> {
-    let Some(raw) = deps.store.get(&keys::otp(&p.sub)).await? else {
-        return Ok(None);
-    };
-    let rec: Pending = serde_json::from_slice(&raw).map_err(|_| FlowError::Internal)?;
-    Ok((deps.store.now() < rec.expires_at).then_some(rec.txn.is_some()))
+    Ok(record(deps, p)
+        .await?
+        .filter(|r| deps.store.now() < r.expires_at)
+        .map(|r| r.txn.is_some()))
 }
 
 /// [`verify`], and what the code approves when it was sent for a bound
@@ -266,13 +271,12 @@ pub async fn verify_for(
     ip: &str,
 ) -> Result<(Purpose, Option<crate::auth::binding::Txn>), FlowError> {
     let key = keys::otp(&p.sub);
-    let Some(raw) = deps.store.get(&key).await? else {
+    let Some(rec) = record(deps, p).await? else {
         metrics::OTP_VERIFICATIONS
             .with_label_values(&["no_code"])
             .inc();
         return Err(FlowError::NoCode);
     };
-    let rec: Pending = serde_json::from_slice(&raw).map_err(|_| FlowError::Internal)?;
     let now = deps.store.now();
     if now >= rec.expires_at {
         metrics::OTP_VERIFICATIONS

@@ -79,19 +79,10 @@ fn rule_diag(
     let part = |key: &str, e: Option<serde_yaml::Error>| e.map(|e| (format!("{at}.{key}"), e));
     let inner = rule
         .get("match")
-        .and_then(|m| {
-            part(
-                "match",
-                serde_yaml::from_value::<MatchFile>(m.clone()).err(),
-            )
-        })
+        .and_then(|m| part("match", MatchFile::deserialize(m).err()))
         .or_else(|| {
-            rule.get("step_up").and_then(|m| {
-                part(
-                    "step_up",
-                    serde_yaml::from_value::<StepUpFile>(m.clone()).err(),
-                )
-            })
+            rule.get("step_up")
+                .and_then(|m| part("step_up", StepUpFile::deserialize(m).err()))
         });
     match inner {
         Some((path, e)) => value_diag(spans, text, &path, &e),
@@ -401,7 +392,7 @@ impl Policy {
                         names.insert(name.to_string(), here);
                     }
                 }
-                let rf: RuleFile = match serde_yaml::from_value(value.clone()) {
+                let rf = match RuleFile::deserialize(&value) {
                     Ok(rf) => rf,
                     Err(e) => {
                         diags.push(rule_diag(&spans, text, &at, &value, &e));

@@ -25,10 +25,17 @@ use crate::util::metrics;
 fn binding_of(
     m: &serde_json::Map<String, Value>,
 ) -> Result<Option<crate::auth::binding::Txn>, Reply> {
+    Ok(binding_values(m)?.map(|v| crate::auth::binding::txn(&v)))
+}
+
+/// The `Binding` object's values, None when it is absent.
+fn binding_values(
+    m: &serde_json::Map<String, Value>,
+) -> Result<Option<crate::auth::binding::Values>, Reply> {
     match m.get("binding") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(o)) if !o.is_empty() && o.len() <= 32 => {
-            Ok(Some(crate::auth::binding::txn(&crate::auth::binding::from_json(o))))
+            Ok(Some(crate::auth::binding::from_json(o)))
         }
         Some(_) => Err(error(
             400,
@@ -248,11 +255,9 @@ async fn send_bound_otp(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
         Ok(m) => m,
         Err(r) => return r,
     };
-    let values = match m.get("binding") {
-        Some(Value::Object(o)) if !o.is_empty() && o.len() <= 32 => {
-            crate::auth::binding::from_json(o)
-        }
-        _ => {
+    let values = match binding_values(&m) {
+        Ok(Some(v)) => v,
+        Ok(None) => {
             return error(
                 400,
                 901,
@@ -260,6 +265,7 @@ async fn send_bound_otp(gate: &Gate, req: &Req<'_>, p: &Principal) -> Reply {
                 "`Binding` is an object of the bound fields' values (at most 32), as the step-up challenge's `binding` names them; for a code without values use GET.",
             )
         }
+        Err(r) => return r,
     };
     let email = match m.get("emailid") {
         None | Some(Value::Null) => None,
